@@ -1,0 +1,55 @@
+# The two commands a newcomer needs: `make run` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+DBVENV := .venv-db
+PY := $(VENV)/bin/python
+SHARED := $(abspath ../shared)
+
+# Models resolve from ../shared/models when it is there (CI, developer machines), else var/models.
+LABELSVC_MODEL_DIR ?= $(if $(wildcard $(SHARED)/models),$(SHARED)/models,$(abspath var/models))
+LABELSVC_EVALSET_DIR ?= $(SHARED)/evalset
+export LABELSVC_MODEL_DIR LABELSVC_EVALSET_DIR
+export LABELSVC_DB_SERVER := $(abspath $(DBVENV)/bin/secantusd-py)
+
+.PHONY: run test lint typecheck pytest bench openapi install clean
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[cpu,dev]'
+	touch $@
+
+# The test/dev database server lives in its own environment: it is a separate program, never imported.
+$(DBVENV)/.installed: requirements/db-constraints.txt
+	$(PYTHON) -m venv $(DBVENV)
+	$(DBVENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DBVENV)/bin/python -m pip install --quiet -c requirements/db-constraints.txt 'secantusdb==0.7.0b3'
+	touch $@
+
+install: $(VENV)/.installed $(DBVENV)/.installed
+
+run: install
+	$(PY) -m models.fetch --model-dir "$(LABELSVC_MODEL_DIR)"
+	exec $(PY) -m service serve
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+pytest: install
+	$(PY) -m pytest
+
+test: lint typecheck pytest
+
+bench: install
+	$(PY) -m bench.run_all
+
+openapi: $(VENV)/.installed
+	$(PY) -m service openapi > openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) $(DBVENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,142 @@
+"""The service's exception tree.
+
+Every failure a client can cause or observe is one of these. Each class carries the HTTP
+status, a stable problem ``type`` slug and a short public ``title``; the instance carries a
+public ``detail`` sentence and optional extension members. ``service.api.problems`` maps
+them (and only them) to RFC 9457 ``application/problem+json`` responses, so internal detail
+never leaks: anything that is not a ``ServiceError`` becomes a generic 500 and is logged.
+
+    ServiceError
+    ├── BadRequest                 400
+    │   ├── InvalidQuery           400  the client's filter, sort, page or cursor
+    │   └── UrlRejected            400  scheme, host, address or shape refused by the URL policy
+    ├── Unauthorized               401  missing or unknown API key
+    ├── Forbidden                  403  key lacks the scope
+    ├── NotFound                   404
+    │   └── RecordNotFound         404  unknown record id
+    ├── PayloadTooLarge            413  download over the byte cap, image over the pixel cap
+    ├── UnsupportedMediaType       415  the bytes are not an image format we decode
+    ├── UnprocessableImage         422  an image format we know, but broken (truncated, corrupt)
+    ├── RateLimited                429  per-key or per-client limits (Retry-After)
+    ├── UpstreamError              502  the image host failed: connect error, bad status, loops
+    ├── ServiceUnavailable         503  overloaded, not ready, database down (Retry-After)
+    │   ├── Overloaded             503
+    │   └── DatabaseUnavailable    503
+    └── UpstreamTimeout            504  the image host was too slow
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+
+class ServiceError(Exception):
+    """Base of every error the API reports to clients."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+        self.extra: dict[str, Any] = dict(extra or {})
+
+
+class BadRequest(ServiceError):
+    status = 400
+    type = "bad-request"
+    title = "Bad request"
+
+
+class InvalidQuery(BadRequest):
+    type = "invalid-query"
+    title = "Invalid query"
+
+
+class UrlRejected(BadRequest):
+    type = "url-rejected"
+    title = "URL not allowed"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    type = "unauthorized"
+    title = "Missing or invalid API key"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    type = "forbidden"
+    title = "API key lacks the required scope"
+
+
+class NotFound(ServiceError):
+    status = 404
+    type = "not-found"
+    title = "Not found"
+
+
+class RecordNotFound(NotFound):
+    type = "record-not-found"
+    title = "No record with this id"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    type = "too-large"
+    title = "Image too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    type = "not-an-image"
+    title = "Not an image"
+
+
+class UnprocessableImage(ServiceError):
+    status = 422
+    type = "broken-image"
+    title = "Image could not be decoded"
+
+
+class RateLimited(ServiceError):
+    status = 429
+    type = "rate-limited"
+    title = "Too many requests"
+
+
+class UpstreamError(ServiceError):
+    status = 502
+    type = "upstream-error"
+    title = "Fetching the image failed"
+
+
+class ServiceUnavailable(ServiceError):
+    status = 503
+    type = "unavailable"
+    title = "Service unavailable"
+
+
+class Overloaded(ServiceUnavailable):
+    type = "overloaded"
+    title = "Service overloaded, retry later"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    type = "database-unavailable"
+    title = "Database unavailable"
+
+
+class UpstreamTimeout(ServiceError):
+    status = 504
+    type = "upstream-timeout"
+    title = "Fetching the image timed out"

@@ -1,0 +1,116 @@
+"""Typed settings, read once from ``LABELSVC_*`` environment variables.
+
+Nothing reads the environment at import time: the composition root calls
+``Settings.from_env()`` and passes the object down. Tests build ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal, get_args
+
+import msgspec
+
+Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
+PREFIX = "LABELSVC_"
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _decode_path(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"cannot decode {kind}")
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    # Database. Unset URI: `python -m service serve` starts a local test/dev server under data_dir.
+    mongodb_uri: str | None = None
+    mongodb_db: str = "labelsvc"
+    data_dir: Path = Path("var")
+    db_server: str = "secantusd-py"
+    db_timeout_ms: int = 3000
+    query_max_time_ms: int = 5000
+
+    # Models.
+    model_dir: Path = Path("var/models")
+    execution_provider: Provider = "auto"
+    detector_input_size: int = 416
+    min_confidence: float = 0.25
+    nms_iou: float = 0.65
+    max_detections: int = 100
+
+    # Blocking work: one executor for decode and inference, bounded.
+    workers: int = msgspec.field(default_factory=_default_workers)
+    intra_op_threads: int = 0  # 0: cores divided among the executor's workers
+    max_pending: int = 64
+
+    # Fetching untrusted URLs.
+    allow_private_urls: bool = False
+    max_image_bytes: int = 20_000_000
+    max_url_length: int = 2048
+    max_redirects: int = 5
+    fetch_connect_timeout: float = 5.0
+    fetch_read_timeout: float = 10.0
+    fetch_total_timeout: float = 30.0
+
+    # Decoding.
+    max_pixels: int = 50_000_000
+
+    # Access.
+    bootstrap_api_key: str | None = None
+    labeling_requires_key: bool = False
+    page_size: int = 25
+
+    @property
+    def ort_threads(self) -> int:
+        if self.intra_op_threads > 0:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``LABELSVC_<FIELD>`` variables; unknown or bad values fail loudly."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, object] = {}
+        fields = set(cls.__struct_fields__)
+        for key, value in env.items():
+            if not key.startswith(PREFIX):
+                continue
+            name = key.removeprefix(PREFIX).lower()
+            if name in fields:
+                raw[name] = value
+        try:
+            settings = msgspec.convert(raw, cls, strict=False, dec_hook=_decode_path)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid setting: {exc} (environment variables {PREFIX}*)") from exc
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        checks = {
+            "min_confidence must be in [0, 1]": 0.0 <= self.min_confidence <= 1.0,
+            "nms_iou must be in (0, 1]": 0.0 < self.nms_iou <= 1.0,
+            "workers must be >= 1": self.workers >= 1,
+            "max_pending must be >= 1": self.max_pending >= 1,
+            "detector_input_size must be a multiple of 32": self.detector_input_size % 32 == 0,
+            "max_redirects must be >= 0": self.max_redirects >= 0,
+            "page_size must be in [1, 100]": 1 <= self.page_size <= 100,
+            f"execution_provider must be one of {get_args(Provider)}": self.execution_provider
+            in get_args(Provider),
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ConfigError("; ".join(failed))
