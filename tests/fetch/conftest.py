@@ -1,0 +1,212 @@
+"""A real HTTP server on 127.0.0.1 with the routes the downloader tests need."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
+BIG = 1_000_000  # Content-Length /big announces; tests use a much smaller cap
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Server:
+    base: str
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+    connections: int = 0
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # Handler threads are joined in server_close(), so none outlives the fixture.
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, record: Server | None, stopping: threading.Event) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.record = record
+        self.stopping = stopping
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.record is not None:
+            self.record.connections += 1
+        return True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients hang up on /endless and /drip on purpose
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _head(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _body(self, status: int, body: bytes, content_type: str = "image/jpeg") -> None:
+        self._head(status, {"Content-Type": content_type, "Content-Length": str(len(body))})
+        self.wfile.write(body)
+
+    def _redirect(self, location: str, status: int = 302) -> None:
+        self._head(status, {"Location": location, "Content-Length": "0"})
+
+    def do_GET(self) -> None:
+        record = self.server.record
+        if record is not None:
+            record.seen.append(Seen(self.path, dict(self.headers.items())))
+        with suppress(ConnectionError, TimeoutError):
+            self._route()
+
+    def _route(self) -> None:
+        stopping = self.server.stopping
+        parts = urlsplit(self.path)
+        path = parts.path
+        if path == "/ok.jpg":
+            self._body(200, JPEG)
+        elif path == "/redirect":
+            host = self.headers.get("Host", "")
+            self._redirect(f"http://{host}/ok.jpg")
+        elif path == "/relative-redirect":
+            self._redirect("ok.jpg?via=relative")
+        elif path.startswith("/redirect-chain/"):
+            n = int(path.rsplit("/", 1)[1])
+            if n > 0:
+                self._redirect(f"/redirect-chain/{n - 1}", status=307)
+            else:
+                self._body(200, JPEG)
+        elif path == "/loop-a":
+            self._redirect("/loop-b")
+        elif path == "/loop-b":
+            self._redirect("/loop-a")
+        elif path == "/redirect-to":
+            self._redirect(parse_qs(parts.query)["location"][0])
+        elif path == "/redirect-to-metadata":
+            self._redirect("http://169.254.169.254/latest/meta-data/")
+        elif path == "/redirect-no-location":
+            self._head(302, {"Content-Length": "0"})
+        elif path == "/404":
+            self._body(404, b"secret upstream body", "text/plain")
+        elif path == "/500":
+            self._body(500, b"secret upstream body", "text/plain")
+        elif path == "/empty":
+            self._body(200, b"")
+        elif path == "/big":
+            self._head(200, {"Content-Type": "image/jpeg", "Content-Length": str(BIG)})
+            self.wfile.write(JPEG)
+        elif path == "/endless":
+            self._head(200, {"Content-Type": "image/jpeg", "Transfer-Encoding": "chunked"})
+            chunk = b"x" * 4096
+            while not stopping.is_set():
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        elif path == "/endless-close":
+            self._head(200, {"Content-Type": "image/jpeg"})  # close-delimited body
+            while not stopping.is_set():
+                self.wfile.write(b"x" * 4096)
+        elif path == "/drip":
+            self._head(200, {"Content-Type": "image/jpeg", "Content-Length": "100"})
+            for _ in range(100):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                if stopping.wait(1.0):
+                    return
+        elif path == "/stall":
+            stopping.wait(10.0)
+        else:
+            self._body(404, b"", "text/plain")
+
+
+@contextmanager
+def _running(context: ssl.SSLContext | None = None) -> Iterator[Server]:
+    stopping = threading.Event()
+    httpd = _HTTPServer(None, stopping)
+    if context is not None:
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    port = httpd.server_address[1]
+    scheme = "https" if context is not None else "http"
+    record = Server(base=f"{scheme}://127.0.0.1:{port}", port=port)
+    httpd.record = record
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield record
+    finally:
+        stopping.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with _running() as record:
+        yield record
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with cert.pem, self-signed for the name "localhost" only, and key.pem."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command")
+    directory = tmp_path_factory.mktemp("tls")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return directory
+
+
+@pytest.fixture
+def tls_server(certificate: Path) -> Iterator[Server]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
+    with _running(context) as record:
+        yield record

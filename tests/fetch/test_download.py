@@ -1,0 +1,293 @@
+"""The downloader against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.errors import PayloadTooLarge, UpstreamError, UpstreamTimeout, UrlRejected
+from service.fetch import download
+from service.fetch.download import Fetched, ImageFetcher, build_request
+from service.fetch.policy import FetchPolicy, IPAddress, Target, parse_target
+
+from .conftest import JPEG, Server
+
+CAP = 64 * 1024
+LOCAL = FetchPolicy(
+    allow_private=True,
+    max_bytes=CAP,
+    max_redirects=3,
+    connect_timeout=1.0,
+    read_timeout=1.0,
+    total_timeout=5.0,
+    user_agent="labelsvc/test",
+)
+
+MakeFetcher = Callable[..., ImageFetcher]
+
+
+@pytest.fixture
+async def make_fetcher() -> AsyncIterator[MakeFetcher]:
+    made: list[ImageFetcher] = []
+
+    def make(client: httpx.AsyncClient | None = None, **changes: Any) -> ImageFetcher:
+        fields = {name: getattr(LOCAL, name) for name in LOCAL.__slots__} | changes
+        fetcher = ImageFetcher(FetchPolicy(**fields), client=client)
+        made.append(fetcher)
+        return fetcher
+
+    yield make
+    for fetcher in made:
+        await fetcher.aclose()
+
+
+@pytest.fixture
+def fetcher(make_fetcher: MakeFetcher) -> ImageFetcher:
+    return make_fetcher()
+
+
+async def test_fetches_bytes_and_sends_headers(fetcher: ImageFetcher, server: Server) -> None:
+    result = await fetcher.fetch(server.url("/ok.jpg"))
+    assert result == Fetched(
+        data=JPEG, url=server.url("/ok.jpg"), content_type="image/jpeg", redirects=()
+    )
+    [seen] = server.seen
+    assert seen.headers["Host"] == f"127.0.0.1:{server.port}"
+    assert seen.headers["User-Agent"] == "labelsvc/test"
+    assert seen.headers["Accept"] == "image/*"
+    assert seen.headers["Accept-Encoding"] == "identity"
+
+
+async def test_host_name_is_kept_in_host_header(fetcher: ImageFetcher, server: Server) -> None:
+    url = f"http://localhost:{server.port}/ok.jpg"
+    result = await fetcher.fetch(url)
+    assert (result.data, result.url) == (JPEG, url)
+    assert server.seen[-1].headers["Host"] == f"localhost:{server.port}"
+
+
+async def test_tries_checked_addresses_in_order(
+    fetcher: ImageFetcher, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def resolve(target: Target, policy: FetchPolicy) -> list[IPAddress]:
+        # Nothing listens on 127.0.0.2 (the server is bound to 127.0.0.1 only).
+        return [ipaddress.IPv4Address("127.0.0.2"), ipaddress.IPv4Address("127.0.0.1")]
+
+    monkeypatch.setattr(download, "resolve_target", resolve)
+    result = await fetcher.fetch(f"http://images.example:{server.port}/ok.jpg")
+    assert result.data == JPEG
+    assert server.seen[-1].headers["Host"] == f"images.example:{server.port}"
+
+
+async def test_connection_refused_is_connect_error(fetcher: ImageFetcher) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(f"http://127.0.0.1:{port}/ok.jpg")
+    assert type(info.value) is UpstreamError
+    assert info.value.status == 502
+    assert info.value.extra == {"reason": "connect"}
+
+
+async def test_private_address_refused_before_connecting(
+    make_fetcher: MakeFetcher, server: Server
+) -> None:
+    fetcher = make_fetcher(allow_private=False)
+    for url in (server.url("/ok.jpg"), f"http://localhost:{server.port}/ok.jpg"):
+        with pytest.raises(UrlRejected) as info:
+            await fetcher.fetch(url)
+        assert info.value.extra["reason"] == "address"
+        assert "is loopback" in info.value.detail
+    assert server.connections == 0
+
+
+async def test_follows_absolute_redirect(fetcher: ImageFetcher, server: Server) -> None:
+    result = await fetcher.fetch(server.url("/redirect"))
+    assert result.data == JPEG
+    assert result.url == server.url("/ok.jpg")
+    assert result.redirects == (server.url("/redirect"),)
+    assert [seen.path for seen in server.seen] == ["/redirect", "/ok.jpg"]
+    assert all(seen.headers["User-Agent"] == "labelsvc/test" for seen in server.seen)
+
+
+async def test_follows_relative_redirect(fetcher: ImageFetcher, server: Server) -> None:
+    result = await fetcher.fetch(server.url("/relative-redirect"))
+    assert result.url == server.url("/ok.jpg?via=relative")
+    assert result.redirects == (server.url("/relative-redirect"),)
+    assert result.data == JPEG
+
+
+async def test_redirect_chain_up_to_the_limit(fetcher: ImageFetcher, server: Server) -> None:
+    result = await fetcher.fetch(server.url("/redirect-chain/3"))
+    assert result.data == JPEG
+    assert result.url == server.url("/redirect-chain/0")
+    assert result.redirects == tuple(server.url(f"/redirect-chain/{n}") for n in (3, 2, 1))
+
+
+async def test_too_many_redirects(fetcher: ImageFetcher, server: Server) -> None:
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(server.url("/redirect-chain/4"))
+    assert type(info.value) is UpstreamError
+    assert info.value.extra["reason"] == "redirects"
+    assert info.value.detail == "more than 3 redirects"
+    assert len(server.seen) == 4  # the fifth hop is never requested
+
+
+async def test_zero_redirects_allowed(make_fetcher: MakeFetcher, server: Server) -> None:
+    with pytest.raises(UpstreamError) as info:
+        await make_fetcher(max_redirects=0).fetch(server.url("/redirect"))
+    assert info.value.extra["reason"] == "redirects"
+
+
+async def test_redirect_loop(fetcher: ImageFetcher, server: Server) -> None:
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(server.url("/loop-a"))
+    assert type(info.value) is UpstreamError
+    assert info.value.extra["reason"] == "redirect_loop"
+    assert [seen.path for seen in server.seen] == ["/loop-a", "/loop-b"]
+
+
+@pytest.mark.parametrize("status", [404, 500])
+async def test_error_status(fetcher: ImageFetcher, server: Server, status: int) -> None:
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(server.url(f"/{status}"))
+    assert type(info.value) is UpstreamError
+    assert info.value.status == 502
+    assert info.value.extra == {"reason": "upstream_status", "upstream_status": status}
+    assert "secret" not in info.value.detail
+
+
+async def test_redirect_without_location_is_a_status_error(
+    fetcher: ImageFetcher, server: Server
+) -> None:
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(server.url("/redirect-no-location"))
+    assert info.value.extra == {"reason": "upstream_status", "upstream_status": 302}
+
+
+async def test_redirect_to_metadata_refused_even_with_allow_private(
+    fetcher: ImageFetcher, server: Server
+) -> None:
+    with pytest.raises(UrlRejected) as info:
+        await fetcher.fetch(server.url("/redirect-to-metadata"))
+    assert info.value.extra["reason"] == "address"
+    assert info.value.detail == (
+        "redirect refused: address 169.254.169.254 is a cloud metadata address"
+    )
+
+
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("file:///etc/passwd", "scheme"),
+        ("gopher://127.0.0.1/", "scheme"),
+        ("http://user:pw@127.0.0.1/", "credentials"),
+        ("/ok.jpg x", "characters"),
+        ("http://[::ffff:a9fe:a9fe]/", "address"),
+    ],
+)
+async def test_redirect_targets_go_through_the_policy(
+    fetcher: ImageFetcher, server: Server, location: str, reason: str
+) -> None:
+    url = str(httpx.URL(server.url("/redirect-to"), params={"location": location}))
+    with pytest.raises(UrlRejected) as info:
+        await fetcher.fetch(url)
+    assert info.value.extra["reason"] == reason
+    assert info.value.detail.startswith("redirect refused: ")
+    assert len(server.seen) == 1
+
+
+async def test_declared_length_over_cap_refused_early(
+    fetcher: ImageFetcher, server: Server
+) -> None:
+    with pytest.raises(PayloadTooLarge) as info:
+        await fetcher.fetch(server.url("/big"))
+    assert info.value.status == 413
+    assert info.value.extra == {"reason": "too_large", "max_bytes": CAP}
+
+
+@pytest.mark.parametrize("path", ["/endless", "/endless-close"])
+async def test_streamed_body_stops_at_cap(fetcher: ImageFetcher, server: Server, path: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(PayloadTooLarge) as info:
+        await fetcher.fetch(server.url(path))
+    assert info.value.extra["reason"] == "too_large"
+    assert time.monotonic() - started < 2
+
+
+async def test_exact_cap_is_allowed(make_fetcher: MakeFetcher, server: Server) -> None:
+    assert (await make_fetcher(max_bytes=len(JPEG)).fetch(server.url("/ok.jpg"))).data == JPEG
+    with pytest.raises(PayloadTooLarge):
+        await make_fetcher(max_bytes=len(JPEG) - 1).fetch(server.url("/ok.jpg"))
+
+
+async def test_drip_hits_total_deadline(make_fetcher: MakeFetcher, server: Server) -> None:
+    fetcher = make_fetcher(read_timeout=5.0, total_timeout=1.5)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as info:
+        await fetcher.fetch(server.url("/drip"))
+    elapsed = time.monotonic() - started
+    assert info.value.status == 504
+    assert info.value.extra == {"reason": "timeout"}
+    assert "longer than 1.5 s" in info.value.detail
+    assert 1.4 < elapsed < 2.5
+
+
+async def test_silent_server_hits_read_timeout(make_fetcher: MakeFetcher, server: Server) -> None:
+    fetcher = make_fetcher(read_timeout=0.5, total_timeout=5.0)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as info:
+        await fetcher.fetch(server.url("/stall"))
+    assert info.value.extra == {"reason": "timeout"}
+    assert "sent nothing for 0.5 s" in info.value.detail
+    assert time.monotonic() - started < 2
+
+
+async def test_empty_body_is_returned(fetcher: ImageFetcher, server: Server) -> None:
+    result = await fetcher.fetch(server.url("/empty"))
+    assert result.data == b""
+    assert result.content_type == "image/jpeg"
+
+
+async def test_url_refused_before_any_request(fetcher: ImageFetcher, server: Server) -> None:
+    with pytest.raises(UrlRejected) as info:
+        await fetcher.fetch(f"ftp://127.0.0.1:{server.port}/ok.jpg")
+    assert info.value.extra["reason"] == "scheme"
+    assert server.connections == 0
+
+
+def test_https_request_targets_the_ip_with_real_name_for_tls() -> None:
+    client = httpx.AsyncClient()
+    target = parse_target("https://images.example:8443/a.jpg?x=1", LOCAL)
+    request = build_request(client, target, ipaddress.IPv6Address("2606:4700::1"), LOCAL)
+    assert str(request.url) == "https://[2606:4700::1]:8443/a.jpg?x=1"
+    assert request.headers["Host"] == "images.example:8443"
+    assert request.extensions["sni_hostname"] == "images.example"
+    plain_target = parse_target("http://a.example/", LOCAL)
+    plain = build_request(client, plain_target, ipaddress.IPv4Address("93.184.216.34"), LOCAL)
+    assert str(plain.url) == "http://93.184.216.34/"
+    assert plain.headers["Host"] == "a.example"
+    assert "sni_hostname" not in plain.extensions
+
+
+async def test_tls_verifies_the_host_name_not_the_ip(
+    make_fetcher: MakeFetcher, tls_server: Server, certificate: Path
+) -> None:
+    context = ssl.create_default_context(cafile=certificate / "cert.pem")
+    async with httpx.AsyncClient(verify=context, trust_env=False) as client:
+        fetcher = make_fetcher(client=client)
+        result = await fetcher.fetch(f"https://localhost:{tls_server.port}/ok.jpg")
+        assert result.data == JPEG
+        assert tls_server.seen[-1].headers["Host"] == f"localhost:{tls_server.port}"
+        # The certificate names only "localhost", so the bare IP must fail verification.
+        with pytest.raises(UpstreamError) as info:
+            await fetcher.fetch(tls_server.url("/ok.jpg"))
+        assert info.value.extra == {"reason": "connect"}
