@@ -1,0 +1,106 @@
+"""ONNX Runtime sessions behind a small protocol, and execution-provider selection."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, get_args
+
+import numpy as np
+import onnxruntime as ort
+
+from service.infer.manifest import ModelError
+
+ProviderChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+
+class ModelSession(Protocol):
+    """What a detector needs from an inference session (real or fake)."""
+
+    @property
+    def input_name(self) -> str: ...
+
+    @property
+    def input_shape(self) -> tuple[int | str, ...]: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+def choose_providers(requested: ProviderChoice, available: Sequence[str]) -> list[str]:
+    """The provider list to hand to ONNX Runtime, best first.
+
+    ``auto`` takes CUDA when present and falls back to CPU. ``cuda`` and ``tensorrt`` fail
+    fast with ``ModelError`` when the runtime lacks them: a GPU deployment that quietly
+    serves from the CPU would be an outage in slow motion.
+    """
+    if requested == "cpu":
+        return [CPU]
+    if requested == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if requested == "cuda":
+        wanted = [CUDA]
+    elif requested == "tensorrt":
+        wanted = [TENSORRT, CUDA]
+    else:
+        raise ModelError(
+            f"unknown execution provider {requested!r}; choose one of {get_args(ProviderChoice)}"
+        )
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise ModelError(
+            f"execution provider {requested!r} needs {', '.join(missing)}, but this "
+            f"onnxruntime build offers only {', '.join(available) or 'nothing'} "
+            "(install onnxruntime-gpu with matching CUDA/cuDNN libraries, or choose 'cpu')"
+        )
+    return [*wanted, CPU]
+
+
+class OrtModelSession:
+    """An ``onnxruntime.InferenceSession`` seen through ``ModelSession``; ``run`` is thread-safe."""
+
+    def __init__(self, session: Any, path: Path) -> None:
+        self._session = session
+        self.path = path
+        first = session.get_inputs()[0]
+        self.input_name: str = first.name
+        self.input_shape: tuple[int | str, ...] = tuple(
+            dim if isinstance(dim, int) else str(dim) for dim in first.shape
+        )
+        self.provider: str = session.get_providers()[0]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        outputs: list[np.ndarray] = self._session.run(None, dict(feeds))
+        return outputs
+
+
+def load_onnx_session(
+    path: Path, *, provider: ProviderChoice, intra_op_threads: int
+) -> OrtModelSession:
+    """Open ``path`` on the chosen provider; ``intra_op_threads`` 0 lets ONNX Runtime decide."""
+    providers = choose_providers(provider, ort.get_available_providers())
+    options = ort.SessionOptions()
+    if intra_op_threads > 0:
+        options.intra_op_num_threads = intra_op_threads
+    # Parallelism comes from the service's executor workers, one session run per worker.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own, undocumented exception types
+        raise ModelError(f"cannot load model {path}: {exc}") from exc
+    wrapped = OrtModelSession(session, Path(path))
+    # ONNX Runtime silently falls back to CPU when the CUDA libraries fail to load.
+    if provider in ("cuda", "tensorrt") and wrapped.provider != providers[0]:
+        raise ModelError(
+            f"execution provider {providers[0]} was requested for {path} but onnxruntime "
+            f"fell back to {wrapped.provider} (check the CUDA/cuDNN/TensorRT libraries)"
+        )
+    return wrapped

@@ -1,0 +1,193 @@
+"""Provider choice, checksum-verified loading and the real YOLOX-nano on evalset photos."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnxruntime as ort
+import PIL.Image
+import PIL.ImageOps
+import pytest
+
+from service.infer import manifest
+from service.infer.manifest import ModelError, resolve, sha256_file, spec
+from service.infer.runtime import ProviderChoice, choose_providers, load_onnx_session
+from service.infer.yolox import Detection, YoloxDetector, load_yolox
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden" / "yolox_nano_000000025560.json"
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+YOLOX_TO_COCO = {"tvmonitor": "tv", "sofa": "couch", "diningtable": "dining table"}
+
+
+def model_dir() -> Path:
+    return Path(os.environ.get("LABELSVC_MODEL_DIR") or REPO.parent / "shared" / "models")
+
+
+def evalset_dir() -> Path:
+    return Path(os.environ.get("LABELSVC_EVALSET_DIR") or REPO.parent / "shared" / "evalset")
+
+
+def load_photo(name: str) -> PIL.Image.Image:
+    with PIL.Image.open(evalset_dir() / "images" / name) as image:
+        return PIL.ImageOps.exif_transpose(image).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def detector() -> YoloxDetector:
+    return load_yolox(model_dir(), provider="cpu", intra_op_threads=1)
+
+
+@pytest.mark.parametrize(
+    ("requested", "available", "expected"),
+    [
+        ("cpu", [CPU], [CPU]),
+        ("cpu", [TRT, CUDA, CPU], [CPU]),
+        ("auto", [CPU], [CPU]),
+        ("auto", ["AzureExecutionProvider", CPU], [CPU]),
+        ("auto", [CUDA, CPU], [CUDA, CPU]),
+        ("auto", [TRT, CUDA, CPU], [CUDA, CPU]),
+        ("cuda", [CUDA, CPU], [CUDA, CPU]),
+        ("cuda", [TRT, CUDA, CPU], [CUDA, CPU]),
+        ("tensorrt", [TRT, CUDA, CPU], [TRT, CUDA, CPU]),
+    ],
+)
+def test_choose_providers(
+    requested: ProviderChoice, available: list[str], expected: list[str]
+) -> None:
+    assert choose_providers(requested, available) == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "available"),
+    [("cuda", [CPU]), ("tensorrt", [CPU]), ("tensorrt", [CUDA, CPU]), ("tensorrt", [TRT, CPU])],
+)
+def test_choose_providers_fails_fast(requested: ProviderChoice, available: list[str]) -> None:
+    with pytest.raises(ModelError, match=requested):
+        choose_providers(requested, available)
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="CUDA is available here")
+def test_load_refuses_cuda_without_it() -> None:
+    with pytest.raises(ModelError, match="CUDAExecutionProvider"):
+        load_onnx_session(resolve(model_dir(), "yolox_nano"), provider="cuda", intra_op_threads=1)
+
+
+def test_resolve_verifies_the_shared_model() -> None:
+    path = resolve(model_dir(), "yolox_nano")
+    assert path.name == "yolox_nano.onnx"
+    assert sha256_file(path) == spec("yolox_nano.onnx").sha256
+
+
+def test_resolve_refuses_a_wrong_checksum(tmp_path: Path) -> None:
+    data = bytearray((model_dir() / "yolox_nano.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "yolox_nano.onnx").write_bytes(bytes(data))
+    expected = spec("yolox_nano").sha256
+    with pytest.raises(ModelError, match=expected) as caught:
+        resolve(tmp_path, "yolox_nano")
+    assert "yolox_nano.onnx" in str(caught.value) and str(tmp_path) in str(caught.value)
+
+
+def test_resolve_names_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found") as caught:
+        resolve(tmp_path, "coco_classes")
+    message = str(caught.value)
+    assert "coco_classes.txt" in message and str(tmp_path) in message
+    assert spec("coco_classes").sha256 in message
+
+
+def test_checksums_are_cached_per_size_and_mtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"one")
+    first = sha256_file(path)
+
+    def no_hashing() -> None:
+        raise AssertionError("rehashed")
+
+    monkeypatch.setattr(manifest, "hashlib", SimpleNamespace(sha256=no_hashing))
+    assert sha256_file(path) == first
+    path.write_bytes(b"other")
+    with pytest.raises(AssertionError, match="rehashed"):
+        sha256_file(path)
+
+
+def test_session_reports_its_provider_and_input(detector: YoloxDetector) -> None:
+    session = load_onnx_session(
+        resolve(model_dir(), "yolox_nano"), provider="auto", intra_op_threads=1
+    )
+    assert session.input_name == "images"
+    assert session.input_shape == (1, 3, 416, 416)
+    assert session.provider in ort.get_available_providers()
+    [raw] = session.run({"images": np.zeros((1, 3, 416, 416), dtype=np.float32)})
+    assert raw.shape == (1, 3549, 85)
+    assert detector.name == "yolox_nano"
+    assert detector.sha256 == spec("yolox_nano").sha256
+    assert detector.version == detector.sha256[:12]
+    assert detector.provider == CPU
+
+
+def iou(a: Detection, box: list[float]) -> float:
+    x, y, w, h = box
+    ix = max(0.0, min(a.x2, x + w) - max(a.x1, x))
+    iy = max(0.0, min(a.y2, y + h) - max(a.y1, y))
+    inter = ix * iy
+    return inter / ((a.x2 - a.x1) * (a.y2 - a.y1) + w * h - inter)
+
+
+def test_real_photo_matches_the_human_boxes(detector: YoloxDetector) -> None:
+    name = "000000025560.jpg"  # a cat in front of a TV, a person on screen
+    coco = json.loads((evalset_dir() / "annotations" / "instances.json").read_text())
+    image_id = next(img["id"] for img in coco["images"] if img["file_name"] == name)
+    categories = {c["id"]: c["name"] for c in coco["categories"]}
+    truth = [
+        (categories[a["category_id"]], a["bbox"])
+        for a in coco["annotations"]
+        if a["image_id"] == image_id
+    ]
+    detections = detector.detect(load_photo(name), min_confidence=0.25)
+    found = {YOLOX_TO_COCO.get(d.classname, d.classname) for d in detections}
+    assert {"cat", "tv"} <= found
+    for wanted in ("cat", "tv"):
+        best = max(
+            iou(d, box)
+            for d in detections
+            for classname, box in truth
+            if classname == wanted == YOLOX_TO_COCO.get(d.classname, d.classname)
+        )
+        assert best > 0.5, wanted
+
+
+def check_golden(detections: list[Detection]) -> None:
+    golden = json.loads(GOLDEN.read_text())
+    assert len(detections) == len(golden["detections"])
+    by_class = sorted(detections, key=lambda d: (d.classname, -d.conf))
+    expected = sorted(golden["detections"], key=lambda d: (d["classname"], -d["conf"]))
+    for got, want in zip(by_class, expected, strict=True):
+        assert (got.class_id, got.classname) == (want["class_id"], want["classname"])
+        assert got.conf == pytest.approx(want["conf"], abs=0.01)
+        assert [got.x1, got.y1, got.x2, got.y2] == pytest.approx(
+            [want["x1"], want["y1"], want["x2"], want["y2"]], abs=1.5
+        )
+
+
+def test_golden_detections(detector: YoloxDetector) -> None:
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["model_sha256"] == detector.sha256
+    check_golden(detector.detect(load_photo(golden["image"]), golden["min_confidence"]))
+
+
+@pytest.mark.gpu
+def test_cuda_detector_matches_golden() -> None:
+    if CUDA not in ort.get_available_providers():
+        pytest.skip("CUDAExecutionProvider is not available in this onnxruntime build")
+    gpu = load_yolox(model_dir(), provider="cuda")
+    assert gpu.provider == CUDA
+    golden = json.loads(GOLDEN.read_text())
+    check_golden(gpu.detect(load_photo(golden["image"]), golden["min_confidence"]))
