@@ -1,0 +1,51 @@
+"""Command line: ``python -m service serve | openapi | keys ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from service.settings import ConfigError, Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the API (and a local database when none is set)")
+    commands.add_parser("openapi", help="print the OpenAPI document as JSON")
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
+    create = keys.add_parser("create", help="create a key; the secret is printed once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", default="read", help="comma-separated: label,read,admin")
+    keys.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "openapi":
+        from service.app import create_app
+
+        schema = create_app(Settings()).openapi_schema.to_schema()
+        print(json.dumps(schema, indent=2, sort_keys=True))
+        return 0
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        from service.launcher import serve
+
+        return serve(settings)
+    from service.keys_cli import run_keys_command
+
+    return asyncio.run(run_keys_command(settings, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

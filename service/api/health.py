@@ -1,0 +1,46 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from litestar import MediaType, Response, get
+from litestar.di import Provide
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import ResourcesDep, provide_resources
+from service.api.schemas import Health, ModelStatus, Readiness
+from service.errors import ServiceUnavailable
+
+DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
+
+
+@get("/healthz", summary="Liveness: the process is up", tags=["operations"])
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@get(
+    "/readyz",
+    dependencies=DEPENDENCIES,
+    summary="Readiness: models loaded and warmed up, database answering",
+    tags=["operations"],
+)
+async def readyz(resources: ResourcesDep) -> Readiness:
+    detector = resources.detector
+    models = [ModelStatus(name=detector.name, provider=detector.provider, sha256=detector.sha256)]
+    if not await resources.database_ready():
+        raise ServiceUnavailable(
+            "the database is not answering", retry_after=2, extra={"database": "unavailable"}
+        )
+    return Readiness(status="ready", database="ok", models=models)
+
+
+@get(
+    "/metrics",
+    dependencies=DEPENDENCIES,
+    summary="Prometheus metrics",
+    tags=["operations"],
+    media_type=MediaType.TEXT,
+)
+async def metrics(resources: ResourcesDep) -> Response[bytes]:
+    resources.metrics.executor_pending.set(resources.executor.pending)
+    return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)

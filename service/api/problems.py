@@ -1,0 +1,88 @@
+"""The one place where errors become RFC 9457 ``application/problem+json`` responses."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from service.errors import ServiceError
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://labelsvc.dev/problems/"
+log = logging.getLogger(__name__)
+
+
+def problem(
+    status: int,
+    type_: str,
+    title: str,
+    detail: str,
+    request: Request[Any, Any, Any],
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response[dict[str, Any]]:
+    body = {
+        "type": TYPE_BASE + type_,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **(extra or {}),
+    }
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[Any]:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    if exc.status >= 500:
+        log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.type)
+    return problem(
+        exc.status, exc.type, exc.title, exc.detail, request, headers=headers, extra=exc.extra
+    )
+
+
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Framework errors (validation, routing, body size) in the same problem shape."""
+    status = exc.status_code
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and exc.extra:
+        extra["errors"] = exc.extra
+    if isinstance(exc, NotAuthorizedException):
+        status = 401
+    detail = exc.detail if status < 500 else "internal error"
+    slug = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 413: "too-large"}
+    headers = dict(exc.headers or {})
+    return problem(
+        status,
+        slug.get(status, f"http-{status}"),
+        _title(status),
+        detail,
+        request,
+        headers=headers or None,
+        extra=extra,
+    )
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "internal", "Internal error", "internal error", request)
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ServiceError: _service_error,
+    HTTPException: _http_exception,
+    Exception: _unexpected,
+}

@@ -1,0 +1,64 @@
+"""The composition root: ``create_app(settings)`` wires every part; nothing happens at import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from service import __version__
+from service.api import health, labels, records
+from service.api.problems import EXCEPTION_HANDLERS
+from service.lifespan import lifespan
+from service.observability import Metrics, request_metrics_middleware
+from service.settings import Settings
+
+MAX_REQUEST_BODY_BYTES = 64 * 1024
+ROUTES = [
+    labels.create_label,
+    labels.upload,
+    records.list_records,
+    records.get_labeled_data,
+    records.get_record,
+    health.healthz,
+    health.readyz,
+    health.metrics,
+]
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="labelsvc",
+        version=__version__,
+        description=(
+            "Image labeling: POST an image URL, get detections, structural attributes and a"
+            " label-quality estimate, stored for querying with MongoDB filters."
+        ),
+        path="/docs",
+        render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
+        components=Components(
+            security_schemes={
+                "ApiKey": SecurityScheme(
+                    type="apiKey", name="X-API-Key", security_scheme_in="header"
+                )
+            }
+        ),
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    metrics = Metrics()
+    hook: Any = lifespan(settings, metrics)
+    middleware: Any = request_metrics_middleware(metrics)
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[hook],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[DefineMiddleware(middleware)],
+        openapi_config=openapi_config(),
+        request_max_body_size=MAX_REQUEST_BODY_BYTES,
+    )

@@ -1,0 +1,112 @@
+"""Start and stop a local MongoDB-compatible server for development and tests.
+
+The server is a separate program (by default SecantusDB's ``secantusd-py``), run as a child
+process on a free loopback port; production points ``LABELSVC_MONGODB_URI`` at real MongoDB.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LocalDatabaseServer:
+    def __init__(
+        self, command: str, storage: Path, *, host: str = "127.0.0.1", port: int | None = None
+    ) -> None:
+        self.command = command
+        self.storage = storage
+        self.host = host
+        self.port = port or free_port(host)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = storage.parent / f"{storage.name}.log"
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://{self.host}:{self.port}/"
+
+    def start(self, timeout: float = 60.0) -> str:
+        self.storage.mkdir(parents=True, exist_ok=True)
+        args = [
+            *shlex.split(self.command),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--storage-path",
+            str(self.storage),
+            "--log-level",
+            "WARNING",
+        ]
+        with self._log.open("ab") as log:
+            try:
+                self._process = subprocess.Popen(  # noqa: S603 (arguments are ours, no shell)
+                    args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            except FileNotFoundError:
+                raise RuntimeError(
+                    f"database server command not found: {args[0]!r}; run `make install` or set"
+                    " LABELSVC_DB_SERVER (or LABELSVC_MONGODB_URI for an existing server)"
+                ) from None
+        self._wait_until_answering(timeout)
+        return self.uri
+
+    def _wait_until_answering(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client: MongoClient[dict[str, object]]
+        with MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
+            while time.monotonic() < deadline:
+                if self._process is not None and self._process.poll() is not None:
+                    raise RuntimeError(f"database server exited early; see {self._log}")
+                try:
+                    client.admin.command("ping")
+                    return
+                except PyMongoError:
+                    time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"database server did not answer within {timeout:.0f}s; see {self._log}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """Stop abruptly (for fault tests)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def __enter__(self) -> LocalDatabaseServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,107 @@
+"""Turn untrusted bytes into an RGB Pillow image, safely.
+
+Only raster formats with well-kept pure decoders are opened (no EPS/PDF, which would run
+Ghostscript). The pixel cap is checked from the header before any pixel is decoded, JPEGs
+are decoded at a reduced DCT scale when the model needs at most half the resolution, EXIF
+orientation is applied, and every mode ends up RGB (transparency composited on white).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# EXIF orientations 5-8 rotate by 90 degrees: stored width and height swap.
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    image: Image.Image  # RGB, upright, possibly reduced for the model
+    width: int  # upright width at full resolution
+    height: int
+    format: str
+
+    @property
+    def scale(self) -> float:
+        """Pixels of ``image`` per pixel of the full-resolution upright image."""
+        return self.image.width / self.width
+
+
+def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None) -> DecodedImage:
+    """Decode ``data``; ``target_size`` is the longest side the caller needs (draft hint)."""
+    if not data:
+        raise UnsupportedMediaType("the URL returned an empty body", extra={"reason": "empty"})
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedMediaType(
+            f"the content is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
+            extra={"reason": "unknown_format"},
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_many_pixels(None, max_pixels) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnprocessableImage(
+            f"the image header is corrupt: {exc}", extra={"reason": "corrupt"}
+        ) from None
+
+    with image:
+        stored_w, stored_h = image.size
+        if stored_w * stored_h > max_pixels:
+            raise _too_many_pixels((stored_w, stored_h), max_pixels)
+        fmt = image.format or "unknown"
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        upright = (stored_h, stored_w) if orientation in _SWAPPING_ORIENTATIONS else image.size
+        if target_size and image.format == "JPEG":
+            _draft(image, target_size)
+        try:
+            image.load()
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
+        except Image.DecompressionBombError:
+            raise _too_many_pixels((stored_w, stored_h), max_pixels) from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise UnprocessableImage(
+                f"the {fmt} image is truncated or corrupt: {exc}", extra={"reason": "corrupt"}
+            ) from None
+    return DecodedImage(image=rgb, width=upright[0], height=upright[1], format=fmt)
+
+
+def _draft(image: Image.Image, target_size: int) -> None:
+    longest = max(image.size)
+    if longest < 2 * target_size:
+        return  # DCT scaling only pays when it can at least halve the size
+    factor = target_size / longest
+    requested = (math.ceil(image.width * factor), math.ceil(image.height * factor))
+    image.draft("RGB", requested)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # High-bit-depth greyscale: scale to 8 bits before converting.
+        image = image.point(lambda value: value / 256).convert("L")
+    return image.convert("RGB")
+
+
+def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> PayloadTooLarge:
+    shown = f"{size[0]}x{size[1]} pixels" if size else "too many pixels"
+    return PayloadTooLarge(
+        f"the image has {shown}; the limit is {max_pixels:,} pixels",
+        extra={"reason": "too_many_pixels", "max_pixels": max_pixels},
+    )

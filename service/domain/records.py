@@ -1,0 +1,94 @@
+"""The labeled-image record: what is stored in MongoDB and returned to clients.
+
+The field names and the string-typed ``*_processed`` flags follow the Cortex record shape that
+existing clients query; fields beyond it are additive. No I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+from bson import ObjectId
+
+RECORD_ID_PREFIX = "PT::"
+RECORD_ID_PATTERN = re.compile(r"^PT::[0-9a-f]{24}$")
+
+Confidence = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+def new_record_id() -> str:
+    """``PT::`` and 24 hex digits; ObjectId hex keeps ids roughly time-ordered."""
+    return RECORD_ID_PREFIX + str(ObjectId())
+
+
+def is_record_id(value: str) -> bool:
+    return RECORD_ID_PATTERN.fullmatch(value) is not None
+
+
+def flag(value: bool) -> str:
+    """Cortex clients query the processed flags as the strings "true" and "false"."""
+    return "true" if value else "false"
+
+
+class Box(msgspec.Struct, frozen=True):
+    """One detection, in integer pixels of the upright, full-resolution image."""
+
+    classname: str
+    conf: Confidence
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+
+class Color(msgspec.Struct, frozen=True):
+    hex: str
+    fraction: Confidence
+
+
+class Analysis(msgspec.Struct, frozen=True):
+    """Lineage of one analysis on the record: which model, which weights, which settings."""
+
+    name: str
+    model: str
+    version: str
+    sha256: str | None
+    params: dict[str, float | int | str | bool]
+    processed_at: str
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    id: str = msgspec.field(name="_id")
+    url: str
+    urls: list[str]
+    datetime: str
+    type: str = "image"
+    object_analysis_processed: str
+    pose_estimation_processed: str = "false"
+    face_analysis_processed: str = "false"
+    width: int
+    height: int
+    hash: str
+    format: str | None = None
+    bytes: int | None = None
+    object_analysis: list[list[Box]]
+    classes: list[str] = []
+    label_quality_estimation: Confidence
+    dominant_colors: list[Color] = []
+    analyses: list[Analysis] = []
+
+
+def classes_of(boxes: list[Box]) -> list[str]:
+    """The distinct class names of ``boxes``: the flat, indexable twin of ``object_analysis``."""
+    return sorted({box.classname for box in boxes})
+
+
+def record_from_document(document: dict[str, object]) -> Record:
+    return msgspec.convert(document, Record)
+
+
+def record_to_document(record: Record) -> dict[str, object]:
+    document: dict[str, object] = msgspec.to_builtins(record)
+    return document

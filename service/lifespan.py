@@ -1,0 +1,127 @@
+"""Resources that live as long as the app: opened in order, closed in reverse.
+
+The executor, the models (verified and warmed up before the app reports ready), the
+database client and the HTTP client. If the database is down at start the service still
+starts, reports not ready, and keeps trying to create its indexes in the background: it
+recovers by itself once the database answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+from litestar import Litestar
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from service.auth import Authenticator
+from service.executor import BlockingExecutor
+from service.fetch.download import ImageFetcher
+from service.fetch.policy import FetchPolicy
+from service.infer.models import load_detector
+from service.infer.yolox import YoloxDetector
+from service.observability import Metrics
+from service.pipeline import LabelingPipeline
+from service.settings import Settings
+from service.store.keys import ApiKeyStore
+from service.store.records import Document, RecordStore, ping
+
+log = logging.getLogger(__name__)
+INDEX_RETRY_SECONDS = 2.0
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    metrics: Metrics
+    executor: BlockingExecutor
+    detector: YoloxDetector
+    database: AsyncDatabase[Document]
+    records: RecordStore
+    keys: ApiKeyStore
+    authenticator: Authenticator
+    pipeline: LabelingPipeline
+    indexes_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def database_ready(self) -> bool:
+        return self.indexes_ready.is_set() and await ping(self.database)
+
+
+async def _ensure_indexes(resources: Resources) -> None:
+    while True:
+        try:
+            await resources.records.ensure_indexes()
+            await resources.keys.ensure_indexes()
+        except Exception as exc:  # the database may be down or starting: keep trying
+            log.warning("creating indexes failed (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(INDEX_RETRY_SECONDS)
+        else:
+            resources.indexes_ready.set()
+            return
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[Resources]:
+    async with AsyncExitStack() as stack:
+        executor = BlockingExecutor(settings.workers, settings.max_pending)
+        stack.callback(executor.shutdown)
+        detector = await executor.run(load_detector, settings)
+        metrics.model_info.labels(detector.name, detector.provider, detector.sha256 or "").set(1)
+
+        if settings.mongodb_uri is None:
+            raise RuntimeError("mongodb_uri is not set (the launcher starts a local server)")
+        client: AsyncMongoClient[Document] = AsyncMongoClient(
+            settings.mongodb_uri,
+            serverSelectionTimeoutMS=settings.db_timeout_ms,
+            connectTimeoutMS=settings.db_timeout_ms,
+            tz_aware=True,
+            appname="labelsvc",
+        )
+        stack.push_async_callback(client.close)
+        database = client[settings.mongodb_db]
+        records = RecordStore(database, max_time_ms=settings.query_max_time_ms)
+        keys = ApiKeyStore(database)
+
+        fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
+        stack.push_async_callback(fetcher.aclose)
+
+        resources = Resources(
+            settings=settings,
+            metrics=metrics,
+            executor=executor,
+            detector=detector,
+            database=database,
+            records=records,
+            keys=keys,
+            authenticator=Authenticator(keys, settings.bootstrap_api_key),
+            pipeline=LabelingPipeline(
+                fetcher=fetcher,
+                executor=executor,
+                detector=detector,
+                store=records,
+                metrics=metrics,
+                min_confidence=settings.min_confidence,
+                max_pixels=settings.max_pixels,
+            ),
+        )
+        indexer = asyncio.create_task(_ensure_indexes(resources))
+        try:
+            yield resources
+        finally:
+            indexer.cancel()
+
+
+def lifespan(settings: Settings, metrics: Metrics) -> object:
+    """The Litestar lifespan hook: opens the resources and puts them on ``app.state``."""
+
+    @asynccontextmanager
+    async def hook(app: Litestar) -> AsyncIterator[None]:
+        async with open_resources(settings, metrics) as resources:
+            app.state.resources = resources
+            yield
+
+    return hook

@@ -1,0 +1,111 @@
+"""Prometheus metrics (one registry per app, low-cardinality labels) and logging set-up."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_latency = Histogram(
+            "labelsvc_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "labelsvc_stage_duration_seconds",
+            "Latency of each labeling stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_latency = Histogram(
+            "labelsvc_model_inference_seconds",
+            "Model inference latency (session.run only)",
+            ["model", "provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.records_created = Counter("labelsvc_records_created", "Records created", registry=r)
+        self.records_reused = Counter(
+            "labelsvc_records_deduplicated",
+            "Labeling requests answered with an existing record (same bytes or id)",
+            registry=r,
+        )
+        self.fetch_failures = Counter(
+            "labelsvc_fetch_failures", "Image fetch failures by reason", ["reason"], registry=r
+        )
+        self.rejected = Counter(
+            "labelsvc_rejected_requests",
+            "Requests refused for load or limits, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.executor_pending = Gauge(
+            "labelsvc_executor_pending", "Blocking tasks queued or running", registry=r
+        )
+        self.model_info = Gauge(
+            "labelsvc_model_info",
+            "Loaded models and the execution provider each runs on",
+            ["model", "provider", "sha256"],
+            registry=r,
+        )
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_latency.labels(name).observe(time.perf_counter() - start)
+
+
+def request_metrics_middleware(metrics: Metrics) -> object:
+    """ASGI middleware factory timing each HTTP request under its route template."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            start = time.perf_counter()
+            status = 500
+
+            async def capture(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, capture)
+            finally:
+                route = scope.get("path_template") or "unmatched"
+                method = scope.get("method", "")
+                metrics.http_latency.labels(method, route, str(status)).observe(
+                    time.perf_counter() - start
+                )
+
+        return wrapped
+
+    return middleware
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,209 @@
+"""Labeling: URL or id -> fetch -> hash -> decode -> detect -> describe -> score -> store.
+
+The same bytes are one record whichever URL they came from: the content hash is checked
+before any inference, concurrent requests for one image share a single analysis (and the
+unique index on ``hash`` settles races between processes). The analysis runs as its own
+task, so a client that disconnects does not waste the work or leave a half-made record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from service.decode.image import DecodedImage, decode_image
+from service.domain.records import (
+    Analysis,
+    Box,
+    Record,
+    classes_of,
+    flag,
+    is_record_id,
+    new_record_id,
+    record_from_document,
+    record_to_document,
+)
+from service.errors import BadRequest, RecordNotFound, ServiceError
+from service.executor import BlockingExecutor
+from service.fetch.download import Fetched, ImageFetcher
+from service.infer.yolox import Detection, YoloxDetector
+from service.observability import Metrics
+from service.properties import dominant_colors
+from service.score.label_quality import label_quality
+from service.store.records import RecordStore
+
+
+@dataclass(frozen=True, slots=True)
+class LabelOutcome:
+    record: Record
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Analysis:
+    decoded: DecodedImage
+    boxes: list[Box]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_boxes(detections: list[Detection], decoded: DecodedImage) -> list[Box]:
+    """Detections on the (possibly reduced) model image -> integer full-resolution pixels."""
+    inverse = 1.0 / decoded.scale
+    w, h = decoded.width, decoded.height
+
+    def px(value: float, limit: int) -> int:
+        return min(max(round(value * inverse), 0), limit)
+
+    return [
+        Box(
+            classname=d.classname,
+            conf=round(d.conf, 4),
+            x1=px(d.x1, w),
+            y1=px(d.y1, h),
+            x2=px(d.x2, w),
+            y2=px(d.y2, h),
+        )
+        for d in detections
+    ]
+
+
+class LabelingPipeline:
+    def __init__(
+        self,
+        *,
+        fetcher: ImageFetcher,
+        executor: BlockingExecutor,
+        detector: YoloxDetector,
+        store: RecordStore,
+        metrics: Metrics,
+        min_confidence: float,
+        max_pixels: int,
+    ) -> None:
+        self._fetcher = fetcher
+        self._executor = executor
+        self._detector = detector
+        self._store = store
+        self._metrics = metrics
+        self._min_confidence = min_confidence
+        self._max_pixels = max_pixels
+        self._inflight: dict[str, asyncio.Task[LabelOutcome]] = {}
+
+    async def label(self, url_or_id: str) -> LabelOutcome:
+        """Label a URL, or return the stored record when given a record id."""
+        value = url_or_id.strip()
+        if is_record_id(value):
+            return LabelOutcome(await self.get(value), created=False)
+        if "://" in value:
+            return await self.label_url(value)
+        raise BadRequest(
+            "url_or_id is neither an http(s) URL nor a record id (PT:: and 24 hex digits)"
+        )
+
+    async def get(self, record_id: str) -> Record:
+        document = await self._store.get(record_id) if is_record_id(record_id) else None
+        if document is None:
+            raise RecordNotFound(f"no record has id {record_id!r}")
+        self._metrics.records_reused.inc()
+        return record_from_document(document)
+
+    async def label_url(self, url: str) -> LabelOutcome:
+        fetched = await self._fetch(url)
+        digest = await self._executor.run(_sha256, fetched.data)
+        existing = await self._store.find_by_hash(digest)
+        if existing is not None:
+            return await self._reuse(digest, url)
+
+        task = self._inflight.get(digest)
+        if task is None:
+            task = asyncio.create_task(self._create(fetched, url, digest))
+            self._inflight[digest] = task
+            task.add_done_callback(lambda _: self._inflight.pop(digest, None))
+        outcome = await asyncio.shield(task)
+        if url in outcome.record.urls:
+            return outcome
+        return await self._reuse(digest, url)
+
+    async def _reuse(self, digest: str, url: str) -> LabelOutcome:
+        document = await self._store.remember_url(digest, url)
+        if document is None:  # deleted between the two calls
+            raise RecordNotFound("the record for this image was removed; retry")
+        self._metrics.records_reused.inc()
+        return LabelOutcome(record_from_document(document), created=False)
+
+    async def _fetch(self, url: str) -> Fetched:
+        with self._metrics.stage("fetch"):
+            try:
+                return await self._fetcher.fetch(url)
+            except ServiceError as exc:
+                self._metrics.fetch_failures.labels(exc.extra.get("reason", exc.type)).inc()
+                raise
+
+    async def _create(self, fetched: Fetched, url: str, digest: str) -> LabelOutcome:
+        analysis = await self._executor.run(self._analyze, fetched.data)
+        record = self._build_record(analysis, fetched, url, digest)
+        with self._metrics.stage("store"):
+            stored = await self._store.insert(record_to_document(record))
+        created = stored["_id"] == record.id
+        if created:
+            self._metrics.records_created.inc()
+        return LabelOutcome(record if created else record_from_document(stored), created)
+
+    def _analyze(self, data: bytes) -> _Analysis:
+        """Blocking part of labeling; runs on the executor."""
+        with self._metrics.stage("decode"):
+            decoded = decode_image(
+                data, max_pixels=self._max_pixels, target_size=self._detector.input_size
+            )
+        with self._metrics.stage("detect"):
+            start = time.perf_counter()
+            detections = self._detector.detect(decoded.image, self._min_confidence)
+            self._metrics.inference_latency.labels(
+                self._detector.name, self._detector.provider
+            ).observe(time.perf_counter() - start)
+        return _Analysis(decoded=decoded, boxes=to_boxes(detections, decoded))
+
+    def _build_record(self, analysis: _Analysis, fetched: Fetched, url: str, digest: str) -> Record:
+        now = utc_now()
+        decoded, boxes = analysis.decoded, analysis.boxes
+        detector = self._detector
+        return Record(
+            id=new_record_id(),
+            url=url,
+            urls=[url],
+            datetime=now,
+            object_analysis_processed=flag(True),
+            width=decoded.width,
+            height=decoded.height,
+            hash=digest,
+            format=decoded.format,
+            bytes=len(fetched.data),
+            object_analysis=[boxes],
+            classes=classes_of(boxes),
+            label_quality_estimation=label_quality(boxes),
+            dominant_colors=dominant_colors(decoded.image),
+            analyses=[
+                Analysis(
+                    name="object_detection",
+                    model=detector.name,
+                    version=detector.version,
+                    sha256=detector.sha256,
+                    params={
+                        "input_size": detector.input_size,
+                        "min_confidence": self._min_confidence,
+                        "nms_iou": detector.nms_iou,
+                        "provider": detector.provider,
+                    },
+                    processed_at=now,
+                ),
+            ],
+        )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

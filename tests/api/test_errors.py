@@ -1,0 +1,140 @@
+"""Every bad input gets a specific problem+json answer, and the service keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from service.settings import Settings
+from tests.conftest import CAT_PHOTO, AppClient, running
+from tests.support.image_server import ImageServer
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: Any, status: int, type_suffix: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"]
+    if type_suffix:
+        assert body["type"].endswith("/" + type_suffix), body
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "type_suffix"),
+    [
+        ({"url": "ftp://example.com/cat.jpg"}, 400, "url-rejected"),
+        ({"url": "file:///etc/passwd"}, 400, "url-rejected"),
+        ({"url": "http://169.254.169.254/latest/meta-data/"}, 400, "url-rejected"),
+        ({"url": "not a url"}, 400, "url-rejected"),
+        ({}, 400, "bad-request"),
+        ({"url": "http://a/x.jpg", "id": "PT::0123456789abcdef01234567"}, 400, "bad-request"),
+        ({"url": 42}, 400, "bad-request"),
+        ({"url": "http://a/x.jpg", "colour": "red"}, 400, "bad-request"),
+        ({"id": "PT::0123456789abcdef01234567"}, 404, "record-not-found"),
+        ({"id": "no-such-id"}, 404, "record-not-found"),
+    ],
+)
+async def test_bad_labeling_requests(
+    client: AppClient, body: dict[str, Any], status: int, type_suffix: str
+) -> None:
+    assert_problem(await client.post("/v1/labels", json=body), status, type_suffix)
+
+
+async def test_upload_with_neither_url_nor_id(client: AppClient) -> None:
+    assert_problem(await client.post("/upload", json={"url_or_id": "cat.jpg"}), 400, "bad-request")
+
+
+async def test_invalid_json_body(client: AppClient) -> None:
+    response = await client.post(
+        "/v1/labels", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 400)
+
+
+async def test_oversized_request_body(client: AppClient) -> None:
+    response = await client.post("/v1/labels", json={"url": "http://a/" + "x" * 100_000})
+    assert_problem(response, 413)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "type_suffix"),
+    [
+        ("/text-as-jpeg", 415, "not-an-image"),
+        ("/page.html", 415, "not-an-image"),
+        ("/empty", 415, "not-an-image"),
+        ("/truncated.jpg", 422, "broken-image"),
+        ("/bomb.png", 413, "too-large"),
+        ("/endless", 413, "too-large"),
+        ("/upstream-500", 502, "upstream-error"),
+        ("/photos/missing.jpg", 502, "upstream-error"),
+        ("/loop-a", 502, "upstream-error"),
+    ],
+)
+async def test_hostile_upstreams(
+    make_settings: Callable[..., Settings],
+    image_server: ImageServer,
+    path: str,
+    status: int,
+    type_suffix: str,
+) -> None:
+    async with running(make_settings(max_image_bytes=2_000_000)) as client:
+        response = await client.post("/v1/labels", json={"url": image_server.url(path)})
+        assert_problem(response, status, type_suffix)
+        # The process keeps serving after each failure.
+        ok = await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+        assert ok.status_code == 201
+        metrics = (await client.get("/metrics")).text
+        assert "labelsvc_fetch_failures_total" in metrics or status in (413, 415, 422)
+
+
+async def test_upstream_status_is_reported(client: AppClient, image_server: ImageServer) -> None:
+    response = await client.post("/v1/labels", json={"url": image_server.url("/upstream-500")})
+    body = assert_problem(response, 502)
+    assert body["upstream_status"] == 500
+
+
+async def test_slow_upstream_times_out(
+    make_settings: Callable[..., Settings], image_server: ImageServer
+) -> None:
+    settings = make_settings(fetch_total_timeout=1.5, fetch_read_timeout=1.0)
+    async with running(settings) as client:
+        started = asyncio.get_running_loop().time()
+        response = await client.post("/v1/labels", json={"url": image_server.url("/drip")})
+        elapsed = asyncio.get_running_loop().time() - started
+        assert_problem(response, 504, "upstream-timeout")
+        assert elapsed < 5
+
+
+async def test_full_work_queue_answers_503_with_retry_after(
+    make_settings: Callable[..., Settings], image_server: ImageServer
+) -> None:
+    async with running(make_settings(workers=1, max_pending=1)) as client:
+        executor = client.resources.executor
+        release = threading.Event()
+        blocker = asyncio.create_task(executor.run(release.wait, 10))
+        await asyncio.sleep(0.05)
+        try:
+            response = await client.post(
+                "/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)}
+            )
+            body = assert_problem(response, 503, "overloaded")
+            assert response.headers["retry-after"] == "1"
+            assert "retry" in body["detail"]
+        finally:
+            release.set()
+            await blocker
+        recovered = await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+        assert recovered.status_code == 201
+
+
+async def test_unknown_route_and_method(client: AppClient) -> None:
+    assert_problem(await client.get("/nope"), 404)
+    assert_problem(await client.get("/v1/labels"), 405)

@@ -1,0 +1,130 @@
+"""Labeling end to end: local image server -> real models -> real database -> HTTP answer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CAT_PHOTO, EMPTY_PHOTO, AppClient
+from tests.support.image_server import ImageServer
+
+
+def boxes(record: dict[str, Any]) -> list[dict[str, Any]]:
+    inner: list[dict[str, Any]] = record["object_analysis"][0]
+    return inner
+
+
+async def test_label_url_returns_the_cortex_record(
+    client: AppClient, image_server: ImageServer, evalset_dir: Path
+) -> None:
+    url = image_server.photo_url(CAT_PHOTO)
+    response = await client.post("/v1/labels", json={"url": url})
+    assert response.status_code == 201, response.text
+    record = response.json()
+
+    assert re.fullmatch(r"PT::[0-9a-f]{24}", record["_id"])
+    assert response.headers["location"] == f"/v1/records/{record['_id']}"
+    assert record["url"] == url and record["urls"] == [url]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["datetime"])
+    assert record["type"] == "image"
+    assert record["object_analysis_processed"] == "true"
+    assert record["pose_estimation_processed"] == "false"
+    assert record["face_analysis_processed"] == "false"
+    assert (record["width"], record["height"]) == (640, 371)
+    photo = (evalset_dir / "images" / CAT_PHOTO).read_bytes()
+    assert record["hash"] == hashlib.sha256(photo).hexdigest()
+    assert 0.0 <= record["label_quality_estimation"] <= 1.0
+
+    assert len(record["object_analysis"]) == 1
+    found = boxes(record)
+    assert "cat" in {b["classname"] for b in found}
+    for box in found:
+        assert set(box) == {"classname", "conf", "x1", "y1", "x2", "y2"}
+        assert all(isinstance(box[k], int) for k in ("x1", "y1", "x2", "y2"))
+        assert 0 <= box["x1"] <= box["x2"] <= record["width"]
+        assert 0 <= box["y1"] <= box["y2"] <= record["height"]
+        assert 0.25 <= box["conf"] <= 1.0  # LABELSVC_MIN_CONFIDENCE default
+    assert record["classes"] == sorted({b["classname"] for b in found})
+    assert (
+        record["dominant_colors"]
+        and abs(sum(c["fraction"] for c in record["dominant_colors"]) - 1) < 0.01
+    )
+    assert record["analyses"][0]["model"] == "yolox_nano"
+
+
+async def test_image_without_objects_is_labeled_with_no_boxes(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    response = await client.post("/v1/labels", json={"url": image_server.photo_url(EMPTY_PHOTO)})
+    assert response.status_code == 201
+    assert response.json()["object_analysis"] == [[]] or all(
+        b["conf"] < 0.5 for b in boxes(response.json())
+    )
+
+
+async def test_same_bytes_from_another_url_is_the_same_record(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    first = (
+        await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+    ).json()
+    second_url = image_server.photo_url(CAT_PHOTO, alias="mirror")
+    response = await client.post("/v1/labels", json={"url": second_url})
+    assert response.status_code == 200
+    second = response.json()
+    assert second["_id"] == first["_id"]
+    assert second["url"] == first["url"]
+    assert second["urls"] == [first["url"], second_url]
+    assert second["object_analysis"] == first["object_analysis"]
+
+
+async def test_concurrent_posts_of_one_image_create_one_record(
+    client: AppClient, image_server: ImageServer, auth: dict[str, str]
+) -> None:
+    urls = [image_server.photo_url("000000022892.jpg", alias=str(i)) for i in range(8)]
+    responses = await asyncio.gather(*(client.post("/v1/labels", json={"url": u}) for u in urls))
+    assert sorted(r.status_code for r in responses) == [200] * 7 + [201]
+    assert len({r.json()["_id"] for r in responses}) == 1
+
+    query = json.dumps({"urls": urls[0]})
+    page = (await client.get("/v1/records", params={"q": query}, headers=auth)).json()
+    assert page["length"] == 1
+    assert sorted(page["output"][0]["urls"]) == sorted(urls)
+
+
+async def test_label_by_id_returns_stored_record_without_fetching(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    record = (
+        await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+    ).json()
+    seen = len(image_server.requests)
+    by_id = await client.post("/v1/labels", json={"id": record["_id"]})
+    assert by_id.status_code == 200
+    assert by_id.json() == record
+    assert len(image_server.requests) == seen
+
+
+async def test_cortex_upload_accepts_url_or_id(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    url = image_server.photo_url("000000403817.jpg")
+    by_url = await client.post("/upload", json={"url_or_id": url})
+    assert by_url.status_code == 200
+    record = by_url.json()
+    assert {"cat", "laptop"} <= {b["classname"] for b in record["object_analysis"][0]}
+    by_id = await client.post("/upload", json={"url_or_id": record["_id"]})
+    assert by_id.status_code == 200 and by_id.json()["_id"] == record["_id"]
+
+
+async def test_redirect_is_followed_and_original_url_recorded(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    url = image_server.url("/redirect-to-cat")
+    response = await client.post("/v1/labels", json={"url": url})
+    assert response.status_code in (200, 201)
+    assert url in response.json()["urls"]

@@ -1,0 +1,69 @@
+"""Liveness, readiness, metrics and the committed OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import CAT_PHOTO, ROOT, AppClient
+from tests.support.image_server import ImageServer
+
+
+async def test_health_and_readiness(client: AppClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready" and body["database"] == "ok"
+    assert body["models"][0]["name"] == "yolox_nano"
+    assert body["models"][0]["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+
+
+async def test_metrics_cover_requests_stages_models_and_records(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+    await client.post("/v1/labels", json={"url": image_server.url("/upstream-500")})
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    labels = 'method="POST",route="/v1/labels",status="201"'
+    assert f"labelsvc_http_request_duration_seconds_count{{{labels}}} 1.0" in text
+    for stage in ("fetch", "decode", "detect", "store"):
+        assert f'labelsvc_stage_duration_seconds_count{{stage="{stage}"}}' in text
+    assert 'labelsvc_model_inference_seconds_count{model="yolox_nano"' in text
+    assert "labelsvc_records_created_total 1.0" in text
+    assert 'labelsvc_fetch_failures_total{reason="upstream_status"} 1.0' in text
+    assert 'labelsvc_model_info{model="yolox_nano"' in text
+
+
+async def test_interactive_docs_are_served(client: AppClient) -> None:
+    docs = await client.get("/docs/swagger")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    schema = await client.get("/docs/openapi.json")
+    assert schema.json()["paths"]["/v1/labels"]["post"]
+
+
+def test_committed_openapi_document_is_current() -> None:
+    generated = create_app(Settings()).openapi_schema.to_schema()
+    committed = json.loads((ROOT / "openapi" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(generated)), (
+        "openapi/openapi.json is stale: run `make openapi`"
+    )
+
+
+def test_openapi_document_lists_every_route() -> None:
+    document = json.loads(Path(ROOT / "openapi" / "openapi.json").read_text())
+    assert {
+        "/v1/labels",
+        "/upload",
+        "/v1/records",
+        "/get-labeled-data",
+        "/v1/records/{record_id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= set(document["paths"])

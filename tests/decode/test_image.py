@@ -1,0 +1,83 @@
+"""Decoding untrusted bytes: orientation, modes, caps, broken files, draft scaling."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from service.decode.image import decode_image
+from service.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
+from tests.support.images import encode, png_bomb
+
+CAP = 50_000_000
+
+
+def gradient(width: int, height: int) -> Image.Image:
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    image.paste((255, 0, 0), (0, 0, 16, 16))  # a red top-left marker
+    return image
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90-degree clockwise turn
+    data = encode(gradient(300, 200), "JPEG", exif=exif, quality=95)
+    decoded = decode_image(data, max_pixels=CAP)
+    assert (decoded.width, decoded.height) == (200, 300)
+    assert decoded.image.size == (200, 300)
+    red, green, blue = decoded.image.getpixel((195, 4))  # type: ignore[misc]
+    assert red > 150 and green < 100 and blue < 100  # the marker moved to the top-right
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "1"])
+def test_every_mode_becomes_rgb(mode: str) -> None:
+    fmt = "JPEG" if mode == "CMYK" else "TIFF" if mode == "I;16" else "PNG"
+    data = encode(gradient(64, 48).convert(mode), fmt)
+    decoded = decode_image(data, max_pixels=CAP)
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.size == (64, 48)
+
+
+def test_transparency_is_composited_on_white() -> None:
+    data = encode(Image.new("RGBA", (10, 10), (0, 0, 0, 0)), "PNG")
+    assert decode_image(data, max_pixels=CAP).image.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_pixel_cap_is_checked_before_decoding() -> None:
+    with pytest.raises(PayloadTooLarge, match="pixels"):
+        decode_image(png_bomb(), max_pixels=CAP)
+    with pytest.raises(PayloadTooLarge):
+        decode_image(encode(gradient(100, 100), "PNG"), max_pixels=9_999)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", UnsupportedMediaType),
+        (b"GIF89 not really", UnsupportedMediaType),
+        (b"<html><body>hello</body></html>", UnsupportedMediaType),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n", UnsupportedMediaType),  # EPS would run Ghostscript
+    ],
+)
+def test_non_images_are_refused(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        decode_image(data, max_pixels=CAP)
+
+
+def test_truncated_jpeg_is_unprocessable() -> None:
+    data = encode(gradient(400, 300), "JPEG", quality=95)
+    with pytest.raises(UnprocessableImage):
+        decode_image(data[: len(data) // 2], max_pixels=CAP)
+
+
+def test_large_jpeg_is_drafted_but_reports_full_size() -> None:
+    data = encode(gradient(2000, 1200), "JPEG")
+    decoded = decode_image(data, max_pixels=CAP, target_size=416)
+    assert (decoded.width, decoded.height) == (2000, 1200)
+    assert 416 <= decoded.image.width <= 1000  # DCT scaling by 1/2 or 1/4
+    assert decoded.scale == decoded.image.width / 2000
+
+
+def test_small_jpeg_is_not_drafted() -> None:
+    data = encode(gradient(640, 480), "JPEG")
+    assert decode_image(data, max_pixels=CAP, target_size=416).image.size == (640, 480)
