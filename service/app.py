@@ -61,4 +61,5 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[DefineMiddleware(middleware)],
         openapi_config=openapi_config(),
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
+        logging_config=None,  # configured once, by the launcher
     )

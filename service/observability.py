@@ -109,3 +109,5 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per outgoing fetch is noise at INFO; failures are counted in metrics instead.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

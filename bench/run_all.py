@@ -1,0 +1,23 @@
+"""``make bench``: run every benchmark, each in its own process; each prints JSON lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = ["bench.detection_map", "bench.service_map"]
+
+
+def main() -> int:
+    failed = []
+    for module in BENCHMARKS:
+        result = subprocess.run([sys.executable, "-m", module], check=False)
+        if result.returncode != 0:
+            failed.append(module)
+    if failed:
+        print(f"benchmarks below their floor or failing: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
