@@ -17,7 +17,6 @@ import httpx
 
 from bench.detection_map import evalset_dir, model_dir
 from service.dbserver import LocalDatabaseServer, free_port
-from tests.support.image_server import ImageServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,13 +40,41 @@ def database() -> Iterator[LocalDatabaseServer]:
             server.stop()
 
 
+class PhotoHost:
+    """A static file server for the evaluation photos in its own process, like a real host."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def photo_url(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+
 @contextmanager
-def photo_server() -> Iterator[ImageServer]:
-    server = ImageServer(photos=evalset_dir() / "images").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def photo_server() -> Iterator[PhotoHost]:
+    port = free_port()
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    with subprocess.Popen(
+        command,
+        cwd=evalset_dir() / "images",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        host = PhotoHost(f"http://127.0.0.1:{port}")
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    httpx.head(host.base + "/", timeout=1)
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            yield host
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from litestar import Litestar
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from service.analysis import ImageAnalyzer
 from service.auth import Authenticator
 from service.executor import BlockingExecutor
 from service.fetch.download import ImageFetcher
@@ -101,11 +102,15 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             pipeline=LabelingPipeline(
                 fetcher=fetcher,
                 executor=executor,
-                detector=detector,
+                analyzer=ImageAnalyzer(
+                    detector,
+                    min_confidence=settings.min_confidence,
+                    max_pixels=settings.max_pixels,
+                    metrics=metrics,
+                ),
                 store=records,
                 metrics=metrics,
-                min_confidence=settings.min_confidence,
-                max_pixels=settings.max_pixels,
+                max_inflight=settings.max_inflight,
             ),
         )
         indexer = asyncio.create_task(_ensure_indexes(resources))

@@ -9,15 +9,12 @@ task, so a client that disconnects does not waste the work or leave a half-made 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from service.decode.image import DecodedImage, decode_image
+from service.analysis import ImageAnalysis, ImageAnalyzer
 from service.domain.records import (
     Analysis,
-    Box,
     Record,
     classes_of,
     flag,
@@ -26,10 +23,9 @@ from service.domain.records import (
     record_from_document,
     record_to_document,
 )
-from service.errors import BadRequest, RecordNotFound, ServiceError
+from service.errors import BadRequest, Overloaded, RecordNotFound, ServiceError
 from service.executor import BlockingExecutor
 from service.fetch.download import Fetched, ImageFetcher
-from service.infer.yolox import Detection, YoloxDetector
 from service.observability import Metrics
 from service.properties import dominant_colors
 from service.score.label_quality import label_quality
@@ -42,35 +38,8 @@ class LabelOutcome:
     created: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Analysis:
-    decoded: DecodedImage
-    boxes: list[Box]
-
-
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def to_boxes(detections: list[Detection], decoded: DecodedImage) -> list[Box]:
-    """Detections on the (possibly reduced) model image -> integer full-resolution pixels."""
-    inverse = 1.0 / decoded.scale
-    w, h = decoded.width, decoded.height
-
-    def px(value: float, limit: int) -> int:
-        return min(max(round(value * inverse), 0), limit)
-
-    return [
-        Box(
-            classname=d.classname,
-            conf=round(d.conf, 4),
-            x1=px(d.x1, w),
-            y1=px(d.y1, h),
-            x2=px(d.x2, w),
-            y2=px(d.y2, h),
-        )
-        for d in detections
-    ]
 
 
 class LabelingPipeline:
@@ -79,20 +48,26 @@ class LabelingPipeline:
         *,
         fetcher: ImageFetcher,
         executor: BlockingExecutor,
-        detector: YoloxDetector,
+        analyzer: ImageAnalyzer,
         store: RecordStore,
         metrics: Metrics,
-        min_confidence: float,
-        max_pixels: int,
+        max_inflight: int,
     ) -> None:
         self._fetcher = fetcher
         self._executor = executor
-        self._detector = detector
+        self._analyzer = analyzer
+        self._detector = analyzer.detector
+        self._min_confidence = analyzer.min_confidence
         self._store = store
         self._metrics = metrics
-        self._min_confidence = min_confidence
-        self._max_pixels = max_pixels
         self._inflight: dict[str, asyncio.Task[LabelOutcome]] = {}
+        self._max_inflight = max_inflight
+        self._admitted = 0
+
+    @property
+    def admitted(self) -> int:
+        """Labeling requests in progress (fetching, analysing or storing)."""
+        return self._admitted
 
     async def label(self, url_or_id: str) -> LabelOutcome:
         """Label a URL, or return the stored record when given a record id."""
@@ -113,8 +88,24 @@ class LabelingPipeline:
         return record_from_document(document)
 
     async def label_url(self, url: str) -> LabelOutcome:
+        # Admission before the download: a burst must not turn into unbounded concurrent
+        # fetches (each up to max_image_bytes in memory) queued behind the workers.
+        if self._admitted >= self._max_inflight:
+            self._metrics.rejected.labels("inflight").inc()
+            raise Overloaded(
+                f"{self._admitted} images are being labeled; retry shortly",
+                retry_after=1,
+                extra={"reason": "inflight"},
+            )
+        self._admitted += 1
+        try:
+            return await self._label_url(url)
+        finally:
+            self._admitted -= 1
+
+    async def _label_url(self, url: str) -> LabelOutcome:
         fetched = await self._fetch(url)
-        digest = await self._executor.run(_sha256, fetched.data)
+        digest = fetched.sha256
         existing = await self._store.find_by_hash(digest)
         if existing is not None:
             return await self._reuse(digest, url)
@@ -145,7 +136,7 @@ class LabelingPipeline:
                 raise
 
     async def _create(self, fetched: Fetched, url: str, digest: str) -> LabelOutcome:
-        analysis = await self._executor.run(self._analyze, fetched.data)
+        analysis = await self._executor.run(self._analyzer.analyze, fetched.data)
         record = self._build_record(analysis, fetched, url, digest)
         with self._metrics.stage("store"):
             stored = await self._store.insert(record_to_document(record))
@@ -154,21 +145,9 @@ class LabelingPipeline:
             self._metrics.records_created.inc()
         return LabelOutcome(record if created else record_from_document(stored), created)
 
-    def _analyze(self, data: bytes) -> _Analysis:
-        """Blocking part of labeling; runs on the executor."""
-        with self._metrics.stage("decode"):
-            decoded = decode_image(
-                data, max_pixels=self._max_pixels, target_size=self._detector.input_size
-            )
-        with self._metrics.stage("detect"):
-            start = time.perf_counter()
-            detections = self._detector.detect(decoded.image, self._min_confidence)
-            self._metrics.inference_latency.labels(
-                self._detector.name, self._detector.provider
-            ).observe(time.perf_counter() - start)
-        return _Analysis(decoded=decoded, boxes=to_boxes(detections, decoded))
-
-    def _build_record(self, analysis: _Analysis, fetched: Fetched, url: str, digest: str) -> Record:
+    def _build_record(
+        self, analysis: ImageAnalysis, fetched: Fetched, url: str, digest: str
+    ) -> Record:
         now = utc_now()
         decoded, boxes = analysis.decoded, analysis.boxes
         detector = self._detector
@@ -203,7 +182,3 @@ class LabelingPipeline:
                 ),
             ],
         )
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

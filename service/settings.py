@@ -55,7 +55,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Blocking work: one executor for decode and inference, bounded.
     workers: int = msgspec.field(default_factory=_default_workers)
     intra_op_threads: int = 0  # 0: cores divided among the executor's workers
-    max_pending: int = 64
+    max_pending: int = 64  # blocking tasks queued or running
+    max_inflight: int = 32  # labeling requests admitted at once (fetch included)
 
     # Fetching untrusted URLs.
     allow_private_urls: bool = False
@@ -105,6 +106,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "nms_iou must be in (0, 1]": 0.0 < self.nms_iou <= 1.0,
             "workers must be >= 1": self.workers >= 1,
             "max_pending must be >= 1": self.max_pending >= 1,
+            "max_inflight must be >= 1": self.max_inflight >= 1,
             "detector_input_size must be a multiple of 32": self.detector_input_size % 32 == 0,
             "max_redirects must be >= 0": self.max_redirects >= 0,
             "page_size must be in [1, 100]": 1 <= self.page_size <= 100,

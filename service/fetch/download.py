@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -33,6 +34,7 @@ class Fetched:
     data: bytes
     url: str  # final URL after redirects
     content_type: str | None
+    sha256: str  # of ``data``, computed while streaming (no second pass over the bytes)
     redirects: tuple[str, ...]  # the URLs that redirected, in order
 
 
@@ -205,13 +207,16 @@ class ImageFetcher:
         if declared is not None and declared > policy.max_bytes:
             raise too_large
         data = bytearray()
+        digest = hashlib.sha256()
         async for chunk in response.aiter_raw():
             if len(data) + len(chunk) > policy.max_bytes:
                 raise too_large
             data += chunk
+            digest.update(chunk)
         return Fetched(
             data=bytes(data),
             url=target.url,
             content_type=response.headers.get("content-type"),
+            sha256=digest.hexdigest(),
             redirects=redirects,
         )

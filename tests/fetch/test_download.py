@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import socket
 import ssl
@@ -57,7 +58,11 @@ def fetcher(make_fetcher: MakeFetcher) -> ImageFetcher:
 async def test_fetches_bytes_and_sends_headers(fetcher: ImageFetcher, server: Server) -> None:
     result = await fetcher.fetch(server.url("/ok.jpg"))
     assert result == Fetched(
-        data=JPEG, url=server.url("/ok.jpg"), content_type="image/jpeg", redirects=()
+        data=JPEG,
+        url=server.url("/ok.jpg"),
+        content_type="image/jpeg",
+        redirects=(),
+        sha256=hashlib.sha256(JPEG).hexdigest(),
     )
     [seen] = server.seen
     assert seen.headers["Host"] == f"127.0.0.1:{server.port}"
