@@ -12,6 +12,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service import __version__
 from service.api import health, labels, records
+from service.api.headers import security_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.lifespan import lifespan
 from service.observability import Metrics, request_metrics_middleware
@@ -58,7 +59,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=ROUTES,
         lifespan=[hook],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(middleware)],
+        middleware=[DefineMiddleware(middleware), security_headers_middleware],
         openapi_config=openapi_config(),
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         logging_config=None,  # configured once, by the launcher

@@ -44,6 +44,8 @@ def serve(settings: Settings) -> int:
             log_level=settings.log_level,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            # Room for a filter of 8,192 characters, percent-encoded, in the request line.
+            h11_max_incomplete_event_size=128 * 1024,
         )
         uvicorn.Server(config).run()
     finally:

@@ -60,6 +60,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Fetching untrusted URLs.
     allow_private_urls: bool = False
+    fetch_allowed_hosts: str = ""  # comma-separated; empty: any public host
     max_image_bytes: int = 20_000_000
     max_url_length: int = 2048
     max_redirects: int = 5

@@ -2,50 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from service.dbserver import free_port
-from tests.conftest import API_KEY, CAT_PHOTO, ROOT
+from tests.conftest import API_KEY, CAT_PHOTO
 from tests.support.image_server import ImageServer
-
-
-def start_service(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise AssertionError(f"service exited with {process.returncode}:\n{output}")
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("service did not become ready")
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=60)
+from tests.support.process import service_env, start_service, stop, wait_ready
 
 
 def port_open(port: int) -> bool:
@@ -58,26 +25,33 @@ def test_serve_sigterm_and_restart_keep_the_data(
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "LABELSVC_PORT": str(port),
-        "LABELSVC_DATA_DIR": str(tmp_path / "var"),
-        "LABELSVC_MODEL_DIR": str(model_dir),
-        "LABELSVC_ALLOW_PRIVATE_URLS": "1",
-        "LABELSVC_BOOTSTRAP_API_KEY": API_KEY,
-        "LABELSVC_DB_SERVER": os.environ.get(
-            "LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py")
-        ),
-    }
-    env.pop("LABELSVC_MONGODB_URI", None)
+    env = service_env(
+        port,
+        data_dir=str(tmp_path / "var"),
+        model_dir=str(model_dir),
+        allow_private_urls="1",
+        bootstrap_api_key=API_KEY,
+    )
     url = image_server.photo_url(CAT_PHOTO, alias="restart")
 
-    with start_service(env) as process:
+    with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         try:
             wait_ready(base, process)
             created = httpx.post(base + "/upload", json={"url_or_id": url}, timeout=60)
             assert created.status_code == 200, created.text
             record = created.json()
+            # A Cortex-style client: query with the RapidAPI header, read output and length.
+            page = httpx.get(
+                base + "/get-labeled-data",
+                params={
+                    "page": 1,
+                    "q": '{"object_analysis": {"$elemMatch": {"$elemMatch": '
+                    '{"classname": "cat"}}}}',
+                },
+                headers={"X-RapidAPI-Key": API_KEY},
+                timeout=10,
+            ).json()
+            assert page["length"] == 1 and page["output"][0]["_id"] == record["_id"]
         finally:
             assert stop(process) == 0
         assert process.stdout is not None

@@ -21,7 +21,7 @@ Query = Annotated[
     str | None,
     QueryParameter(
         description='A MongoDB filter as JSON, e.g. {"classes": "cat", "width": {"$gt": 100}}',
-        max_length=16_384,
+        max_length=8_192,
     ),
 ]
 Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="1-based page number")]

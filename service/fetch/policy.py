@@ -60,6 +60,7 @@ class FetchPolicy:
     read_timeout: float = 10.0
     total_timeout: float = 30.0
     user_agent: str = "labelsvc/0.1"
+    allowed_hosts: tuple[str, ...] = ()  # empty: any host; "example.com" also admits subdomains
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchPolicy:
@@ -76,6 +77,11 @@ class FetchPolicy:
             read_timeout=settings.fetch_read_timeout,
             total_timeout=settings.fetch_total_timeout,
             user_agent=f"labelsvc/{version}",
+            allowed_hosts=tuple(
+                h.strip().lower().rstrip(".")
+                for h in settings.fetch_allowed_hosts.split(",")
+                if h.strip()
+            ),
         )
 
 
@@ -167,6 +173,10 @@ def has_unsafe_characters(text: str) -> bool:
     return any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
 
 
+def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    return any(host == entry or host.endswith("." + entry) for entry in allowed)
+
+
 def parse_target(url: str, policy: FetchPolicy) -> Target:
     """Check the URL's shape (no DNS); raise ``UrlRejected`` naming what is wrong."""
     if len(url) > policy.max_url_length:
@@ -210,6 +220,8 @@ def parse_target(url: str, policy: FetchPolicy) -> Target:
         port = DEFAULT_PORTS[scheme]
 
     host, address = _parse_host(raw_host)
+    if policy.allowed_hosts and not _host_allowed(host, policy.allowed_hosts):
+        raise _reject(f"host {host!r} is not on this service's allow-list", "host_not_allowed")
     path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
     if parts.query:
         path += "?" + quote(parts.query, safe="/?%:@!$&'()*+,;=-._~")

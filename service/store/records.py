@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -24,6 +24,7 @@ from pymongo.errors import (
 from service.errors import DatabaseUnavailable, InvalidQuery, ServiceUnavailable
 
 Document = dict[str, Any]
+DURABLE = WriteConcern(j=True)
 
 # Every field the query API filters or sorts on is indexed: the hash makes ingestion
 # idempotent, `classes` is the flat twin of the nested detections.
@@ -62,7 +63,10 @@ async def database_errors() -> AsyncIterator[None]:
 
 class RecordStore:
     def __init__(self, database: AsyncDatabase[Document], *, max_time_ms: int) -> None:
-        self._records: AsyncCollection[Document] = database["records"]
+        # Journaled writes: a record is acknowledged only once it survives a database crash.
+        self._records: AsyncCollection[Document] = database.get_collection(
+            "records", write_concern=DURABLE
+        )
         self._max_time_ms = max_time_ms
 
     async def ensure_indexes(self) -> None:

@@ -314,3 +314,24 @@ def test_from_settings() -> None:
     )
     assert policy.user_agent.startswith("labelsvc/")
     assert FetchPolicy.from_settings(Settings()).allow_private is False
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://images.example.com/a.jpg", True),
+        ("http://example.com/a.jpg", True),
+        ("http://EXAMPLE.com./a.jpg", True),
+        ("http://badexample.com/a.jpg", False),
+        ("http://example.org/a.jpg", False),
+        ("http://93.184.216.34/a.jpg", False),
+    ],
+)
+def test_host_allow_list(url: str, allowed: bool) -> None:
+    policy = FetchPolicy(allowed_hosts=("example.com",))
+    if allowed:
+        assert parse_target(url, policy).host.endswith("example.com")
+    else:
+        with pytest.raises(UrlRejected) as caught:
+            parse_target(url, policy)
+        assert caught.value.extra["reason"] == "host_not_allowed"

@@ -1,0 +1,68 @@
+"""A database outage: 503 problem+json (no hang, no 500), then recovery without a restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from service.dbserver import LocalDatabaseServer
+from service.settings import Settings
+from tests.api.test_errors import assert_problem
+from tests.conftest import CAT_PHOTO, ROOT, running
+from tests.support.image_server import ImageServer
+
+
+def db_command() -> str:
+    import os
+
+    return os.environ.get("LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py"))
+
+
+async def test_outage_answers_503_and_recovers_by_itself(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    image_server: ImageServer,
+    auth: dict[str, str],
+) -> None:
+    db = LocalDatabaseServer(db_command(), tmp_path / "db")
+    db.start()
+    try:
+        settings = make_settings(mongodb_uri=db.uri, db_timeout_ms=1000)
+        async with running(settings) as client:
+            stored = await client.post(
+                "/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)}
+            )
+            assert stored.status_code == 201
+            record_id = stored.json()["_id"]
+
+            db.kill()  # abrupt, like a crash
+            started = time.monotonic()
+            assert_problem(await client.get("/readyz"), 503)
+            labeling = await client.post(
+                "/v1/labels", json={"url": image_server.photo_url("000000403817.jpg")}
+            )
+            assert_problem(labeling, 503, "database-unavailable")
+            assert labeling.headers["retry-after"]
+            query = await client.get("/v1/records", params={"q": json.dumps({})}, headers=auth)
+            assert_problem(query, 503, "database-unavailable")
+            assert time.monotonic() - started < 15  # bounded by the driver timeouts
+            assert (await client.get("/healthz")).status_code == 200  # alive all along
+
+            db.start()
+            recovered_at = time.monotonic()
+            for _ in range(100):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+            else:
+                raise AssertionError("not ready again after the database came back")
+            print(f"ready {time.monotonic() - recovered_at:.2f}s after the database returned")
+            again = await client.get(f"/v1/records/{record_id}", headers=auth)
+            assert again.status_code == 200  # nothing acknowledged was lost
+            labeled = await client.post(
+                "/v1/labels", json={"url": image_server.photo_url("000000403817.jpg")}
+            )
+            assert labeled.status_code == 201
+    finally:
+        db.stop()

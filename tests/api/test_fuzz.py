@@ -1,0 +1,54 @@
+"""Fuzz every operation of the committed OpenAPI document against the running service.
+
+No response may be a server error other than the deliberate 502/503/504, and every error is
+problem+json. The service may only fetch from 127.0.0.1, so generated URLs never leave the
+machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from service.dbserver import LocalDatabaseServer
+from tests.conftest import API_KEY, ROOT
+from tests.support.process import live_service
+
+DELIBERATE = {502, 503, 504}
+seen: dict[str, int] = {"cases": 0, "server_errors": 0}
+
+
+@pytest.fixture(scope="module")
+def live_base(db_server: LocalDatabaseServer) -> Iterator[str]:
+    with live_service(
+        mongodb_uri=db_server.uri,
+        mongodb_db="fuzz",
+        allow_private_urls="1",
+        fetch_allowed_hosts="127.0.0.1",
+        fetch_total_timeout="3",
+        bootstrap_api_key=API_KEY,
+        log_level="warning",
+    ) as (base, _):
+        yield base
+    print(f"\nschemathesis: {seen['cases']} cases, {seen['server_errors']} server errors")
+
+
+schema = schemathesis.openapi.from_path(ROOT / "openapi" / "openapi.json")
+
+
+@schema.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+def test_no_undeliberate_server_errors(case: schemathesis.Case, live_base: str) -> None:
+    response = case.call(base_url=live_base, headers={"X-API-Key": API_KEY}, timeout=30)
+    seen["cases"] += 1
+    if response.status_code >= 500 and response.status_code not in DELIBERATE:
+        seen["server_errors"] += 1
+    assert response.status_code < 500 or response.status_code in DELIBERATE, (
+        f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
+    )
+    if response.status_code >= 400:
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        assert headers["content-type"][0].startswith("application/problem+json"), headers

@@ -1,0 +1,74 @@
+"""Run the service as users do (``python -m service serve``) in a child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from service.dbserver import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def db_server_command() -> str:
+    return os.environ.get("LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py"))
+
+
+def service_env(port: int, **settings: str) -> dict[str, str]:
+    """The environment for a service on ``port``: ``LABELSVC_<NAME>`` for each setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELSVC_")}
+    env["LABELSVC_DB_SERVER"] = db_server_command()
+    env["LABELSVC_MODEL_DIR"] = os.environ.get(
+        "LABELSVC_MODEL_DIR", str(ROOT.parent / "shared" / "models")
+    )
+    env["LABELSVC_PORT"] = str(port)
+    env.update({f"LABELSVC_{key.upper()}": value for key, value in settings.items()})
+    return env
+
+
+def start_service(env: dict[str, str], **popen: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env, **popen
+    )
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 90) -> float:
+    """Seconds until ``/readyz`` answered 200; fails if the process exits first."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if process.poll() is not None:
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise RuntimeError(f"the service exited with {process.returncode}:\n{output}")
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - start
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("the service did not become ready")
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=timeout)
+
+
+@contextmanager
+def live_service(**settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A ready service on a free port; yields its base URL and process, stops it after."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with start_service(service_env(port, **settings)) as process:
+        try:
+            wait_ready(base, process)
+            yield base, process
+        finally:
+            stop(process)
