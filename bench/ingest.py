@@ -1,12 +1,14 @@
 """Ingest throughput: the running service against the bare in-process pipeline.
 
-The bare baseline runs the service's own ImageAnalyzer (hash, decode, models) over the
-evaluation photos read from disk on a thread pool of the same size as the service's
-executor: no HTTP, no fetch, no database. The service labels the same photos fetched from
+The bare baseline runs the service's own ImageAnalyzer (hash, decode, every model, score,
+caption) over the evaluation photos held in memory, on an executor of the same size as the
+service's, at the same concurrency levels (the best one counts): no HTTP, no fetch, no
+database. The service labels the same photos fetched from
 a local HTTP server at concurrency 1, 4 and 16 (a fresh database for each level, so every
 photo is analysed). Prints JSON lines: ``ingest`` (ratio = service / bare images/s at the
-best concurrency), ``ingest_components`` (mean ms per stage inside the service) and
-``cold_start``.
+best concurrency), ``ingest_components`` (mean ms per stage inside the service),
+``cold_start`` and ``labeling_latency`` (median latency at concurrency 1 with every analysis
+on, over the same service running detection only).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import hashlib
 import json
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,29 +25,40 @@ import httpx
 from bench.detection_map import model_dir
 from bench.harness import database, photo_server, photos, service
 from service.analysis import ImageAnalyzer
-from service.infer.models import load_detector
+from service.executor import BlockingExecutor
+from service.infer.models import load_models
 from service.settings import Settings
 
 CONCURRENCY = (1, 4, 16)
 
 
-def bare_images_per_second(files: list[Path], settings: Settings) -> float:
+def bare_images_per_second(files: list[Path], settings: Settings, concurrency: int) -> float:
+    """The same analysis on the same sized executor, fed from memory: no HTTP, no database."""
     analyzer = ImageAnalyzer(
-        load_detector(settings),
+        load_models(settings),
         min_confidence=settings.min_confidence,
         max_pixels=settings.max_pixels,
     )
     blobs = [f.read_bytes() for f in files]
+    executor = BlockingExecutor(settings.workers, max_pending=10_000)
 
-    def work(data: bytes) -> None:
-        hashlib.sha256(data).hexdigest()
-        analyzer.analyze(data)
+    async def run_all(batch: list[bytes]) -> float:
+        limit = asyncio.Semaphore(concurrency)
 
-    with ThreadPoolExecutor(settings.workers) as pool:
-        list(pool.map(work, blobs[:8]))  # warm-up
+        async def one(data: bytes) -> None:
+            async with limit:
+                hashlib.sha256(data).hexdigest()
+                await analyzer.analyze(data, executor)
+
         start = time.perf_counter()
-        list(pool.map(work, blobs))
-        return len(blobs) / (time.perf_counter() - start)
+        await asyncio.gather(*(one(data) for data in batch))
+        return time.perf_counter() - start
+
+    try:
+        asyncio.run(run_all(blobs[:8]))  # warm-up
+        return len(blobs) / asyncio.run(run_all(blobs))
+    finally:
+        executor.shutdown()
 
 
 async def post_all(base: str, urls: list[str], concurrency: int) -> tuple[float, list[float]]:
@@ -93,7 +105,8 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> int:
     files = photos()
     settings = Settings(model_dir=model_dir())
-    bare = bare_images_per_second(files, settings)
+    bare = max(bare_images_per_second(files, settings, c) for c in CONCURRENCY)
+    full_ms, detect_ms = 0.0, 0.0
     levels = {}
     components: dict[str, float] = {}
     rss = 0.0
@@ -107,11 +120,23 @@ def main() -> int:
                 rate, latencies = asyncio.run(post_all(base, urls, concurrency))
                 components = stage_means_ms(httpx.get(base + "/metrics").text)
                 rss = max(rss, peak_rss_mb(proc.pid))
+            if concurrency == 1:
+                full_ms = statistics.median(latencies) * 1000
+                only = {
+                    "mongodb_db": "ingest_detect_only",
+                    "second_opinion": "0",
+                    "scene_tags": "0",
+                }
+                with service(db.uri, **only) as (base, _):
+                    _, detect_latencies = asyncio.run(post_all(base, urls, 1))
+                detect_ms = statistics.median(detect_latencies) * 1000
             levels[concurrency] = {
                 "images_per_s": round(rate, 2),
                 "p50_ms": round(1000 * statistics.median(latencies), 1),
                 "p95_ms": round(1000 * percentile(latencies, 95), 1),
             }
+    # The machine is shared and noisy: measure the baseline again afterwards, keep its best.
+    bare = max(bare, bare_images_per_second(files, settings, 4))
     best = max(levels, key=lambda c: levels[c]["images_per_s"])
     at16 = levels[16]
     fair_p95_ms = 2 * 16 / at16["images_per_s"] * 1000
@@ -135,6 +160,17 @@ def main() -> int:
     print(json.dumps({"name": "ingest_components", "ratio": 1.0, "mean_ms": components}))
     print(
         json.dumps({"name": "cold_start", "ratio": 1.0, "seconds_to_ready": round(cold_start, 2)})
+    )
+    print(
+        json.dumps(
+            {
+                "name": "labeling_latency",
+                "ratio": round(full_ms / detect_ms, 3),
+                "p50_ms_everything": round(full_ms, 1),
+                "p50_ms_detection_only": round(detect_ms, 1),
+                "concurrency": 1,
+            }
+        )
     )
     return 0
 

@@ -1,30 +1,66 @@
-"""The blocking analysis of one image: decode, run the models, describe. No I/O.
+"""The analysis of one image: decode, run the models, describe, score, caption. No I/O.
 
-Runs on the executor. The same object serves the service and the in-process baseline of
-the ingest benchmark, so both measure exactly the same stages.
+Decoding runs first; then the detector, the second-opinion detector, the tagger and the
+pixel statistics run concurrently as separate executor tasks, so one image's latency is
+close to its longest stage rather than their sum. The same object serves the service and
+the in-process baseline of the ingest benchmark, so both measure exactly the same stages.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
+from PIL import Image
+
+from service.caption.grounded import grounded_caption
 from service.decode.image import DecodedImage, decode_image
-from service.domain.records import Box
-from service.infer.yolox import Detection, YoloxDetector
+from service.describe.properties import image_properties
+from service.domain.records import (
+    Analysis,
+    Box,
+    Caption,
+    ImageProperties,
+    LabelQuality,
+    Tag,
+)
+from service.executor import BlockingExecutor
+from service.infer.batching import BatchPolicy, MicroBatcher
+from service.infer.models import Models
+from service.infer.yolox import Detection
 from service.observability import Metrics
+from service.score import quality
+
+Params = dict[str, float | int | str | bool]
+
+QUALITY_MODEL = "expected-f1-logistic-v1"
+GROUNDED = "grounded-v1"
+TAG_TOP_K = 5
+TAG_MIN_CONF = 0.05
 
 
 @dataclass(frozen=True, slots=True)
 class ImageAnalysis:
     decoded: DecodedImage
     boxes: list[Box]
+    tags: list[Tag]
+    properties: ImageProperties
+    quality: LabelQuality
+    caption: Caption
 
 
-def to_boxes(detections: list[Detection], decoded: DecodedImage) -> list[Box]:
+def to_boxes(
+    detections: list[Detection], decoded: DecodedImage, qualities: list[float] | None = None
+) -> list[Box]:
     """Detections on the (possibly reduced) model image -> integer full-resolution pixels."""
     inverse = 1.0 / decoded.scale
     w, h = decoded.width, decoded.height
+    per_box = qualities if qualities is not None else [None] * len(detections)
 
     def px(value: float, limit: int) -> int:
         return min(max(round(value * inverse), 0), limit)
@@ -37,34 +73,187 @@ def to_boxes(detections: list[Detection], decoded: DecodedImage) -> list[Box]:
             y1=px(d.y1, h),
             x2=px(d.x2, w),
             y2=px(d.y2, h),
+            quality=q,
         )
-        for d in detections
+        for d, q in zip(detections, per_box, strict=True)
     ]
 
 
 class ImageAnalyzer:
     def __init__(
         self,
-        detector: YoloxDetector,
+        models: Models,
         *,
         min_confidence: float,
         max_pixels: int,
         metrics: Metrics | None = None,
+        captions: MicroBatcher[Image.Image, str] | None = None,
+        caption_beams: int = 1,
     ) -> None:
-        self.detector = detector
+        """``captions`` batches neural captioning across concurrent requests (see
+        ``caption_batcher``); without it the grounded captioner writes every text."""
+        self.models = models
+        self._captions = captions
+        self.detector = models.detector
         self.min_confidence = min_confidence
+        self._caption_beams = caption_beams
         self.max_pixels = max_pixels
         self._metrics = metrics or Metrics()
 
-    def analyze(self, data: bytes) -> ImageAnalysis:
+    async def analyze(self, data: bytes, executor: BlockingExecutor) -> ImageAnalysis:
+        """Decoding is admitted by the executor's bound; the model stages that follow are not
+        refused once it is (see ``BlockingExecutor.run_admitted``)."""
+        decoded = await executor.run(self._decode, data)
+        image, run = decoded.image, executor.run_admitted
+        detections, second, tags, props = await asyncio.gather(
+            run(self._detect, image),
+            run(self._second_opinion, image),
+            run(self._tag, image),
+            run(self._describe, image, decoded),
+        )
+        with self._metrics.stage("score"):
+            kept = [d for d in detections if d.conf >= quality.KEPT_CONF]
+            estimate = quality.estimate(kept, second, tags, props, image.size)
+            per_box = quality.box_quality(detections, second)
+            caption = grounded_caption(detections, tags, props)
+        if self._captions is not None:
+            with self._metrics.stage("caption"):
+                caption = with_neural_text(caption, await self._captions.submit(image), self)
+        score = round(estimate.score, 4)
+        return ImageAnalysis(
+            decoded=decoded,
+            boxes=to_boxes(detections, decoded, per_box),
+            tags=[Tag(name=t.name, conf=round(t.conf, 4)) for t in tags],
+            properties=props,
+            quality=LabelQuality(
+                score=score,
+                components={k: round(v, 4) for k, v in estimate.components.items()},
+                model=QUALITY_MODEL,
+            ),
+            caption=caption,
+        )
+
+    def lineage(self, processed_at: str) -> list[Analysis]:
+        """One entry per analysis that ran: which model, which weights, which settings."""
+        models = self.models
+        entries = [
+            _model_entry("object_detection", models.detector, processed_at, self._detect_params()),
+        ]
+        if models.second is not None:
+            params: Params = {"min_confidence": quality.SECOND_MIN_CONF}
+            entries.append(_model_entry("second_opinion", models.second, processed_at, params))
+        if models.tagger is not None:
+            params = {"top_k": TAG_TOP_K, "min_confidence": TAG_MIN_CONF}
+            entries.append(_model_entry("scene_tags", models.tagger, processed_at, params))
+        entries += [
+            Analysis("image_properties", "pixel-statistics", "1", None, {}, processed_at),
+            Analysis(
+                "label_quality",
+                QUALITY_MODEL,
+                "1",
+                None,
+                {"second_opinion": models.second is not None},
+                processed_at,
+            ),
+        ]
+        captioner = models.captioner
+        if captioner is not None:
+            params = {"num_beams": self._caption_beams}
+            entries.append(_model_entry("caption", captioner, processed_at, params))
+        else:
+            entries.append(Analysis("caption", GROUNDED, "1", None, {}, processed_at))
+        return entries
+
+    def _detect_params(self) -> Params:
+        return {
+            "input_size": self.detector.input_size,
+            "min_confidence": self.min_confidence,
+            "nms_iou": self.detector.nms_iou,
+            "provider": self.detector.provider,
+        }
+
+    def _decode(self, data: bytes) -> DecodedImage:
         with self._metrics.stage("decode"):
-            decoded = decode_image(
+            return decode_image(
                 data, max_pixels=self.max_pixels, target_size=self.detector.input_size
             )
-        with self._metrics.stage("detect"):
-            start = time.perf_counter()
-            detections = self.detector.detect(decoded.image, self.min_confidence)
-            self._metrics.inference_latency.labels(
-                self.detector.name, self.detector.provider
-            ).observe(time.perf_counter() - start)
-        return ImageAnalysis(decoded=decoded, boxes=to_boxes(detections, decoded))
+
+    def _detect(self, image: Image.Image) -> list[Detection]:
+        with self._stage("detect", self.detector):
+            return self.detector.detect(image, self.min_confidence)
+
+    def _second_opinion(self, image: Image.Image) -> list[Detection] | None:
+        second = self.models.second
+        if second is None:
+            return None
+        with self._stage("second_opinion", second):
+            return second.detect(image, quality.SECOND_MIN_CONF)
+
+    def _tag(self, image: Image.Image) -> list[Any]:
+        tagger = self.models.tagger
+        if tagger is None:
+            return []
+        with self._stage("tag", tagger):
+            return tagger.tag(image, top_k=TAG_TOP_K, min_conf=TAG_MIN_CONF)
+
+    def _describe(self, image: Image.Image, decoded: DecodedImage) -> ImageProperties:
+        with self._metrics.stage("describe"):
+            props = image_properties(image)
+        # Report the full-resolution size, not the size of the reduced copy analysed.
+        return _with_size(props, decoded.width, decoded.height)
+
+    @contextmanager
+    def _stage(self, stage: str, model: Any) -> Iterator[None]:
+        start = time.perf_counter()
+        with self._metrics.stage(stage):
+            yield
+        self._metrics.inference_latency.labels(model.name, model.provider).observe(
+            time.perf_counter() - start
+        )
+
+
+def caption_batcher(
+    models: Models, executor: BlockingExecutor, *, beams: int, batch: BatchPolicy
+) -> MicroBatcher[Image.Image, str] | None:
+    """Neural captioning with a micro-batch per decoder run, when a captioner is loaded."""
+    captioner = models.captioner
+    if captioner is None:
+        return None
+
+    def run(images: Sequence[Image.Image]) -> list[str]:
+        return captioner.caption(images, num_beams=beams)
+
+    return MicroBatcher(run, executor.run_admitted, batch)
+
+
+def with_neural_text(grounded: Caption, text: str, analyzer: ImageAnalyzer) -> Caption:
+    """The neural caption as title and opening sentence; the grounded description follows
+    and the scene analysis (composition, light, colour) stays the grounded one."""
+    captioner = analyzer.models.captioner
+    text = " ".join(text.split()).strip()
+    if not text or captioner is None:
+        return grounded
+    sentence = text[0].upper() + text[1:]
+    if not sentence.endswith((".", "!", "?")):
+        sentence += "."
+    return Caption(
+        title=sentence.rstrip("."),
+        description=f"{sentence} {grounded.description}",
+        scene_analysis=grounded.scene_analysis,
+        model=captioner.name,
+    )
+
+
+def _with_size(props: ImageProperties, width: int, height: int) -> ImageProperties:
+    return msgspec.structs.replace(props, width=width, height=height)
+
+
+def _model_entry(name: str, model: Any, processed_at: str, params: Params) -> Analysis:
+    return Analysis(
+        name=name,
+        model=model.name,
+        version=model.version,
+        sha256=model.sha256,
+        params={**params, "provider": model.provider},
+        processed_at=processed_at,
+    )

@@ -38,6 +38,11 @@ class BlockingExecutor:
                 retry_after=1,
                 extra={"reason": "queue_full"},
             )
+        return await self.run_admitted(fn, *args, **kwargs)
+
+    async def run_admitted(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run follow-up work of a task already admitted by ``run``: never refused, so a
+        request that fans out into several tasks cannot be turned away halfway through."""
         self._pending += 1
         try:
             call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)

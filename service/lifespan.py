@@ -18,13 +18,13 @@ from litestar import Litestar
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from service.analysis import ImageAnalyzer
+from service.analysis import ImageAnalyzer, caption_batcher
 from service.auth import Authenticator
 from service.executor import BlockingExecutor
 from service.fetch.download import ImageFetcher
 from service.fetch.policy import FetchPolicy
-from service.infer.models import load_detector
-from service.infer.yolox import YoloxDetector
+from service.infer.batching import BatchPolicy
+from service.infer.models import Models, load_models
 from service.observability import Metrics
 from service.pipeline import LabelingPipeline
 from service.settings import Settings
@@ -40,7 +40,7 @@ class Resources:
     settings: Settings
     metrics: Metrics
     executor: BlockingExecutor
-    detector: YoloxDetector
+    models: Models
     database: AsyncDatabase[Document]
     records: RecordStore
     keys: ApiKeyStore
@@ -70,8 +70,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
     async with AsyncExitStack() as stack:
         executor = BlockingExecutor(settings.workers, settings.max_pending)
         stack.callback(executor.shutdown)
-        detector = await executor.run(load_detector, settings)
-        metrics.model_info.labels(detector.name, detector.provider, detector.sha256 or "").set(1)
+        models = await executor.run(load_models, settings)
+        for model in models.loaded():
+            metrics.model_info.labels(model.name, model.provider, model.sha256 or "").set(1)
 
         if settings.mongodb_uri is None:
             raise RuntimeError("mongodb_uri is not set (the launcher starts a local server)")
@@ -94,7 +95,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             settings=settings,
             metrics=metrics,
             executor=executor,
-            detector=detector,
+            models=models,
             database=database,
             records=records,
             keys=keys,
@@ -103,10 +104,19 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
                 fetcher=fetcher,
                 executor=executor,
                 analyzer=ImageAnalyzer(
-                    detector,
+                    models,
                     min_confidence=settings.min_confidence,
                     max_pixels=settings.max_pixels,
                     metrics=metrics,
+                    captions=caption_batcher(
+                        models,
+                        executor,
+                        beams=settings.caption_beams,
+                        batch=BatchPolicy(
+                            settings.caption_batch_size, settings.caption_batch_wait_ms
+                        ),
+                    ),
+                    caption_beams=settings.caption_beams,
                 ),
                 store=records,
                 metrics=metrics,

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 
 from service.analysis import ImageAnalysis, ImageAnalyzer
 from service.domain.records import (
-    Analysis,
     Record,
     classes_of,
     flag,
@@ -27,8 +26,8 @@ from service.errors import BadRequest, Overloaded, RecordNotFound, ServiceError
 from service.executor import BlockingExecutor
 from service.fetch.download import Fetched, ImageFetcher
 from service.observability import Metrics
-from service.properties import dominant_colors
-from service.score.label_quality import label_quality
+from service.query.keywords import keywords_for
+from service.query.similar import phash_bands
 from service.store.records import RecordStore
 
 
@@ -56,8 +55,6 @@ class LabelingPipeline:
         self._fetcher = fetcher
         self._executor = executor
         self._analyzer = analyzer
-        self._detector = analyzer.detector
-        self._min_confidence = analyzer.min_confidence
         self._store = store
         self._metrics = metrics
         self._inflight: dict[str, asyncio.Task[LabelOutcome]] = {}
@@ -136,7 +133,7 @@ class LabelingPipeline:
                 raise
 
     async def _create(self, fetched: Fetched, url: str, digest: str) -> LabelOutcome:
-        analysis = await self._executor.run(self._analyzer.analyze, fetched.data)
+        analysis = await self._analyzer.analyze(fetched.data, self._executor)
         record = self._build_record(analysis, fetched, url, digest)
         with self._metrics.stage("store"):
             stored = await self._store.insert(record_to_document(record))
@@ -150,7 +147,6 @@ class LabelingPipeline:
     ) -> Record:
         now = utc_now()
         decoded, boxes = analysis.decoded, analysis.boxes
-        detector = self._detector
         return Record(
             id=new_record_id(),
             url=url,
@@ -164,21 +160,17 @@ class LabelingPipeline:
             bytes=len(fetched.data),
             object_analysis=[boxes],
             classes=classes_of(boxes),
-            label_quality_estimation=label_quality(boxes),
-            dominant_colors=dominant_colors(decoded.image),
-            analyses=[
-                Analysis(
-                    name="object_detection",
-                    model=detector.name,
-                    version=detector.version,
-                    sha256=detector.sha256,
-                    params={
-                        "input_size": detector.input_size,
-                        "min_confidence": self._min_confidence,
-                        "nms_iou": detector.nms_iou,
-                        "provider": detector.provider,
-                    },
-                    processed_at=now,
-                ),
-            ],
+            label_quality_estimation=analysis.quality.score,
+            label_quality=analysis.quality,
+            tags=analysis.tags,
+            caption=analysis.caption,
+            image_properties=analysis.properties,
+            dominant_colors=analysis.properties.dominant_colors,
+            analyses=self._analyzer.lineage(now),
+            keywords=keywords_for(
+                classes_of(boxes),
+                [t.name for t in analysis.tags],
+                [analysis.caption.title, analysis.caption.description],
+            ),
+            phash_bands=phash_bands(analysis.properties.phash),
         )

@@ -43,6 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_server: str = "secantusd-py"
     db_timeout_ms: int = 3000
     query_max_time_ms: int = 5000
+    count_max_time_ms: int = 2000  # past this, `length` is an estimate, not an error
 
     # Models.
     model_dir: Path = Path("var/models")
@@ -51,6 +52,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     min_confidence: float = 0.25
     nms_iou: float = 0.65
     max_detections: int = 100
+    second_opinion: bool = True  # NanoDet, for the label-quality estimate
+    scene_tags: bool = True  # EfficientNet-Lite0 ImageNet tags
+    # A neural captioner exported by models/export_captioner.py; unset: the grounded one.
+    captioner_dir: Path | None = None
+    caption_beams: int = 1
+    caption_batch_size: int = 8
+    caption_batch_wait_ms: float = 5.0
 
     # Blocking work: one executor for decode and inference, bounded.
     workers: int = msgspec.field(default_factory=_default_workers)
@@ -108,9 +116,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "workers must be >= 1": self.workers >= 1,
             "max_pending must be >= 1": self.max_pending >= 1,
             "max_inflight must be >= 1": self.max_inflight >= 1,
+            "caption_beams must be >= 1": self.caption_beams >= 1,
+            "caption_batch_size must be >= 1": self.caption_batch_size >= 1,
             "detector_input_size must be a multiple of 32": self.detector_input_size % 32 == 0,
             "max_redirects must be >= 0": self.max_redirects >= 0,
             "page_size must be in [1, 100]": 1 <= self.page_size <= 100,
+            "query_max_time_ms and count_max_time_ms must be >= 1": min(
+                self.query_max_time_ms, self.count_max_time_ms
+            )
+            >= 1,
             f"execution_provider must be one of {get_args(Provider)}": self.execution_provider
             in get_args(Provider),
         }

@@ -25,8 +25,10 @@ async def healthz() -> Health:
     tags=["operations"],
 )
 async def readyz(resources: ResourcesDep) -> Readiness:
-    detector = resources.detector
-    models = [ModelStatus(name=detector.name, provider=detector.provider, sha256=detector.sha256)]
+    models = [
+        ModelStatus(name=m.name, provider=m.provider, sha256=m.sha256)
+        for m in resources.models.loaded()
+    ]
     if not await resources.database_ready():
         raise ServiceUnavailable(
             "the database is not answering", retry_after=2, extra={"database": "unavailable"}

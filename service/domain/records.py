@@ -32,8 +32,11 @@ def flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-class Box(msgspec.Struct, frozen=True):
-    """One detection, in integer pixels of the upright, full-resolution image."""
+class Box(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One detection, in integer pixels of the upright, full-resolution image.
+
+    ``quality``: the estimated probability that this box is right (a true positive).
+    """
 
     classname: str
     conf: Confidence
@@ -41,11 +44,56 @@ class Box(msgspec.Struct, frozen=True):
     y1: int
     x2: int
     y2: int
+    quality: Confidence | None = None
 
 
 class Color(msgspec.Struct, frozen=True):
     hex: str
     fraction: Confidence
+
+
+class ImageProperties(msgspec.Struct, frozen=True, kw_only=True):
+    """What the pixels say about an image, independent of any model.
+
+    ``brightness`` and ``contrast`` are the mean and standard deviation of luma in [0, 1];
+    ``sharpness`` is the variance of the Laplacian of the 0-255 grey image downscaled to
+    at most 256 px (below ~50 reads as blurred); ``colorfulness`` is Hasler and
+    Suesstrunk's metric on 0-255 RGB (0 grey, ~33 moderate, >80 highly colourful);
+    ``phash`` is a 64-bit DCT perceptual hash as 16 hex digits.
+    """
+
+    width: int
+    height: int
+    dominant_colors: list[Color]
+    brightness: float
+    contrast: float
+    sharpness: float
+    colorfulness: float
+    phash: str
+
+
+class Tag(msgspec.Struct, frozen=True):
+    """A scene/object tag from the image classifier (an ImageNet lemma)."""
+
+    name: str
+    conf: Confidence
+
+
+class Caption(msgspec.Struct, frozen=True):
+    """Three tiers of text, and which captioner wrote them."""
+
+    title: str
+    description: str
+    scene_analysis: str
+    model: str
+
+
+class LabelQuality(msgspec.Struct, frozen=True):
+    """The label-quality estimate with the signals behind it."""
+
+    score: Confidence
+    components: dict[str, float]
+    model: str
 
 
 class Analysis(msgspec.Struct, frozen=True):
@@ -76,8 +124,16 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     object_analysis: list[list[Box]]
     classes: list[str] = []
     label_quality_estimation: Confidence
+    label_quality: LabelQuality | None = None
+    tags: list[Tag] = []
+    caption: Caption | None = None
+    image_properties: ImageProperties | None = None
     dominant_colors: list[Color] = []
     analyses: list[Analysis] = []
+    # Derived for querying: search terms (service.query.keywords) and pHash bands
+    # (service.query.similar), each behind a multikey index.
+    keywords: list[str] = []
+    phash_bands: list[str] = []
 
 
 def classes_of(boxes: list[Box]) -> list[str]:

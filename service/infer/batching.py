@@ -9,14 +9,13 @@ the executor, and routes each result (or the batch's exception) back to its call
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
-
-from service.executor import BlockingExecutor
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+Runner = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +28,15 @@ class MicroBatcher(Generic[T, R]):
     def __init__(
         self,
         run_batch: Callable[[Sequence[T]], Sequence[R]],
-        executor: BlockingExecutor,
+        run: Runner,
         policy: BatchPolicy,
     ) -> None:
+        """``run(fn, items)`` executes a batch off the loop: ``BlockingExecutor.run`` (refused
+        when the queue is full) or ``run_admitted`` (for work already admitted)."""
         if policy.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._run_batch = run_batch
-        self._executor = executor
+        self._execute = run
         self._policy = policy
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._flush: asyncio.TimerHandle | None = None
@@ -44,7 +45,8 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         if self._policy.max_batch_size == 1:
             self.batches_run += 1
-            return (await self._executor.run(self._run_batch, [item]))[0]
+            results: Sequence[R] = await self._execute(self._run_batch, [item])
+            return results[0]
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if len(self._waiting) >= self._policy.max_batch_size:
@@ -66,7 +68,7 @@ class MicroBatcher(Generic[T, R]):
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            results = await self._executor.run(self._run_batch, [item for item, _ in batch])
+            results = await self._execute(self._run_batch, [item for item, _ in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
         except BaseException as exc:  # every waiter learns why its batch failed

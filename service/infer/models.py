@@ -1,31 +1,83 @@
-"""Build the models the service runs from settings: verified, loaded and warmed up."""
+"""Build the models the service runs from settings: verified, loaded and warmed up.
+
+The detector is required. The second-opinion detector (for the label-quality estimate)
+and the tagger are loaded when enabled and their files are in the model directory; without
+them the service still labels, with a weaker quality estimate and no tags.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
+from service.infer.captioner import NeuralCaptioner
+from service.infer.manifest import spec
+from service.infer.nanodet import NanoDetDetector, load_nanodet
+from service.infer.tagger import EfficientNetTagger, load_tagger
 from service.infer.yolox import YoloxDetector, load_yolox
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def load_detector(settings: Settings) -> YoloxDetector:
-    """The object detector, after one warm-up run so the first request pays no set-up cost."""
+@dataclass(frozen=True, slots=True)
+class Models:
+    detector: YoloxDetector
+    second: NanoDetDetector | None
+    tagger: EfficientNetTagger | None
+    captioner: NeuralCaptioner | None = None
+
+    def loaded(self) -> list[Any]:
+        models = (self.detector, self.second, self.tagger, self.captioner)
+        return [m for m in models if m is not None]
+
+
+def load_models(settings: Settings) -> Models:
+    common: dict[str, Any] = {
+        "provider": settings.execution_provider,
+        "intra_op_threads": settings.ort_threads,
+    }
+    detector = _timed(
+        lambda: load_yolox(
+            settings.model_dir,
+            input_size=settings.detector_input_size,
+            nms_iou=settings.nms_iou,
+            max_detections=settings.max_detections,
+            **common,
+        )
+    )
+    second = tagger = None
+    if settings.second_opinion and _present(settings, "nanodet_g_416"):
+        second = _timed(lambda: load_nanodet(settings.model_dir, **common))
+    if settings.scene_tags and _present(settings, "efficientnet_lite0"):
+        tagger = _timed(lambda: load_tagger(settings.model_dir, **common))
+    captioner = None
+    if settings.captioner_dir is not None:
+        captioner = NeuralCaptioner(settings.captioner_dir, **common)
+        captioner.caption([Image.new("RGB", (64, 64))], num_beams=settings.caption_beams)
+        log.info("loaded captioner %s on %s", captioner.name, captioner.provider)
+    return Models(detector=detector, second=second, tagger=tagger, captioner=captioner)
+
+
+def _present(settings: Settings, name: str) -> bool:
+    path = settings.model_dir / spec(name).file
+    if not path.is_file():
+        log.warning("%s is not in %s: running without it", path.name, settings.model_dir)
+        return False
+    return True
+
+
+def _timed(load: Any) -> Any:
     start = time.perf_counter()
-    detector = load_yolox(
-        settings.model_dir,
-        provider=settings.execution_provider,
-        intra_op_threads=settings.ort_threads,
-        input_size=settings.detector_input_size,
-        nms_iou=settings.nms_iou,
-        max_detections=settings.max_detections,
-    )
-    detector.detect(Image.new("RGB", (settings.detector_input_size,) * 2, (114, 114, 114)), 1.0)
-    log.info(
-        "loaded %s on %s in %.2fs", detector.name, detector.provider, time.perf_counter() - start
-    )
-    return detector
+    model = load()
+    warm_up = Image.new("RGB", (416, 416), (114, 114, 114))
+    if hasattr(model, "detect"):
+        model.detect(warm_up, 1.0)
+    else:
+        model.tag(warm_up)
+    log.info("loaded %s on %s in %.2fs", model.name, model.provider, time.perf_counter() - start)
+    return model

@@ -6,10 +6,13 @@ import asyncio
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import CAT_PHOTO, EMPTY_PHOTO, AppClient
+from service.decode.image import decode_image
+from service.settings import Settings
+from tests.conftest import CAT_PHOTO, EMPTY_PHOTO, ROOT, AppClient, running
 from tests.support.image_server import ImageServer
 
 
@@ -43,7 +46,8 @@ async def test_label_url_returns_the_cortex_record(
     found = boxes(record)
     assert "cat" in {b["classname"] for b in found}
     for box in found:
-        assert set(box) == {"classname", "conf", "x1", "y1", "x2", "y2"}
+        assert set(box) == {"classname", "conf", "x1", "y1", "x2", "y2", "quality"}
+        assert 0.0 <= box["quality"] <= 1.0
         assert all(isinstance(box[k], int) for k in ("x1", "y1", "x2", "y2"))
         assert 0 <= box["x1"] <= box["x2"] <= record["width"]
         assert 0 <= box["y1"] <= box["y2"] <= record["height"]
@@ -128,3 +132,37 @@ async def test_redirect_is_followed_and_original_url_recorded(
     response = await client.post("/v1/labels", json={"url": url})
     assert response.status_code in (200, 201)
     assert url in response.json()["urls"]
+
+
+async def test_neural_captioner_writes_the_text_when_configured(
+    make_settings: Callable[..., Settings], image_server: ImageServer, evalset_dir: Path
+) -> None:
+    """The tiny random-weight fixture writes text for some photos and only special tokens
+    for others (the cat photo): then the grounded captioner's text stands."""
+    export = ROOT / "tests" / "fixtures" / "captioners" / "vit-gpt2-tiny"
+    names = ("000000000139.jpg", "000000022192.jpg", CAT_PHOTO)
+    async with running(make_settings(captioner_dir=export)) as client:
+        posts = (client.post("/v1/labels", json={"url": image_server.photo_url(n)}) for n in names)
+        responses = await asyncio.gather(*posts)
+        captioner = client.resources.models.captioner
+        assert captioner is not None
+    written = 0
+    for response, name in zip(responses, names, strict=True):
+        record = response.json()
+        image = decode_image(
+            (evalset_dir / "images" / name).read_bytes(), max_pixels=50_000_000, target_size=416
+        ).image
+        expected = " ".join(captioner.caption([image])[0].split())
+        caption = record["caption"]
+        if expected:
+            written += 1
+            assert caption["model"] == "vit-gpt2-tiny"
+            assert caption["title"].lower() == expected.lower().rstrip(".")
+            assert caption["description"].lower().startswith(expected.lower())
+        else:
+            assert caption["model"] == "grounded-v1"
+        assert 20 <= len(caption["scene_analysis"].split()) <= 40
+        lineage = {a["name"]: a for a in record["analyses"]}
+        assert lineage["caption"]["model"] == "vit-gpt2-tiny"
+        assert lineage["caption"]["sha256"] == captioner.sha256
+    assert written == 2

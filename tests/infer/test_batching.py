@@ -35,7 +35,7 @@ async def test_concurrent_items_share_one_call_and_get_their_own_results(
     executor: BlockingExecutor,
 ) -> None:
     recorder = Recorder()
-    batcher = MicroBatcher(recorder, executor, BatchPolicy(max_batch_size=8, max_wait_ms=50))
+    batcher = MicroBatcher(recorder, executor.run, BatchPolicy(max_batch_size=8, max_wait_ms=50))
     results = await asyncio.gather(*(batcher.submit(i) for i in range(8)))
     assert results == [i * 10 for i in range(8)]
     assert recorder.batches == [list(range(8))]
@@ -43,7 +43,7 @@ async def test_concurrent_items_share_one_call_and_get_their_own_results(
 
 async def test_batches_are_capped_by_size(executor: BlockingExecutor) -> None:
     recorder = Recorder()
-    batcher = MicroBatcher(recorder, executor, BatchPolicy(max_batch_size=4, max_wait_ms=50))
+    batcher = MicroBatcher(recorder, executor.run, BatchPolicy(max_batch_size=4, max_wait_ms=50))
     await asyncio.gather(*(batcher.submit(i) for i in range(10)))
     assert sorted(len(b) for b in recorder.batches) == [2, 4, 4]
     assert sorted(x for b in recorder.batches for x in b) == list(range(10))
@@ -51,14 +51,14 @@ async def test_batches_are_capped_by_size(executor: BlockingExecutor) -> None:
 
 async def test_a_lone_item_waits_at_most_max_wait(executor: BlockingExecutor) -> None:
     recorder = Recorder()
-    batcher = MicroBatcher(recorder, executor, BatchPolicy(max_batch_size=64, max_wait_ms=5))
+    batcher = MicroBatcher(recorder, executor.run, BatchPolicy(max_batch_size=64, max_wait_ms=5))
     assert await asyncio.wait_for(batcher.submit(7), timeout=2) == 70
     assert recorder.batches == [[7]]
 
 
 async def test_batch_size_one_runs_each_item_directly(executor: BlockingExecutor) -> None:
     recorder = Recorder()
-    batcher = MicroBatcher(recorder, executor, BatchPolicy(max_batch_size=1))
+    batcher = MicroBatcher(recorder, executor.run, BatchPolicy(max_batch_size=1))
     assert await asyncio.gather(batcher.submit(1), batcher.submit(2)) == [10, 20]
     assert sorted(recorder.batches) == [[1], [2]]
 
@@ -67,7 +67,7 @@ async def test_a_failing_batch_fails_each_waiter(executor: BlockingExecutor) -> 
     def broken(items: Sequence[int]) -> list[int]:
         raise ValueError("model exploded")
 
-    batcher = MicroBatcher(broken, executor, BatchPolicy(max_batch_size=4, max_wait_ms=5))
+    batcher = MicroBatcher(broken, executor.run, BatchPolicy(max_batch_size=4, max_wait_ms=5))
     results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, ValueError) for r in results)
 
@@ -77,7 +77,7 @@ async def test_full_executor_rejects_the_batch(executor: BlockingExecutor) -> No
     release = threading.Event()
     blocker = asyncio.create_task(tiny.run(release.wait, 5))
     await asyncio.sleep(0.02)
-    batcher = MicroBatcher(Recorder(), tiny, BatchPolicy(max_batch_size=2, max_wait_ms=1))
+    batcher = MicroBatcher(Recorder(), tiny.run, BatchPolicy(max_batch_size=2, max_wait_ms=1))
     try:
         results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
         assert all(isinstance(r, Overloaded) for r in results)
@@ -89,4 +89,4 @@ async def test_full_executor_rejects_the_batch(executor: BlockingExecutor) -> No
 
 def test_policy_is_validated(executor: BlockingExecutor) -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
-        MicroBatcher(Recorder(), executor, BatchPolicy(max_batch_size=0))
+        MicroBatcher(Recorder(), executor.run, BatchPolicy(max_batch_size=0))

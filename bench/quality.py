@@ -1,0 +1,535 @@
+"""How well the label-quality estimate predicts real label errors on the evalset.
+
+Runs YOLOX, the second opinions (NanoDet and YOLOX on the flipped image), the tagger and the
+image properties in-process over the 128 evalset photos, scores YOLOX's kept detections
+against the human boxes (per-image precision/recall/F1 at IoU 0.5), and reports how well
+``service.score.quality.estimate`` predicts "F1 >= 0.5" on the half of the images that the
+committed coefficients were NOT fitted on. ``--fit`` refits the coefficients on the fit half
+and prints them as Python constants to paste into ``service/score/quality.py``.
+
+``python -m bench.quality`` prints JSON lines; the first is ``{"name": "quality", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import PIL.Image
+
+from bench.detection_map import YOLOX_TO_COCO, coco_map, evalset_dir, load_rgb, model_dir
+from service.describe.properties import image_properties
+from service.domain.records import ImageProperties
+from service.infer.nanodet import load_nanodet
+from service.infer.runtime import ProviderChoice
+from service.infer.tagger import Tag, load_tagger
+from service.infer.yolox import Detection, YoloxDetector, load_yolox
+from service.score import quality
+
+IOU_MATCH = 0.5
+F1_RIGHT = 0.5
+MAP_CONFIDENCE = 0.001
+T = TypeVar("T")
+
+Truth = list[tuple[str, tuple[float, float, float, float], bool]]  # (class, xyxy, iscrowd)
+Objects = list[tuple[str, tuple[float, float, float, float]]]
+
+
+@dataclasses.dataclass
+class ImageRun:
+    """Everything the models said about one evalset photo, and the timings."""
+
+    file_name: str
+    image_id: int
+    size: tuple[int, int]
+    kept: list[Detection]
+    nanodet: list[Detection]
+    flipped: list[Detection]
+    tags: list[Tag]
+    props: ImageProperties
+    ms: dict[str, float]
+    truth: Truth
+    precision: float = 0.0
+    recall: float = 0.0
+    f1: float = 0.0
+    box_tp: list[bool] = dataclasses.field(default_factory=list)
+    missed: Objects = dataclasses.field(default_factory=list)
+
+    @property
+    def right(self) -> bool:
+        return self.f1 >= F1_RIGHT
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _ioa(box: Sequence[float], region: Sequence[float]) -> float:
+    """Intersection over the area of ``box`` (how COCO matches detections to crowd regions)."""
+    ix = max(0.0, min(box[2], region[2]) - max(box[0], region[0]))
+    iy = max(0.0, min(box[3], region[3]) - max(box[1], region[1]))
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return ix * iy / area if area > 0 else 0.0
+
+
+def match_image(
+    detections: Sequence[Detection], truth: Truth
+) -> tuple[float, float, float, list[bool], Objects]:
+    """Precision, recall, F1 at IoU 0.5 (class-aware, greedy by confidence), per-box TP flags
+    (in input order) and the objects no detection found.
+
+    Crowd regions are not objects to find; a detection that falls on one of its class counts
+    neither way (as in COCO). An image with no objects and no detections has F1 1 (nothing
+    to find, nothing claimed); with exactly one of the two empty, F1 is 0.
+    """
+    objects = [(name, box) for name, box, crowd in truth if not crowd]
+    crowds = [(name, box) for name, box, crowd in truth if crowd]
+    used = [False] * len(objects)
+    flags = [False] * len(detections)
+    ignored = 0
+    for index in sorted(range(len(detections)), key=lambda i: -detections[i].conf):
+        det = detections[index]
+        name = YOLOX_TO_COCO.get(det.classname, det.classname)
+        box = (det.x1, det.y1, det.x2, det.y2)
+        best, best_iou = -1, IOU_MATCH
+        for k, (truth_name, truth_box) in enumerate(objects):
+            if used[k] or truth_name != name:
+                continue
+            overlap = _iou(box, truth_box)
+            if overlap >= best_iou:
+                best, best_iou = k, overlap
+        if best >= 0:
+            used[best] = flags[index] = True
+        elif any(n == name and _ioa(box, region) >= IOU_MATCH for n, region in crowds):
+            ignored += 1
+    tp = sum(used)
+    claimed = len(detections) - ignored
+    missed = [obj for obj, found in zip(objects, used, strict=True) if not found]
+    if claimed == 0 and not objects:
+        return 1.0, 1.0, 1.0, flags, missed
+    precision = tp / claimed if claimed else 0.0
+    recall = tp / len(objects) if objects else 0.0
+    f1 = 2 * tp / (claimed + len(objects))
+    return precision, recall, f1, flags, missed
+
+
+def load_truth(annotations: Path) -> tuple[dict[str, int], dict[int, Truth]]:
+    data = json.loads(annotations.read_text(encoding="utf-8"))
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    ids = {img["file_name"]: img["id"] for img in data["images"]}
+    truth: dict[int, Truth] = {i: [] for i in ids.values()}
+    for ann in data["annotations"]:
+        x, y, w, h = ann["bbox"]
+        truth[ann["image_id"]].append(
+            (names[ann["category_id"]], (x, y, x + w, y + h), bool(ann["iscrowd"]))
+        )
+    return ids, truth
+
+
+def _timed(ms: dict[str, float], stage: str, call: Callable[..., T], *args: Any) -> T:
+    start = time.perf_counter()
+    result = call(*args)
+    ms[stage] = (time.perf_counter() - start) * 1000.0
+    return result
+
+
+def detect_flipped(detector: YoloxDetector, image: PIL.Image.Image) -> list[Detection]:
+    """YOLOX on the mirrored image (test-time augmentation), boxes mapped back."""
+    mirrored = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+    return quality.unflip(detector.detect(mirrored, quality.SECOND_MIN_CONF), image.width)
+
+
+def collect(
+    *, provider: ProviderChoice, threads: int
+) -> tuple[list[ImageRun], dict[str, float], dict[str, float]]:
+    """Run every model over the evalset; returns the runs and the mAPs of both detectors."""
+    root = evalset_dir()
+    ids, truth = load_truth(root / "annotations" / "instances.json")
+    yolox = load_yolox(model_dir(), provider=provider, intra_op_threads=threads)
+    nanodet = load_nanodet(model_dir(), provider=provider, intra_op_threads=threads)
+    tagger = load_tagger(model_dir(), provider=provider, intra_op_threads=threads)
+    files = sorted((root / "images").glob("*.jpg"))
+    warm = load_rgb(files[0])
+    for _ in range(3):
+        yolox.detect(warm, quality.KEPT_CONF)
+        nanodet.detect(warm, quality.SECOND_MIN_CONF)
+        tagger.tag(warm)
+        image_properties(warm)
+    runs: list[ImageRun] = []
+    map_yolox: dict[str, list[dict[str, Any]]] = {}
+    map_nanodet: dict[str, list[dict[str, Any]]] = {}
+    for path in files:
+        image = load_rgb(path)
+        ms: dict[str, float] = {}
+        image_id = ids[path.name]
+        runs.append(
+            ImageRun(
+                file_name=path.name,
+                image_id=image_id,
+                size=image.size,
+                kept=_timed(ms, "yolox", yolox.detect, image, quality.KEPT_CONF),
+                nanodet=_timed(ms, "nanodet", nanodet.detect, image, quality.SECOND_MIN_CONF),
+                flipped=_timed(ms, "flip_tta", detect_flipped, yolox, image),
+                tags=_timed(ms, "tagger", tagger.tag, image),
+                props=_timed(ms, "properties", image_properties, image),
+                ms=ms,
+                truth=truth[image_id],
+            )
+        )
+        map_yolox[path.name] = [dataclasses.asdict(d) for d in yolox.detect(image, MAP_CONFIDENCE)]
+        map_nanodet[path.name] = [
+            dataclasses.asdict(d) for d in nanodet.detect(image, MAP_CONFIDENCE)
+        ]
+    for run in runs:
+        run.precision, run.recall, run.f1, run.box_tp, run.missed = match_image(run.kept, run.truth)
+    return runs, coco_map(map_yolox), coco_map(map_nanodet)
+
+
+# --- fitting -----------------------------------------------------------------------------
+
+SecondOf = Callable[[ImageRun], list[Detection] | None]
+VARIANTS: dict[str, SecondOf] = {
+    "none": lambda run: None,
+    "flip_tta": lambda run: run.flipped,
+    "nanodet": lambda run: run.nanodet,
+    "nanodet+flip_tta": lambda run: run.nanodet + run.flipped,
+}
+# The cost of each variant on top of YOLOX, by stage.
+VARIANT_STAGES = {
+    "none": (),
+    "flip_tta": ("flip_tta",),
+    "nanodet": ("nanodet",),
+    "nanodet+flip_tta": ("nanodet", "flip_tta"),
+}
+SHIPPED = "nanodet"
+L2 = 1.0
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[float, tuple[float, ...]]:
+    """L2-regularised logistic regression by Newton's method, on standardised features.
+
+    Returns the intercept and coefficients for the raw features. The intercept is not
+    penalised.
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(len(y), -1)
+    target = np.asarray(y, dtype=np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std == 0.0] = 1.0
+    design = np.hstack([np.ones((len(x), 1)), (x - mean) / std])
+    beta = np.zeros(design.shape[1])
+    penalty = np.eye(design.shape[1]) * l2
+    penalty[0, 0] = 0.0
+    for _ in range(100):
+        prob = 1.0 / (1.0 + np.exp(-np.clip(design @ beta, -50, 50)))
+        gradient = design.T @ (prob - target) + penalty @ beta
+        hessian = (design * (prob * (1 - prob))[:, None]).T @ design + penalty
+        step = np.linalg.solve(hessian, gradient)
+        beta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    coef = beta[1:] / std
+    intercept = beta[0] - float(np.sum(coef * mean))
+    return float(intercept), tuple(float(c) for c in coef)
+
+
+def miss_targets(run: ImageRun, second: list[Detection]) -> list[bool]:
+    """For each ``quality.unmatched_second`` box: is it an object the kept boxes missed?"""
+    found: list[bool] = []
+    for det in quality.unmatched_second(run.kept, second):
+        name = YOLOX_TO_COCO.get(det.classname, det.classname)
+        box = (det.x1, det.y1, det.x2, det.y2)
+        found.append(any(n == name and _iou(box, b) >= IOU_MATCH for n, b in run.missed))
+    return found
+
+
+def fit_model(runs: Sequence[ImageRun], second_of: SecondOf) -> quality.QualityModel:
+    """Box, missed-object and image models fitted on ``runs`` only."""
+    uses_second = second_of(runs[0]) is not None
+    box_x = np.vstack([quality.box_features(r.kept, second_of(r)) for r in runs])
+    box_y = np.concatenate([np.asarray(r.box_tp, dtype=np.float64) for r in runs])
+    box_intercept, box_coef = fit_logistic(box_x, box_y)
+    miss_intercept: float = 0.0
+    miss_coef: tuple[float, ...] = (0.0,)
+    if uses_second:
+        miss_x = np.vstack([quality.miss_features(r.kept, second_of(r) or []) for r in runs])
+        miss_y = np.concatenate(
+            [np.asarray(miss_targets(r, second_of(r) or []), dtype=np.float64) for r in runs]
+        )
+        miss_intercept, miss_coef = fit_logistic(miss_x, miss_y)
+    partial = quality.QualityModel(
+        box_intercept=box_intercept,
+        box_coef=box_coef,
+        miss_intercept=miss_intercept,
+        miss_coef=miss_coef,
+        intercept=0.0,
+        slope=1.0,
+        uses_second=uses_second,
+    )
+    expected = np.array(
+        [
+            quality.estimate(r.kept, second_of(r), None, None, r.size, model=partial).components[
+                "expected_f1"
+            ]
+            for r in runs
+        ]
+    )
+    logits = np.log(np.clip(expected, 1e-3, 1 - 1e-3) / (1 - np.clip(expected, 1e-3, 1 - 1e-3)))
+    intercept, (slope,) = fit_logistic(logits[:, None], np.array([r.right for r in runs]))
+    return dataclasses.replace(partial, intercept=intercept, slope=slope)
+
+
+def min_similarity(runs: Sequence[ImageRun]) -> float:
+    """Cleanlab's dataset-wide minimum non-zero similarity, kept boxes vs NanoDet."""
+    lowest = 1.0
+    for run in runs:
+        second = [d for d in run.nanodet if d.conf >= quality.SECOND_MIN_CONF]
+        if run.kept and second:
+            sim = quality.similarity_matrix(run.kept, second, run.size)
+            positive = sim[sim > 0]
+            if positive.size:
+                lowest = min(lowest, float(positive.min()))
+    return lowest
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Probability that a random right image scores above a random wrong one (ties count 1/2)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (pos.size * neg.size))
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=np.float64)
+    for value in np.unique(values):  # average ranks over ties
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def reliability(
+    predicted: Sequence[float], outcome: Sequence[bool], bins: int = 5
+) -> list[dict[str, float | int | str]]:
+    """Equal-width bins of the predicted probability: mean predicted vs observed rate."""
+    p = np.asarray(predicted, dtype=np.float64)
+    y = np.asarray(outcome, dtype=np.float64)
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    table: list[dict[str, float | int | str]] = []
+    for b in range(bins):
+        inside = index == b
+        if inside.any():
+            table.append(
+                {
+                    "bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}",
+                    "mean_predicted": round(float(p[inside].mean()), 3),
+                    "observed": round(float(y[inside].mean()), 3),
+                    "count": int(inside.sum()),
+                }
+            )
+    return table
+
+
+def baseline(run: ImageRun) -> float:
+    """Mean confidence of the kept boxes (0 with none): the score to beat."""
+    return float(np.mean([d.conf for d in run.kept])) if run.kept else 0.0
+
+
+def scores(
+    runs: Sequence[ImageRun], second_of: SecondOf, model: quality.QualityModel
+) -> list[float]:
+    return [
+        quality.estimate(r.kept, second_of(r), r.tags, r.props, r.size, model=model).score
+        for r in runs
+    ]
+
+
+def split(runs: Sequence[ImageRun]) -> tuple[list[ImageRun], list[ImageRun]]:
+    """The fixed split: images sorted by COCO id, even positions fit, odd positions held out."""
+    ordered = sorted(runs, key=lambda r: r.image_id)
+    return ordered[0::2], ordered[1::2]
+
+
+def cross_validated(
+    runs: Sequence[ImageRun], second_of: SecondOf, repeats: int = 25
+) -> dict[str, float]:
+    """AUROC of refitted models on unseen halves: the fixed split both ways, and seeded
+    random 50/50 splits (each fitted on one half, scored on the other)."""
+    fit_half, held_half = split(runs)
+    both_ways = [
+        auroc(scores(test, second_of, fit_model(train, second_of)), [r.right for r in test])
+        for train, test in ((fit_half, held_half), (held_half, fit_half))
+    ]
+    rng = np.random.default_rng(20240601)
+    ours, base = [], []
+    for _ in range(repeats):
+        order = rng.permutation(len(runs))
+        train = [runs[i] for i in order[: len(runs) // 2]]
+        test = [runs[i] for i in order[len(runs) // 2 :]]
+        ours.append(
+            auroc(scores(test, second_of, fit_model(train, second_of)), [r.right for r in test])
+        )
+        base.append(auroc([baseline(r) for r in test], [r.right for r in test]))
+    return {
+        "auroc_2fold_fit_to_held": round(both_ways[0], 4),
+        "auroc_2fold_held_to_fit": round(both_ways[1], 4),
+        "auroc_random_halves_mean": round(float(np.mean(ours)), 4),
+        "auroc_random_halves_std": round(float(np.std(ours)), 4),
+        "baseline_random_halves_mean": round(float(np.mean(base)), 4),
+        "repeats": repeats,
+    }
+
+
+def _num(value: float) -> str:
+    return repr(float(f"{value:.6g}"))
+
+
+def model_source(name: str, model: quality.QualityModel) -> str:
+    """``model`` as the Python constant to paste into ``service/score/quality.py``."""
+
+    def numbers(values: Sequence[float]) -> str:
+        inner = ", ".join(_num(v) for v in values)
+        return f"({inner},)" if len(values) == 1 else f"({inner})"
+
+    return (
+        f"{name} = QualityModel(\n"
+        f"    box_intercept={_num(model.box_intercept)},\n"
+        f"    box_coef={numbers(model.box_coef)},\n"
+        f"    miss_intercept={_num(model.miss_intercept)},\n"
+        f"    miss_coef={numbers(model.miss_coef)},\n"
+        f"    intercept={_num(model.intercept)},\n"
+        f"    slope={_num(model.slope)},\n"
+        f"    uses_second={model.uses_second},\n"
+        ")"
+    )
+
+
+def _max_difference(a: quality.QualityModel, b: quality.QualityModel) -> float:
+    left = [a.box_intercept, *a.box_coef, a.miss_intercept, *a.miss_coef, a.intercept, a.slope]
+    right = [b.box_intercept, *b.box_coef, b.miss_intercept, *b.miss_coef, b.intercept, b.slope]
+    return max(abs(x - y) for x, y in zip(left, right, strict=True))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
+    parser.add_argument("--provider", default="cpu", choices=["auto", "cpu", "cuda", "tensorrt"])
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all)")
+    parser.add_argument("--fit", action="store_true", help="print refitted coefficients")
+    parser.add_argument("--repeats", type=int, default=25, help="random 50/50 splits for CV")
+    args = parser.parse_args(argv)
+
+    provider = cast(ProviderChoice, args.provider)
+    runs, map_yolox, map_nanodet = collect(provider=provider, threads=args.threads)
+    fit_half, held_half = split(runs)
+    if args.fit:
+        for name, variant in (("WITH_SECOND", SHIPPED), ("WITHOUT_SECOND", "none")):
+            sys.stdout.write(model_source(name, fit_model(fit_half, VARIANTS[variant])) + "\n")
+        sys.stdout.write(f"MIN_SIMILARITY = {_num(min_similarity(fit_half))}\n")
+        return 0
+
+    held_right = [r.right for r in held_half]
+    second_of = VARIANTS[SHIPPED]
+    shipped = [
+        quality.estimate(r.kept, second_of(r), r.tags, r.props, r.size).score for r in held_half
+    ]
+    base = [baseline(r) for r in held_half]
+    f1 = [r.f1 for r in held_half]
+    drift = _max_difference(quality.WITH_SECOND, fit_model(fit_half, second_of))
+
+    stage_ms: dict[str, dict[str, float]] = {}
+    for stage in runs[0].ms:
+        values = [r.ms[stage] for r in runs]
+        stage_ms[stage] = {
+            "mean": round(float(np.mean(values)), 2),
+            "median": round(float(np.median(values)), 2),
+        }
+    estimate_ms = []
+    for r in runs:
+        start = time.perf_counter()
+        quality.estimate(r.kept, r.nanodet, r.tags, r.props, r.size)
+        estimate_ms.append((time.perf_counter() - start) * 1000.0)
+    stage_ms["estimate"] = {
+        "mean": round(float(np.mean(estimate_ms)), 2),
+        "median": round(float(np.median(estimate_ms)), 2),
+    }
+    shipped_stages = ("yolox", "nanodet", "tagger", "properties", "estimate")
+    total = sum(stage_ms[s]["median"] for s in shipped_stages)
+
+    auroc_value = auroc(shipped, held_right)
+    base_auroc = auroc(base, held_right)
+    line = {
+        "name": "quality",
+        "auroc": round(auroc_value, 4),
+        "baseline_auroc": round(base_auroc, 4),
+        "ratio": round(auroc_value / base_auroc, 4),
+        "spearman_f1": round(spearman(shipped, f1), 4),
+        "baseline_spearman_f1": round(spearman(base, f1), 4),
+        "spearman_right": round(spearman(shipped, [float(v) for v in held_right]), 4),
+        "brier": round(float(np.mean((np.array(shipped) - np.array(held_right)) ** 2)), 4),
+        "held_out_images": len(held_half),
+        "held_out_right_rate": round(float(np.mean(held_right)), 4),
+        "second_opinion": SHIPPED,
+        "coefficients_drift": round(drift, 6),
+        "reliability": reliability(shipped, held_right),
+        "cross_validated": cross_validated(runs, second_of, args.repeats),
+        "map50_95_yolox": round(map_yolox["map50_95"], 4),
+        "map50_yolox": round(map_yolox["map50"], 4),
+        "map50_95_nanodet": round(map_nanodet["map50_95"], 4),
+        "map50_nanodet": round(map_nanodet["map50"], 4),
+        "mean_precision": round(float(np.mean([r.precision for r in runs])), 4),
+        "mean_recall": round(float(np.mean([r.recall for r in runs])), 4),
+        "mean_f1": round(float(np.mean([r.f1 for r in runs])), 4),
+        "right_rate": round(float(np.mean([r.right for r in runs])), 4),
+        "ms": stage_ms,
+        "ms_shipped_total_median": round(total, 2),
+        "ratio_to_detection": round(total / stage_ms["yolox"]["median"], 2),
+        "provider": args.provider,
+        "threads": args.threads,
+    }
+    sys.stdout.write(json.dumps(line) + "\n")
+
+    # Which second opinion buys the most: each variant refitted on the fit half.
+    for name, variant_of in VARIANTS.items():
+        model = fit_model(fit_half, variant_of)
+        extra_ms = sum(stage_ms[s]["median"] for s in VARIANT_STAGES[name])
+        held = auroc(scores(held_half, variant_of, model), held_right)
+        cv = cross_validated(runs, variant_of, args.repeats)
+        gain = cv["auroc_random_halves_mean"] - cv["baseline_random_halves_mean"]
+        variant_line = {
+            "name": "quality_second_opinion",
+            "variant": name,
+            "auroc_held_out": round(held, 4),
+            "auroc_cv_mean": cv["auroc_random_halves_mean"],
+            "auroc_cv_std": cv["auroc_random_halves_std"],
+            "extra_ms_median": round(extra_ms, 2),
+            "cv_auroc_gain_over_baseline_per_ms": round(gain / extra_ms, 5) if extra_ms else None,
+        }
+        sys.stdout.write(json.dumps(variant_line) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Model-free descriptions of an image: colours, exposure, sharpness, perceptual hash."""

@@ -1,0 +1,238 @@
+"""NanoDet-g: a second, independent COCO detector (stretched input, distribution box decode).
+
+Returns the same ``Detection`` as YOLOX so the two can be compared box by box.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from service.infer.manifest import ModelError, read_lines, resolve, sha256_file, spec
+from service.infer.runtime import ModelSession, ProviderChoice, load_onnx_session
+from service.infer.yolox import Detection, nms_per_class
+
+MODEL_NAME = "nanodet_g_416"
+STRIDES = (8, 16, 32)
+NUM_BINS = 11  # distance bins 0..10, in units of the stride
+MEAN_BGR = np.array([103.53, 116.28, 123.675], dtype=np.float32)
+STD_BGR = np.array([57.375, 57.12, 58.395], dtype=np.float32)
+
+
+def preprocess(image: PIL.Image.Image, size: int) -> np.ndarray:
+    """RGB image -> float32 ``[1,3,size,size]`` BGR, stretched, ``(x - mean) / std``."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), PIL.Image.Resampling.BILINEAR, reducing_gap=2.0)
+    pixels = np.asarray(image, dtype=np.float32)[:, :, ::-1]
+    tensor = (pixels - MEAN_BGR) / STD_BGR
+    return np.ascontiguousarray(tensor.transpose(2, 0, 1)[None])
+
+
+def split_outputs(
+    outputs: Sequence[np.ndarray], size: int, num_classes: int
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Pair the six heads by shape: ``[(stride, scores [N,C], distributions [N,44]), ...]``.
+
+    The exported graph names its outputs ``Identity_k:0`` in no useful order, so each is
+    recognised by its cell count (which fixes the stride) and its width (80 or 44).
+    """
+    by_cells: dict[int, dict[str, np.ndarray]] = {}
+    for out in outputs:
+        arr = np.asarray(out, dtype=np.float32)
+        arr = arr.reshape(-1, arr.shape[-1])
+        kind = (
+            "scores"
+            if arr.shape[1] == num_classes
+            else "dist"
+            if arr.shape[1] == 4 * NUM_BINS
+            else None
+        )
+        if kind is None:
+            raise ModelError(f"unexpected NanoDet output shape {tuple(out.shape)}")
+        by_cells.setdefault(arr.shape[0], {})[kind] = arr
+    heads: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for stride in STRIDES:
+        cells = (size // stride) ** 2
+        pair = by_cells.get(cells, {})
+        if "scores" not in pair or "dist" not in pair:
+            raise ModelError(
+                f"NanoDet outputs lack stride {stride} ({cells} cells) for input size {size}: "
+                f"got shapes {[tuple(o.shape) for o in outputs]}"
+            )
+        heads.append((stride, pair["scores"], pair["dist"]))
+    return heads
+
+
+@functools.lru_cache(maxsize=8)
+def _centres(size: int, stride: int) -> np.ndarray:
+    cells = size // stride
+    ys, xs = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
+    centres = (np.stack((xs, ys), axis=-1).reshape(-1, 2).astype(np.float32) + 0.5) * stride
+    centres.setflags(write=False)
+    return centres
+
+
+def decode_head(
+    dist: np.ndarray, stride: int, size: int, cells: np.ndarray | None = None
+) -> np.ndarray:
+    """``[N,44]`` side distributions -> ``[N,4]`` x1,y1,x2,y2 boxes in network pixels.
+
+    ``cells`` are the row-major cell indices of the rows of ``dist`` (default: all cells).
+    """
+    logits = dist.reshape(-1, 4, NUM_BINS).astype(np.float32)
+    logits = logits - logits.max(axis=2, keepdims=True)
+    weights = np.exp(logits)
+    weights /= weights.sum(axis=2, keepdims=True)
+    distances = (weights @ np.arange(NUM_BINS, dtype=np.float32)) * stride  # left,top,right,bottom
+    centres = _centres(size, stride)
+    if cells is not None:
+        centres = centres[cells]
+    if centres.shape[0] != distances.shape[0]:
+        raise ModelError(f"stride {stride}: {distances.shape[0]} cells, expected {len(centres)}")
+    return np.concatenate((centres - distances[:, :2], centres + distances[:, 2:]), axis=1)
+
+
+def postprocess(
+    outputs: Sequence[np.ndarray],
+    *,
+    image_size: tuple[int, int],
+    size: int,
+    min_confidence: float,
+    nms_iou: float,
+    max_detections: int,
+    class_names: Sequence[str],
+) -> list[Detection]:
+    """Decode all strides, keep the best class per cell, NMS, rescale to the image, clip."""
+    boxes_parts: list[np.ndarray] = []
+    score_parts: list[np.ndarray] = []
+    class_parts: list[np.ndarray] = []
+    for stride, scores, dist in split_outputs(outputs, size, len(class_names)):
+        class_ids = scores.argmax(axis=1)
+        best = scores[np.arange(len(class_ids)), class_ids]
+        keep = np.flatnonzero(best >= min_confidence)
+        if keep.size == 0:
+            continue
+        boxes_parts.append(decode_head(dist[keep], stride, size, keep))
+        score_parts.append(best[keep])
+        class_parts.append(class_ids[keep])
+    if not score_parts:
+        return []
+    boxes = np.concatenate(boxes_parts).astype(np.float64)
+    scores_all = np.concatenate(score_parts)
+    classes_all = np.concatenate(class_parts)
+    width, height = image_size
+    boxes[:, 0::2] *= width / size
+    boxes[:, 1::2] *= height / size
+    keep_idx = nms_per_class(boxes, scores_all, classes_all, nms_iou, max_detections)
+    boxes = boxes[keep_idx]
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, float(width))
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, float(height))
+    detections: list[Detection] = []
+    for (x1, y1, x2, y2), index in zip(boxes.tolist(), keep_idx.tolist(), strict=True):
+        if x2 <= x1 or y2 <= y1:
+            continue
+        class_id = int(classes_all[index])
+        detections.append(
+            Detection(
+                class_id=class_id,
+                classname=class_names[class_id],
+                conf=float(scores_all[index]),
+                x1=x1,
+                y1=y1,
+                x2=x2,
+                y2=y2,
+            )
+        )
+    return detections
+
+
+class NanoDetDetector:
+    """A NanoDet model plus its pre- and post-processing; safe to share between threads."""
+
+    def __init__(
+        self,
+        session: ModelSession,
+        class_names: Sequence[str],
+        *,
+        input_size: int = 416,
+        nms_iou: float = 0.6,
+        max_detections: int = 100,
+        model_name: str | None = None,
+        model_sha256: str | None = None,
+    ) -> None:
+        shape = session.input_shape
+        if len(shape) != 4:
+            raise ModelError(f"detector input must be [1,3,H,W], got {shape}")
+        if any(isinstance(d, int) and d != input_size for d in shape[2:]):
+            raise ModelError(f"detector input is fixed at {shape}; input_size {input_size}")
+        entry = spec(MODEL_NAME)
+        self._session = session
+        self._class_names = tuple(class_names)
+        self.input_size = input_size
+        self.nms_iou = nms_iou
+        self.max_detections = max_detections
+        self._name = model_name or entry.name
+        self._sha256 = model_sha256 or entry.sha256
+
+    @property
+    def name(self) -> str:
+        """The manifest name of the model, for lineage."""
+        return self._name
+
+    @property
+    def version(self) -> str:
+        """A short content version: the start of the weights' sha256."""
+        return self._sha256[:12]
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    @property
+    def provider(self) -> str:
+        return self._session.provider
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    def detect(self, image: PIL.Image.Image, min_confidence: float) -> list[Detection]:
+        """Detections on an RGB image, best first, at most ``max_detections``."""
+        tensor = preprocess(image, self.input_size)
+        outputs = self._session.run({self._session.input_name: tensor})
+        return postprocess(
+            outputs,
+            image_size=image.size,
+            size=self.input_size,
+            min_confidence=min_confidence,
+            nms_iou=self.nms_iou,
+            max_detections=self.max_detections,
+            class_names=self._class_names,
+        )
+
+
+def load_nanodet(
+    model_dir: Path,
+    *,
+    provider: ProviderChoice = "auto",
+    intra_op_threads: int = 0,
+    nms_iou: float = 0.6,
+    max_detections: int = 100,
+) -> NanoDetDetector:
+    """The shipped NanoDet-g detector from ``model_dir``, checksums verified."""
+    model_path = resolve(model_dir, MODEL_NAME)
+    names = read_lines(resolve(model_dir, "coco_classes"))
+    session = load_onnx_session(model_path, provider=provider, intra_op_threads=intra_op_threads)
+    return NanoDetDetector(
+        session,
+        names,
+        nms_iou=nms_iou,
+        max_detections=max_detections,
+        model_sha256=sha256_file(model_path),
+    )

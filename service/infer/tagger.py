@@ -1,0 +1,141 @@
+"""EfficientNet-Lite0 ImageNet classifier: scene and object tags for a whole image (numpy only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from service.infer.manifest import ModelError, read_lines, resolve, sha256_file, spec
+from service.infer.runtime import ModelSession, ProviderChoice, load_onnx_session
+
+MODEL_NAME = "efficientnet_lite0"
+CLASSES_NAME = "imagenet_classes"
+RESIZE_SHORT = 256
+CROP = 224
+PIXEL_MEAN = 127.0
+PIXEL_STD = 128.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """One ImageNet class: its first lemma (``tiger cat``) and its softmax probability."""
+
+    name: str
+    conf: float
+
+
+def parse_class_names(lines: Sequence[str]) -> list[str]:
+    """``synset<TAB>lemma, lemma, ...`` lines -> the first lemma of each line."""
+    names: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        _, tab, lemmas = line.partition("\t")
+        name = lemmas.split(",")[0].strip()
+        if not tab or not name:
+            raise ModelError(f"class list line {number} is not 'synset<TAB>lemmas': {line!r}")
+        names.append(name)
+    return names
+
+
+def preprocess(image: PIL.Image.Image) -> np.ndarray:
+    """RGB image -> float32 ``[1,3,224,224]``: short side 256, centre crop, ``(x-127)/128``."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    scale = RESIZE_SHORT / min(width, height)
+    new_w = max(CROP, round(width * scale))
+    new_h = max(CROP, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), PIL.Image.Resampling.BILINEAR, reducing_gap=2.0)
+    left = round((new_w - CROP) / 2)
+    top = round((new_h - CROP) / 2)
+    pixels = np.asarray(image, dtype=np.float32)[top : top + CROP, left : left + CROP]
+    tensor = (pixels - PIXEL_MEAN) / PIXEL_STD
+    return np.ascontiguousarray(tensor.transpose(2, 0, 1)[None])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    result: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return result
+
+
+def top_tags(
+    probs: np.ndarray, class_names: Sequence[str], *, top_k: int, min_conf: float
+) -> list[Tag]:
+    """The ``top_k`` most probable classes with probability >= ``min_conf``, best first."""
+    flat = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if flat.shape[0] != len(class_names):
+        raise ModelError(f"classifier gives {flat.shape[0]} scores for {len(class_names)} names")
+    if top_k <= 0:
+        return []
+    order = np.argsort(-flat, kind="stable")[:top_k]
+    return [Tag(class_names[i], float(flat[i])) for i in order.tolist() if flat[i] >= min_conf]
+
+
+class EfficientNetTagger:
+    """An ImageNet classifier plus its pre- and post-processing; safe to share between threads."""
+
+    def __init__(
+        self,
+        session: ModelSession,
+        class_names: Sequence[str],
+        *,
+        model_name: str | None = None,
+        model_sha256: str | None = None,
+    ) -> None:
+        shape = session.input_shape
+        if len(shape) != 4 or any(isinstance(d, int) and d != CROP for d in shape[2:]):
+            raise ModelError(f"classifier input must be [1,3,{CROP},{CROP}], got {shape}")
+        entry = spec(MODEL_NAME)
+        self._session = session
+        self._class_names = tuple(class_names)
+        self._name = model_name or entry.name
+        self._sha256 = model_sha256 or entry.sha256
+
+    @property
+    def name(self) -> str:
+        """The manifest name of the model, for lineage."""
+        return self._name
+
+    @property
+    def version(self) -> str:
+        """A short content version: the start of the weights' sha256."""
+        return self._sha256[:12]
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    @property
+    def provider(self) -> str:
+        return self._session.provider
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    def probabilities(self, image: PIL.Image.Image) -> np.ndarray:
+        """Softmax over the 1000 classes, shape ``[1000]``."""
+        logits = self._session.run({self._session.input_name: preprocess(image)})[0]
+        return softmax(np.asarray(logits, dtype=np.float64).reshape(-1))
+
+    def tag(self, image: PIL.Image.Image, *, top_k: int = 5, min_conf: float = 0.05) -> list[Tag]:
+        """The ``top_k`` most probable ImageNet classes of an RGB image above ``min_conf``."""
+        return top_tags(
+            self.probabilities(image), self._class_names, top_k=top_k, min_conf=min_conf
+        )
+
+
+def load_tagger(
+    model_dir: Path, *, provider: ProviderChoice = "auto", intra_op_threads: int = 0
+) -> EfficientNetTagger:
+    """The shipped EfficientNet-Lite0 tagger from ``model_dir``, checksums verified."""
+    model_path = resolve(model_dir, MODEL_NAME)
+    names = parse_class_names(read_lines(resolve(model_dir, CLASSES_NAME)))
+    session = load_onnx_session(model_path, provider=provider, intra_op_threads=intra_op_threads)
+    return EfficientNetTagger(session, names, model_sha256=sha256_file(model_path))

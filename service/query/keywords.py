@@ -1,0 +1,121 @@
+"""Search keywords: normalised tokens of class names, tags and caption words.
+
+Every record keeps ``keywords``, a sorted list of lower-cased tokens with plural nouns
+reduced to their singular and stop words dropped, behind a multikey index. ``GET /v1/search``
+turns its ``text`` into terms with the same normalisation and matches them by equality, so
+"Dogs on a sofa" finds records with the class ``dog`` and the class ``sofa``.
+
+To feed a new source of words into search, pass its texts to ``keywords_for`` where the
+record is built; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MAX_KEYWORDS = 256
+MAX_SEARCH_TERMS = 16
+MAX_TERM_LENGTH = 40
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+
+_STOP_WORDS = """
+    a about above after again against all am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for
+    from further had has have having he her here hers herself him himself his how i if in
+    into is it its itself just me more most my myself no nor not of off on once only or
+    other our ours ourselves out over own same she should so some such than that the their
+    theirs them themselves then there these they this those through to too under until up
+    very was we were what when where which while who whom why will with would you your
+    yours yourself yourselves there's it's image photo picture shows showing view
+"""
+STOP_WORDS = frozenset(_STOP_WORDS.split())
+
+# Singulars that the suffix rules below would get wrong.
+IRREGULAR = {
+    "people": "person",
+    "persons": "person",
+    "men": "man",
+    "women": "woman",
+    "children": "child",
+    "mice": "mouse",
+    "geese": "goose",
+    "teeth": "tooth",
+    "feet": "foot",
+    "knives": "knife",
+    "leaves": "leaf",
+    "shelves": "shelf",
+    "wolves": "wolf",
+    "loaves": "loaf",
+    "halves": "half",
+    "buses": "bus",
+    "skis": "ski",
+    "sheep": "sheep",
+    "series": "series",
+    "species": "species",
+    "glasses": "glass",
+    "dishes": "dish",
+}
+
+# Class names whose model spelling differs from the words people search with: each maps to
+# extra keywords stored beside the tokens of the name itself.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "aeroplane": ("airplane", "plane"),
+    "airplane": ("aeroplane", "plane"),
+    "motorbike": ("motorcycle",),
+    "motorcycle": ("motorbike",),
+    "sofa": ("couch",),
+    "couch": ("sofa",),
+    "pottedplant": ("potted", "plant"),
+    "diningtable": ("dining", "table"),
+    "tvmonitor": ("tv", "monitor", "television"),
+    "tv": ("television",),
+    "cell phone": ("phone", "cellphone", "mobile"),
+    "hair drier": ("dryer", "hairdryer"),
+}
+
+
+def lemma(word: str) -> str:
+    """The singular of an English plural noun by simple suffix rules; other words unchanged."""
+    if word in IRREGULAR:
+        return IRREGULAR[word]
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("sses", "ches", "shes", "xes", "zzes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def tokens(text: str) -> list[str]:
+    """Normalised words of ``text``: lower-cased, singular, stop words and long tokens dropped."""
+    out: list[str] = []
+    for match in _WORD.finditer(text.lower()):
+        word = match.group().replace("'", "")
+        if word in STOP_WORDS or len(word) > MAX_TERM_LENGTH:
+            continue
+        out.append(lemma(word))
+    return out
+
+
+def keywords_for(
+    classes: Iterable[str], tags: Iterable[str] = (), caption_texts: Iterable[str] = ()
+) -> list[str]:
+    """The sorted, distinct keywords of a record's class names, tag names and caption texts."""
+    words: set[str] = set()
+    for name in classes:
+        words.update(tokens(name))
+        for synonym in SYNONYMS.get(name.lower(), ()):
+            words.update(tokens(synonym))
+    for text in (*tags, *caption_texts):
+        words.update(tokens(text))
+    return sorted(words)[:MAX_KEYWORDS]
+
+
+def search_terms(text: str) -> list[str]:
+    """The distinct terms of a search text, in the order given, at most ``MAX_SEARCH_TERMS``."""
+    return list(dict.fromkeys(tokens(text)))[:MAX_SEARCH_TERMS]

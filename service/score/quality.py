@@ -1,0 +1,483 @@
+"""Label-quality estimate: the probability that one image's machine labels are right.
+
+"Right" means a per-image F1 >= 0.5 at IoU 0.5 (class-aware) against careful human boxes,
+for the detections the service keeps (conf >= ``KEPT_CONF``). An image with no objects and
+no detections counts as right; one side empty and the other not, as wrong.
+
+How: a second, independent detector (NanoDet) looks at the same image.
+
+* Each kept box gets a probability of being a true positive from its own confidence and
+  the confidence of the same-class second-opinion box that overlaps it at IoU >= 0.5
+  (``box_quality``).
+* Each second-opinion box (conf >= ``SECOND_MIN_CONF``) that no kept box of its class
+  overlaps gets a probability of being an object the labels missed.
+* Those give an expected F1, ``2*TP / (kept + TP + missed)``, and one logistic regression
+  maps it to the probability that F1 >= 0.5.
+
+The coefficients were fitted by ``python -m bench.quality --fit`` on half of the evalset
+(images sorted by id, even positions); the bench reports on the other half. Cleanlab-style
+agreement (overlooked / badly located / swapped), the confidence profile, tagger/detector
+consistency and image quality are reported in ``components`` but left out of the score: on
+the fit half none of them raised the cross-validated AUROC once the expected F1 was in.
+Pure numpy, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from service.domain.records import ImageProperties
+from service.infer.tagger import Tag
+from service.infer.yolox import Detection
+
+KEPT_CONF = 0.25
+SECOND_MIN_CONF = 0.1
+MATCH_IOU = 0.5
+AMBIGUOUS_BAND = (0.25, 0.5)
+
+# Cleanlab's object-detection score, adapted to one image at a time.
+ALPHA = 0.9
+EUC_FACTOR = 0.1
+# Centre distances are measured in pixels of the image scaled to an 800 px diagonal (a
+# 640x480 photo), so EUC_FACTOR means what it means in Cleanlab on COCO-sized images.
+REFERENCE_DIAGONAL = 800.0
+TEMPERATURE = 0.1
+HIGH_PROBABILITY = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class QualityModel:
+    """Fitted coefficients: per-box TP model, per-box missed-object model, image calibration.
+
+    ``box_coef`` weighs ``[log conf, matched second-opinion conf]`` (just ``[log conf]`` for
+    a model without a second opinion); ``miss_coef`` weighs ``[log conf]`` of an unmatched
+    second-opinion box; ``slope`` weighs ``logit(expected F1)``.
+    """
+
+    box_intercept: float
+    box_coef: tuple[float, ...]
+    miss_intercept: float
+    miss_coef: tuple[float, ...]
+    intercept: float
+    slope: float
+    uses_second: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LabelQuality:
+    """The estimate: ``score`` in [0, 1], the signals behind it, one quality per kept box."""
+
+    score: float
+    components: dict[str, float]
+    box_quality: list[float]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    result: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
+    return result
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-3), 1.0 - 1e-3)
+    return math.log(p / (1.0 - p))
+
+
+def _xyxy(detections: Sequence[Detection]) -> np.ndarray:
+    return np.array([(d.x1, d.y1, d.x2, d.y2) for d in detections], dtype=np.float64).reshape(-1, 4)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` ``[N,4]`` with every box of ``b`` ``[M,4]`` (x1,y1,x2,y2)."""
+    ix = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    iy = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(ix, 0.0, None) * np.clip(iy, 0.0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    result: np.ndarray = np.where(union > 0.0, inter / np.maximum(union, 1e-12), 0.0)
+    return result
+
+
+def similarity_matrix(
+    labels: Sequence[Detection], predictions: Sequence[Detection], image_size: tuple[int, int]
+) -> np.ndarray:
+    """Cleanlab's box similarity ``0.9*IoU + 0.1*exp(-0.1*centre distance)``, ``[L,P]``."""
+    a, b = _xyxy(labels), _xyxy(predictions)
+    centres_a = (a[:, :2] + a[:, 2:]) / 2.0
+    centres_b = (b[:, :2] + b[:, 2:]) / 2.0
+    distance = np.linalg.norm(centres_a[:, None, :] - centres_b[None, :, :], axis=2)
+    distance *= REFERENCE_DIAGONAL / max(math.hypot(*image_size), 1.0)
+    result: np.ndarray = ALPHA * iou_matrix(a, b) + (1.0 - ALPHA) * np.exp(-EUC_FACTOR * distance)
+    return result
+
+
+def softmin_pool(scores: Sequence[float] | np.ndarray, temperature: float = TEMPERATURE) -> float:
+    """``sum(softmax(-s/T) * s)``: near the minimum, but every low score pulls it down."""
+    values = np.asarray(scores, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return 1.0
+    weights = np.exp(-(values - values.min()) / temperature)
+    return float(np.sum(weights * values) / np.sum(weights))
+
+
+def agreement_scores(
+    labels: Sequence[Detection],
+    predictions: Sequence[Detection],
+    image_size: tuple[int, int],
+    *,
+    min_similarity: float,
+) -> dict[str, float]:
+    """Cleanlab's overlooked / badly-located / swapped scores, pooled, and their geometric mean.
+
+    ``labels`` are judged against ``predictions`` (another model's boxes). Each score is in
+    [0, 1], low meaning a likely error. ``min_similarity`` stands in for Cleanlab's
+    dataset-wide minimum similarity, frozen as a constant.
+    """
+    sim = similarity_matrix(labels, predictions, image_size)
+    label_cls = np.array([d.class_id for d in labels], dtype=np.int64)
+    pred_cls = np.array([d.class_id for d in predictions], dtype=np.int64)
+    pred_conf = np.array([d.conf for d in predictions], dtype=np.float64)
+    overlooked: list[float] = []
+    for j, pred in enumerate(predictions):
+        if pred.conf < HIGH_PROBABILITY:
+            continue
+        same = label_cls == pred.class_id
+        overlooked.append(
+            float(sim[same, j].max()) if same.any() else min_similarity * (1.0 - pred.conf)
+        )
+    badloc: list[float] = []
+    swap: list[float] = []
+    for i, label in enumerate(labels):
+        same = (pred_cls == label.class_id) & (pred_conf >= SECOND_MIN_CONF)
+        badloc.append(float(sim[i, same].max()) if same.any() else 1.0)
+        other = (pred_cls != label.class_id) & (pred_conf >= HIGH_PROBABILITY)
+        swap.append(max(min_similarity, 1.0 - float(sim[i, other].max())) if other.any() else 1.0)
+    pooled = {
+        "overlooked": softmin_pool(overlooked),
+        "badly_located": softmin_pool(badloc),
+        "swapped": softmin_pool(swap),
+    }
+    logs = [math.log(1e-100 + v) for v in pooled.values()]
+    pooled["agreement"] = math.exp(sum(logs) / len(logs))
+    return pooled
+
+
+def _same_class_overlap(
+    primary: Sequence[Detection], second: Sequence[Detection]
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each kept box: the best conf of a same-class second box at IoU >= 0.5 (0 if none);
+    for each second box: whether some kept box of its class overlaps it at IoU >= 0.5."""
+    matched_conf = np.zeros(len(primary))
+    claimed = np.zeros(len(second), dtype=bool)
+    if not primary or not second:
+        return matched_conf, claimed
+    overlap = iou_matrix(_xyxy(primary), _xyxy(second)) >= MATCH_IOU
+    same = (
+        np.array([d.class_id for d in primary])[:, None]
+        == np.array([d.class_id for d in second])[None, :]
+    )
+    hits = overlap & same
+    conf = np.array([d.conf for d in second])
+    matched_conf = np.where(hits, conf[None, :], 0.0).max(axis=1)
+    claimed = hits.any(axis=0)
+    return matched_conf, claimed
+
+
+def box_features(primary: Sequence[Detection], second: Sequence[Detection] | None) -> np.ndarray:
+    """Per kept box: ``[log conf]`` plus, with a second opinion, its matched conf."""
+    conf = np.array([d.conf for d in primary], dtype=np.float64)
+    columns = [np.log(np.maximum(conf, 1e-6))]
+    if second is not None:
+        candidates = [d for d in second if d.conf >= SECOND_MIN_CONF]
+        columns.append(_same_class_overlap(primary, candidates)[0])
+    return np.stack(columns, axis=1).reshape(len(primary), len(columns))
+
+
+def unmatched_second(primary: Sequence[Detection], second: Sequence[Detection]) -> list[Detection]:
+    """Second-opinion boxes (conf >= ``SECOND_MIN_CONF``) that no kept box of their class
+    overlaps at IoU >= 0.5: candidates for objects the labels missed."""
+    candidates = [d for d in second if d.conf >= SECOND_MIN_CONF]
+    _, claimed = _same_class_overlap(primary, candidates)
+    return [d for d, c in zip(candidates, claimed, strict=True) if not c]
+
+
+def miss_features(primary: Sequence[Detection], second: Sequence[Detection]) -> np.ndarray:
+    """``[log conf]`` of each box of ``unmatched_second``."""
+    conf = np.array([d.conf for d in unmatched_second(primary, second)], dtype=np.float64)
+    result: np.ndarray = np.log(np.maximum(conf, 1e-6)).reshape(-1, 1)
+    return result
+
+
+def _linear(intercept: float, coef: Sequence[float], x: np.ndarray) -> np.ndarray:
+    if x.shape[0] == 0:
+        return np.zeros(0)
+    result: np.ndarray = intercept + x @ np.asarray(coef, dtype=np.float64)
+    return result
+
+
+def _model_for(second: Sequence[Detection] | None) -> QualityModel:
+    return WITH_SECOND if second is not None else WITHOUT_SECOND
+
+
+def box_quality(
+    primary: Sequence[Detection],
+    second: Sequence[Detection] | None,
+    *,
+    model: QualityModel | None = None,
+) -> list[float]:
+    """For each kept box, the probability that it is a true positive (right class, IoU >= 0.5)."""
+    model = model or _model_for(second)
+    second = second if model.uses_second else None
+    logits = _linear(model.box_intercept, model.box_coef, box_features(primary, second))
+    return [round(float(p), 4) for p in _sigmoid(logits)]
+
+
+def expected_f1(
+    quality: Sequence[float], missed: np.ndarray, *, n_kept: int, has_second: bool
+) -> float:
+    """``2*TP / (kept + TP + missed)`` from per-box probabilities.
+
+    With no kept boxes the labels are right only if nothing was missed: the probability
+    that none of the unmatched second-opinion boxes is a real object (0.5 with no second
+    opinion: nothing to go on).
+    """
+    if n_kept == 0:
+        return float(np.prod(1.0 - missed)) if has_second else 0.5
+    tp = float(np.sum(quality))
+    return 2.0 * tp / (n_kept + tp + float(np.sum(missed)))
+
+
+def confidence_profile(primary: Sequence[Detection]) -> dict[str, float]:
+    """Mean and minimum confidence, the share of boxes in the ambiguous band, the count."""
+    conf = np.array([d.conf for d in primary], dtype=np.float64)
+    if conf.size == 0:
+        return {"mean_conf": 0.0, "min_conf": 0.0, "ambiguous_share": 0.0, "count": 0.0}
+    low, high = AMBIGUOUS_BAND
+    return {
+        "mean_conf": float(conf.mean()),
+        "min_conf": float(conf.min()),
+        "ambiguous_share": float(np.mean((conf >= low) & (conf < high))),
+        "count": float(conf.size),
+    }
+
+
+def tag_consistency(primary: Sequence[Detection], tags: Sequence[Tag]) -> dict[str, float]:
+    """How far the scene tagger backs the detector.
+
+    ``tag_support``: the highest tag probability whose COCO class was detected;
+    ``tag_missing``: the highest one whose COCO class was not (a possibly missed object).
+    """
+    detected = {d.classname for d in primary}
+    support = missing = 0.0
+    for tag in tags:
+        coco = TAG_TO_COCO.get(tag.name)
+        if coco is None:
+            continue
+        if coco in detected:
+            support = max(support, tag.conf)
+        else:
+            missing = max(missing, tag.conf)
+    return {"tag_support": support, "tag_missing": missing}
+
+
+def image_quality(props: ImageProperties) -> dict[str, float]:
+    """Blur, exposure and resolution, each in [0, 1] with 1 the good end."""
+    return {
+        # log-variance of the Laplacian: ~50 (visibly blurred) -> 0.5, 2500+ -> 1.
+        "sharpness": min(1.0, math.log1p(props.sharpness) / math.log1p(2500.0)),
+        "exposure": 1.0 - min(1.0, 2.0 * abs(props.brightness - 0.5)),
+        "resolution": min(1.0, min(props.width, props.height) / 416.0),
+    }
+
+
+def estimate(
+    primary: Sequence[Detection],
+    second: Sequence[Detection] | None,
+    tags: Sequence[Tag] | None,
+    props: ImageProperties | None,
+    image_size: tuple[int, int],
+    *,
+    model: QualityModel | None = None,
+) -> LabelQuality:
+    """The label-quality estimate of one image.
+
+    ``primary``: the kept detections (conf >= ``KEPT_CONF``) being judged. ``second``: the
+    second opinion's detections at conf >= ``SECOND_MIN_CONF`` (NanoDet), or ``None`` when
+    it is unavailable, which uses a weaker fallback model. The shipped coefficients were
+    fitted on NanoDet; other second opinions (YOLOX on the flipped image) need their own
+    ``model`` (``bench.quality`` fits one). ``tags`` and ``props`` only feed ``components``.
+    ``image_size`` is ``(width, height)``.
+    """
+    model = model or _model_for(second)
+    used_second = second if model.uses_second else None
+    quality = box_quality(primary, used_second, model=model)
+    missed = np.zeros(0)
+    if used_second is not None:
+        miss_x = miss_features(primary, used_second)
+        missed = _sigmoid(_linear(model.miss_intercept, model.miss_coef, miss_x))
+    f1 = expected_f1(quality, missed, n_kept=len(primary), has_second=used_second is not None)
+    score = float(_sigmoid(np.array(model.intercept + model.slope * _logit(f1))))
+    components: dict[str, float] = {
+        "expected_f1": f1,
+        "expected_precision": float(np.mean(quality)) if quality else 0.0,
+        "expected_missed": float(np.sum(missed)),
+        **confidence_profile(primary),
+    }
+    if second is not None:
+        candidates = [d for d in second if d.conf >= SECOND_MIN_CONF]
+        components.update(
+            agreement_scores(primary, candidates, image_size, min_similarity=MIN_SIMILARITY)
+        )
+    if tags is not None:
+        components.update(tag_consistency(primary, tags))
+    if props is not None:
+        components.update(image_quality(props))
+    return LabelQuality(
+        score=round(score, 4),
+        components={k: round(v, 4) for k, v in components.items()},
+        box_quality=quality,
+    )
+
+
+def unflip(detections: Sequence[Detection], width: int) -> list[Detection]:
+    """Boxes found on the horizontally flipped image, mapped back to the original."""
+    return [replace(d, x1=width - d.x2, x2=width - d.x1) for d in detections]
+
+
+_DOG_BREEDS = """Chihuahua|Japanese spaniel|Maltese dog|Pekinese|Shih-Tzu|Blenheim spaniel|papillon|
+toy terrier|Rhodesian ridgeback|Afghan hound|basset|beagle|bloodhound|bluetick|
+black-and-tan coonhound|Walker hound|English foxhound|redbone|borzoi|Irish wolfhound|
+Italian greyhound|whippet|Ibizan hound|Norwegian elkhound|otterhound|Saluki|Scottish deerhound|
+Weimaraner|Staffordshire bullterrier|American Staffordshire terrier|Bedlington terrier|
+Border terrier|Kerry blue terrier|Irish terrier|Norfolk terrier|Norwich terrier|
+Yorkshire terrier|wire-haired fox terrier|Lakeland terrier|Sealyham terrier|Airedale|cairn|
+Australian terrier|Dandie Dinmont|Boston bull|miniature schnauzer|giant schnauzer|
+standard schnauzer|Scotch terrier|Tibetan terrier|silky terrier|soft-coated wheaten terrier|
+West Highland white terrier|Lhasa|flat-coated retriever|curly-coated retriever|
+golden retriever|Labrador retriever|Chesapeake Bay retriever|German short-haired pointer|vizsla|
+English setter|Irish setter|Gordon setter|Brittany spaniel|clumber|English springer|
+Welsh springer spaniel|cocker spaniel|Sussex spaniel|Irish water spaniel|kuvasz|schipperke|
+groenendael|malinois|briard|kelpie|komondor|Old English sheepdog|Shetland sheepdog|collie|
+Border collie|Bouvier des Flandres|Rottweiler|German shepherd|Doberman|miniature pinscher|
+Greater Swiss Mountain dog|Bernese mountain dog|Appenzeller|EntleBucher|boxer|bull mastiff|
+Tibetan mastiff|French bulldog|Great Dane|Saint Bernard|Eskimo dog|malamute|Siberian husky|
+dalmatian|affenpinscher|basenji|pug|Leonberg|Newfoundland|Great Pyrenees|Samoyed|Pomeranian|
+chow|keeshond|Brabancon griffon|Pembroke|Cardigan|toy poodle|miniature poodle|standard poodle|
+Mexican hairless"""
+
+_BIRDS = """cock|hen|ostrich|brambling|goldfinch|house finch|junco|indigo bunting|robin|bulbul|jay|
+magpie|chickadee|water ouzel|kite|bald eagle|vulture|great grey owl|black grouse|ptarmigan|
+ruffed grouse|prairie chicken|peacock|quail|partridge|African grey|macaw|
+sulphur-crested cockatoo|lorikeet|coucal|bee eater|hornbill|hummingbird|jacamar|toucan|drake|
+red-breasted merganser|goose|black swan|white stork|black stork|spoonbill|flamingo|
+little blue heron|American egret|bittern|limpkin|European gallinule|American coot|bustard|
+ruddy turnstone|red-backed sandpiper|redshank|dowitcher|oystercatcher|pelican|king penguin|
+albatross"""
+
+# ImageNet first lemma -> COCO class in the detector's (YOLOX) spelling. Lemmas that name two
+# different synsets ("crane": bird and machine) are left out.
+_TAG_TO_COCO_GROUPS: dict[str, str] = {
+    "cat": "tabby|tiger cat|Persian cat|Siamese cat|Egyptian cat",
+    "dog": _DOG_BREEDS,
+    "bird": _BIRDS,
+    "bear": "brown bear|American black bear|ice bear|sloth bear",
+    "elephant": "Indian elephant|African elephant|tusker",
+    "zebra": "zebra",
+    "horse": "sorrel",
+    "sheep": "ram|bighorn",
+    "cow": "ox|water buffalo|bison",
+    "car": "sports car|convertible|cab|limousine|minivan|jeep|beach wagon|racer|Model T|"
+    "police van|ambulance|car wheel|grille|car mirror",
+    "bus": "school bus|trolleybus|minibus",
+    "truck": "trailer truck|pickup|fire engine|garbage truck|tow truck|moving van",
+    "train": "passenger car|electric locomotive|steam locomotive|freight car|streetcar|"
+    "bullet train",
+    "boat": "canoe|speedboat|lifeboat|fireboat|gondola|yawl|schooner|catamaran|trimaran|"
+    "container ship|liner|paddlewheel|aircraft carrier|wreck",
+    "aeroplane": "airliner|warplane|wing",
+    "motorbike": "moped|motor scooter",
+    "bicycle": "mountain bike|bicycle-built-for-two|tricycle",
+    "banana": "banana",
+    "orange": "orange|lemon",
+    "apple": "Granny Smith",
+    "broccoli": "broccoli|cauliflower",
+    "pizza": "pizza",
+    "hot dog": "hotdog",
+    "sandwich": "cheeseburger",
+    "donut": "bagel",
+    "laptop": "laptop|notebook",
+    "tvmonitor": "television|monitor|screen|home theater",
+    "keyboard": "computer keyboard|typewriter keyboard|space bar",
+    "mouse": "mouse",
+    "cell phone": "cellular telephone|iPod|hand-held computer",
+    "remote": "remote control",
+    "clock": "analog clock|wall clock|digital clock",
+    "microwave": "microwave",
+    "toaster": "toaster",
+    "refrigerator": "refrigerator",
+    "oven": "stove|Dutch oven",
+    "sink": "washbasin",
+    "toilet": "toilet seat",
+    "umbrella": "umbrella",
+    "backpack": "backpack",
+    "handbag": "purse|mailbag",
+    "tie": "Windsor tie|bow tie|bolo tie",
+    "skis": "ski",
+    "sports ball": "soccer ball|tennis ball|basketball|volleyball|baseball|rugby ball|golf ball|"
+    "croquet ball|ping-pong ball",
+    "tennis racket": "racket",
+    "vase": "vase",
+    "teddy bear": "teddy",
+    "bench": "park bench",
+    "chair": "folding chair|rocking chair|barber chair|throne",
+    "sofa": "studio couch",
+    "bed": "four-poster|quilt",
+    "diningtable": "dining table",
+    "pottedplant": "pot",
+    "traffic light": "traffic light",
+    "stop sign": "street sign",
+    "parking meter": "parking meter",
+    "bottle": "beer bottle|wine bottle|water bottle|pop bottle|pill bottle",
+    "wine glass": "goblet|red wine",
+    "cup": "cup|coffee mug|espresso|measuring cup",
+    "bowl": "mixing bowl|soup bowl",
+    "spoon": "wooden spoon|ladle",
+    "book": "book jacket|comic book|bookcase",
+    "hair drier": "hand blower",
+}
+
+TAG_TO_COCO: dict[str, str] = {
+    lemma.strip(): coco
+    for coco, lemmas in _TAG_TO_COCO_GROUPS.items()
+    for lemma in lemmas.replace("\n", "").split("|")
+    if lemma.strip()
+}
+
+
+# Fitted by ``python -m bench.quality --fit`` on the fit half of the evalset.
+# Cleanlab's dataset-wide minimum similarity (kept boxes vs NanoDet), frozen.
+MIN_SIMILARITY = 1.87677e-32
+WITH_SECOND = QualityModel(
+    box_intercept=1.38748,
+    box_coef=(2.65155, 2.98306),
+    miss_intercept=0.449021,
+    miss_coef=(2.07668,),
+    intercept=-0.0902731,
+    slope=1.68132,
+    uses_second=True,
+)
+# The fallback when no second opinion is available: confidence alone (much weaker).
+WITHOUT_SECOND = QualityModel(
+    box_intercept=2.90942,
+    box_coef=(3.24815,),
+    miss_intercept=0.0,
+    miss_coef=(0.0,),
+    intercept=-0.275312,
+    slope=0.624163,
+    uses_second=False,
+)

@@ -1,0 +1,56 @@
+"""Search keywords: normalisation shared by records and search text."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.query.keywords import MAX_SEARCH_TERMS, keywords_for, lemma, search_terms
+
+
+@pytest.mark.parametrize(
+    ("word", "singular"),
+    [
+        ("dogs", "dog"),
+        ("puppies", "puppy"),
+        ("boxes", "box"),
+        ("benches", "bench"),
+        ("glasses", "glass"),
+        ("knives", "knife"),
+        ("people", "person"),
+        ("buses", "bus"),
+        ("bus", "bus"),
+        ("grass", "grass"),
+        ("tennis", "tennis"),
+        ("skis", "ski"),
+        ("horses", "horse"),
+        ("cat", "cat"),
+    ],
+)
+def test_lemma(word: str, singular: str) -> None:
+    assert lemma(word) == singular
+
+
+def test_keywords_for_classes_tags_and_captions() -> None:
+    words = keywords_for(
+        ["dog", "diningtable", "cell phone"],
+        ["Golden Retriever"],
+        ["Two dogs sleeping on the sofa.", "A dog's toys"],
+    )
+    assert words == sorted(set(words))
+    for expected in ("dog", "dining", "table", "diningtable", "cell", "phone", "golden"):
+        assert expected in words
+    for expected in ("retriever", "sleeping", "sofa", "toy", "two"):
+        assert expected in words
+    for dropped in ("the", "on", "a", "dogs"):
+        assert dropped not in words
+    assert keywords_for([]) == []
+
+
+def test_search_terms_match_the_stored_keywords() -> None:
+    stored = set(keywords_for(["sofa", "motorbike", "person"]))
+    terms = search_terms("People on COUCHES near motorcycles!")
+    assert terms == ["person", "couch", "near", "motorcycle"]
+    assert {"person", "couch", "motorcycle"} <= stored
+    assert search_terms("the of and") == []
+    assert len(search_terms(" ".join(f"w{i}" for i in range(100)))) == MAX_SEARCH_TERMS
+    assert search_terms("dog dogs DOG") == ["dog"]
