@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.detection_map", "bench.service_map"]
+BENCHMARKS = ["bench.detection_map", "bench.service_map", "bench.query"]
 
 
 def main() -> int:

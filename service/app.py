@@ -11,7 +11,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service import __version__
-from service.api import health, labels, records
+from service.api import health, labels, records, search
 from service.api.headers import security_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.lifespan import lifespan
@@ -25,6 +25,8 @@ ROUTES = [
     records.list_records,
     records.get_labeled_data,
     records.get_record,
+    records.similar_records,
+    search.search,
     health.healthz,
     health.readyz,
     health.metrics,

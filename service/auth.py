@@ -1,12 +1,15 @@
-"""API-key authentication and scopes.
+"""API-key authentication, scopes and per-key limits.
 
 Keys arrive in ``X-API-Key`` (or ``X-RapidAPI-Key``, for existing clients). Secrets are
-compared by digest, never logged and never echoed in errors.
+compared by digest, never logged and never echoed in errors; metrics and logs name a key
+by its name only. Lookups are cached for ``KEY_CACHE_SECONDS``, so a key revoked from the
+command line stops working within that time.
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,32 +17,67 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from service.errors import Forbidden, Unauthorized
-from service.store.keys import SCOPES, ApiKeyStore, hash_key
+from service.errors import Forbidden, RateLimited, Unauthorized
+from service.ratelimit import Limiter, Limits
+from service.store.keys import SCOPES, ApiKeyStore, hash_key, limits_of
 
 KEY_HEADERS = ("x-api-key", "x-rapidapi-key")
+KEY_CACHE_SECONDS = 5.0
+KEY_CACHE_SIZE = 10_000
+BOOTSTRAP = "bootstrap"
+UNLIMITED = Limits()
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     name: str
     scopes: frozenset[str]
+    limits: Limits = UNLIMITED
 
 
 class Authenticator:
-    def __init__(self, keys: ApiKeyStore, bootstrap_key: str | None) -> None:
+    def __init__(
+        self, keys: ApiKeyStore, bootstrap_key: str | None, *, limiter: Limiter | None = None
+    ) -> None:
         self._keys = keys
         self._bootstrap_hash = hash_key(bootstrap_key) if bootstrap_key else None
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self.limiter = limiter or Limiter(keys)
 
     async def authenticate(self, secret: str | None) -> Principal:
         if not secret:
             raise Unauthorized(f"send an API key in the {KEY_HEADERS[0]} header")
-        if self._bootstrap_hash and hmac.compare_digest(hash_key(secret), self._bootstrap_hash):
-            return Principal(name="bootstrap", scopes=frozenset(SCOPES))
-        document = await self._keys.find(secret)
-        if document is None:
+        digest = hash_key(secret)
+        if self._bootstrap_hash and hmac.compare_digest(digest, self._bootstrap_hash):
+            return Principal(name=BOOTSTRAP, scopes=frozenset(SCOPES))
+        principal = await self._lookup(digest, secret)
+        if principal is None:
             raise Unauthorized("the API key is unknown or revoked")
-        return Principal(name=document["name"], scopes=frozenset(document["scopes"]))
+        return principal
+
+    async def _lookup(self, digest: str, secret: str) -> Principal | None:
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        document = await self._keys.find(secret)
+        principal = (
+            None
+            if document is None
+            else Principal(
+                name=document["name"],
+                scopes=frozenset(document["scopes"]),
+                limits=limits_of(document),
+            )
+        )
+        if len(self._cache) >= KEY_CACHE_SIZE:
+            self._cache.clear()  # bounds memory against floods of made-up keys
+        self._cache[digest] = (now + KEY_CACHE_SECONDS, principal)
+        return principal
+
+    def forget(self) -> None:
+        """Drop cached lookups, so that key changes apply at once."""
+        self._cache.clear()
 
 
 def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -53,7 +91,7 @@ Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitab
 
 
 def requires(scope: str, *, unless_open: bool = False) -> Guard:
-    """A Litestar guard admitting keys that hold ``scope`` (or admin).
+    """A Litestar guard admitting keys that hold ``scope`` (or admin), within their limits.
 
     With ``unless_open`` the check applies only when the settings say labeling needs a key.
     """
@@ -64,8 +102,16 @@ def requires(scope: str, *, unless_open: bool = False) -> Guard:
             return
         authenticator: Authenticator = resources.authenticator
         principal = await authenticator.authenticate(presented_key(connection))
+        counter = resources.metrics.api_key_requests
         if scope not in principal.scopes and "admin" not in principal.scopes:
+            counter.labels(principal.name, "forbidden").inc()
             raise Forbidden(f"this API key lacks the {scope!r} scope")
+        try:
+            await authenticator.limiter.admit(principal.name, principal.limits)
+        except RateLimited as exc:
+            counter.labels(principal.name, exc.extra["reason"]).inc()
+            raise
+        counter.labels(principal.name, "admitted").inc()
         connection.scope["state"]["principal"] = principal
 
     return guard

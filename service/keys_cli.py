@@ -8,9 +8,21 @@ import json
 from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
+from service.ratelimit import Rate
 from service.settings import Settings
 from service.store.keys import ApiKeyStore
 from service.store.records import Document
+
+
+def parse_limits(rate: str | None, quota: str | None) -> tuple[Rate | None, int | None]:
+    """``--rate 20/s`` and ``--quota 100000/day`` (a quota is per day only)."""
+    daily = None
+    if quota is not None:
+        parsed = Rate.parse(quota)
+        if parsed.seconds != 86400:
+            raise ValueError(f"a quota is a number of requests per day, like 100000/day: {quota!r}")
+        daily = parsed.requests
+    return (Rate.parse(rate) if rate is not None else None), daily
 
 
 async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -26,14 +38,22 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "create":
             scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
             try:
-                secret = await store.create(args.name, scopes)
+                rate, quota = parse_limits(args.rate, args.quota)
+                secret = await store.create(args.name, scopes, rate=rate, daily_quota=quota)
             except ValueError as exc:
                 print(f"error: {exc}")
                 return 2
             except DuplicateKeyError:
                 print(f"error: a key named {args.name!r} exists")
                 return 2
-            print(json.dumps({"name": args.name, "scopes": scopes, "key": secret}))
+            shown = {
+                "name": args.name,
+                "scopes": sorted(set(scopes)),
+                "rate": str(rate) if rate else None,
+                "quota": f"{quota}/day" if quota else None,
+                "key": secret,
+            }
+            print(json.dumps(shown))
             print("store this key now: it is not shown again")
         elif args.action == "list":
             for key in await store.list():
@@ -43,7 +63,7 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
             if not await store.revoke(args.name):
                 print(f"no active key named {args.name!r}")
                 return 1
-            print(f"revoked {args.name}")
+            print(f"revoked {args.name} (running services stop accepting it within seconds)")
         return 0
     finally:
         await client.close()

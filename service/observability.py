@@ -54,6 +54,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Labelled by key name (set by the operator, never the secret).
+        self.api_key_requests = Counter(
+            "labelsvc_api_key_requests",
+            "Authenticated requests per API key name and outcome"
+            " (admitted, forbidden, rate_limit, quota)",
+            ["key", "outcome"],
+            registry=r,
+        )
         self.executor_pending = Gauge(
             "labelsvc_executor_pending", "Blocking tasks queued or running", registry=r
         )

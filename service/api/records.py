@@ -1,18 +1,24 @@
-"""Query endpoints for API-key holders: ``GET /v1/records`` and ``GET /get-labeled-data``."""
+"""Query endpoints for API-key holders: ``GET /v1/records``, ``GET /get-labeled-data``,
+``GET /v1/records/{id}`` and ``GET /v1/records/{id}/similar``."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 from litestar import get
 from litestar.di import Provide
 from litestar.params import FromPath, QueryParameter
 
 from service.api.deps import ResourcesDep, provide_resources
-from service.api.schemas import RecordPage
+from service.api.schemas import ProjectedRecordPage, RecordPage, SimilarPage, SimilarRecord
 from service.auth import requires
 from service.domain.records import Record, record_from_document
+from service.lifespan import Resources
 from service.query.filters import add_index_hints, parse_filter
+from service.query.pages import Budget, Page, PageRequest, record_page, similar_page
+from service.query.paging import MAX_CURSOR_LENGTH, SORTABLE, SortOrder, parse_fields, parse_sort
+from service.query.similar import DEFAULT_DISTANCE, MAX_DISTANCE
 
 DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
 MAX_PER_PAGE = 100
@@ -24,37 +30,122 @@ Query = Annotated[
         max_length=8_192,
     ),
 ]
-Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="1-based page number")]
-PerPage = Annotated[int, QueryParameter(ge=1, le=MAX_PER_PAGE, description="records per page")]
+PageNumber = Annotated[
+    int, QueryParameter(ge=1, le=1_000_000, description="1-based page number (offset paging)")
+]
+PerPage = Annotated[
+    int | None, QueryParameter(ge=1, le=MAX_PER_PAGE, description="records per page (25)")
+]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(
+        description="next_cursor of the previous page: keyset paging for walks and exports",
+        max_length=MAX_CURSOR_LENGTH,
+    ),
+]
+Sort = Annotated[
+    str | None,
+    QueryParameter(
+        description=f"one of {', '.join(SORTABLE)}; a leading '-' sorts descending. Ties"
+        " are broken by _id in the same direction (default: _id ascending)",
+        max_length=64,
+    ),
+]
+Fields = Annotated[
+    str | None,
+    QueryParameter(
+        description="comma-separated fields to return (dotted paths allowed); _id always",
+        max_length=2_000,
+    ),
+]
+Cutoff = Annotated[
+    int, QueryParameter(ge=0, le=MAX_DISTANCE, description="largest pHash distance, in bits")
+]
+
+
+def budget(resources: Resources) -> Budget:
+    settings = resources.settings
+    return Budget(
+        query_ms=settings.query_max_time_ms,
+        count_ms=min(settings.count_max_time_ms, settings.query_max_time_ms),
+    )
+
+
+def page_request(
+    resources: Resources,
+    q: str | None,
+    page: int,
+    per_page: int | None,
+    cursor: str | None,
+    fields: str | None,
+    order: SortOrder,
+) -> PageRequest:
+    return PageRequest(
+        filter=add_index_hints(parse_filter(q)),
+        order=order,
+        per_page=per_page or resources.settings.page_size,
+        page=page,
+        cursor=cursor,
+        projection=parse_fields(fields),
+    )
+
+
+def wire_page(result: Page, request: PageRequest) -> RecordPage | ProjectedRecordPage:
+    if request.projection is not None:
+        return ProjectedRecordPage(
+            output=result.documents,
+            length=result.length,
+            length_is_estimate=result.length_is_estimate,
+            page=result.page,
+            per_page=request.per_page,
+            next_cursor=result.next_cursor,
+        )
+    return RecordPage(
+        output=[record_from_document(d) for d in result.documents],
+        length=result.length,
+        length_is_estimate=result.length_is_estimate,
+        page=result.page,
+        per_page=request.per_page,
+        next_cursor=result.next_cursor,
+    )
 
 
 async def find_records(
-    resources: ResourcesDep, q: str | None, page: int, per_page: int
-) -> RecordPage:
-    filt = add_index_hints(parse_filter(q))
-    store = resources.records
-    documents = await store.find_page(filt, skip=(page - 1) * per_page, limit=per_page)
-    length = await store.count(filt)
-    return RecordPage(
-        output=[record_from_document(d) for d in documents],
-        length=length,
-        page=page,
-        per_page=per_page,
-    )
+    resources: Resources,
+    q: str | None,
+    page: int,
+    per_page: int | None,
+    cursor: str | None,
+    sort: str | None,
+    fields: str | None,
+) -> RecordPage | ProjectedRecordPage:
+    request = page_request(resources, q, page, per_page, cursor, fields, parse_sort(sort))
+    return wire_page(await record_page(resources.records, request, budget(resources)), request)
 
 
 @get(
     "/v1/records",
     dependencies=DEPENDENCIES,
     guards=[requires("read")],
-    summary="Query stored records with a MongoDB filter, 25 a page",
+    summary="Query stored records with a MongoDB filter, by page or by cursor",
+    description=(
+        "Offset paging with page/per_page, or keyset paging: pass each response's"
+        " next_cursor as cursor until it is null; a cursor walk returns every record that"
+        " existed when it started exactly once, whatever is inserted meanwhile."
+    ),
     tags=["records"],
     security=[{"ApiKey": []}],
 )
 async def list_records(
-    resources: ResourcesDep, q: Query = None, page: Page = 1, per_page: PerPage = 25
-) -> RecordPage:
-    return await find_records(resources, q, page, per_page)
+    resources: ResourcesDep,
+    q: Query = None,
+    page: PageNumber = 1,
+    per_page: PerPage = None,
+    cursor: Cursor = None,
+    sort: Sort = None,
+    fields: Fields = None,
+) -> RecordPage | ProjectedRecordPage:
+    return await find_records(resources, q, page, per_page, cursor, sort, fields)
 
 
 @get(
@@ -66,9 +157,15 @@ async def list_records(
     security=[{"ApiKey": []}],
 )
 async def get_labeled_data(
-    resources: ResourcesDep, q: Query = None, page: Page = 1, per_page: PerPage = 25
-) -> RecordPage:
-    return await find_records(resources, q, page, per_page)
+    resources: ResourcesDep,
+    q: Query = None,
+    page: PageNumber = 1,
+    per_page: PerPage = None,
+    cursor: Cursor = None,
+    sort: Sort = None,
+    fields: Fields = None,
+) -> RecordPage | ProjectedRecordPage:
+    return await find_records(resources, q, page, per_page, cursor, sort, fields)
 
 
 @get(
@@ -81,3 +178,40 @@ async def get_labeled_data(
 )
 async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Record:
     return await resources.pipeline.get(record_id)
+
+
+@get(
+    "/v1/records/{record_id:str}/similar",
+    dependencies=DEPENDENCIES,
+    guards=[requires("read")],
+    summary="Near-duplicates of a record by perceptual hash, nearest first",
+    description=(
+        "Records whose image_properties.phash is within max_distance bits of this record's"
+        " (every one of them: the band index is probed to that distance). 409 when the"
+        " record has no pHash."
+    ),
+    tags=["records"],
+    security=[{"ApiKey": []}],
+)
+async def similar_records(
+    resources: ResourcesDep,
+    record_id: FromPath[str],
+    max_distance: Cutoff = DEFAULT_DISTANCE,
+    page: PageNumber = 1,
+    per_page: PerPage = None,
+) -> SimilarPage:
+    size = per_page or resources.settings.page_size
+    result = await similar_page(
+        resources.records, record_id, max_distance, page, size, budget(resources)
+    )
+    return SimilarPage(
+        output=[
+            msgspec.convert({**d, "distance": distance}, SimilarRecord)
+            for d, distance in result.matches
+        ],
+        length=result.length,
+        length_is_estimate=result.length_is_estimate,
+        page=page,
+        per_page=size,
+        max_distance=max_distance,
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -24,11 +24,40 @@ class UploadRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     url_or_id: UrlOrId
 
 
-class RecordPage(msgspec.Struct, frozen=True):
-    output: list[Record]
+class PageInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """``length``: all matches (the collection's size when ``length_is_estimate``);
+    ``page``: null for a page reached by cursor; ``next_cursor``: null on the last page."""
+
     length: int
+    length_is_estimate: bool = False
+    page: int | None
+    per_page: int
+    next_cursor: str | None = None
+
+
+class RecordPage(PageInfo, frozen=True, kw_only=True):
+    output: list[Record]
+
+
+class ProjectedRecordPage(PageInfo, frozen=True, kw_only=True):
+    """A page of records holding only the requested ``fields`` (and ``_id``)."""
+
+    output: list[dict[str, Any]]
+
+
+class SimilarRecord(Record, frozen=True, kw_only=True):
+    distance: int  # pHash Hamming distance to the record asked about, in bits
+
+
+class SimilarPage(msgspec.Struct, frozen=True, kw_only=True):
+    """``length_is_estimate``: candidates were capped, so there may be more matches."""
+
+    output: list[SimilarRecord]
+    length: int
+    length_is_estimate: bool = False
     page: int
     per_page: int
+    max_distance: int
 
 
 class Health(msgspec.Struct, frozen=True):

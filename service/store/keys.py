@@ -1,24 +1,33 @@
-"""API keys: only a SHA-256 digest of each secret is stored; the secret is shown once."""
+"""API keys: only a SHA-256 digest of each secret is stored; the secret is shown once.
+
+A key document holds its name, scopes and optional limits (``rate_limit``:
+``{"requests", "seconds"}``, ``daily_quota``). Daily usage lives in ``api_key_usage``, one
+document per key name and UTC day, removed 40 days later by a TTL index.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, date, datetime, time, timedelta
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from service.ratelimit import Limits, Rate
 from service.store.records import Document, database_errors
 
 KEY_PREFIX = "lsk_"
 SCOPES = ("label", "read", "admin")
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 KEY_INDEXES = [
     IndexModel([("key_hash", ASCENDING)], name="key_hash_unique", unique=True),
     IndexModel([("name", ASCENDING)], name="name_unique", unique=True),
 ]
+USAGE_INDEXES = [IndexModel([("expires_at", ASCENDING)], name="expiry", expireAfterSeconds=0)]
+USAGE_KEPT_DAYS = 40
 
 
 def hash_key(secret: str) -> str:
@@ -30,30 +39,54 @@ def new_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def limits_of(document: Document) -> Limits:
+    rate = document.get("rate_limit")
+    return Limits(
+        rate=Rate(int(rate["requests"]), int(rate["seconds"])) if rate else None,
+        daily_quota=document.get("daily_quota"),
+    )
+
+
 class ApiKeyStore:
     def __init__(self, database: AsyncDatabase[Document]) -> None:
         self._keys: AsyncCollection[Document] = database["api_keys"]
+        self._usage: AsyncCollection[Document] = database["api_key_usage"]
 
     async def ensure_indexes(self) -> None:
         async with database_errors():
             await self._keys.create_indexes(KEY_INDEXES)
+            await self._usage.create_indexes(USAGE_INDEXES)
 
-    async def create(self, name: str, scopes: list[str], **limits: Any) -> str:
+    async def create(
+        self,
+        name: str,
+        scopes: list[str],
+        *,
+        rate: Rate | None = None,
+        daily_quota: int | None = None,
+    ) -> str:
+        """Store a new key; returns its secret, which is not kept."""
+        if not KEY_NAME.fullmatch(name):
+            raise ValueError("a key name is 1-64 letters, digits, '_', '.' or '-'")
         unknown = sorted(set(scopes) - set(SCOPES))
-        if unknown:
+        if unknown or not scopes:
             raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
+        if daily_quota is not None and daily_quota < 1:
+            raise ValueError("a daily quota is at least 1 request")
         secret = new_secret()
+        document: Document = {
+            "name": name,
+            "key_hash": hash_key(secret),
+            "scopes": sorted(set(scopes)),
+            "created_at": datetime.now(UTC),
+            "revoked": False,
+        }
+        if rate is not None:
+            document["rate_limit"] = {"requests": rate.requests, "seconds": rate.seconds}
+        if daily_quota is not None:
+            document["daily_quota"] = daily_quota
         async with database_errors():
-            await self._keys.insert_one(
-                {
-                    "name": name,
-                    "key_hash": hash_key(secret),
-                    "scopes": sorted(set(scopes)),
-                    "created_at": datetime.now(UTC),
-                    "revoked": False,
-                    **limits,
-                }
-            )
+            await self._keys.insert_one(document)
         return secret
 
     async def find(self, secret: str) -> Document | None:
@@ -66,5 +99,31 @@ class ApiKeyStore:
 
     async def revoke(self, name: str) -> bool:
         async with database_errors():
-            result = await self._keys.update_one({"name": name}, {"$set": {"revoked": True}})
+            result = await self._keys.update_one(
+                {"name": name, "revoked": False}, {"$set": {"revoked": True}}
+            )
         return result.modified_count == 1
+
+    async def usage(self, name: str, day: str) -> int:
+        """Requests counted for key ``name`` on UTC ``day`` (ISO date)."""
+        async with database_errors():
+            document = await self._usage.find_one({"_id": _usage_id(name, day)})
+        return int(document["count"]) if document else 0
+
+    async def add_usage(self, name: str, day: str, count: int) -> int:
+        """Add ``count`` requests to the day's usage; returns the new total."""
+        expires = datetime.combine(date.fromisoformat(day), time(), UTC) + timedelta(
+            days=USAGE_KEPT_DAYS
+        )
+        async with database_errors():
+            document = await self._usage.find_one_and_update(
+                {"_id": _usage_id(name, day)},
+                {"$inc": {"count": count}, "$setOnInsert": {"expires_at": expires}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        return int(document["count"]) if document else count
+
+
+def _usage_id(name: str, day: str) -> str:
+    return f"{day}/{name}"  # the day has a fixed length, so no two pairs share an id

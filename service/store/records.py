@@ -1,16 +1,20 @@
 """The records collection, over pymongo's native async client.
 
-Database failures become ``DatabaseUnavailable`` (503) and server-side time limits
-``ServiceUnavailable`` here, so callers never see driver exceptions.
+Database failures become ``DatabaseUnavailable`` (503) and time limits ``QueryTimedOut``
+(503) here, so callers never see driver exceptions. Every read runs under ``maxTimeMS`` and,
+in case the server does not answer at all, a client-side deadline a little longer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
+import bson
+from pymongo import ASCENDING, IndexModel, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -22,22 +26,49 @@ from pymongo.errors import (
 )
 
 from service.errors import DatabaseUnavailable, InvalidQuery, ServiceUnavailable
+from service.query.plan import IndexedFields
 
 Document = dict[str, Any]
 DURABLE = WriteConcern(j=True)
 
 # Every field the query API filters or sorts on is indexed: the hash makes ingestion
-# idempotent, `classes` is the flat twin of the nested detections.
+# idempotent, `classes` is the flat twin of the nested detections, `keywords` serves search
+# and `phash_bands` near-duplicate lookup. Sort keys are indexed with `_id`, the tiebreak
+# of every sort, so that sorted pages and cursor walks read the index in order.
 RECORD_INDEXES = [
     IndexModel([("hash", ASCENDING)], name="hash_unique", unique=True),
     IndexModel([("url", ASCENDING)], name="url"),
     IndexModel([("urls", ASCENDING)], name="urls"),
-    IndexModel([("datetime", DESCENDING)], name="datetime"),
     IndexModel([("classes", ASCENDING)], name="classes"),
-    IndexModel([("width", ASCENDING)], name="width"),
-    IndexModel([("height", ASCENDING)], name="height"),
-    IndexModel([("label_quality_estimation", ASCENDING)], name="label_quality"),
+    IndexModel([("tags.name", ASCENDING)], name="tags_name"),
+    IndexModel([("keywords", ASCENDING)], name="keywords"),
+    IndexModel([("phash_bands", ASCENDING)], name="phash_bands"),
+    IndexModel([("datetime", ASCENDING), ("_id", ASCENDING)], name="datetime_id"),
+    IndexModel([("width", ASCENDING), ("_id", ASCENDING)], name="width_id"),
+    IndexModel([("height", ASCENDING), ("_id", ASCENDING)], name="height_id"),
+    IndexModel(
+        [("label_quality_estimation", ASCENDING), ("_id", ASCENDING)], name="label_quality_id"
+    ),
 ]
+INDEXED = IndexedFields(
+    fields=frozenset({"_id", *(next(iter(m.document["key"])) for m in RECORD_INDEXES)}),
+    point=frozenset({"_id", "hash", "url", "urls"}),
+)
+# Beyond the server-side limit, how long the client waits for a reply before giving up.
+CLIENT_GRACE_SECONDS = 2.0
+COUNT_CACHE_SIZE = 1024
+
+
+class QueryTimedOut(ServiceUnavailable):
+    """A read ran past its time limit (503 with Retry-After)."""
+
+
+def query_timeout() -> QueryTimedOut:
+    return QueryTimedOut(
+        "the query took longer than the server-side time limit; narrow the filter",
+        retry_after=1,
+        extra={"reason": "query_timeout"},
+    )
 
 
 @asynccontextmanager
@@ -46,11 +77,7 @@ async def database_errors() -> AsyncIterator[None]:
     try:
         yield
     except ExecutionTimeout:
-        raise ServiceUnavailable(
-            "the query took longer than the server-side time limit; narrow the filter",
-            retry_after=1,
-            extra={"reason": "query_timeout"},
-        ) from None
+        raise query_timeout() from None
     except ConnectionFailure:
         raise DatabaseUnavailable(
             "the database is not reachable", retry_after=2, extra={"reason": "database"}
@@ -68,6 +95,7 @@ class RecordStore:
             "records", write_concern=DURABLE
         )
         self._max_time_ms = max_time_ms
+        self._counts: dict[bytes, tuple[float, int | None]] = {}
 
     async def ensure_indexes(self) -> None:
         async with database_errors():
@@ -102,28 +130,78 @@ class RecordStore:
                 return existing
             return document
 
-    async def find_page(
+    @property
+    def indexed(self) -> IndexedFields:
+        return INDEXED
+
+    @asynccontextmanager
+    async def _reading(self, max_time_ms: int | None) -> AsyncIterator[int]:
+        """A read under a server-side limit, and a client-side one should the server hang."""
+        limit = max_time_ms or self._max_time_ms
+        try:
+            async with asyncio.timeout(limit / 1000 + CLIENT_GRACE_SECONDS), database_errors():
+                yield limit
+        except TimeoutError:
+            raise query_timeout() from None
+
+    async def find_one(
+        self, filt: Mapping[str, Any], projection: Mapping[str, Any] | None = None
+    ) -> Document | None:
+        async with self._reading(None) as limit:
+            return await self._records.find_one(filt, projection, max_time_ms=limit)
+
+    async def find(
         self,
         filt: Mapping[str, Any],
         *,
-        skip: int,
+        sort: Sequence[tuple[str, int]],
         limit: int,
-        sort: Sequence[tuple[str, int]] = (("_id", ASCENDING),),
+        skip: int = 0,
         projection: Mapping[str, Any] | None = None,
+        max_time_ms: int | None = None,
     ) -> list[Document]:
-        async with database_errors():
+        async with self._reading(max_time_ms) as budget:
             cursor = (
                 self._records.find(filt, projection)
                 .sort(list(sort))
                 .skip(skip)
                 .limit(limit)
-                .max_time_ms(self._max_time_ms)
+                .max_time_ms(budget)
             )
             return await cursor.to_list(length=limit)
 
-    async def count(self, filt: Mapping[str, Any]) -> int:
-        async with database_errors():
-            return await self._records.count_documents(filt, maxTimeMS=self._max_time_ms)
+    async def count(
+        self, filt: Mapping[str, Any], *, max_time_ms: int, max_age: float = 0.0
+    ) -> int | None:
+        """The exact number of matches, or ``None`` when counting takes over ``max_time_ms``.
+
+        With ``max_age`` (seconds), a count this process made that recently is reused.
+        """
+        key = bson.encode(filt)
+        cached = self._counts.get(key)
+        if cached is not None and time.monotonic() - cached[0] <= max_age:
+            return cached[1]
+        async with self._reading(max_time_ms) as budget:
+            try:
+                counted: int | None = await self._records.count_documents(filt, maxTimeMS=budget)
+            except ExecutionTimeout:
+                counted = None
+        if len(self._counts) >= COUNT_CACHE_SIZE:
+            self._counts.clear()
+        self._counts[key] = (time.monotonic(), counted)
+        return counted
+
+    async def estimated_count(self) -> int:
+        """The collection's size from its metadata: no scan."""
+        async with self._reading(None) as budget:
+            return await self._records.estimated_document_count(maxTimeMS=budget)
+
+    async def aggregate(
+        self, pipeline: Sequence[Mapping[str, Any]], *, max_time_ms: int | None = None
+    ) -> list[Document]:
+        async with self._reading(max_time_ms) as budget:
+            cursor = await self._records.aggregate(list(pipeline), maxTimeMS=budget)
+            return await cursor.to_list()
 
 
 async def ping(database: AsyncDatabase[Document]) -> bool:

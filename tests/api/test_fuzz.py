@@ -18,6 +18,7 @@ from tests.conftest import API_KEY, ROOT
 from tests.support.process import live_service
 
 DELIBERATE = {502, 503, 504}
+HTTP_PARSER_REFUSAL = "Invalid HTTP request received."
 seen: dict[str, int] = {"cases": 0, "server_errors": 0}
 
 
@@ -40,7 +41,13 @@ schema = schemathesis.openapi.from_path(ROOT / "openapi" / "openapi.json")
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+    derandomize=True,  # the same cases every run: a failure in CI reproduces locally
+)
 def test_no_undeliberate_server_errors(case: schemathesis.Case, live_base: str) -> None:
     response = case.call(base_url=live_base, headers={"X-API-Key": API_KEY}, timeout=30)
     seen["cases"] += 1
@@ -51,4 +58,6 @@ def test_no_undeliberate_server_errors(case: schemathesis.Case, live_base: str) 
     )
     if response.status_code >= 400:
         headers = {k.lower(): v for k, v in response.headers.items()}
+        if response.status_code == 400 and response.text == HTTP_PARSER_REFUSAL:
+            return  # malformed HTTP, refused by the server's parser before the app saw it
         assert headers["content-type"][0].startswith("application/problem+json"), headers

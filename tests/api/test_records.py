@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from service.domain.records import new_record_id
+from service.settings import Settings
 from tests.api.test_errors import assert_problem
-from tests.conftest import AppClient
+from tests.conftest import AppClient, running
+from tests.query import corpus
+from tests.query.test_filters import _nested_and
 from tests.support.image_server import ImageServer
 
 LABELED = ["000000555705.jpg", "000000403817.jpg", "000000174231.jpg", "000000377575.jpg"]
@@ -64,9 +68,9 @@ async def test_cortex_elem_match_query_on_labeled_photos(
 
 
 async def test_pages_of_25_with_total(client: AppClient, auth: dict[str, str]) -> None:
-    store = client.resources.records
-    for i in range(60):
-        await store.insert(fake_record(i, ["dog"] if i % 3 else ["cat", "dog"], 50 + i))
+    await client.resources.database["records"].insert_many(
+        [fake_record(i, ["dog"] if i % 3 else ["cat", "dog"], 50 + i) for i in range(60)]
+    )
     seen: list[str] = []
     for page_number in (1, 2, 3):
         response = await client.get("/v1/records", params={"page": page_number}, headers=auth)
@@ -107,6 +111,10 @@ async def test_record_by_id(client: AppClient, auth: dict[str, str]) -> None:
         ('{"width": {"$bogus": 1}}', "$bogus"),
         ("{not json", "JSON"),
         ("[1, 2]", "object"),
+        (json.dumps(_nested_and(60)), "nested too deeply"),
+        (json.dumps({"width": {"$in": [1] * 2000}}, separators=(",", ":")), "$in has 2000 items"),
+        ('{"url": {"$regex": "(a+)+$"}}', "backtrack"),
+        ('{"$text": {"$search": "cat"}}', "search parameter"),
     ],
 )
 async def test_dangerous_or_malformed_filters_are_refused(
@@ -121,3 +129,192 @@ async def test_bad_paging_parameters(
     client: AppClient, auth: dict[str, str], params: dict[str, str]
 ) -> None:
     assert_problem(await client.get("/v1/records", params=params, headers=auth), 400)
+
+
+# --- paging, sorting, projections, cursors -------------------------------------------------
+
+
+async def _seed(client: AppClient, count: int, *, start: int = 0, seed: int = 1) -> list[str]:
+    records = await corpus.seed(client.resources.database["records"], count, start=start, seed=seed)
+    return [r["_id"] for r in records]
+
+
+async def _walk(
+    client: AppClient,
+    auth: dict[str, str],
+    params: dict[str, Any],
+    between_pages: Callable[[int], Awaitable[object]],
+) -> list[dict[str, Any]]:
+    """Follow next_cursor to the end, calling ``between_pages`` after each page."""
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for number in range(100):
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = await client.get("/v1/records", params=query, headers=auth)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        seen += page["output"]
+        assert page["page"] == (None if cursor else 1)
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return seen
+        await between_pages(number)
+    raise AssertionError("the walk did not end")
+
+
+@pytest.mark.parametrize(
+    ("sort", "q"),
+    [
+        (None, None),
+        ("-label_quality_estimation", None),
+        ("datetime", '{"classes": {"$in": ["dog", "person"]}}'),
+        ("-width", '{"width": {"$gt": 300}, "height": {"$gt": 100}}'),
+    ],
+)
+async def test_cursor_walk_returns_every_record_once_while_inserts_happen(
+    client: AppClient, auth: dict[str, str], sort: str | None, q: str | None
+) -> None:
+    await _seed(client, 150)
+    filt = json.loads(q) if q else {}
+    collection = client.resources.database["records"]
+    before = {d["_id"] async for d in collection.find(filt, {"_id": 1})}
+    assert len(before) > 30
+
+    async def insert(number: int) -> None:
+        # Fresh records land before and after the walk's position in every sort order.
+        await corpus.seed(collection, 7, start=1000 + 10 * number, seed=number)
+
+    params = {"per_page": 17, **({"sort": sort} if sort else {}), **({"q": q} if q else {})}
+    walked = await _walk(client, auth, params, insert)
+    ids = [r["_id"] for r in walked]
+    assert len(ids) == len(set(ids)), "a record came twice"
+    assert before <= set(ids), "a record that existed before the walk was skipped"
+    if sort:
+        key, reverse = sort.lstrip("-"), sort.startswith("-")
+        pairs = [(r[key], r["_id"]) for r in walked]
+        assert pairs == sorted(pairs, reverse=reverse)
+
+
+async def test_page_walk_returns_every_record_once_while_inserts_happen(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    before = set(await _seed(client, 90))
+    seen: list[str] = []
+    for number in range(1, 100):
+        response = await client.get("/v1/records", params={"page": number}, headers=auth)
+        page = response.json()
+        seen += [r["_id"] for r in page["output"]]
+        if not page["output"]:
+            break
+        # New ids sort after every existing one, so offsets of old records do not move.
+        await _seed(client, 5, start=1000 + 10 * number, seed=number)
+    assert len(seen) == len(set(seen))
+    assert before <= set(seen)
+
+
+async def test_sort_fields_and_paging_forms(client: AppClient, auth: dict[str, str]) -> None:
+    await _seed(client, 60)
+    collection = client.resources.database["records"]
+
+    async def get(**params: Any) -> dict[str, Any]:
+        response = await client.get("/v1/records", params=params, headers=auth)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    page = await get(sort="-label_quality_estimation", per_page=10, page=2)
+    expected = (
+        await collection.find({}, {"_id": 1})
+        .sort([("label_quality_estimation", -1), ("_id", -1)])
+        .skip(10)
+        .limit(10)
+        .to_list()
+    )
+    assert [r["_id"] for r in page["output"]] == [d["_id"] for d in expected]
+    assert page["length"] == 60 and page["length_is_estimate"] is False
+    assert page["page"] == 2 and page["per_page"] == 10 and page["next_cursor"]
+
+    projected = await get(fields="url,classes", sort="datetime", per_page=5)
+    assert {tuple(sorted(r)) for r in projected["output"]} == {("_id", "classes", "url")}
+    nxt = await get(fields="url", sort="datetime", per_page=5, cursor=projected["next_cursor"])
+    assert all(set(r) == {"_id", "url"} for r in nxt["output"])
+
+    last = await get(page=3)  # 25 a page by default: 10 on the last one, and no cursor
+    assert len(last["output"]) == 10 and last["next_cursor"] is None and last["length"] == 60
+
+
+async def test_cortex_query_gives_the_results_of_the_unrewritten_filter(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    await _seed(client, 200)
+    collection = client.resources.database["records"]
+    for classname in ("cat", "zebra"):
+        query = {"object_analysis": {"$elemMatch": {"$elemMatch": {"classname": classname}}}}
+        expected = [d["_id"] async for d in collection.find(query, {"_id": 1}).sort("_id", 1)]
+        got: list[str] = []
+        for number in range(1, 20):
+            response = await client.get(
+                "/get-labeled-data",
+                params={"q": json.dumps(query), "page": number},
+                headers={"X-RapidAPI-Key": auth["X-API-Key"]},
+            )
+            page = response.json()
+            assert page["length"] == len(expected)
+            if not page["output"]:
+                break
+            got += [r["_id"] for r in page["output"]]
+        assert got == expected and expected
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"sort": "classes"}, "cannot sort"),
+        ({"sort": "-bytes"}, "cannot sort"),
+        ({"fields": "url,$where"}, "fields"),
+        ({"cursor": "garbage!"}, "cursor is not valid"),
+        ({"cursor": "e30"}, "cursor is not valid"),
+        ({"cursor": "x", "page": "2"}, "either page or cursor"),
+    ],
+)
+async def test_bad_paging_forms(
+    client: AppClient, auth: dict[str, str], params: dict[str, str], needle: str
+) -> None:
+    response = await client.get("/v1/records", params=params, headers=auth)
+    body = assert_problem(response, 400, "invalid-query")
+    assert needle in body["detail"]
+
+
+async def test_cursor_of_another_sort_is_refused(client: AppClient, auth: dict[str, str]) -> None:
+    await _seed(client, 30)
+    first = (await client.get("/v1/records", params={"per_page": 5}, headers=auth)).json()
+    response = await client.get(
+        "/v1/records",
+        params={"cursor": first["next_cursor"], "sort": "-datetime"},
+        headers=auth,
+    )
+    assert "another sort order" in assert_problem(response, 400, "invalid-query")["detail"]
+
+
+async def test_slow_count_gives_an_estimate_not_an_error(
+    make_settings: Callable[..., Settings], auth: dict[str, str]
+) -> None:
+    async with running(make_settings(count_max_time_ms=1)) as client:
+        await _seed(client, 600)
+        for q in ('{"classes": "dog"}', '{"classes": "dog", "width": {"$gt": 300}}'):
+            response = await client.get("/v1/records", params={"q": q, "per_page": 5}, headers=auth)
+            page = response.json()
+            assert response.status_code == 200 and len(page["output"]) == 5
+            assert page["length_is_estimate"] is True
+            assert page["length"] == 600  # the collection's size: an upper bound
+
+
+async def test_slow_query_answers_503_problem(
+    make_settings: Callable[..., Settings], auth: dict[str, str]
+) -> None:
+    async with running(make_settings(query_max_time_ms=1, count_max_time_ms=1)) as client:
+        await _seed(client, 600)
+        q = '{"caption.description": {"$regex": "sofa"}}'  # no index: a full scan
+        response = await client.get("/v1/records", params={"q": q}, headers=auth)
+        body = assert_problem(response, 503, "unavailable")
+        assert body["reason"] == "query_timeout" and response.headers["retry-after"] == "1"

@@ -1,0 +1,648 @@
+"""Query throughput: the running service's query API against raw pymongo on the same server.
+
+Seeds a collection of records in the shape the service stores (``--records``, default
+100,000): each is drawn from a random evalset photo, so the number of boxes per image, the
+class mix and co-occurrence, the image sizes and the caption words follow COCO's. Then, per
+query kind, it issues the same queries through ``GET /v1/...`` over HTTP (the service started
+with ``bench.harness.service``) and through pymongo with the filters the service sends, in
+the same run, and prints one JSON line per kind:
+``{"name": "query", "kind", "ratio": endpoint_qps / pymongo_qps, ...}``.
+
+A last line times the Cortex nested ``$elemMatch`` query for a class found in at most 5% of
+the records (first page and length) and checks its results against the unrewritten query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import msgspec
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+
+from bench.detection_map import YOLOX_TO_COCO, evalset_dir
+from bench.harness import database, service
+from service.domain.records import RECORD_ID_PREFIX, Record
+from service.query.filters import add_index_hints
+from service.query.keywords import keywords_for, search_terms
+from service.query.paging import BY_ID, NEWEST, SortOrder, decode_cursor
+from service.query.plan import conjoin
+from service.query.similar import DEFAULT_DISTANCE, hamming, phash_bands, probe_bands
+from service.ratelimit import Rate
+from service.store.keys import ApiKeyStore
+from service.store.records import INDEXED, RECORD_INDEXES
+
+COCO_TO_YOLOX = {coco: yolox for yolox, coco in YOLOX_TO_COCO.items()}
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Photo:
+    """One evalset photo: what a seeded record copies."""
+
+    width: int
+    height: int
+    boxes: list[tuple[str, float, float, float, float]]  # classname, x, y, w, h
+    supercategories: list[str]
+    captions: list[str]
+
+
+def load_photos() -> list[Photo]:
+    root = evalset_dir() / "annotations"
+    instances = json.loads((root / "instances.json").read_text())
+    captions = json.loads((root / "captions.json").read_text())
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    supers = {c["id"]: c["supercategory"] for c in instances["categories"]}
+    boxes: dict[int, list[tuple[str, float, float, float, float]]] = defaultdict(list)
+    groups: dict[int, set[str]] = defaultdict(set)
+    for a in instances["annotations"]:
+        name = names[a["category_id"]]
+        boxes[a["image_id"]].append((COCO_TO_YOLOX.get(name, name), *a["bbox"]))
+        groups[a["image_id"]].add(supers[a["category_id"]])
+    texts: dict[int, list[str]] = defaultdict(list)
+    for c in captions["annotations"]:
+        texts[c["image_id"]].append(c["caption"].strip())
+    return [
+        Photo(
+            width=image["width"],
+            height=image["height"],
+            boxes=boxes[image["id"]],
+            supercategories=sorted(groups[image["id"]]),
+            captions=texts[image["id"]],
+        )
+        for image in instances["images"]
+    ]
+
+
+class Corpus:
+    """Deterministic synthetic records; every 10th is a near-duplicate of an earlier one."""
+
+    def __init__(self, photos: list[Photo], seed: int = 7) -> None:
+        self.photos = photos
+        self.rng = random.Random(seed)
+        self.start = datetime(2026, 1, 1, tzinfo=UTC)
+        self.phashes: list[str] = []
+
+    def record(self, i: int) -> Document:
+        rng = self.rng
+        photo = rng.choice(self.photos)
+        scale = rng.choice((0.5, 0.75, 1.0, 1.0, 1.0, 1.5, 2.0, 3.0))
+        width, height = round(photo.width * scale), round(photo.height * scale)
+        boxes = [
+            {
+                "classname": classname,
+                "conf": round(rng.uniform(0.25, 0.99), 4),
+                "x1": max(0, round(x * scale + rng.gauss(0, 3))),
+                "y1": max(0, round(y * scale + rng.gauss(0, 3))),
+                "x2": min(width, round((x + w) * scale + rng.gauss(0, 3))),
+                "y2": min(height, round((y + h) * scale + rng.gauss(0, 3))),
+            }
+            for classname, x, y, w, h in photo.boxes
+            if rng.random() >= 0.15  # the detector misses some objects
+        ]
+        classes = sorted({str(b["classname"]) for b in boxes})
+        tags = [
+            {"name": s, "conf": round(rng.uniform(0.3, 0.99), 4)} for s in photo.supercategories
+        ]
+        caption = rng.choice(photo.captions) if photo.captions else ""
+        if i % 10 == 9 and self.phashes:
+            base = int(rng.choice(self.phashes), 16)
+            for _ in range(rng.randint(0, 6)):
+                base ^= 1 << rng.randrange(64)
+            phash = f"{base:016x}"
+        else:
+            phash = f"{rng.getrandbits(64):016x}"
+        self.phashes.append(phash)
+        url = f"https://images.example.com/{i:08d}.jpg"
+        stamp = self.start + timedelta(seconds=30 * i + rng.randint(0, 29))
+        when = stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        colors = [
+            {"hex": f"#{rng.getrandbits(24):06x}", "fraction": round(f, 4)}
+            for f in sorted((rng.random() / 5 for _ in range(5)), reverse=True)
+        ]
+        return {
+            "_id": RECORD_ID_PREFIX + f"{i:024x}",
+            "url": url,
+            "urls": [url],
+            "datetime": when,
+            "type": "image",
+            "object_analysis_processed": "true",
+            "pose_estimation_processed": "false",
+            "face_analysis_processed": "false",
+            "width": width,
+            "height": height,
+            "hash": hashlib.sha256(f"bench-{i}".encode()).hexdigest(),
+            "format": "JPEG",
+            "bytes": rng.randint(20_000, 400_000),
+            "object_analysis": [boxes],
+            "classes": classes,
+            "label_quality_estimation": round(rng.betavariate(5, 2), 4),
+            "tags": tags,
+            "caption": {
+                "title": caption.split(" ", 4)[-1][:40],
+                "description": caption,
+                "scene_analysis": "",
+                "model": "coco-human",
+            },
+            "image_properties": {
+                "width": width,
+                "height": height,
+                "dominant_colors": colors,
+                "brightness": round(rng.random(), 4),
+                "contrast": round(rng.random() / 3, 4),
+                "sharpness": round(rng.uniform(5, 900), 2),
+                "colorfulness": round(rng.uniform(0, 120), 2),
+                "phash": phash,
+            },
+            "dominant_colors": colors,
+            "analyses": [
+                {
+                    "name": "object_detection",
+                    "model": "yolox_nano",
+                    "version": "695e750a5d57",
+                    "sha256": "0" * 64,
+                    "params": {"input_size": 416, "min_confidence": 0.25, "nms_iou": 0.65},
+                    "processed_at": when,
+                }
+            ],
+            "keywords": keywords_for(classes, photo.supercategories, [caption]),
+            "phash_bands": phash_bands(phash),
+        }
+
+
+# --- the seeded collection and what the queries ask for -------------------------------------
+
+
+@dataclass
+class Facts:
+    """Values drawn from the seeded records for the queries to ask about."""
+
+    count: int = 0
+    hashes: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    classes: Counter[str] = field(default_factory=Counter)
+    tags: Counter[str] = field(default_factory=Counter)
+    keywords: Counter[str] = field(default_factory=Counter)
+    widths: list[int] = field(default_factory=list)
+    qualities: list[float] = field(default_factory=list)
+    last_datetime: str = ""
+    near_duplicates: list[str] = field(default_factory=list)
+
+    def rare(self, counter: Counter[str], share: float) -> str:
+        """The most frequent value found in at most ``share`` of the records (else the rarest)."""
+        within = [(n, v) for v, n in counter.items() if n <= share * self.count]
+        return max(within)[1] if within else min((n, v) for v, n in counter.items())[1]
+
+    def percentile(self, values: list[Any], share: float) -> Any:
+        return sorted(values)[int(len(values) * share)]
+
+
+async def seed(uri: str, db_name: str, count: int, batch: int = 1000) -> Facts:
+    corpus = Corpus(load_photos())
+    facts = Facts(count=count)
+    client: AsyncMongoClient[Document] = AsyncMongoClient(uri)
+    try:
+        collection = client[db_name]["records"]
+        await collection.create_indexes(RECORD_INDEXES)
+        started = time.perf_counter()
+        for first in range(0, count, batch):
+            documents = [corpus.record(i) for i in range(first, min(count, first + batch))]
+            if first == 0:
+                msgspec.convert(documents[0], Record)  # the shape the service reads back
+            for d in documents:
+                facts.classes.update(d["classes"])
+                facts.tags.update(t["name"] for t in d["tags"])
+                facts.keywords.update(d["keywords"])
+                facts.widths.append(d["width"])
+                facts.qualities.append(d["label_quality_estimation"])
+                if int(d["_id"][4:], 16) % 10 == 9:
+                    facts.near_duplicates.append(d["_id"])
+            facts.hashes += [d["hash"] for d in documents[:: max(1, batch // 20)]]
+            facts.urls += [d["url"] for d in documents[5 :: max(1, batch // 20)]]
+            facts.last_datetime = documents[-1]["datetime"]
+            await collection.insert_many(documents, ordered=False)
+            print(
+                f"seeded {first + len(documents)} records in {time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        await client.close()
+    return facts
+
+
+async def create_key(uri: str, db_name: str) -> str:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(uri)
+    try:
+        keys = ApiKeyStore(client[db_name])
+        await keys.ensure_indexes()
+        return await keys.create("bench", ["read"], rate=Rate(100_000, 1), daily_quota=100_000_000)
+    finally:
+        await client.close()
+
+
+# --- query kinds: the endpoint call and the same database work through pymongo -------------
+
+Raw = Callable[[AsyncCollection[Document], int], Awaitable[Any]]
+PAGE = 25
+COUNT_MS = 2000
+QUERY_MS = 5000
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    indexed: bool
+    path: str
+    params: Callable[[int], dict[str, str]]
+    raw: Raw
+    ids: Callable[[Any], list[str]]  # the record ids a raw result holds, in order
+
+
+def sent(filt: Mapping[str, Any]) -> dict[str, Any]:
+    """The filter the service sends for ``filt``."""
+    return conjoin(add_index_hints(dict(filt)), indexed=INDEXED)
+
+
+def page_ids(result: tuple[list[Document], int]) -> list[str]:
+    return [d["_id"] for d in result[0]]
+
+
+async def raw_find_and_count(
+    coll: AsyncCollection[Document],
+    filt: dict[str, Any],
+    order: SortOrder = BY_ID,
+    projection: dict[str, int] | None = None,
+) -> tuple[list[Document], int]:
+    """A page, then (when the page is full) the count: what the service does for one index."""
+    documents = await (
+        coll.find(filt, projection).sort(order.spec()).limit(PAGE + 1).max_time_ms(QUERY_MS)
+    ).to_list()
+    if len(documents) <= PAGE:
+        return documents, len(documents)
+    return documents[:PAGE], await coll.count_documents(filt, maxTimeMS=COUNT_MS)
+
+
+async def raw_walk_page(
+    coll: AsyncCollection[Document], filt: dict[str, Any], after: str, counts: dict[str, int]
+) -> tuple[list[Document], int]:
+    """A page after a cursor, and the walk's count made once (the service reuses it 60 s)."""
+    page = sent({**filt, "_id": {"$gt": after}})
+    documents = await (
+        coll.find(page).sort("_id", 1).limit(PAGE + 1).max_time_ms(QUERY_MS)
+    ).to_list()
+    if "n" not in counts:
+        counts["n"] = await coll.count_documents(sent(filt), maxTimeMS=COUNT_MS)
+    return documents[:PAGE], counts["n"]
+
+
+async def raw_facet(
+    coll: AsyncCollection[Document], filt: dict[str, Any]
+) -> tuple[list[Document], int]:
+    """Page and count in one pass: what the service does for other filters."""
+    pipeline: list[Document] = [
+        {"$match": filt},
+        {
+            "$facet": {
+                "page": [{"$sort": {"_id": 1}}, {"$limit": PAGE + 1}],
+                "total": [{"$count": "n"}],
+            }
+        },
+    ]
+    (facet,) = await (await coll.aggregate(pipeline, maxTimeMS=COUNT_MS)).to_list()
+    return facet["page"][:PAGE], (facet["total"][0]["n"] if facet["total"] else 0)
+
+
+async def raw_ranked_search(
+    coll: AsyncCollection[Document], terms: list[str]
+) -> tuple[list[Document], int]:
+    ranked = [
+        {"$project": {"_score": {"$size": {"$setIntersection": ["$keywords", terms]}}}},
+        {"$sort": {"_score": -1, "_id": -1}},
+        {"$limit": PAGE + 1},
+    ]
+    pipeline: list[Document] = [
+        {"$match": {"keywords": {"$in": terms}}},
+        {"$facet": {"page": ranked, "total": [{"$count": "n"}]}},
+    ]
+    (facet,) = await (await coll.aggregate(pipeline, maxTimeMS=QUERY_MS)).to_list()
+    ids = [d["_id"] for d in facet["page"]][:PAGE]
+    found = await coll.find({"_id": {"$in": ids}}).sort("_id", 1).to_list()
+    by_id = {d["_id"]: d for d in found}
+    return [by_id[i] for i in ids], facet["total"][0]["n"]
+
+
+async def raw_similar(
+    coll: AsyncCollection[Document], record_id: str, max_distance: int = DEFAULT_DISTANCE
+) -> tuple[list[Document], int]:
+    own = await coll.find_one({"_id": record_id}, {"image_properties.phash": 1})
+    assert own is not None
+    phash = own["image_properties"]["phash"]
+    candidates = await (
+        coll.find(
+            {"phash_bands": {"$in": probe_bands(phash, max_distance)}, "_id": {"$ne": record_id}},
+            {"image_properties.phash": 1},
+        )
+        .sort("_id", 1)
+        .limit(10_000)
+        .max_time_ms(QUERY_MS)
+    ).to_list()
+    near = sorted(
+        (d, c["_id"])
+        for c in candidates
+        if (d := hamming(phash, c["image_properties"]["phash"])) <= max_distance
+    )
+    ids = [i for _, i in near[:PAGE]]
+    found = await coll.find({"_id": {"$in": ids}}).sort("_id", 1).to_list()
+    by_id = {d["_id"]: d for d in found}
+    return [by_id[i] for i in ids], len(near)
+
+
+def nested(classname: str) -> dict[str, Any]:
+    return {"object_analysis": {"$elemMatch": {"$elemMatch": {"classname": classname}}}}
+
+
+def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
+    rare_class = facts.rare(facts.classes, 0.05)
+    rare_tag = facts.rare(facts.tags, 0.05)
+    words = [w for w, n in facts.keywords.most_common() if n <= 0.02 * facts.count]
+    one_term, two_terms = words[0], f"{words[1]} {words[2]}"
+    wide = facts.percentile(facts.widths, 0.99)
+    good = facts.percentile(facts.qualities, 0.99)
+    recent = {"datetime": {"$gte": facts.last_datetime[:10]}}
+    by_class = sent({"classes": rare_class})
+    cortex = sent(nested(rare_class))
+    newest_first = SortOrder("datetime", -1)
+    walk_count: dict[str, int] = {}
+
+    def q(filt: Mapping[str, Any], **more: str) -> Callable[[int], dict[str, str]]:
+        return lambda _: {"q": json.dumps(filt), **more}
+
+    term = search_terms(one_term)[0]
+    terms = search_terms(two_terms)
+    return [
+        Kind(
+            "hash",
+            True,
+            "/v1/records",
+            lambda i: {"q": json.dumps({"hash": facts.hashes[i % len(facts.hashes)]})},
+            lambda c, i: raw_find_and_count(c, {"hash": facts.hashes[i % len(facts.hashes)]}),
+            page_ids,
+        ),
+        Kind(
+            "url",
+            True,
+            "/v1/records",
+            lambda i: {"q": json.dumps({"url": facts.urls[i % len(facts.urls)]})},
+            lambda c, i: raw_find_and_count(c, {"url": facts.urls[i % len(facts.urls)]}),
+            page_ids,
+        ),
+        Kind(
+            f"class ({rare_class}, {facts.classes[rare_class] / facts.count:.1%})",
+            True,
+            "/v1/records",
+            q({"classes": rare_class}),
+            lambda c, i: raw_find_and_count(c, by_class),
+            page_ids,
+        ),
+        Kind(
+            f"cortex_elemmatch ({rare_class})",
+            True,
+            "/get-labeled-data",
+            q(nested(rare_class)),
+            lambda c, i: raw_facet(c, cortex),
+            page_ids,
+        ),
+        Kind(
+            f"tag ({rare_tag}, {facts.tags[rare_tag] / facts.count:.1%})",
+            True,
+            "/v1/records",
+            q({"tags.name": rare_tag}),
+            lambda c, i: raw_find_and_count(c, sent({"tags.name": rare_tag})),
+            page_ids,
+        ),
+        Kind(
+            "width_top1%",
+            True,
+            "/v1/records",
+            q({"width": {"$gte": wide}}),
+            lambda c, i: raw_find_and_count(c, sent({"width": {"$gte": wide}})),
+            page_ids,
+        ),
+        Kind(
+            "quality_top1%",
+            True,
+            "/v1/records",
+            q({"label_quality_estimation": {"$gte": good}}),
+            lambda c, i: raw_find_and_count(c, sent({"label_quality_estimation": {"$gte": good}})),
+            page_ids,
+        ),
+        Kind(
+            "datetime_last_day_newest_first",
+            True,
+            "/v1/records",
+            q(recent, sort="-datetime"),
+            lambda c, i: raw_find_and_count(c, sent(recent), newest_first),
+            page_ids,
+        ),
+        Kind(
+            "class_page2_by_cursor",
+            True,
+            "/v1/records",
+            q({"classes": rare_class}, cursor=cursor_after),
+            lambda c, i: raw_walk_page(
+                c, {"classes": rare_class}, decode_cursor(cursor_after, BY_ID).id, walk_count
+            ),
+            page_ids,
+        ),
+        Kind(
+            "class_with_fields",
+            True,
+            "/v1/records",
+            q({"classes": rare_class}, fields="url,classes"),
+            lambda c, i: raw_find_and_count(c, by_class, projection={"url": 1, "classes": 1}),
+            page_ids,
+        ),
+        Kind(
+            f"search_one_term ({term})",
+            True,
+            "/v1/search",
+            lambda _: {"text": one_term},
+            lambda c, i: raw_find_and_count(c, {"keywords": term}, NEWEST),
+            page_ids,
+        ),
+        Kind(
+            f"search_two_terms ({' '.join(terms)})",
+            True,
+            "/v1/search",
+            lambda _: {"text": two_terms},
+            lambda c, i: raw_ranked_search(c, terms),
+            page_ids,
+        ),
+        Kind(
+            "similar_phash",
+            True,
+            "/v1/records/{id}/similar",
+            lambda i: {"id": facts.near_duplicates[i % len(facts.near_duplicates)]},
+            lambda c, i: raw_similar(c, facts.near_duplicates[i % len(facts.near_duplicates)]),
+            page_ids,
+        ),
+    ]
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+async def endpoint_call(http: httpx.AsyncClient, kind: Kind, i: int) -> dict[str, Any]:
+    params = kind.params(i)
+    path = kind.path
+    if "{id}" in path:
+        path = path.replace("{id}", params.pop("id"))
+    response = await http.get(path, params=params)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def timed(
+    call: Callable[[int], Awaitable[Any]], seconds: float, minimum: int
+) -> tuple[int, float]:
+    n, started = 0, time.perf_counter()
+    while n < minimum or time.perf_counter() - started < seconds:
+        await call(n)
+        n += 1
+    return n, time.perf_counter() - started
+
+
+async def measure(
+    base: str, uri: str, db_name: str, key: str, facts: Facts, seconds: float, rounds: int
+) -> list[dict[str, Any]]:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(uri)
+    coll = client[db_name]["records"]
+    lines: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=60) as http:
+        first = await http.get(
+            "/v1/records", params={"q": json.dumps({"classes": facts.rare(facts.classes, 0.05)})}
+        )
+        cursor_after = first.json()["next_cursor"]
+        for kind in kinds(facts, cursor_after):
+            body = await endpoint_call(http, kind, 0)
+            raw = await kind.raw(coll, 0)
+            same = [r["_id"] for r in body["output"]] == kind.ids(raw) and body["length"] == raw[1]
+            e_n = r_n = 0
+            e_t = r_t = 0.0
+
+            async def via_http(i: int, kind: Kind = kind) -> object:
+                return await endpoint_call(http, kind, i)
+
+            async def via_pymongo(i: int, kind: Kind = kind) -> object:
+                return await kind.raw(coll, i)
+
+            for _ in range(rounds):  # interleaved, so that load from elsewhere hits both
+                n, t = await timed(via_http, seconds, 3)
+                e_n, e_t = e_n + n, e_t + t
+                n, t = await timed(via_pymongo, seconds, 3)
+                r_n, r_t = r_n + n, r_t + t
+            e_qps, r_qps = e_n / e_t, r_n / r_t
+            line = {
+                "name": "query",
+                "kind": kind.name,
+                "indexed": kind.indexed,
+                "ratio": round(e_qps / r_qps, 3),
+                "endpoint_qps": round(e_qps, 1),
+                "pymongo_qps": round(r_qps, 1),
+                "endpoint_ms": round(1000 / e_qps, 2),
+                "pymongo_ms": round(1000 / r_qps, 2),
+                "length": body["length"],
+                "same_results": same,
+                "records": facts.count,
+            }
+            print(json.dumps(line), flush=True)
+            lines.append(line)
+        for share in (0.05, 0.025, 0.01):
+            lines.append(await cortex_check(http, coll, facts, share))
+    await client.close()
+    return lines
+
+
+async def cortex_check(
+    http: httpx.AsyncClient, coll: AsyncCollection[Document], facts: Facts, share: float
+) -> dict[str, Any]:
+    """The Cortex query for the commonest class in at most ``share`` of the records: the
+    latency of its first page and length, and its results against the unrewritten query."""
+    classname = facts.rare(facts.classes, share)
+    query = json.dumps(nested(classname))
+    latencies = []
+    for _ in range(7):
+        started = time.perf_counter()
+        response = await http.get("/get-labeled-data", params={"q": query, "page": 1})
+        latencies.append(time.perf_counter() - started)
+        response.raise_for_status()
+    first_page = response.json()
+    served: list[str] = []
+    page = 1
+    while True:
+        body = (
+            await http.get("/get-labeled-data", params={"q": query, "page": page, "per_page": 100})
+        ).json()
+        served += [r["_id"] for r in body["output"]]
+        if body["next_cursor"] is None:
+            break
+        page += 1
+    started = time.perf_counter()
+    unrewritten = [d["_id"] async for d in coll.find(nested(classname), {"_id": 1}).sort("_id", 1)]
+    unrewritten_s = time.perf_counter() - started
+    line = {
+        "name": "cortex_elemmatch_latency",
+        "class": classname,
+        "share": round(facts.classes[classname] / facts.count, 4),
+        "first_page_and_length_ms_median": round(statistics.median(latencies) * 1000, 1),
+        "first_page_and_length_ms_min": round(min(latencies) * 1000, 1),
+        "target_ms": 300,
+        "length": first_page["length"],
+        "identical_to_unrewritten": served == unrewritten
+        and first_page["length"] == len(unrewritten),
+        "unrewritten_query_s": round(unrewritten_s, 2),
+        "records": facts.count,
+    }
+    print(json.dumps(line), flush=True)
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.query", description=__doc__)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=1.5, help="per side, kind and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    db_name = "querybench"
+    with database() as db:
+        facts = asyncio.run(seed(db.uri, db_name, args.records))
+        key = asyncio.run(create_key(db.uri, db_name))
+        with service(db.uri, mongodb_db=db_name) as (base, _):
+            lines = asyncio.run(
+                measure(base, db.uri, db_name, key, facts, args.seconds, args.rounds)
+            )
+    indexed = [line for line in lines if line.get("indexed")]
+    cortex = [line for line in lines if line["name"] == "cortex_elemmatch_latency"]
+    ok = all(line["same_results"] for line in indexed) and all(
+        line["identical_to_unrewritten"] for line in cortex
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""Pages of records for the query API: filter, sort, offset or cursor, projection, length.
+
+How a page and its length are fetched depends on the filter:
+
+* empty, or one indexed condition: the page first; then, unless it is the last page
+  (whose end is the count), the collection's size from its metadata or an exact count
+  (which the index alone can answer);
+* anything else: one pass over the matches computes both (``$facet``), since counting
+  has to read each match anyway;
+* a page reached by cursor: the page by its sort keys, and the count of the walk's first
+  page when it is at most ``WALK_COUNT_MAX_AGE`` old (a bulk export counts once a minute,
+  not once a page).
+
+A count that takes over its budget is not an error: ``length`` is then the collection's
+size, an upper bound, flagged ``length_is_estimate``.
+
+Search ranks by how many of its terms a record's ``keywords`` hold; similar-image lookup
+ranks by pHash Hamming distance (see ``service.query.similar``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import InvalidQuery, RecordNotFound, ServiceError
+from service.query.keywords import search_terms
+from service.query.paging import (
+    BY_SCORE,
+    NEWEST,
+    SCORE,
+    Position,
+    SortOrder,
+    after_filters,
+    after_match,
+    decode_cursor,
+    encode_cursor,
+    strip_fields,
+)
+from service.query.plan import conjoin, is_index_only
+from service.query.similar import MAX_DISTANCE, hamming, is_phash, probe_bands
+from service.store.records import Document, QueryTimedOut, RecordStore
+
+MAX_SIMILAR_CANDIDATES = 10_000
+WALK_COUNT_MAX_AGE = 60.0  # seconds a cursor page may reuse its walk's count
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Server-side time limits: for fetching a page, and for counting its matches."""
+
+    query_ms: int
+    count_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    filter: Mapping[str, Any]  # validated
+    order: SortOrder
+    per_page: int
+    page: int = 1
+    cursor: str | None = None
+    projection: Mapping[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cursor is not None and self.page != 1:
+            raise InvalidQuery("give either page or cursor, not both")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    documents: list[Document]
+    length: int
+    length_is_estimate: bool
+    next_cursor: str | None
+    page: int | None  # None for a page reached by cursor
+
+
+@dataclass(frozen=True, slots=True)
+class SimilarMatches:
+    """Records with their pHash distances; ``length_is_estimate``: candidates were capped."""
+
+    matches: list[tuple[Document, int]]
+    length: int
+    length_is_estimate: bool
+
+
+class NoPerceptualHash(ServiceError):
+    status = 409
+    type = "no-phash"
+    title = "The record has no perceptual hash"
+
+
+async def record_page(store: RecordStore, request: PageRequest, budget: Budget) -> Page:
+    """One page of the records matching ``request.filter``."""
+    order = request.order
+    position = decode_cursor(request.cursor, order) if request.cursor else None
+    skip = 0 if position else (request.page - 1) * request.per_page
+    filt = conjoin(request.filter, indexed=store.indexed)
+    projection = _fetched_projection(request.projection, order)
+    limit = request.per_page + 1  # one more than a page says whether another follows
+
+    async def fetch() -> list[Document]:
+        return await _find(store, filt, order, position, skip, limit, projection, budget)
+
+    length: int | None
+    if position is not None:
+        # A walk: the page by its keys (an index range on any server), and the count the
+        # walk's first page made, if it is recent.
+        documents = await fetch()
+        length = (
+            await store.count(filt, max_time_ms=budget.count_ms, max_age=WALK_COUNT_MAX_AGE)
+            if filt
+            else await store.estimated_count()
+        )
+    elif filt and not is_index_only(filt, store.indexed):
+        pipeline = _facet(filt, order, skip, limit, projection)
+        try:
+            (facet,) = await store.aggregate(pipeline, max_time_ms=budget.count_ms)
+        except QueryTimedOut:
+            documents = await fetch()
+            length = _end_of(documents, skip, limit)
+        else:
+            documents, length = facet["page"], _facet_count(facet)
+    else:
+        documents = await fetch()
+        length = _end_of(documents, skip, limit)
+        if length is None and not filt:
+            length = await store.estimated_count()
+        elif length is None:
+            length = await store.count(filt, max_time_ms=budget.count_ms)
+    if length is None:
+        return _page(documents, request, order, await store.estimated_count(), True)
+    return _page(documents, request, order, length, False)
+
+
+async def search_page(
+    store: RecordStore,
+    text: str,
+    request: PageRequest,
+    budget: Budget,
+) -> Page:
+    """Records whose keywords hold the terms of ``text``, most terms first, newest first."""
+    terms = search_terms(text)
+    if not terms:
+        raise InvalidQuery("text has no searchable words (stop words and punctuation are skipped)")
+    if len(terms) == 1:
+        keyed = PageRequest(
+            filter=conjoin({"keywords": terms[0]}, request.filter, indexed=store.indexed),
+            order=NEWEST,
+            per_page=request.per_page,
+            page=request.page,
+            cursor=request.cursor,
+            projection=request.projection,
+        )
+        return await record_page(store, keyed, budget)
+
+    position = decode_cursor(request.cursor, BY_SCORE) if request.cursor else None
+    skip = 0 if position else (request.page - 1) * request.per_page
+    limit = request.per_page + 1
+    filt = conjoin({"keywords": {"$in": terms}}, request.filter, indexed=store.indexed)
+    ranked: list[dict[str, Any]] = [
+        {"$project": {SCORE: {"$size": {"$setIntersection": ["$keywords", terms]}}}},
+    ]
+    if position is not None:
+        ranked.append({"$match": after_match(BY_SCORE, position)})
+    ranked += [{"$sort": dict(BY_SCORE.spec())}, *_window(skip, limit)]
+    pipeline = [{"$match": filt}, {"$facet": {"page": ranked, "total": [{"$count": "n"}]}}]
+    (facet,) = await store.aggregate(pipeline, max_time_ms=budget.query_ms)
+    scores = {d["_id"]: d[SCORE] for d in facet["page"]}
+    documents = await _by_ids(store, list(scores), request.projection, budget)
+    for document in documents:
+        document[SCORE] = scores[document["_id"]]
+    page = _page(documents, request, BY_SCORE, _facet_count(facet), False)
+    for document in page.documents:
+        del document[SCORE]
+    return page
+
+
+async def similar_page(
+    store: RecordStore,
+    record_id: str,
+    max_distance: int,
+    page: int,
+    per_page: int,
+    budget: Budget,
+) -> SimilarMatches:
+    """Records whose pHash is within ``max_distance`` bits of this record's, nearest first."""
+    if not 0 <= max_distance <= MAX_DISTANCE:
+        raise InvalidQuery(f"max_distance must be in [0, {MAX_DISTANCE}]")
+    document = await store.find_one({"_id": record_id}, {"image_properties.phash": 1})
+    if document is None:
+        raise RecordNotFound(f"no record has id {record_id!r}")
+    phash = (document.get("image_properties") or {}).get("phash")
+    if not is_phash(phash):
+        raise NoPerceptualHash(
+            "this record has no image_properties.phash, so there is nothing to compare"
+        )
+    candidates = await store.find(
+        conjoin(
+            {"phash_bands": {"$in": probe_bands(phash, max_distance)}},
+            {"_id": {"$ne": record_id}},
+            indexed=store.indexed,
+        ),
+        sort=[("_id", 1)],
+        limit=MAX_SIMILAR_CANDIDATES,
+        projection={"image_properties.phash": 1},
+        max_time_ms=budget.query_ms,
+    )
+    near = sorted(
+        (distance, c["_id"])
+        for c in candidates
+        if is_phash(other := (c.get("image_properties") or {}).get("phash"))
+        and (distance := hamming(phash, other)) <= max_distance
+    )
+    window = near[(page - 1) * per_page : page * per_page]
+    documents = await _by_ids(store, [i for _, i in window], None, budget)
+    found = {d["_id"]: d for d in documents}
+    ranked = [(found[i], distance) for distance, i in window if i in found]
+    return SimilarMatches(ranked, len(near), len(candidates) == MAX_SIMILAR_CANDIDATES)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _fetched_projection(
+    projection: Mapping[str, int] | None, order: SortOrder
+) -> Mapping[str, int] | None:
+    """The requested projection plus the sort key, which the next cursor is made from."""
+    if projection is None or order.key in projection or order.key == SCORE:
+        return projection
+    return {**projection, order.key: 1}
+
+
+def _end_of(documents: list[Document], skip: int, limit: int) -> int | None:
+    """The number of matches when this is the last page of an offset walk."""
+    if len(documents) < limit and (documents or not skip):
+        return skip + len(documents)
+    return None
+
+
+def _window(skip: int, limit: int) -> list[dict[str, Any]]:
+    return [*([{"$skip": skip}] if skip else []), {"$limit": limit}]
+
+
+def _facet(
+    filt: Mapping[str, Any],
+    order: SortOrder,
+    skip: int,
+    limit: int,
+    projection: Mapping[str, int] | None,
+) -> list[dict[str, Any]]:
+    page: list[dict[str, Any]] = [{"$sort": dict(order.spec())}, *_window(skip, limit)]
+    if projection is not None:
+        page.append({"$project": dict(projection)})
+    return [{"$match": dict(filt)}, {"$facet": {"page": page, "total": [{"$count": "n"}]}}]
+
+
+def _facet_count(facet: Mapping[str, Any]) -> int:
+    total = facet["total"]
+    return int(total[0]["n"]) if total else 0  # $count yields nothing for no input
+
+
+async def _find(
+    store: RecordStore,
+    filt: Mapping[str, Any],
+    order: SortOrder,
+    position: Position | None,
+    skip: int,
+    limit: int,
+    projection: Mapping[str, int] | None,
+    budget: Budget,
+) -> list[Document]:
+    if position is None:
+        return await store.find(
+            filt,
+            sort=order.spec(),
+            skip=skip,
+            limit=limit,
+            projection=projection,
+            max_time_ms=budget.query_ms,
+        )
+    documents: list[Document] = []
+    for after in after_filters(order, position):
+        documents += await store.find(
+            conjoin(filt, after, indexed=store.indexed),
+            sort=order.spec(),
+            limit=limit - len(documents),
+            projection=projection,
+            max_time_ms=budget.query_ms,
+        )
+        if len(documents) >= limit:
+            break
+    return documents
+
+
+async def _by_ids(
+    store: RecordStore, ids: list[Any], projection: Mapping[str, int] | None, budget: Budget
+) -> list[Document]:
+    """The records with these ids, in this order."""
+    if not ids:
+        return []
+    found = await store.find(
+        {"_id": {"$in": ids}},
+        sort=[("_id", 1)],
+        limit=len(ids),
+        projection=projection,
+        max_time_ms=budget.query_ms,
+    )
+    by_id = {d["_id"]: d for d in found}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def _page(
+    documents: list[Document],
+    request: PageRequest,
+    order: SortOrder,
+    length: int,
+    estimate: bool,
+) -> Page:
+    next_cursor = None
+    if len(documents) > request.per_page:
+        documents = documents[: request.per_page]
+        next_cursor = encode_cursor(order, documents[-1])
+    if request.projection is not None:
+        strip_fields(
+            documents, request.projection, _fetched_projection(request.projection, order) or {}
+        )
+    return Page(
+        documents=documents,
+        length=length,
+        length_is_estimate=estimate,
+        next_cursor=next_cursor,
+        page=None if request.cursor else request.page,
+    )

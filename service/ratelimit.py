@@ -1,0 +1,171 @@
+"""Per-API-key limits: a request rate (token bucket) and a daily quota.
+
+Both are kept in the service process, so they cost no database round trip per request:
+
+* The rate is enforced by each process on its own: with N processes a key may reach N
+  times its rate. A bucket holds one second's worth of requests (at least one), so short
+  bursts pass and a steady excess gets 429 with ``Retry-After``.
+* Daily usage (UTC days) is summed in the database: each process counts locally and adds
+  its count with one ``$inc`` per key about once a second, learning the total of all
+  processes in the same reply. A key can therefore overshoot its quota by what the other
+  processes admitted within the last second; a single process enforces it exactly.
+  Refused requests do not count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from service.errors import RateLimited, ServiceError
+
+log = logging.getLogger(__name__)
+FLUSH_SECONDS = 1.0
+_UNITS = {
+    **dict.fromkeys(("s", "sec", "second"), 1),
+    **dict.fromkeys(("m", "min", "minute"), 60),
+    **dict.fromkeys(("h", "hour"), 3600),
+    **dict.fromkeys(("d", "day"), 86400),
+}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    requests: int
+    seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """``"20/s"``, ``"600/min"``, ``"100000/day"``: a positive count per unit of time."""
+        match = _RATE.match(text.lower())
+        unit = _UNITS.get(match[2]) if match else None
+        if not match or not unit or int(match[1]) < 1:
+            raise ValueError(f"{text!r} is not a rate like 20/s, 600/min or 100000/day")
+        return cls(int(match[1]), unit)
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+    def __str__(self) -> str:
+        unit = {1: "s", 60: "min", 3600: "hour", 86400: "day"}.get(self.seconds)
+        return f"{self.requests}/{unit}" if unit else f"{self.requests}/{self.seconds}s"
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    rate: float  # tokens a second
+    capacity: float
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, rate: Rate, now: float) -> TokenBucket:
+        capacity = max(1.0, rate.per_second)
+        return cls(rate.per_second, capacity, capacity, now)
+
+    def take(self, now: float) -> float:
+        """Take a token: 0.0 when there was one, else the seconds until there is."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class UsageStore(Protocol):
+    async def usage(self, name: str, day: str) -> int: ...
+
+    async def add_usage(self, name: str, day: str, count: int) -> int: ...
+
+
+@dataclass(slots=True)
+class _Day:
+    day: str
+    known: int = 0  # the database's total at the last read or flush
+    pending: int = 0  # admitted here since then
+    flushed_at: float = 0.0
+    flushing: bool = False
+    loaded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rate: Rate | None = None
+    daily_quota: int | None = None
+
+
+@dataclass(slots=True)
+class Limiter:
+    """Admits or refuses requests of named keys against their ``Limits``."""
+
+    usage: UsageStore
+    clock: Callable[[], float] = time.monotonic
+    today: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _buckets: dict[str, tuple[Rate, TokenBucket]] = field(default_factory=dict)
+    _days: dict[str, _Day] = field(default_factory=dict)
+
+    async def admit(self, name: str, limits: Limits) -> None:
+        """Count one request of key ``name``, or raise ``RateLimited`` (429)."""
+        if limits.rate is not None:
+            self._take_token(name, limits.rate)
+        if limits.daily_quota is not None:
+            await self._count(name, limits.daily_quota)
+
+    def _take_token(self, name: str, rate: Rate) -> None:
+        now = self.clock()
+        held = self._buckets.get(name)
+        if held is None or held[0] != rate:  # new key, or its rate was changed
+            held = (rate, TokenBucket.full(rate, now))
+            self._buckets[name] = held
+        wait = held[1].take(now)
+        if wait > 0:
+            raise RateLimited(
+                f"this API key is limited to {rate} requests; retry after the delay given",
+                retry_after=max(1, math.ceil(wait)),
+                extra={"reason": "rate_limit", "limit": str(rate)},
+            )
+
+    async def _count(self, name: str, quota: int) -> None:
+        now = self.today()
+        day = now.date().isoformat()
+        state = self._days.get(name)
+        if state is None or state.day != day:
+            if state is not None and state.pending:
+                await self._flush(name, state)  # yesterday's last requests
+            state = self._days[name] = _Day(day)
+        if not state.loaded:
+            state.known = max(state.known, await self.usage.usage(name, day))
+            state.loaded = True
+        if state.known + state.pending >= quota:
+            midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+            raise RateLimited(
+                f"this API key has used its daily quota of {quota} requests (UTC days)",
+                retry_after=max(1, math.ceil((midnight - now).total_seconds())),
+                extra={"reason": "quota", "limit": f"{quota}/day"},
+            )
+        state.pending += 1
+        if not state.flushing and self.clock() - state.flushed_at >= FLUSH_SECONDS:
+            await self._flush(name, state)
+
+    async def _flush(self, name: str, state: _Day) -> None:
+        count, state.pending, state.flushing = state.pending, 0, True
+        try:
+            total = await self.usage.add_usage(name, state.day, count)
+        except ServiceError as exc:  # the request is admitted; the count waits for next time
+            state.pending += count
+            log.warning("recording API key usage failed (%s)", exc.type)
+        else:
+            # Requests admitted while the $inc was in flight are still pending.
+            state.known = max(state.known, total)
+        finally:
+            state.flushing = False
+            state.flushed_at = self.clock()

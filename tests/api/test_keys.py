@@ -1,0 +1,215 @@
+"""API keys: the command line, scopes, rate limits, daily quotas, metrics, and secrecy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from service.__main__ import main
+from service.errors import DatabaseUnavailable, RateLimited
+from service.ratelimit import Limiter, Limits, Rate
+from service.settings import Settings
+from service.store.keys import hash_key
+from tests.api.test_errors import assert_problem
+from tests.conftest import AppClient, running
+
+
+def cli(args: list[str], settings: Settings, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
+    monkeypatch.setenv("LABELSVC_MONGODB_DB", settings.mongodb_db)
+    return main(["keys", *args])
+
+
+def test_keys_from_the_command_line(
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = make_settings()
+    create = ["create", "--name", "acme", "--scopes", "read,label"]
+    assert cli([*create, "--rate", "20/s", "--quota", "100000/day"], settings, monkeypatch) == 0
+    shown = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert shown["rate"] == "20/s" and shown["quota"] == "100000/day"
+    secret = shown["key"]
+    assert cli(create, settings, monkeypatch) == 2  # the name is taken
+    for bad in (["--rate", "20/ms"], ["--quota", "5/s"], ["--scopes", "root"], ["--rate", "0/s"]):
+        assert cli(["create", "--name", "other", *bad], settings, monkeypatch) == 2
+    assert cli(["create", "--name", "no/slash"], settings, monkeypatch) == 2
+
+    capsys.readouterr()
+    assert cli(["list"], settings, monkeypatch) == 0
+    listed = capsys.readouterr().out
+    assert secret not in listed and hash_key(secret) not in listed and "key_hash" not in listed
+    (acme,) = [json.loads(line) for line in listed.splitlines()]
+    assert acme["rate_limit"] == {"requests": 20, "seconds": 1}
+    assert acme["daily_quota"] == 100000 and acme["scopes"] == ["label", "read"]
+
+    with MongoClient(settings.mongodb_uri) as client:
+        stored = client[settings.mongodb_db]["api_keys"].find_one({"name": "acme"})
+    assert stored is not None and stored["key_hash"] == hash_key(secret)
+    assert secret not in json.dumps(stored, default=str)
+
+    assert cli(["revoke", "--name", "acme"], settings, monkeypatch) == 0
+    assert cli(["revoke", "--name", "acme"], settings, monkeypatch) == 1
+
+
+async def _key(client: AppClient, name: str, scopes: list[str], **limits: Any) -> dict[str, str]:
+    secret = await client.resources.keys.create(name, scopes, **limits)
+    return {"X-API-Key": secret}
+
+
+async def test_scopes_are_enforced(make_settings: Callable[..., Settings]) -> None:
+    async with running(make_settings(labeling_requires_key=True)) as client:
+        reader = await _key(client, "reader", ["read"])
+        labeler = await _key(client, "labeler", ["label"])
+        admin = await _key(client, "admin", ["admin"])
+        label = {"url": "ftp://example.com/x.jpg"}  # refused after the guard: 400, not 401/403
+        for headers, can_read, can_label in (
+            (reader, True, False),
+            (labeler, False, True),
+            (admin, True, True),
+        ):
+            read = await client.get("/v1/records", headers=headers)
+            assert read.status_code == (200 if can_read else 403), read.text
+            posted = await client.post("/v1/labels", json=label, headers=headers)
+            assert posted.status_code == (400 if can_label else 403), posted.text
+        body = assert_problem(await client.get("/v1/search?text=x", headers=labeler), 403)
+        assert "'read' scope" in body["detail"]
+
+        assert await client.resources.keys.revoke("reader")
+        client.resources.authenticator.forget()
+        assert_problem(await client.get("/v1/records", headers=reader), 401, "unauthorized")
+
+
+async def test_rate_limit_answers_429_with_retry_after(client: AppClient) -> None:
+    # Three a minute: the bucket holds one request (one second's worth, at least one).
+    headers = await _key(client, "slow", ["read"], rate=Rate(3, 60))
+    assert (await client.get("/v1/records", headers=headers)).status_code == 200
+    refused = await client.get("/v1/records", headers=headers)
+    body = assert_problem(refused, 429, "rate-limited")
+    assert body["reason"] == "rate_limit" and body["limit"] == "3/min"
+    assert refused.headers["retry-after"] == "20"
+    other = await _key(client, "other", ["read"], rate=Rate(3, 60))
+    assert (await client.get("/v1/records", headers=other)).status_code == 200  # per key
+
+    metrics = (await client.get("/metrics")).text
+    assert 'labelsvc_api_key_requests_total{key="slow",outcome="admitted"} 1.0' in metrics
+    assert 'labelsvc_api_key_requests_total{key="slow",outcome="rate_limit"} 1.0' in metrics
+    assert headers["X-API-Key"] not in metrics
+
+
+async def test_daily_quota_is_summed_in_the_database(client: AppClient) -> None:
+    keys = client.resources.keys
+    headers = await _key(client, "metered", ["read"], daily_quota=6)
+    today = datetime.now(UTC).date().isoformat()
+    await keys.add_usage("metered", today, 4)  # what other processes already counted
+    assert (await client.get("/v1/records", headers=headers)).status_code == 200
+    assert (await client.get("/v1/records", headers=headers)).status_code == 200
+    refused = await client.get("/v1/records", headers=headers)
+    body = assert_problem(refused, 429, "rate-limited")
+    assert body["reason"] == "quota" and body["limit"] == "6/day"
+    assert 1 <= int(refused.headers["retry-after"]) <= 86400
+    assert await keys.usage("metered", today) >= 5  # flushed at least once, never over
+    assert await keys.usage("metered", today) <= 6
+    assert await keys.usage("someone-else", today) == 0
+
+
+async def test_secrets_never_reach_logs_or_errors(
+    client: AppClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    good = await _key(client, "quiet", ["label"])
+    wrong = {"X-API-Key": "lsk_not-a-real-key-but-secret-looking"}
+    responses = [
+        await client.get("/v1/records", headers=wrong),
+        await client.get("/v1/records", headers=good),
+        await client.get("/v1/records?q={bad", headers=good),
+        await client.get("/v1/records", headers={"X-RapidAPI-Key": wrong["X-API-Key"]}),
+    ]
+    for secret in (good["X-API-Key"], wrong["X-API-Key"]):
+        assert secret not in caplog.text
+        assert all(secret not in r.text and secret not in str(r.headers) for r in responses)
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [("20/s", Rate(20, 1)), ("600/min", Rate(600, 60)), (" 5 / hour ", Rate(5, 3600))],
+)
+def test_rate_parse(text: str, rate: Rate) -> None:
+    assert Rate.parse(text) == rate
+    assert Rate.parse(str(rate)) == rate
+
+
+@pytest.mark.parametrize("text", ["20", "20/ms", "0/s", "-1/s", "x/s", "20/fortnight", ""])
+def test_rate_parse_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="not a rate"):
+        Rate.parse(text)
+
+
+class Usage:
+    """An in-memory usage store that can be told to fail."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        self.down = False
+
+    async def usage(self, name: str, day: str) -> int:
+        return self.counts.get((name, day), 0)
+
+    async def add_usage(self, name: str, day: str, count: int) -> int:
+        if self.down:
+            raise DatabaseUnavailable("down")
+        self.counts[(name, day)] = self.counts.get((name, day), 0) + count
+        return self.counts[(name, day)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.day = datetime(2026, 11, 22, 23, 59, 59, tzinfo=UTC)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_token_bucket_refills_at_the_rate() -> None:
+    clock = Clock()
+    limiter = Limiter(Usage(), clock=clock)
+    rate = Limits(rate=Rate(2, 1))
+    await limiter.admit("k", rate)
+    await limiter.admit("k", rate)
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit("k", rate)
+    assert refused.value.retry_after == 1
+    clock.now += 0.5  # one token back
+    await limiter.admit("k", rate)
+    with pytest.raises(RateLimited):
+        await limiter.admit("k", rate)
+    await limiter.admit("other", rate)  # buckets are per key
+    await limiter.admit("k", Limits(rate=Rate(10, 1)))  # a changed rate starts a full bucket
+
+
+async def test_quota_flushes_on_day_change_and_survives_a_failed_flush() -> None:
+    clock, usage = Clock(), Usage()
+    limiter = Limiter(usage, clock=clock, today=lambda: clock.day)
+    quota = Limits(daily_quota=3)
+    await limiter.admit("k", quota)  # first: loads and flushes at once
+    usage.down = True
+    clock.now += 2
+    await limiter.admit("k", quota)  # admitted; its count stays pending
+    await limiter.admit("k", quota)
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit("k", quota)
+    assert refused.value.retry_after == 1  # one second to midnight UTC
+    usage.down = False
+    clock.day = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC)
+    clock.now += 2
+    await limiter.admit("k", quota)  # a new day: yesterday's pending counts are written first
+    assert usage.counts[("k", "2026-11-22")] == 3
+    assert usage.counts[("k", "2026-11-23")] == 1

@@ -1,0 +1,98 @@
+"""Sort orders, field projections and cursors: what is accepted, what is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from service.errors import InvalidQuery
+from service.query.paging import (
+    BY_ID,
+    Position,
+    SortOrder,
+    after_filters,
+    after_match,
+    decode_cursor,
+    encode_cursor,
+    parse_fields,
+    parse_sort,
+)
+
+
+def test_parse_sort() -> None:
+    assert parse_sort(None) == BY_ID
+    assert parse_sort("datetime") == SortOrder("datetime", 1)
+    assert parse_sort("-label_quality_estimation") == SortOrder("label_quality_estimation", -1)
+    assert parse_sort("-width").spec() == [("width", -1), ("_id", -1)]
+    for bad in ("classes", "url", "-bytes", "$natural", "width,height"):
+        with pytest.raises(InvalidQuery, match="cannot sort"):
+            parse_sort(bad)
+
+
+def test_parse_fields() -> None:
+    assert parse_fields(None) is None
+    assert parse_fields("url, classes") == {"classes": 1, "url": 1, "_id": 1}
+    assert parse_fields("image_properties.phash,image_properties") == {
+        "image_properties": 1,
+        "_id": 1,
+    }
+    for bad in ("$where", "a..b", "a.$", "x" * 201, ",".join(f"f{i}" for i in range(51))):
+        with pytest.raises(InvalidQuery, match="fields"):
+            parse_fields(bad)
+
+
+def test_cursor_round_trip() -> None:
+    order = SortOrder("label_quality_estimation", -1)
+    token = encode_cursor(order, {"_id": "PT::1", "label_quality_estimation": 0.25})
+    assert "=" not in token and token.isascii()
+    assert decode_cursor(token, order) == Position(value=0.25, id="PT::1")
+    by_id = encode_cursor(BY_ID, {"_id": "PT::2"})
+    assert decode_cursor(by_id, BY_ID) == Position(value="PT::2", id="PT::2")
+
+
+def _token(payload: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not base64 !!",
+        "e30",  # {}
+        _token([1, 2]),
+        _token({"k": "width", "d": 1, "v": 3, "i": "PT::1"}),  # another sort
+        _token({"k": "_id", "d": -1, "v": None, "i": "PT::1"}),  # another direction
+        _token({"k": "_id", "d": 1, "v": None, "i": 7}),
+        _token({"k": "_id", "d": 1, "v": None, "i": ""}),
+        _token({"k": "_id", "d": 1, "v": {"$gt": 1}, "i": "PT::1"}),
+        _token({"k": "_id", "d": 1, "v": True, "i": "PT::1"}),
+        _token({"k": "_id", "d": 1, "v": 2**70, "i": "PT::1"}),
+        _token({"k": "_id", "d": 1, "v": None, "i": "PT::1", "x": 1}),
+        base64.urlsafe_b64encode(b'{"k":"_id","d":1,"v":NaN,"i":"a"}').decode(),
+        "A" * 2000,
+    ],
+)
+def test_bad_cursors_are_refused(token: str) -> None:
+    with pytest.raises(InvalidQuery, match="cursor is not valid"):
+        decode_cursor(token, BY_ID)
+
+
+def test_after_filters() -> None:
+    position = Position(value=0.5, id="PT::9")
+    ascending = SortOrder("label_quality_estimation", 1)
+    assert after_filters(ascending, position) == [
+        {"label_quality_estimation": 0.5, "_id": {"$gt": "PT::9"}},
+        {"label_quality_estimation": {"$gt": 0.5}},
+    ]
+    descending = SortOrder("width", -1)
+    assert after_filters(descending, Position(value=None, id="PT::9")) == [
+        {"width": None, "_id": {"$lt": "PT::9"}}
+    ]
+    assert after_filters(SortOrder("width", 1), Position(None, "PT::9"))[1] == {
+        "width": {"$ne": None}
+    }
+    assert after_match(BY_ID, Position("PT::9", "PT::9")) == {"_id": {"$gt": "PT::9"}}
+    assert "$or" in after_match(ascending, position)
