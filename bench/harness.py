@@ -82,5 +82,6 @@ def service(mongodb_uri: str, **settings: str) -> ContextManager[tuple[str, Pope
         model_dir=str(model_dir()),
         allow_private_urls="1",
         log_level="warning",
+        label_rate_per_client="",
         **settings,
     )

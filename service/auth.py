@@ -99,6 +99,9 @@ def requires(scope: str, *, unless_open: bool = False) -> Guard:
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         resources = connection.app.state.resources
         if unless_open and not resources.settings.labeling_requires_key:
+            if resources.client_limiter is not None and presented_key(connection) is None:
+                client = connection.client.host if connection.client else "unknown"
+                resources.client_limiter.admit(client)
             return
         authenticator: Authenticator = resources.authenticator
         principal = await authenticator.authenticate(presented_key(connection))

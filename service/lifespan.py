@@ -27,6 +27,7 @@ from service.infer.batching import BatchPolicy
 from service.infer.models import Models, load_models
 from service.observability import Metrics
 from service.pipeline import LabelingPipeline
+from service.ratelimit import ClientLimiter, Rate
 from service.settings import Settings
 from service.store.keys import ApiKeyStore
 from service.store.records import Document, RecordStore, ping
@@ -46,6 +47,7 @@ class Resources:
     keys: ApiKeyStore
     authenticator: Authenticator
     pipeline: LabelingPipeline
+    client_limiter: ClientLimiter | None = None
     indexes_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def database_ready(self) -> bool:
@@ -96,6 +98,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             metrics=metrics,
             executor=executor,
             models=models,
+            client_limiter=ClientLimiter(Rate.parse(settings.label_rate_per_client))
+            if settings.label_rate_per_client
+            else None,
             database=database,
             records=records,
             keys=keys,

@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -169,3 +170,34 @@ class Limiter:
         finally:
             state.flushing = False
             state.flushed_at = self.clock()
+
+
+class ClientLimiter:
+    """Per-client-address token buckets for open (keyless) labeling.
+
+    The table holds at most ``max_clients`` addresses, least recently seen dropped first, so
+    a flood of distinct addresses cannot grow memory without bound. Limits are per process.
+    """
+
+    def __init__(
+        self, rate: Rate, *, max_clients: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self._max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def admit(self, client: str) -> None:
+        now = self._clock()
+        bucket = self._buckets.pop(client, None) or TokenBucket.full(self.rate, now)
+        self._buckets[client] = bucket
+        if len(self._buckets) > self._max_clients:
+            self._buckets.popitem(last=False)
+        wait = bucket.take(now)
+        if wait > 0:
+            raise RateLimited(
+                f"labeling without an API key is limited to {self.rate} per client; "
+                "retry after the delay given, or use an API key",
+                retry_after=max(1, math.ceil(wait)),
+                extra={"reason": "client_rate_limit", "limit": str(self.rate)},
+            )

@@ -82,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Access.
     bootstrap_api_key: str | None = None
     labeling_requires_key: bool = False
+    # Open (keyless) labeling per client address, e.g. "20/s" or "600/min"; "" turns it off.
+    label_rate_per_client: str = "20/s"
     page_size: int = 25
 
     @property
@@ -128,6 +130,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             f"execution_provider must be one of {get_args(Provider)}": self.execution_provider
             in get_args(Provider),
         }
+        if self.label_rate_per_client:
+            from service.ratelimit import Rate
+
+            try:
+                Rate.parse(self.label_rate_per_client)
+            except ValueError as exc:
+                checks[f"label_rate_per_client: {exc}"] = False
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
             raise ConfigError("; ".join(failed))

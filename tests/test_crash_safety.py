@@ -80,6 +80,7 @@ def test_kill_mid_run_loses_no_acknowledged_record(
         mongodb_db=database,
         allow_private_urls="1",
         log_level="warning",
+        label_rate_per_client="",
     )
     tally = Tally()
     started = time.monotonic()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import API_KEY, CAT_PHOTO, AppClient
+from service.errors import RateLimited
+from service.ratelimit import ClientLimiter, Rate
+from service.settings import ConfigError, Settings
+from tests.api.test_errors import assert_problem
+from tests.conftest import API_KEY, CAT_PHOTO, AppClient, running
 from tests.support.image_server import ImageServer
 
 
@@ -45,3 +50,35 @@ async def test_api_keys_never_reach_the_logs(
     for secret in (API_KEY, wrong):
         assert secret not in logged
         assert all(secret not in body for body in bodies)
+
+
+async def test_open_labeling_is_limited_per_client(
+    make_settings: Callable[..., Settings], image_server: ImageServer
+) -> None:
+    async with running(make_settings(label_rate_per_client="1/min")) as client:
+        body = {"url": image_server.photo_url(CAT_PHOTO)}
+        assert (await client.post("/v1/labels", json=body)).status_code == 201
+        limited = await client.post("/v1/labels", json=body)
+        problem = assert_problem(limited, 429, "rate-limited")
+        assert int(limited.headers["retry-after"]) >= 1
+        assert problem["reason"] == "client_rate_limit"
+        # Clients with an API key are metered by their key instead.
+        keyed = await client.post("/v1/labels", json=body, headers={"X-API-Key": API_KEY})
+        assert keyed.status_code == 200
+
+
+def test_client_table_is_bounded() -> None:
+    now = [0.0]
+    limiter = ClientLimiter(Rate.parse("1/min"), max_clients=3, clock=lambda: now[0])
+    for address in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"):
+        limiter.admit(address)
+    with pytest.raises(RateLimited):
+        limiter.admit("10.0.0.4")
+    limiter.admit("10.0.0.1")  # forgotten when the table overflowed: a fresh bucket
+    now[0] += 60
+    limiter.admit("10.0.0.4")  # refilled after a minute
+
+
+def test_bad_rate_setting_fails_fast() -> None:
+    with pytest.raises(ConfigError, match="label_rate_per_client"):
+        Settings.from_env({"LABELSVC_LABEL_RATE_PER_CLIENT": "lots"})
