@@ -210,6 +210,12 @@ def add_index_hints(filt: dict[str, Any]) -> dict[str, Any]:
     Hints become extra items of the top-level ``$and`` (created as
     ``{"$and": [original, hint, ...]}`` when there is none). The input is not modified;
     applying the function twice adds nothing more.
+
+    Records written by this service keep the stronger invariant that ``classes`` is
+    *exactly* the set of classnames in ``object_analysis``. Then the bare Cortex form, whose
+    innermost document holds nothing but the classname condition, is not just implied by
+    but equivalent to ``{"classes": X}``, and is replaced by it outright: the server answers
+    from the index without reading each candidate's nested boxes.
     """
     result: dict[str, Any] = copy.deepcopy(dict(filt))
     hints: list[dict[str, Any]] = []
@@ -233,11 +239,15 @@ def add_index_hints(filt: dict[str, Any]) -> dict[str, Any]:
 # --- index hints ------------------------------------------------------------------------
 
 
-def _collect_hints(doc: Mapping[str, Any], hints: list[dict[str, Any]]) -> None:
+def _collect_hints(doc: dict[str, Any], hints: list[dict[str, Any]]) -> None:
+    equivalent = _equivalent_classes(doc.get("object_analysis"))
+    if equivalent is not None and "classes" not in doc:
+        del doc["object_analysis"]
+        doc["classes"] = equivalent
     for key, value in doc.items():
         if key == "$and" and isinstance(value, list):
             for item in value:
-                if isinstance(item, Mapping):
+                if isinstance(item, dict):
                     _collect_hints(item, hints)
         elif key == "object_analysis":
             outer = _elem_match_argument(value)
@@ -251,6 +261,20 @@ def _collect_hints(doc: Mapping[str, Any], hints: list[dict[str, Any]]) -> None:
             implied = _implied_classes(inner["classname"])
             if implied is not None:
                 hints.append({"classes": implied})
+
+
+def _equivalent_classes(condition: Any) -> Any:
+    """``X`` when ``condition`` is exactly ``{"$elemMatch": {"$elemMatch": {"classname": X}}}``
+    with X a string, ``{"$eq": str}`` or ``{"$in": [str, ...]}``; else None."""
+    if not isinstance(condition, Mapping) or set(condition) != {"$elemMatch"}:
+        return None
+    outer = condition["$elemMatch"]
+    if not isinstance(outer, Mapping) or set(outer) != {"$elemMatch"}:
+        return None
+    inner = outer["$elemMatch"]
+    if not isinstance(inner, Mapping) or set(inner) != {"classname"}:
+        return None
+    return _implied_classes(inner["classname"])
 
 
 def _elem_match_argument(condition: Any) -> Mapping[str, Any] | None:

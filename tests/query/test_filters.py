@@ -254,37 +254,48 @@ def _cortex(classname: Any, **more: Any) -> dict[str, Any]:
     return {"object_analysis": {"$elemMatch": {"$elemMatch": {"classname": classname, **more}}}}
 
 
-def test_hint_added_to_plain_filter() -> None:
-    assert add_index_hints(CORTEX) == {"$and": [CORTEX, {"classes": "cat"}]}
+def test_bare_cortex_form_is_replaced_by_its_indexed_equivalent() -> None:
+    assert add_index_hints(CORTEX) == {"classes": "cat", "width": {"$gt": 100}}
+    assert add_index_hints(_cortex({"$eq": "dog"})) == {"classes": "dog"}
+    members = _cortex({"$in": ["cat", "dog"]})
+    assert add_index_hints(members) == {"classes": {"$in": ["cat", "dog"]}}
 
 
-def test_hint_for_eq_and_in_and_extra_conditions() -> None:
+def test_hint_added_when_the_box_has_more_conditions() -> None:
     eq = _cortex({"$eq": "dog"}, conf={"$gt": 0.5})
     assert add_index_hints(eq) == {"$and": [eq, {"classes": "dog"}]}
-    members = _cortex({"$in": ["cat", "dog"]})
+    members = _cortex({"$in": ["cat", "dog"]}, conf={"$gt": 0.5})
     assert add_index_hints(members) == {"$and": [members, {"classes": {"$in": ["cat", "dog"]}}]}
 
 
 def test_hint_found_inside_and_merges_into_it() -> None:
-    filt = {"$and": [{"width": {"$gt": 1}}, _cortex("cat")], "height": 5}
+    strict = _cortex("cat", conf={"$gte": 0.9})
+    filt = {"$and": [{"width": {"$gt": 1}}, strict, _cortex("dog")], "height": 5}
     assert add_index_hints(filt) == {
-        "$and": [{"width": {"$gt": 1}}, _cortex("cat"), {"classes": "cat"}],
+        "$and": [{"width": {"$gt": 1}}, strict, {"classes": "dog"}, {"classes": "cat"}],
         "height": 5,
     }
 
 
 def test_hint_found_through_nested_and_and_merged_into_existing_and() -> None:
-    filt = {"$and": [{"$and": [_cortex("cat")]}, {"width": 3}], "x": _cortex("nope")}
+    strict = _cortex("cat", conf={"$gte": 0.9})
+    filt = {"$and": [{"$and": [strict]}, {"width": 3}], "x": _cortex("nope")}
     hinted = add_index_hints(filt)
     assert hinted == {
-        "$and": [{"$and": [_cortex("cat")]}, {"width": 3}, {"classes": "cat"}],
+        "$and": [{"$and": [strict]}, {"width": 3}, {"classes": "cat"}],
         "x": _cortex("nope"),
     }
 
 
 def test_two_hints_and_no_duplicates() -> None:
-    filt = {"$and": [_cortex("cat"), _cortex("dog"), _cortex("cat")]}
+    cat, dog = _cortex("cat", conf={"$gt": 0}), _cortex("dog", conf={"$gt": 0})
+    filt = {"$and": [cat, dog, cat]}
     assert add_index_hints(filt)["$and"][3:] == [{"classes": "cat"}, {"classes": "dog"}]
+
+
+def test_replacement_leaves_an_explicit_classes_condition_alone() -> None:
+    both = {"classes": "dog", **_cortex("cat")}
+    assert add_index_hints(both) == {"$and": [both, {"classes": "cat"}]}
 
 
 def test_hints_are_idempotent_and_do_not_touch_the_input() -> None:
@@ -292,7 +303,8 @@ def test_hints_are_idempotent_and_do_not_touch_the_input() -> None:
     once = add_index_hints(filt)
     assert filt == CORTEX
     assert add_index_hints(once) == once
-    assert add_index_hints({"classes": "cat", **CORTEX}) == {"classes": "cat", **CORTEX}
+    strict = _cortex("cat", conf={"$gt": 0.5})
+    assert add_index_hints({"classes": "cat", **strict}) == {"classes": "cat", **strict}
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,8 @@ def nested(classname: Any, **more: Any) -> dict[str, Any]:
 
 
 def test_conjoin_spreads_and_orders_most_selective_first() -> None:
-    hinted = add_index_hints({**nested("cat"), "width": {"$gt": 100}})
+    strict = {"object_analysis": {"$elemMatch": {"$elemMatch": {"classname": "cat", "conf": 1}}}}
+    hinted = add_index_hints({**strict, "width": {"$gt": 100}})
     assert "$and" in hinted
     flat = conjoin(hinted, indexed=INDEXED)
     assert list(flat) == ["classes", "width", "object_analysis"]
