@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol, get_args
 import numpy as np
 import onnxruntime as ort
 
-from service.infer.manifest import ModelError
+from service.infer.manifest import ModelError, spec
 
 ProviderChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
 
@@ -104,3 +104,54 @@ def load_onnx_session(
             f"fell back to {wrapped.provider} (check the CUDA/cuDNN/TensorRT libraries)"
         )
     return wrapped
+
+
+class ManifestModel:
+    """A model of the manifest running in a session: its identity for lineage and metrics.
+
+    Subclasses add their pre- and post-processing; all are safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        session: ModelSession,
+        manifest_name: str,
+        class_names: Sequence[str],
+        *,
+        model_name: str | None = None,
+        model_sha256: str | None = None,
+    ) -> None:
+        entry = spec(manifest_name)
+        self._session = session
+        self._class_names = tuple(class_names)
+        self._name = model_name or entry.name
+        self._sha256 = model_sha256 or entry.sha256
+
+    @property
+    def name(self) -> str:
+        """The manifest name of the model, for lineage."""
+        return self._name
+
+    @property
+    def version(self) -> str:
+        """A short content version: the start of the weights' sha256."""
+        return self._sha256[:12]
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    @property
+    def provider(self) -> str:
+        return self._session.provider
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+
+def check_square_input(session: ModelSession, size: int, what: str) -> None:
+    """Refuse a model whose input is not ``[N, 3, size, size]`` (or has free dimensions)."""
+    shape = session.input_shape
+    if len(shape) != 4 or any(isinstance(d, int) and d != size for d in shape[2:]):
+        raise ModelError(f"{what} input must be [1,3,{size},{size}], got {shape}")

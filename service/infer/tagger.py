@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from service.infer.manifest import ModelError, read_lines, resolve, sha256_file, spec
-from service.infer.runtime import ModelSession, ProviderChoice, load_onnx_session
+from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
+from service.infer.runtime import (
+    ManifestModel,
+    ModelSession,
+    ProviderChoice,
+    check_square_input,
+    load_onnx_session,
+)
 
 MODEL_NAME = "efficientnet_lite0"
 CLASSES_NAME = "imagenet_classes"
@@ -77,7 +83,7 @@ def top_tags(
     return [Tag(class_names[i], float(flat[i])) for i in order.tolist() if flat[i] >= min_conf]
 
 
-class EfficientNetTagger:
+class EfficientNetTagger(ManifestModel):
     """An ImageNet classifier plus its pre- and post-processing; safe to share between threads."""
 
     def __init__(
@@ -88,36 +94,10 @@ class EfficientNetTagger:
         model_name: str | None = None,
         model_sha256: str | None = None,
     ) -> None:
-        shape = session.input_shape
-        if len(shape) != 4 or any(isinstance(d, int) and d != CROP for d in shape[2:]):
-            raise ModelError(f"classifier input must be [1,3,{CROP},{CROP}], got {shape}")
-        entry = spec(MODEL_NAME)
-        self._session = session
-        self._class_names = tuple(class_names)
-        self._name = model_name or entry.name
-        self._sha256 = model_sha256 or entry.sha256
-
-    @property
-    def name(self) -> str:
-        """The manifest name of the model, for lineage."""
-        return self._name
-
-    @property
-    def version(self) -> str:
-        """A short content version: the start of the weights' sha256."""
-        return self._sha256[:12]
-
-    @property
-    def sha256(self) -> str:
-        return self._sha256
-
-    @property
-    def provider(self) -> str:
-        return self._session.provider
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
+        check_square_input(session, CROP, "classifier")
+        super().__init__(
+            session, MODEL_NAME, class_names, model_name=model_name, model_sha256=model_sha256
+        )
 
     def probabilities(self, image: PIL.Image.Image) -> np.ndarray:
         """Softmax over the 1000 classes, shape ``[1000]``."""

@@ -10,8 +10,14 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from service.infer.manifest import ModelError, read_lines, resolve, sha256_file, spec
-from service.infer.runtime import ModelSession, ProviderChoice, load_onnx_session
+from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
+from service.infer.runtime import (
+    ManifestModel,
+    ModelSession,
+    ProviderChoice,
+    check_square_input,
+    load_onnx_session,
+)
 
 STRIDES = (8, 16, 32)
 PAD_VALUE = 114.0
@@ -183,7 +189,7 @@ def postprocess(
     return detections
 
 
-class YoloxDetector:
+class YoloxDetector(ManifestModel):
     """A YOLOX model plus its pre- and post-processing; safe to share between threads."""
 
     def __init__(
@@ -197,41 +203,13 @@ class YoloxDetector:
         model_name: str | None = None,
         model_sha256: str | None = None,
     ) -> None:
-        shape = session.input_shape
-        if len(shape) != 4:
-            raise ModelError(f"detector input must be [1,3,H,W], got {shape}")
-        if any(isinstance(d, int) and d != input_size for d in shape[2:]):
-            raise ModelError(f"detector input is fixed at {shape}; input_size {input_size}")
-        entry = spec(MODEL_NAME)
-        self._session = session
-        self._class_names = tuple(class_names)
+        check_square_input(session, input_size, "detector")
+        super().__init__(
+            session, MODEL_NAME, class_names, model_name=model_name, model_sha256=model_sha256
+        )
         self.input_size = input_size
         self.nms_iou = nms_iou
         self.max_detections = max_detections
-        self._name = model_name or entry.name
-        self._sha256 = model_sha256 or entry.sha256
-
-    @property
-    def name(self) -> str:
-        """The manifest name of the model, for lineage."""
-        return self._name
-
-    @property
-    def version(self) -> str:
-        """A short content version: the start of the weights' sha256."""
-        return self._sha256[:12]
-
-    @property
-    def sha256(self) -> str:
-        return self._sha256
-
-    @property
-    def provider(self) -> str:
-        return self._session.provider
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
 
     def detect(self, image: PIL.Image.Image, min_confidence: float) -> list[Detection]:
         """Detections on an RGB image, best first, at most ``max_detections``."""

@@ -247,5 +247,5 @@ def test_detector_maps_boxes_back_to_the_original_image() -> None:
 
 
 def test_detector_refuses_a_mismatched_input_size() -> None:
-    with pytest.raises(ModelError, match="fixed"):
+    with pytest.raises(ModelError, match=r"must be \[1,3,640,640\]"):
         YoloxDetector(FakeSession(raw_with([])), NAMES, input_size=640)
