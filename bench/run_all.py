@@ -5,7 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.detection_map", "bench.service_map", "bench.query"]
+BENCHMARKS = [
+    "bench.detection_map",
+    "bench.service_map",
+    "bench.quality",
+    "bench.ingest",
+    "bench.query",
+]
 
 
 def main() -> int:

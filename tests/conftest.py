@@ -74,6 +74,7 @@ def image_server(evalset_dir: Path) -> Iterator[ImageServer]:
             "/loop-b": routes.redirect("/loop-a"),
             "/drip": routes.drip(interval=0.5, total=40),
             "/endless": routes.endless(),
+            "/huge-declared": routes.declared_length(100_000_000),
         }
     )
     server.start()

@@ -206,15 +206,19 @@ class ImageFetcher:
             declared = None
         if declared is not None and declared > policy.max_bytes:
             raise too_large
-        data = bytearray()
+        # Chunks are joined once, on success: a body that runs over the cap never holds
+        # more than the cap, and an accepted one is copied once (no growing buffer).
+        chunks: list[bytes] = []
+        size = 0
         digest = hashlib.sha256()
         async for chunk in response.aiter_raw():
-            if len(data) + len(chunk) > policy.max_bytes:
+            size += len(chunk)
+            if size > policy.max_bytes:
                 raise too_large
-            data += chunk
+            chunks.append(chunk)
             digest.update(chunk)
         return Fetched(
-            data=bytes(data),
+            data=b"".join(chunks),
             url=target.url,
             content_type=response.headers.get("content-type"),
             sha256=digest.hexdigest(),

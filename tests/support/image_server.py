@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,20 @@ def endless() -> Route:
                 handler.wfile.write(chunk)
         except OSError:
             pass
+
+    return route
+
+
+def declared_length(size: int) -> Route:
+    """Announces ``size`` bytes and sends a little: refused from the header alone."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.send_header("Content-Length", str(size))
+        handler.end_headers()
+        with contextlib.suppress(OSError):
+            handler.wfile.write(b"\xff" * 1024)
 
     return route
 
