@@ -191,3 +191,17 @@ def test_cuda_detector_matches_golden() -> None:
     assert gpu.provider == CUDA
     golden = json.loads(GOLDEN.read_text())
     check_golden(gpu.detect(load_photo(golden["image"]), golden["min_confidence"]))
+
+
+def test_io_binding_gives_the_same_outputs_as_plain_runs() -> None:
+    """The GPU path binds inputs and outputs; its API is exercised here on the CPU."""
+    path = model_dir() / "yolox_nano.onnx"
+    plain = load_onnx_session(path, provider="cpu", intra_op_threads=1)
+    bound = load_onnx_session(path, provider="cpu", intra_op_threads=1, io_binding=True)
+    assert not plain.io_binding and bound.io_binding
+    tensor = np.random.default_rng(0).uniform(0, 255, (1, 3, 416, 416)).astype(np.float32)
+    expected = plain.run({plain.input_name: tensor})
+    actual = bound.run({bound.input_name: tensor})
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-4)
