@@ -37,6 +37,10 @@ class LocalDatabaseServer:
         self._log = storage.parent / f"{storage.name}.log"
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
     def uri(self) -> str:
         return f"mongodb://{self.host}:{self.port}/"
 

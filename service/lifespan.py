@@ -87,7 +87,11 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
         )
         stack.push_async_callback(client.close)
         database = client[settings.mongodb_db]
-        records = RecordStore(database, max_time_ms=settings.query_max_time_ms)
+        records = RecordStore(
+            database,
+            max_time_ms=settings.query_max_time_ms,
+            operation_timeout_ms=settings.db_operation_timeout_ms,
+        )
         keys = ApiKeyStore(database)
 
         fetcher = ImageFetcher(FetchPolicy.from_settings(settings))

@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path("var")
     db_server: str = "secantusd-py"
     db_timeout_ms: int = 3000
+    db_operation_timeout_ms: int = 10_000
     query_max_time_ms: int = 5000
     count_max_time_ms: int = 2000  # past this, `length` is an estimate, not an error
 

@@ -30,7 +30,7 @@ KILL_AFTER = TOTAL // 2
 @dataclass
 class Tally:
     acknowledged: dict[str, str] = field(default_factory=dict)  # url -> record id
-    overloaded: int = 0
+    unavailable: int = 0  # 503s: backpressure or the database, both with Retry-After
     interrupted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     sent: int = 0
@@ -57,8 +57,8 @@ async def send(base: str, urls: list[str], tally: Tally, kill_at: int | None, pi
                 if response.status_code in (200, 201):
                     tally.acknowledged[url] = response.json()["_id"]
                 elif response.status_code == 503:
-                    tally.overloaded += 1
-                    queue.put_nowait(url)  # deliberate backpressure: retry later
+                    tally.unavailable += 1
+                    queue.put_nowait(url)  # deliberate 503: retry later, as a client would
                     await asyncio.sleep(0.05)
                 else:
                     tally.errors.append(f"{url}: {response.status_code} {response.text[:200]}")
@@ -106,8 +106,8 @@ def test_kill_mid_run_loses_no_acknowledged_record(
         u for u, rid in tally.acknowledged.items() if u not in by_id.get(rid, {}).get("urls", [])
     ]
     print(
-        f"\nsoak: sent {tally.sent}, acknowledged {len(tally.acknowledged)}, overloaded (503) "
-        f"{tally.overloaded}, cut off by the kill {len(tally.interrupted)}, stored records "
+        f"\nsoak: sent {tally.sent}, acknowledged {len(tally.acknowledged)}, answered 503 (retried) "
+        f"{tally.unavailable}, cut off by the kill {len(tally.interrupted)}, stored records "
         f"{len(records)}, lost {len(lost)}, errors {len(tally.errors)}, restart to ready "
         f"{restart:.2f}s, {elapsed:.1f}s in all"
     )

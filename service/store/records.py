@@ -85,33 +85,62 @@ async def database_errors() -> AsyncIterator[None]:
     except OperationFailure as exc:
         if exc.code in (2, 9, 14):  # BadValue, FailedToParse, TypeMismatch
             raise InvalidQuery(f"the database refused the query: {exc.details}") from None
+        if exc.timeout:
+            raise _unresponsive() from None
+        raise
+    except PyMongoError as exc:
+        if exc.timeout:  # the client's operation deadline (timeoutMS) passed
+            raise _unresponsive() from None
         raise
 
 
+def _unresponsive() -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        "the database did not answer in time", retry_after=2, extra={"reason": "database"}
+    )
+
+
 class RecordStore:
-    def __init__(self, database: AsyncDatabase[Document], *, max_time_ms: int) -> None:
+    def __init__(
+        self,
+        database: AsyncDatabase[Document],
+        *,
+        max_time_ms: int,
+        operation_timeout_ms: int = 10_000,
+    ) -> None:
         # Journaled writes: a record is acknowledged only once it survives a database crash.
         self._records: AsyncCollection[Document] = database.get_collection(
             "records", write_concern=DURABLE
         )
         self._max_time_ms = max_time_ms
+        self._operation_timeout = operation_timeout_ms / 1000
         self._counts: dict[bytes, tuple[float, int | None]] = {}
 
     async def ensure_indexes(self) -> None:
         async with database_errors():
             await self._records.create_indexes(RECORD_INDEXES)
 
+    @asynccontextmanager
+    async def _labeling(self) -> AsyncIterator[None]:
+        """A labeling-path operation: a server that stops answering must not hold an admitted
+        request (and its slot) forever; the driver drops a connection whose call is cancelled."""
+        try:
+            async with asyncio.timeout(self._operation_timeout), database_errors():
+                yield
+        except TimeoutError:
+            raise _unresponsive() from None
+
     async def get(self, record_id: str) -> Document | None:
-        async with database_errors():
+        async with self._labeling():
             return await self._records.find_one({"_id": record_id})
 
     async def find_by_hash(self, digest: str) -> Document | None:
-        async with database_errors():
+        async with self._labeling():
             return await self._records.find_one({"hash": digest})
 
     async def remember_url(self, digest: str, url: str) -> Document | None:
         """Add ``url`` to the record with this content hash; returns the updated record."""
-        async with database_errors():
+        async with self._labeling():
             return await self._records.find_one_and_update(
                 {"hash": digest},
                 {"$addToSet": {"urls": url}},
@@ -120,7 +149,7 @@ class RecordStore:
 
     async def insert(self, document: Document) -> Document:
         """Insert a new record; when another writer stored the same bytes first, return theirs."""
-        async with database_errors():
+        async with self._labeling():
             try:
                 await self._records.insert_one(document)
             except DuplicateKeyError:

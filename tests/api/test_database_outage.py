@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +17,6 @@ from tests.support.image_server import ImageServer
 
 
 def db_command() -> str:
-    import os
-
     return os.environ.get("LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py"))
 
 
@@ -64,5 +64,33 @@ async def test_outage_answers_503_and_recovers_by_itself(
                 "/v1/labels", json={"url": image_server.photo_url("000000403817.jpg")}
             )
             assert labeled.status_code == 201
+    finally:
+        db.stop()
+
+
+async def test_hung_database_answers_503_within_the_deadline(
+    tmp_path: Path, make_settings: Callable[..., Settings], image_server: ImageServer
+) -> None:
+    """A database that keeps its connections open but stops answering (here: SIGSTOP)
+    must not hold labeling requests forever."""
+    db = LocalDatabaseServer(db_command(), tmp_path / "db")
+    db.start()
+    assert db.pid is not None
+    try:
+        settings = make_settings(mongodb_uri=db.uri, db_operation_timeout_ms=1500)
+        async with running(settings) as client:
+            url = image_server.photo_url(CAT_PHOTO)
+            assert (await client.post("/v1/labels", json={"url": url})).status_code == 201
+            os.kill(db.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                hung = await client.post("/v1/labels", json={"url": url})
+                assert_problem(hung, 503, "database-unavailable")
+                assert time.monotonic() - started < 10
+                assert client.resources.pipeline.admitted == 0  # the slot was given back
+            finally:
+                os.kill(db.pid, signal.SIGCONT)
+            again = await client.post("/v1/labels", json={"url": url})
+            assert again.status_code == 200
     finally:
         db.stop()
