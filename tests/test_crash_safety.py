@@ -105,12 +105,18 @@ def test_kill_mid_run_loses_no_acknowledged_record(
     lost = [
         u for u, rid in tally.acknowledged.items() if u not in by_id.get(rid, {}).get("urls", [])
     ]
-    print(
-        f"\nsoak: sent {tally.sent}, acknowledged {len(tally.acknowledged)}, answered 503 (retried) "
-        f"{tally.unavailable}, cut off by the kill {len(tally.interrupted)}, stored records "
-        f"{len(records)}, lost {len(lost)}, errors {len(tally.errors)}, restart to ready "
-        f"{restart:.2f}s, {elapsed:.1f}s in all"
-    )
+    summary = {
+        "sent": tally.sent,
+        "acknowledged": len(tally.acknowledged),
+        "answered 503 (retried)": tally.unavailable,
+        "cut off by the kill": len(tally.interrupted),
+        "stored records": len(records),
+        "lost": len(lost),
+        "errors": len(tally.errors),
+        "restart to ready s": round(restart, 2),
+        "seconds in all": round(elapsed, 1),
+    }
+    print("\nsoak: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     assert tally.errors == []
     assert len(tally.acknowledged) == TOTAL
     assert lost == []
