@@ -36,7 +36,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from bench.detection_map import YOLOX_TO_COCO, evalset_dir
 from bench.harness import database, service
 from service.domain.records import RECORD_ID_PREFIX, Record
-from service.query.filters import add_index_hints
+from service.query.hints import add_index_hints
 from service.query.keywords import keywords_for, search_terms
 from service.query.paging import BY_ID, NEWEST, SortOrder, decode_cursor
 from service.query.plan import conjoin

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 def _decode_path(kind: type, value: object) -> object:
     if kind is Path and isinstance(value, str):
         return Path(value)
-    raise NotImplementedError(f"cannot decode {kind}")
+    raise NotImplementedError(f"cannot decode {kind}")  # msgspec's "type not handled here"
 
 
 def _default_workers() -> int:

@@ -15,7 +15,8 @@ from service.api.schemas import ProjectedRecordPage, RecordPage, SimilarPage, Si
 from service.auth import requires
 from service.domain.records import Record, record_from_document
 from service.lifespan import Resources
-from service.query.filters import add_index_hints, parse_filter
+from service.query.filters import parse_filter
+from service.query.hints import add_index_hints
 from service.query.pages import Budget, Page, PageRequest, record_page, similar_page
 from service.query.paging import MAX_CURSOR_LENGTH, SORTABLE, SortOrder, parse_fields, parse_sort
 from service.query.similar import DEFAULT_DISTANCE, MAX_DISTANCE

@@ -1,4 +1,4 @@
-"""Client-supplied MongoDB filters: parsing, validation and index hints.
+"""Client-supplied MongoDB filters: parsing and validation.
 
 API-key holders query records with a MongoDB filter sent as JSON (``?q=``).
 ``parse_filter`` and ``validate_filter`` accept a read-only subset of the query language
@@ -17,25 +17,24 @@ and return a fresh copy built only from vetted parts. Anything else raises
   ``max_nodes`` keys and list items in all, ``max_list_length`` items per
   ``$in``/``$nin``/``$all``/``$type`` list.
 * Regexes: up to ``max_regex_length`` characters, ``$options`` letters from ``imsx``,
-  and a shape that cannot backtrack catastrophically (see ``_RegexShape``).
+  and a shape that cannot backtrack catastrophically (``service.query.regex_shape``).
 
-``add_index_hints`` adds predicates on the indexed ``classes`` field that are implied by
-conditions on the unindexable legacy ``object_analysis`` shape.
+Rewriting a vetted filter so that indexes can serve it is ``service.query.hints``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from service.errors import InvalidQuery
+from service.query.regex_shape import RegexRefused, check_regex_shape
+from service.query.regex_shape import printable as _show
 
-__all__ = ["FilterLimits", "add_index_hints", "parse_filter", "validate_filter"]
+__all__ = ["FilterLimits", "parse_filter", "validate_filter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,128 +184,6 @@ def validate_filter(
     return _Validator(limits).query(filt, "", 1)
 
 
-def add_index_hints(filt: dict[str, Any]) -> dict[str, Any]:
-    """Return an equivalent filter with implied predicates on the indexed ``classes`` field.
-
-    Records keep detections in the legacy nested shape ``object_analysis: [[box, ...]]``,
-    which no index can serve. ``classes`` is the flat, indexed list of classnames, and
-    this relies on the invariant every writer of records must keep: *every ``classname``
-    of every box in every inner list of ``object_analysis`` is an element of
-    ``classes``*. So a record matching
-
-        {"object_analysis": {"$elemMatch": {"$elemMatch": {"classname": X, ...}}}}
-
-    has a box whose classname is X (or, for ``{"$in": L}``, one of L), hence also matches
-    ``{"classes": X}`` (``{"classes": {"$in": L}}``). AND-ing that implied predicate onto
-    the filter therefore never changes which records match, and it lets the planner use
-    the ``classes`` index.
-
-    Only conditions that every match must satisfy are used: those at top level or inside
-    a top-level ``$and`` (recursively through ``$and`` alone). Conditions under ``$or``,
-    ``$nor``, ``$not`` or an outer ``$elemMatch`` are not implied by a match and are left
-    alone, as are classname conditions other than a string, ``{"$eq": str}`` or
-    ``{"$in": [str, ...]}`` (``$regex``, ``$ne``, ``$nin``, ``$exists``...).
-
-    Hints become extra items of the top-level ``$and`` (created as
-    ``{"$and": [original, hint, ...]}`` when there is none). The input is not modified;
-    applying the function twice adds nothing more.
-
-    Records written by this service keep the stronger invariant that ``classes`` is
-    *exactly* the set of classnames in ``object_analysis``. Then the bare Cortex form, whose
-    innermost document holds nothing but the classname condition, is not just implied by
-    but equivalent to ``{"classes": X}``, and is replaced by it outright: the server answers
-    from the index without reading each candidate's nested boxes.
-    """
-    result: dict[str, Any] = copy.deepcopy(dict(filt))
-    hints: list[dict[str, Any]] = []
-    _collect_hints(result, hints)
-    existing = result.get("$and")
-    present: list[Any] = existing if isinstance(existing, list) else []
-    new: list[dict[str, Any]] = []
-    for hint in hints:
-        already = hint in new or hint in present
-        if already or ("classes" in result and result["classes"] == hint["classes"]):
-            continue
-        new.append(hint)
-    if not new:
-        return result
-    if isinstance(existing, list):
-        result["$and"] = [*existing, *new]
-        return result
-    return {"$and": [result, *new]}
-
-
-# --- index hints ------------------------------------------------------------------------
-
-
-def _collect_hints(doc: dict[str, Any], hints: list[dict[str, Any]]) -> None:
-    equivalent = _equivalent_classes(doc.get("object_analysis"))
-    if equivalent is not None and "classes" not in doc:
-        del doc["object_analysis"]
-        doc["classes"] = equivalent
-    for key, value in doc.items():
-        if key == "$and" and isinstance(value, list):
-            for item in value:
-                if isinstance(item, dict):
-                    _collect_hints(item, hints)
-        elif key == "object_analysis":
-            outer = _elem_match_argument(value)
-            inner = _elem_match_argument(outer) if outer is not None else None
-            if inner is None or "classname" not in inner:
-                continue
-            if any(
-                not isinstance(k, str) or (k.startswith("$") and k not in _LOGICAL) for k in inner
-            ):
-                continue  # not a valid query document; leave it to the server to refuse
-            implied = _implied_classes(inner["classname"])
-            if implied is not None:
-                hints.append({"classes": implied})
-
-
-def _equivalent_classes(condition: Any) -> Any:
-    """``X`` when ``condition`` is exactly ``{"$elemMatch": {"$elemMatch": {"classname": X}}}``
-    with X a string, ``{"$eq": str}`` or ``{"$in": [str, ...]}``; else None."""
-    if not isinstance(condition, Mapping) or set(condition) != {"$elemMatch"}:
-        return None
-    outer = condition["$elemMatch"]
-    if not isinstance(outer, Mapping) or set(outer) != {"$elemMatch"}:
-        return None
-    inner = outer["$elemMatch"]
-    if not isinstance(inner, Mapping) or set(inner) != {"classname"}:
-        return None
-    return _implied_classes(inner["classname"])
-
-
-def _elem_match_argument(condition: Any) -> Mapping[str, Any] | None:
-    """The argument of ``$elemMatch`` in an operator document, if it has one.
-
-    Every operator in such a document must hold, so ``$elemMatch`` beside others still
-    must; an ``$elemMatch`` under ``$not`` is not a key of this document and is not seen.
-    """
-    if not isinstance(condition, Mapping) or "$elemMatch" not in condition:
-        return None
-    if not all(isinstance(k, str) and k.startswith("$") and k not in _LOGICAL for k in condition):
-        return None
-    argument = condition["$elemMatch"]
-    return argument if isinstance(argument, Mapping) else None
-
-
-def _implied_classes(classname: Any) -> Any:
-    if isinstance(classname, str):
-        return classname
-    if not isinstance(classname, Mapping) or not all(
-        isinstance(k, str) and k.startswith("$") for k in classname
-    ):
-        return None
-    equal = classname.get("$eq")
-    if isinstance(equal, str):
-        return equal
-    members = classname.get("$in")
-    if isinstance(members, list) and members and all(isinstance(m, str) for m in members):
-        return {"$in": list(members)}
-    return None
-
-
 # --- validation -------------------------------------------------------------------------
 
 
@@ -337,12 +214,6 @@ def _kind(value: Any) -> str:
     if isinstance(value, Mapping):
         return "an object"
     return f"a {type(value).__name__}"
-
-
-def _show(text: str, limit: int = 60) -> str:
-    """Text as it may appear in an error detail: escaped if unprintable, cut if long."""
-    shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _at(path: str) -> str:
@@ -637,262 +508,6 @@ class _Validator:
         if "\x00" in pattern:
             raise InvalidQuery(f"$regex must not contain a NUL character{where}")
         try:
-            _RegexShape.check(pattern, extended)
-        except _RegexRefused as exc:
+            check_regex_shape(pattern, extended)
+        except RegexRefused as exc:
             raise InvalidQuery(f"$regex {shown!r} is not allowed{where}: {exc}") from None
-
-
-# --- regex shape ------------------------------------------------------------------------
-
-
-class _RegexRefused(Exception):
-    pass
-
-
-_UNBOUNDED = -1
-_QUANTIFIER_BRACES = re.compile(r"\{[ \t]*(\d*)[ \t]*(?:(,)[ \t]*(\d*)[ \t]*)?\}")
-_EXTENDED_SPACE = frozenset(" \t\n\r\f\v")
-# Worst-case backtracking grows like `branches * n ** degree` for a subject of length n,
-# where degree counts variable-length repetitions that can run one after another and
-# branches multiplies the choices of alternations and optional items in sequence.
-_MAX_REGEX_DEGREE = 3
-_MAX_REGEX_BRANCHES = 1024
-
-
-@dataclass(slots=True)
-class _Shape:
-    degree: int = 0
-    branches: int = 1
-    quantified: bool = False  # contains a variable-length quantifier
-    alternation: bool = False  # contains |
-
-
-class _RegexShape:
-    """A small recursive-descent reader of PCRE syntax that refuses risky patterns.
-
-    Refused: a repetition (``*``, ``+``, ``{n,m}`` with m > 1) of a group that itself
-    contains a quantifier or an alternation, as in ``(a+)+``, ``(a|aa)+``, ``(.*)*``;
-    backreferences and subroutine calls; lookahead and lookbehind; every ``(?...)``
-    group except ``(?:...)`` (inline flags could switch on extended mode and hide
-    structure in comments); ``(*VERB)``s, which can raise the engine's match limits;
-    ``\\Q...\\E``; more than ``_MAX_REGEX_DEGREE`` non-possessive repetitions in sequence or
-    ``_MAX_REGEX_BRANCHES`` combined alternatives; unbalanced or unterminated syntax.
-    The reader is conservative: whatever it cannot tell is safe is refused.
-    """
-
-    def __init__(self, pattern: str, extended: bool) -> None:
-        self.s = pattern
-        self.i = 0
-        self.extended = extended
-
-    @classmethod
-    def check(cls, pattern: str, extended: bool) -> None:
-        reader = cls(pattern, extended)
-        shape = reader.alternation()
-        if reader.i < len(pattern):
-            raise _RegexRefused("unbalanced parenthesis")
-        if shape.degree > _MAX_REGEX_DEGREE:
-            raise _RegexRefused(
-                f"more than {_MAX_REGEX_DEGREE} repetitions in sequence can backtrack "
-                "heavily (a leading or trailing .* is never needed; a possessive "
-                "quantifier such as [^/]++ does not backtrack)"
-            )
-        if shape.branches > _MAX_REGEX_BRANCHES:
-            raise _RegexRefused("too many combined alternatives and optional parts")
-
-    def peek(self) -> str:
-        return self.s[self.i] if self.i < len(self.s) else ""
-
-    def skip_ignored(self) -> None:
-        if not self.extended:
-            return
-        while self.i < len(self.s):
-            c = self.s[self.i]
-            if c in _EXTENDED_SPACE:
-                self.i += 1
-            elif c == "#":
-                end = self.s.find("\n", self.i)
-                self.i = len(self.s) if end < 0 else end + 1
-            else:
-                return
-
-    def alternation(self) -> _Shape:
-        branches = [self.sequence()]
-        while self.peek() == "|":
-            self.i += 1
-            branches.append(self.sequence())
-        if len(branches) == 1:
-            return branches[0]
-        return _Shape(
-            degree=max(b.degree for b in branches),
-            branches=min(sum(b.branches for b in branches), _MAX_REGEX_BRANCHES + 1),
-            quantified=any(b.quantified for b in branches),
-            alternation=True,
-        )
-
-    def sequence(self) -> _Shape:
-        total = _Shape()
-        while True:
-            self.skip_ignored()
-            if self.peek() in ("", "|", ")"):
-                return total
-            start = self.i
-            item = self.atom()
-            self.skip_ignored()
-            bounds = self.quantifier()
-            if bounds is not None:
-                item = self.repeat(item, bounds, start)
-            total = _Shape(
-                degree=total.degree + item.degree,
-                branches=min(total.branches * item.branches, _MAX_REGEX_BRANCHES + 1),
-                quantified=total.quantified or item.quantified,
-                alternation=total.alternation or item.alternation,
-            )
-
-    def atom(self) -> _Shape:
-        s, c = self.s, self.s[self.i]
-        if c == "(":
-            if s.startswith("(*", self.i):
-                raise _RegexRefused("(*VERB) constructs are not allowed")
-            if s.startswith(("(?=", "(?!", "(?<=", "(?<!"), self.i):
-                raise _RegexRefused("lookahead and lookbehind are not allowed")
-            if s.startswith("(?:", self.i):
-                self.i += 3
-            elif s.startswith("(?", self.i):
-                raise _RegexRefused(
-                    "only (...) and (?:...) groups are allowed; use $options for flags"
-                )
-            else:
-                self.i += 1
-            body = self.alternation()
-            if self.peek() != ")":
-                raise _RegexRefused("unbalanced parenthesis")
-            self.i += 1
-            return body
-        if c == "[":
-            self.char_class()
-        elif c == "\\":
-            self.escape()
-        elif c in "*+?" or (c == "{" and self.braces() is not None):
-            raise _RegexRefused("a quantifier has nothing to repeat")
-        else:
-            self.i += 1
-        return _Shape()
-
-    def escape(self) -> None:
-        self.i += 1
-        if self.i >= len(self.s):
-            raise _RegexRefused("the pattern ends with a backslash")
-        e = self.s[self.i]
-        self.i += 1
-        if e in "123456789" or e in "gk":
-            raise _RegexRefused("backreferences are not allowed")
-        if e == "Q":
-            raise _RegexRefused("\\Q...\\E quoting is not supported; escape characters singly")
-        if e == "c":
-            if self.i >= len(self.s):
-                raise _RegexRefused("\\c needs a character after it")
-            self.i += 1  # \cX is one control character, whatever X is
-        elif e in "xoNpPu" and self.peek() == "{":
-            end = self.s.find("}", self.i)
-            if end < 0:
-                raise _RegexRefused(f"unterminated \\{e}{{...}}")
-            self.i = end + 1
-
-    def char_class(self) -> None:
-        s = self.s
-        self.i += 1
-        if self.peek() == "^":
-            self.i += 1
-        if self.peek() == "]":
-            self.i += 1  # a ] first in the class is literal
-        while self.i < len(s):
-            c = s[self.i]
-            if c == "\\":
-                self.escape_in_class()
-            elif c == "[" and s[self.i + 1 : self.i + 2] in (":", ".", "="):
-                end = s.find(s[self.i + 1] + "]", self.i + 2)
-                self.i = end + 2 if end >= 0 else self.i + 1
-            elif c == "]":
-                self.i += 1
-                return
-            else:
-                self.i += 1
-        raise _RegexRefused("unterminated character class")
-
-    def escape_in_class(self) -> None:
-        # Digits are octal escapes here, not backreferences.
-        if self.s.startswith(("\\1", "\\2", "\\3", "\\4", "\\5", "\\6", "\\7"), self.i):
-            self.i += 2
-            return
-        if self.s.startswith(("\\8", "\\9"), self.i):
-            raise _RegexRefused("backreferences are not allowed")
-        self.escape()
-
-    def braces(self) -> tuple[int, int] | None:
-        match = _QUANTIFIER_BRACES.match(self.s, self.i)
-        if match is None or not (match[1] or match[3]):
-            return None  # not a quantifier: PCRE reads the { literally
-        low = int(match[1] or 0)
-        high = low if match[2] is None else (int(match[3]) if match[3] else _UNBOUNDED)
-        if high != _UNBOUNDED and high < low:
-            raise _RegexRefused("a {min,max} quantifier has max below min")
-        self.i = match.end()
-        return low, high
-
-    def quantifier(self) -> tuple[int, int, bool] | None:
-        """``(min, max, possessive)`` of the quantifier here, if there is one."""
-        c = self.peek()
-        bounds: tuple[int, int] | None
-        if c == "*":
-            bounds = (0, _UNBOUNDED)
-        elif c == "+":
-            bounds = (1, _UNBOUNDED)
-        elif c == "?":
-            bounds = (0, 1)
-        elif c == "{":
-            return self.quantifier_suffix(self.braces())
-        else:
-            return None
-        self.i += 1
-        return self.quantifier_suffix(bounds)
-
-    def quantifier_suffix(self, bounds: tuple[int, int] | None) -> tuple[int, int, bool] | None:
-        if bounds is None:
-            return None
-        possessive = self.peek() == "+"
-        if self.peek() in ("?", "+"):
-            self.i += 1  # lazy or possessive
-        self.skip_ignored()
-        c = self.peek()
-        if c in ("*", "+", "?") or (c == "{" and _braces_quantifier(self.s, self.i)):
-            raise _RegexRefused("a quantifier cannot follow another quantifier")
-        return (*bounds, possessive)
-
-    def repeat(self, item: _Shape, bounds: tuple[int, int, bool], start: int) -> _Shape:
-        low, high, possessive = bounds
-        repeating = high == _UNBOUNDED or high > 1
-        if repeating and (item.quantified or item.alternation):
-            raise _RegexRefused(
-                f"the repeated group {_show(self.s[start : self.i], 40)!r} contains a "
-                "quantifier or alternation, which can backtrack catastrophically"
-            )
-        if low == high:  # exact count: no choice to backtrack over
-            return item
-        if repeating:
-            # A possessive repetition never gives characters back, so it adds no degree;
-            # it still counts as a quantifier for the nesting rule above.
-            degree = item.degree if possessive else item.degree + 1
-            return _Shape(degree=degree, branches=item.branches, quantified=True)
-        # Optional: the item once, or not at all.
-        return _Shape(
-            degree=item.degree,
-            branches=min(item.branches + 1, _MAX_REGEX_BRANCHES + 1),
-            quantified=True,
-            alternation=item.alternation,
-        )
-
-
-def _braces_quantifier(s: str, i: int) -> bool:
-    match = _QUANTIFIER_BRACES.match(s, i)
-    return match is not None and bool(match[1] or match[3])

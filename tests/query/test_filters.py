@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from service.errors import InvalidQuery
-from service.query.filters import FilterLimits, add_index_hints, parse_filter, validate_filter
+from service.query.filters import FilterLimits, parse_filter, validate_filter
+from service.query.hints import add_index_hints
 
 
 def _nested_and(levels: int) -> dict[str, Any]:

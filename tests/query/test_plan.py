@@ -12,7 +12,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.dbserver import LocalDatabaseServer
-from service.query.filters import add_index_hints
+from service.query.hints import add_index_hints
 from service.query.plan import condition_kind, conjoin, is_index_only
 from service.store.records import INDEXED, RECORD_INDEXES
 from tests.query.corpus import seed
