@@ -62,6 +62,11 @@ class Metrics:
             ["key", "outcome"],
             registry=r,
         )
+        self.labeling_admitted = Gauge(
+            "labelsvc_labeling_admitted",
+            "Labeling requests admitted and in progress (bounded by LABELSVC_MAX_INFLIGHT)",
+            registry=r,
+        )
         self.executor_pending = Gauge(
             "labelsvc_executor_pending", "Blocking tasks queued or running", registry=r
         )

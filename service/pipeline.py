@@ -57,7 +57,7 @@ class LabelingPipeline:
         self._analyzer = analyzer
         self._store = store
         self._metrics = metrics
-        self._inflight: dict[str, asyncio.Task[LabelOutcome]] = {}
+        self._analyses_by_hash: dict[str, asyncio.Task[LabelOutcome]] = {}
         self._max_inflight = max_inflight
         self._admitted = 0
 
@@ -107,11 +107,11 @@ class LabelingPipeline:
         if existing is not None:
             return await self._reuse(digest, url)
 
-        task = self._inflight.get(digest)
+        task = self._analyses_by_hash.get(digest)
         if task is None:
             task = asyncio.create_task(self._create(fetched, url, digest))
-            self._inflight[digest] = task
-            task.add_done_callback(lambda _: self._inflight.pop(digest, None))
+            self._analyses_by_hash[digest] = task
+            task.add_done_callback(lambda _: self._analyses_by_hash.pop(digest, None))
         outcome = await asyncio.shield(task)
         if url in outcome.record.urls:
             return outcome

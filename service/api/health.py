@@ -45,4 +45,5 @@ async def readyz(resources: ResourcesDep) -> Readiness:
 )
 async def metrics(resources: ResourcesDep) -> Response[bytes]:
     resources.metrics.executor_pending.set(resources.executor.pending)
+    resources.metrics.labeling_admitted.set(resources.pipeline.admitted)
     return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)

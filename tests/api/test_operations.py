@@ -38,6 +38,8 @@ async def test_metrics_cover_requests_stages_models_and_records(
     assert "labelsvc_records_created_total 1.0" in text
     assert 'labelsvc_fetch_failures_total{reason="upstream_status"} 1.0' in text
     assert 'labelsvc_model_info{model="yolox_nano"' in text
+    assert "labelsvc_labeling_admitted 0.0" in text
+    assert "labelsvc_executor_pending 0.0" in text
 
 
 async def test_interactive_docs_are_served(client: AppClient) -> None:
