@@ -2,11 +2,12 @@
 
 How a page and its length are fetched depends on the filter:
 
-* empty, or one indexed condition: the page first; then, unless it is the last page
-  (whose end is the count), the collection's size from its metadata or an exact count
-  (which the index alone can answer);
-* anything else: one pass over the matches computes both (``$facet``), since counting
-  has to read each match anyway;
+* empty: the page, and the collection's size from its metadata;
+* an equality on a (nearly) unique field (hash, url, id): the page, whose end is the count;
+* anything else: one pass over the matches computes both (``$facet``). Measured on the
+  development server with a class in 5% of 100,000 records, that takes 250 ms where the
+  page followed by a count took 480 ms (and 500 ms run concurrently): both read every
+  match there. On MongoDB a ``$match`` on an index feeds the same single pass;
 * a page reached by cursor: the page by its sort keys, and the count of the walk's first
   page when it is at most ``WALK_COUNT_MAX_AGE`` old (a bulk export counts once a minute,
   not once a page).
@@ -38,7 +39,7 @@ from service.query.paging import (
     encode_cursor,
     strip_fields,
 )
-from service.query.plan import conjoin, is_index_only
+from service.query.plan import conjoin, is_point_lookup
 from service.query.similar import MAX_DISTANCE, hamming, is_phash, probe_bands
 from service.store.records import Document, QueryTimedOut, RecordStore
 
@@ -114,7 +115,7 @@ async def record_page(store: RecordStore, request: PageRequest, budget: Budget) 
             if filt
             else await store.estimated_count()
         )
-    elif filt and not is_index_only(filt, store.indexed):
+    elif filt and not is_point_lookup(filt, store.indexed):
         pipeline = _facet(filt, order, skip, limit, projection)
         try:
             (facet,) = await store.aggregate(pipeline, max_time_ms=budget.count_ms)

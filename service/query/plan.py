@@ -104,9 +104,10 @@ def conjoin(*filters: Mapping[str, Any], indexed: IndexedFields) -> dict[str, An
     return merged
 
 
-def is_index_only(filt: Mapping[str, Any], indexed: IndexedFields) -> bool:
-    """Whether one index answers ``filt`` without reading documents (so a count is cheap)."""
-    if len(filt) != 1:
+def is_point_lookup(filt: Mapping[str, Any], indexed: IndexedFields) -> bool:
+    """Whether ``filt`` (as ``conjoin`` orders it) starts with an equality on a (nearly)
+    unique indexed field: a handful of matches at most, so one page holds them all."""
+    if not filt:
         return False
     key, value = next(iter(filt.items()))
-    return key in indexed.fields and condition_kind(value) in ("eq", "in", "range")
+    return key in indexed.point and condition_kind(value) == "eq"

@@ -13,7 +13,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from service.dbserver import LocalDatabaseServer
 from service.query.hints import add_index_hints
-from service.query.plan import condition_kind, conjoin, is_index_only
+from service.query.plan import condition_kind, conjoin, is_point_lookup
 from service.store.records import INDEXED, RECORD_INDEXES
 from tests.query.corpus import seed
 
@@ -63,12 +63,13 @@ def test_condition_kind(condition: Any, kind: str) -> None:
     assert condition_kind(condition) == kind
 
 
-def test_index_only() -> None:
-    assert is_index_only({"classes": "cat"}, INDEXED)
-    assert is_index_only({"width": {"$gt": 5}}, INDEXED)
-    assert not is_index_only({"classes": "cat", "width": 5}, INDEXED)
-    assert not is_index_only({"bytes": 5}, INDEXED)
-    assert not is_index_only({"classes": {"$all": ["a"]}}, INDEXED)
+def test_point_lookup() -> None:
+    assert is_point_lookup({"hash": "ab"}, INDEXED)
+    assert is_point_lookup({"url": "http://a/b.jpg", "width": 5}, INDEXED)
+    assert not is_point_lookup({}, INDEXED)
+    assert not is_point_lookup({"classes": "cat"}, INDEXED)
+    assert not is_point_lookup({"hash": {"$in": ["a", "b"]}}, INDEXED)
+    assert not is_point_lookup({"width": 5, "hash": "ab"}, INDEXED)  # not in conjoin's order
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
