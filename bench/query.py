@@ -287,7 +287,7 @@ async def raw_find_and_count(
     order: SortOrder = BY_ID,
     projection: dict[str, int] | None = None,
 ) -> tuple[list[Document], int]:
-    """A page, then (when the page is full) the count: what the service does for one index."""
+    """A page, then (when the page is full) the count: what the service does for a point lookup."""
     documents = await (
         coll.find(filt, projection).sort(order.spec()).limit(PAGE + 1).max_time_ms(QUERY_MS)
     ).to_list()
@@ -310,17 +310,18 @@ async def raw_walk_page(
 
 
 async def raw_facet(
-    coll: AsyncCollection[Document], filt: dict[str, Any]
+    coll: AsyncCollection[Document],
+    filt: dict[str, Any],
+    order: SortOrder = BY_ID,
+    projection: dict[str, int] | None = None,
 ) -> tuple[list[Document], int]:
-    """Page and count in one pass: what the service does for other filters."""
+    """Page and count in one pass: what the service does for every non-point filter."""
+    page: list[Document] = [{"$sort": dict(order.spec())}, {"$limit": PAGE + 1}]
+    if projection:
+        page.append({"$project": projection})
     pipeline: list[Document] = [
         {"$match": filt},
-        {
-            "$facet": {
-                "page": [{"$sort": {"_id": 1}}, {"$limit": PAGE + 1}],
-                "total": [{"$count": "n"}],
-            }
-        },
+        {"$facet": {"page": page, "total": [{"$count": "n"}]}},
     ]
     (facet,) = await (await coll.aggregate(pipeline, maxTimeMS=COUNT_MS)).to_list()
     return facet["page"][:PAGE], (facet["total"][0]["n"] if facet["total"] else 0)
@@ -415,7 +416,7 @@ def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
             True,
             "/v1/records",
             q({"classes": rare_class}),
-            lambda c, i: raw_find_and_count(c, by_class),
+            lambda c, i: raw_facet(c, by_class),
             page_ids,
         ),
         Kind(
@@ -431,7 +432,7 @@ def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
             True,
             "/v1/records",
             q({"tags.name": rare_tag}),
-            lambda c, i: raw_find_and_count(c, sent({"tags.name": rare_tag})),
+            lambda c, i: raw_facet(c, sent({"tags.name": rare_tag})),
             page_ids,
         ),
         Kind(
@@ -439,7 +440,7 @@ def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
             True,
             "/v1/records",
             q({"width": {"$gte": wide}}),
-            lambda c, i: raw_find_and_count(c, sent({"width": {"$gte": wide}})),
+            lambda c, i: raw_facet(c, sent({"width": {"$gte": wide}})),
             page_ids,
         ),
         Kind(
@@ -447,7 +448,7 @@ def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
             True,
             "/v1/records",
             q({"label_quality_estimation": {"$gte": good}}),
-            lambda c, i: raw_find_and_count(c, sent({"label_quality_estimation": {"$gte": good}})),
+            lambda c, i: raw_facet(c, sent({"label_quality_estimation": {"$gte": good}})),
             page_ids,
         ),
         Kind(
@@ -455,7 +456,7 @@ def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
             True,
             "/v1/records",
             q(recent, sort="-datetime"),
-            lambda c, i: raw_find_and_count(c, sent(recent), newest_first),
+            lambda c, i: raw_facet(c, sent(recent), newest_first),
             page_ids,
         ),
         Kind(
@@ -473,7 +474,7 @@ def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
             True,
             "/v1/records",
             q({"classes": rare_class}, fields="url,classes"),
-            lambda c, i: raw_find_and_count(c, by_class, projection={"url": 1, "classes": 1}),
+            lambda c, i: raw_facet(c, by_class, projection={"url": 1, "classes": 1}),
             page_ids,
         ),
         Kind(
@@ -481,7 +482,7 @@ def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
             True,
             "/v1/search",
             lambda _: {"text": one_term},
-            lambda c, i: raw_find_and_count(c, {"keywords": term}, NEWEST),
+            lambda c, i: raw_facet(c, {"keywords": term}, NEWEST),
             page_ids,
         ),
         Kind(
