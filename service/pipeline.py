@@ -147,6 +147,7 @@ class LabelingPipeline:
     ) -> Record:
         now = utc_now()
         decoded, boxes = analysis.decoded, analysis.boxes
+        classes = classes_of(boxes)
         return Record(
             id=new_record_id(),
             url=url,
@@ -159,7 +160,7 @@ class LabelingPipeline:
             format=decoded.format,
             bytes=len(fetched.data),
             object_analysis=[boxes],
-            classes=classes_of(boxes),
+            classes=classes,
             label_quality_estimation=analysis.quality.score,
             label_quality=analysis.quality,
             tags=analysis.tags,
@@ -168,7 +169,7 @@ class LabelingPipeline:
             dominant_colors=analysis.properties.dominant_colors,
             analyses=self._analyzer.lineage(now),
             keywords=keywords_for(
-                classes_of(boxes),
+                classes,
                 [t.name for t in analysis.tags],
                 [analysis.caption.title, analysis.caption.description],
             ),

@@ -40,11 +40,9 @@ class MicroBatcher(Generic[T, R]):
         self._policy = policy
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._flush: asyncio.TimerHandle | None = None
-        self.batches_run = 0
 
     async def submit(self, item: T) -> R:
         if self._policy.max_batch_size == 1:
-            self.batches_run += 1
             results: Sequence[R] = await self._execute(self._run_batch, [item])
             return results[0]
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -63,7 +61,6 @@ class MicroBatcher(Generic[T, R]):
             self._flush = None
         batch, self._waiting = self._waiting, []
         if batch:
-            self.batches_run += 1
             asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:

@@ -16,7 +16,6 @@ from typing import TypeGuard
 
 BANDS = 4
 BAND_BITS = 16
-HASH_BITS = BANDS * BAND_BITS
 # Band values probed: 4 up to distance 3, 4 * 17 up to 7, 4 * 137 up to 11. The default is
 # the largest distance of the middle tier.
 DEFAULT_DISTANCE = 7
