@@ -38,7 +38,7 @@ from service.score import quality
 
 Params = dict[str, float | int | str | bool]
 
-QUALITY_MODEL = "expected-f1-logistic-v1"
+QUALITY_MODEL = "expected-f1-logistic-v2"
 GROUNDED = "grounded-v1"
 TAG_TOP_K = 5
 TAG_MIN_CONF = 0.05
@@ -105,15 +105,18 @@ class ImageAnalyzer:
         refused once it is (see ``BlockingExecutor.run_admitted``)."""
         decoded = await executor.run(self._decode, data)
         image, run = decoded.image, executor.run_admitted
-        detections, second, tags, props = await asyncio.gather(
+        found, second, tags, props = await asyncio.gather(
             run(self._detect, image),
             run(self._second_opinion, image),
             run(self._tag, image),
             run(self._describe, image, decoded),
         )
         with self._metrics.stage("score"):
-            kept = [d for d in detections if d.conf >= quality.KEPT_CONF]
-            estimate = quality.estimate(kept, second, tags, props, image.size)
+            # One detector pass serves both: the labels (>= min_confidence) and, for the
+            # quality estimate, the boxes just below the kept threshold.
+            detections = [d for d in found if d.conf >= self.min_confidence]
+            kept = [d for d in found if d.conf >= quality.KEPT_CONF]
+            estimate = quality.estimate(kept, second, tags, props, image.size, below=found)
             per_box = quality.box_quality(detections, second)
             caption = grounded_caption(detections, tags, props)
         if self._captions is not None:
@@ -152,7 +155,10 @@ class ImageAnalyzer:
                 QUALITY_MODEL,
                 "1",
                 None,
-                {"second_opinion": models.second is not None},
+                {
+                    "second_opinion": models.second is not None,
+                    "sub_threshold_min_confidence": quality.SUB_MIN_CONF,
+                },
                 processed_at,
             ),
         ]
@@ -179,8 +185,14 @@ class ImageAnalyzer:
             )
 
     def _detect(self, image: Image.Image) -> list[Detection]:
+        """Detections down to the lower of ``min_confidence`` and ``quality.SUB_MIN_CONF``.
+
+        Greedy class-aware NMS only lets a box be suppressed by a higher-scoring one, so the
+        boxes at or above ``min_confidence`` are exactly those a pass at that threshold finds.
+        """
+        floor = min(self.min_confidence, quality.SUB_MIN_CONF)
         with self._stage("detect", self.detector):
-            return self.detector.detect(image, self.min_confidence)
+            return self.detector.detect(image, floor)
 
     def _second_opinion(self, image: Image.Image) -> list[Detection] | None:
         second = self.models.second

@@ -4,21 +4,33 @@
 for the detections the service keeps (conf >= ``KEPT_CONF``). An image with no objects and
 no detections counts as right; one side empty and the other not, as wrong.
 
-How: a second, independent detector (NanoDet) looks at the same image.
+How: a second, independent detector (NanoDet) looks at the same image, and the detector's own
+boxes just below the kept threshold (``SUB_MIN_CONF`` <= conf < ``KEPT_CONF``, found by the
+same detector pass) are kept aside as evidence of objects the labels missed.
 
 * Each kept box gets a probability of being a true positive from its own confidence and
   the confidence of the same-class second-opinion box that overlaps it at IoU >= 0.5
   (``box_quality``).
 * Each second-opinion box (conf >= ``SECOND_MIN_CONF``) that no kept box of its class
-  overlaps gets a probability of being an object the labels missed.
+  overlaps gets a probability of being an object the labels missed, from its confidence,
+  its size (log share of the image area; the objects the detector misses are mostly small)
+  and the confidence of the same-class sub-threshold detector box that overlaps it at
+  IoU >= 0.5 (0 if none): both detectors seeing the same object is the strongest sign of a
+  miss.
 * Those give an expected F1, ``2*TP / (kept + TP + missed)``, and one logistic regression
   maps it to the probability that F1 >= 0.5.
 
+Without a second opinion the fallback model scores kept boxes on confidence alone and takes
+the sub-threshold boxes that no kept box of their class overlaps as the missed-object
+candidates (confidence and size).
+
 The coefficients were fitted by ``python -m bench.quality --fit`` on half of the evalset
-(images sorted by id, even positions); the bench reports on the other half. Cleanlab-style
-agreement (overlooked / badly located / swapped), the confidence profile, tagger/detector
-consistency and image quality are reported in ``components`` but left out of the score: on
-the fit half none of them raised the cross-validated AUROC once the expected F1 was in.
+(images sorted by id, even positions); the bench reports on the other half. The features were
+chosen by repeated 5-fold cross-validation inside that fit half only. Cleanlab-style agreement
+(overlooked / badly located / swapped), the confidence profile, tagger/detector consistency,
+image quality and the sub-threshold counts are reported in ``components`` but left out of
+the score: on the fit half none of them raised the cross-validated AUROC once the expected F1
+was in (image-level counts and box sizes fed to the final regression next to it lowered it).
 Pure numpy, no I/O.
 """
 
@@ -36,6 +48,10 @@ from service.infer.yolox import Detection
 
 KEPT_CONF = 0.25
 SECOND_MIN_CONF = 0.1
+# The detector's own boxes in [SUB_MIN_CONF, KEPT_CONF): not labels, evidence of misses.
+SUB_MIN_CONF = 0.1
+# Box sizes enter as log(area / image area), floored here.
+MIN_AREA_FRACTION = 1e-6
 MATCH_IOU = 0.5
 AMBIGUOUS_BAND = (0.25, 0.5)
 
@@ -54,8 +70,11 @@ class QualityModel:
     """Fitted coefficients: per-box TP model, per-box missed-object model, image calibration.
 
     ``box_coef`` weighs ``[log conf, matched second-opinion conf]`` (just ``[log conf]`` for
-    a model without a second opinion); ``miss_coef`` weighs ``[log conf]`` of an unmatched
-    second-opinion box; ``slope`` weighs ``logit(expected F1)``.
+    a model without a second opinion); ``miss_coef`` weighs ``miss_features`` of each
+    missed-object candidate: ``[log conf, log area share, confirming sub-threshold conf]`` of
+    an unmatched second-opinion box, or ``[log conf, log area share]`` of an unclaimed
+    sub-threshold box for a model without a second opinion; ``slope`` weighs
+    ``logit(expected F1)``.
     """
 
     box_intercept: float
@@ -206,11 +225,52 @@ def unmatched_second(primary: Sequence[Detection], second: Sequence[Detection]) 
     return [d for d, c in zip(candidates, claimed, strict=True) if not c]
 
 
-def miss_features(primary: Sequence[Detection], second: Sequence[Detection]) -> np.ndarray:
-    """``[log conf]`` of each box of ``unmatched_second``."""
-    conf = np.array([d.conf for d in unmatched_second(primary, second)], dtype=np.float64)
-    result: np.ndarray = np.log(np.maximum(conf, 1e-6)).reshape(-1, 1)
+def sub_threshold(detections: Sequence[Detection]) -> list[Detection]:
+    """The detector's boxes with ``SUB_MIN_CONF <= conf < KEPT_CONF`` (never labels)."""
+    return [d for d in detections if SUB_MIN_CONF <= d.conf < KEPT_CONF]
+
+
+def unclaimed_below(primary: Sequence[Detection], below: Sequence[Detection]) -> list[Detection]:
+    """Sub-threshold boxes that no kept box of their class overlaps at IoU >= 0.5."""
+    candidates = sub_threshold(below)
+    _, claimed = _same_class_overlap(primary, candidates)
+    return [d for d, c in zip(candidates, claimed, strict=True) if not c]
+
+
+def miss_candidates(
+    primary: Sequence[Detection], second: Sequence[Detection] | None, below: Sequence[Detection]
+) -> list[Detection]:
+    """Boxes that may be objects the labels missed: ``unmatched_second``, or without a second
+    opinion ``unclaimed_below``."""
+    if second is not None:
+        return unmatched_second(primary, second)
+    return unclaimed_below(primary, below)
+
+
+def log_area_share(detections: Sequence[Detection], image_size: tuple[int, int]) -> np.ndarray:
+    """``log(box area / image area)`` of each box, floored at ``MIN_AREA_FRACTION``."""
+    boxes = _xyxy(detections)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    image_area = max(float(image_size[0]) * float(image_size[1]), 1.0)
+    result: np.ndarray = np.log(np.maximum(area / image_area, MIN_AREA_FRACTION))
     return result
+
+
+def miss_features(
+    primary: Sequence[Detection],
+    second: Sequence[Detection] | None,
+    below: Sequence[Detection],
+    image_size: tuple[int, int],
+) -> np.ndarray:
+    """Per ``miss_candidates`` box: ``[log conf, log area share]`` plus, with a second
+    opinion, the conf of the same-class sub-threshold box overlapping it at IoU >= 0.5 (0 if
+    none)."""
+    candidates = miss_candidates(primary, second, below)
+    conf = np.array([d.conf for d in candidates], dtype=np.float64)
+    columns = [np.log(np.maximum(conf, 1e-6)), log_area_share(candidates, image_size)]
+    if second is not None:
+        columns.append(_same_class_overlap(candidates, sub_threshold(below))[0])
+    return np.stack(columns, axis=1).reshape(len(candidates), len(columns))
 
 
 def _linear(intercept: float, coef: Sequence[float], x: np.ndarray) -> np.ndarray:
@@ -237,17 +297,14 @@ def box_quality(
     return [round(float(p), 4) for p in _sigmoid(logits)]
 
 
-def expected_f1(
-    quality: Sequence[float], missed: np.ndarray, *, n_kept: int, has_second: bool
-) -> float:
+def expected_f1(quality: Sequence[float], missed: np.ndarray, *, n_kept: int) -> float:
     """``2*TP / (kept + TP + missed)`` from per-box probabilities.
 
     With no kept boxes the labels are right only if nothing was missed: the probability
-    that none of the unmatched second-opinion boxes is a real object (0.5 with no second
-    opinion: nothing to go on).
+    that none of the missed-object candidates is a real object.
     """
     if n_kept == 0:
-        return float(np.prod(1.0 - missed)) if has_second else 0.5
+        return float(np.prod(1.0 - missed))
     tp = float(np.sum(quality))
     return 2.0 * tp / (n_kept + tp + float(np.sum(missed)))
 
@@ -302,32 +359,37 @@ def estimate(
     props: ImageProperties | None,
     image_size: tuple[int, int],
     *,
+    below: Sequence[Detection],
     model: QualityModel | None = None,
 ) -> LabelQuality:
     """The label-quality estimate of one image.
 
-    ``primary``: the kept detections (conf >= ``KEPT_CONF``) being judged. ``second``: the
-    second opinion's detections at conf >= ``SECOND_MIN_CONF`` (NanoDet), or ``None`` when
-    it is unavailable, which uses a weaker fallback model. The shipped coefficients were
-    fitted on NanoDet; other second opinions (YOLOX on the flipped image) need their own
-    ``model`` (``bench.quality`` fits one). ``tags`` and ``props`` only feed ``components``.
-    ``image_size`` is ``(width, height)``.
+    ``primary``: the kept detections (conf >= ``KEPT_CONF``) being judged. ``below``: the
+    same detector pass at a lower threshold; only its boxes with ``SUB_MIN_CONF <= conf <
+    KEPT_CONF`` are used (``sub_threshold``), so the whole low-threshold list can be passed.
+    ``second``: the second opinion's detections at conf >= ``SECOND_MIN_CONF`` (NanoDet), or
+    ``None`` when it is unavailable, which uses a weaker fallback model. The shipped
+    coefficients were fitted on NanoDet; other second opinions (YOLOX on the flipped image)
+    need their own ``model`` (``bench.quality`` fits one). ``tags`` and ``props`` only feed
+    ``components``. ``image_size`` is ``(width, height)``.
     """
     model = model or _model_for(second)
     used_second = second if model.uses_second else None
     quality = box_quality(primary, used_second, model=model)
-    missed = np.zeros(0)
-    if used_second is not None:
-        miss_x = miss_features(primary, used_second)
-        missed = _sigmoid(_linear(model.miss_intercept, model.miss_coef, miss_x))
-    f1 = expected_f1(quality, missed, n_kept=len(primary), has_second=used_second is not None)
+    miss_x = miss_features(primary, used_second, below, image_size)
+    missed = _sigmoid(_linear(model.miss_intercept, model.miss_coef, miss_x))
+    f1 = expected_f1(quality, missed, n_kept=len(primary))
     score = float(_sigmoid(np.array(model.intercept + model.slope * _logit(f1))))
     components: dict[str, float] = {
         "expected_f1": f1,
         "expected_precision": float(np.mean(quality)) if quality else 0.0,
         "expected_missed": float(np.sum(missed)),
         **confidence_profile(primary),
+        "sub_threshold_count": float(len(sub_threshold(below))),
     }
+    if used_second is not None:
+        # unmatched second-opinion boxes that the detector also saw below the threshold
+        components["confirmed_missed"] = float(np.sum(miss_x[:, 2] > 0.0))
     if second is not None:
         candidates = [d for d in second if d.conf >= SECOND_MIN_CONF]
         components.update(
@@ -465,19 +527,20 @@ MIN_SIMILARITY = 1.87677e-32
 WITH_SECOND = QualityModel(
     box_intercept=1.38748,
     box_coef=(2.65155, 2.98306),
-    miss_intercept=0.449021,
-    miss_coef=(2.07668,),
-    intercept=-0.0902731,
-    slope=1.68132,
+    miss_intercept=-1.34935,
+    miss_coef=(1.41546, -0.0739317, 9.0526),
+    intercept=-0.217891,
+    slope=1.86199,
     uses_second=True,
 )
-# The fallback when no second opinion is available: confidence alone (much weaker).
+# The fallback when no second opinion is available: confidence, and the sub-threshold boxes as
+# the only evidence of misses (much weaker).
 WITHOUT_SECOND = QualityModel(
     box_intercept=2.90942,
     box_coef=(3.24815,),
-    miss_intercept=0.0,
-    miss_coef=(0.0,),
-    intercept=-0.275312,
-    slope=0.624163,
+    miss_intercept=-0.0260802,
+    miss_coef=(1.31585, -0.204753),
+    intercept=-0.46702,
+    slope=0.991881,
     uses_second=False,
 )

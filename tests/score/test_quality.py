@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.quality import match_image
+from bench.quality import match_image, stratified_folds
 from service.describe.properties import ImageProperties
 from service.infer.manifest import read_lines
 from service.infer.tagger import Tag, parse_class_names
@@ -21,9 +21,14 @@ from service.score.quality import (
     box_quality,
     estimate,
     expected_f1,
+    log_area_share,
+    miss_candidates,
+    miss_features,
     similarity_matrix,
     softmin_pool,
+    sub_threshold,
     tag_consistency,
+    unclaimed_below,
     unflip,
     unmatched_second,
 )
@@ -120,40 +125,112 @@ class TestBoxQuality:
         assert unmatched_second([CAT_BOX], [CAT_BOX, dog_on_cat]) == [dog_on_cat]
 
 
+class TestMissCandidates:
+    def test_sub_threshold_band(self) -> None:
+        found = [det(CAT, c, 0, 0, 10, 10) for c in (0.05, 0.1, 0.2, 0.25, 0.9)]
+        assert [d.conf for d in sub_threshold(found)] == [0.1, 0.2]
+
+    def test_unclaimed_below_is_class_aware(self) -> None:
+        cat_again = det(CAT, 0.2, 102, 100, 300, 300)  # the kept cat, found twice
+        dog_on_cat = det(DOG, 0.2, 100, 100, 300, 300)
+        far_cat = det(CAT, 0.2, 400, 300, 450, 350)
+        below = [cat_again, dog_on_cat, far_cat, CAT_BOX]  # CAT_BOX is kept, not below
+        assert unclaimed_below([CAT_BOX], below) == [dog_on_cat, far_cat]
+
+    def test_candidates_come_from_the_second_opinion_when_there_is_one(self) -> None:
+        person = det(PERSON, 0.5, 400, 50, 500, 400)
+        faint_dog = det(DOG, 0.2, 0, 0, 50, 50)
+        assert miss_candidates([CAT_BOX], [CAT_BOX, person], [faint_dog]) == [person]
+        assert miss_candidates([CAT_BOX], None, [faint_dog]) == [faint_dog]
+
+    def test_log_area_share(self) -> None:
+        whole = det(CAT, 0.9, 0, 0, 640, 480)
+        quarter = det(CAT, 0.9, 0, 0, 320, 240)
+        point = det(CAT, 0.9, 5, 5, 5.01, 5.01)
+        shares = log_area_share([whole, quarter, point], SIZE)
+        assert shares[:2] == pytest.approx([0.0, np.log(0.25)])
+        assert shares[2] == pytest.approx(np.log(quality.MIN_AREA_FRACTION))
+        assert log_area_share([], SIZE).shape == (0,)
+
+    def test_miss_features(self) -> None:
+        person = det(PERSON, 0.5, 400, 50, 500, 400)
+        echo = det(PERSON, 0.2, 402, 50, 500, 400)  # the detector saw it too, below threshold
+        x = miss_features([CAT_BOX], [person], [echo], SIZE)
+        assert x.shape == (1, 3)
+        assert x[0] == pytest.approx([np.log(0.5), np.log(100 * 350 / (640 * 480)), 0.2])
+        assert miss_features([CAT_BOX], [person], [], SIZE)[0, 2] == 0.0
+        assert miss_features([CAT_BOX], None, [echo], SIZE).shape == (1, 2)
+        assert miss_features([], [], [], SIZE).shape == (0, 3)
+
+
 class TestEstimate:
     def test_agreement_scores_higher_than_disagreement(self) -> None:
-        agree = estimate([CAT_BOX, PERSON_BOX], [CAT_BOX, PERSON_BOX], None, None, SIZE)
+        agree = estimate([CAT_BOX, PERSON_BOX], [CAT_BOX, PERSON_BOX], None, None, SIZE, below=[])
         missed = [det(PERSON, 0.7, x, 300, x + 40, 420) for x in range(0, 600, 60)]
+        # the detector saw the same people, below the kept threshold
+        echoes = [det(PERSON, 0.15, x, 300, x + 40, 420) for x in range(0, 600, 60)]
         second = [det(DOG, 0.8, 100, 100, 300, 300), *missed]
-        disagree = estimate([CAT_BOX], second, None, None, SIZE)
+        disagree = estimate([CAT_BOX], second, None, None, SIZE, below=echoes)
         assert 0.0 <= disagree.score < 0.3 < 0.7 < agree.score <= 1.0
         assert len(agree.box_quality) == 2
         assert disagree.components["expected_missed"] > 3
 
+    def test_sub_threshold_confirmation_raises_the_missed_estimate(self) -> None:
+        person = det(PERSON, 0.3, 400, 50, 500, 400)
+        echo = det(PERSON, 0.2, 402, 50, 500, 400)
+        other_class = det(DOG, 0.2, 402, 50, 500, 400)
+        alone = estimate([CAT_BOX], [CAT_BOX, person], None, None, SIZE, below=[])
+        confirmed = estimate([CAT_BOX], [CAT_BOX, person], None, None, SIZE, below=[echo])
+        unrelated = estimate([CAT_BOX], [CAT_BOX, person], None, None, SIZE, below=[other_class])
+        assert confirmed.components["expected_missed"] > alone.components["expected_missed"]
+        assert confirmed.score < alone.score
+        assert unrelated.score == alone.score
+        assert (confirmed.components["confirmed_missed"], alone.components["confirmed_missed"]) == (
+            1.0,
+            0.0,
+        )
+        assert confirmed.components["sub_threshold_count"] == 1.0
+        # kept boxes (and boxes below SUB_MIN_CONF) passed in ``below`` are not evidence
+        assert estimate([CAT_BOX], [CAT_BOX, person], None, None, SIZE, below=[CAT_BOX]) == alone
+
     def test_no_detections(self) -> None:
-        nothing = estimate([], [], None, None, SIZE)
-        overlooked = estimate([], [det(PERSON, 0.9, 0, 0, 100, 200)], None, None, SIZE)
+        nothing = estimate([], [], None, None, SIZE, below=[])
+        person = det(PERSON, 0.9, 0, 0, 100, 200)
+        echo = det(PERSON, 0.2, 0, 0, 100, 200)
+        unconfirmed = estimate([], [person], None, None, SIZE, below=[])
+        overlooked = estimate([], [person], None, None, SIZE, below=[echo])
         assert nothing.score > 0.8  # both empty: right
-        assert overlooked.score < 0.5
+        assert overlooked.score < 0.5 < unconfirmed.score < nothing.score
         assert nothing.box_quality == []
-        assert estimate([], None, None, None, SIZE).components["expected_f1"] == 0.5
+        # without a second opinion, the sub-threshold boxes are the only evidence
+        empty = estimate([], None, None, None, SIZE, below=[])
+        faint = estimate([], None, None, None, SIZE, below=[det(PERSON, 0.2, 0, 0, 100, 200)])
+        assert empty.components["expected_f1"] == 1.0
+        assert faint.components["expected_f1"] < 1.0
+        assert faint.score < empty.score
 
     def test_without_a_second_opinion_uses_the_fallback(self) -> None:
-        result = estimate([CAT_BOX], None, None, None, SIZE)
+        result = estimate([CAT_BOX], None, None, None, SIZE, below=[])
         assert 0.0 < result.score < 1.0
         assert "agreement" not in result.components
         assert result.box_quality == box_quality([CAT_BOX], None, model=WITHOUT_SECOND)
-        forced = estimate([CAT_BOX], [CAT_BOX], None, None, SIZE, model=WITHOUT_SECOND)
+        forced = estimate([CAT_BOX], [CAT_BOX], None, None, SIZE, below=[], model=WITHOUT_SECOND)
         assert forced.score == result.score
+        faint_dogs = [det(DOG, 0.2, x, 400, x + 50, 450) for x in range(0, 600, 100)]
+        missed = estimate([CAT_BOX], None, None, None, SIZE, below=faint_dogs)
+        assert missed.components["expected_missed"] > 1.0
+        assert missed.score < result.score
 
     def test_components(self) -> None:
         tags = [Tag("tabby", 0.6), Tag("golden retriever", 0.2), Tag("laptop", 0.1)]
-        result = estimate([CAT_BOX, PERSON_BOX], [CAT_BOX], tags, props(), SIZE)
+        result = estimate([CAT_BOX, PERSON_BOX], [CAT_BOX], tags, props(), SIZE, below=[])
         c = result.components
         for key in (
             "expected_f1",
             "expected_precision",
             "expected_missed",
+            "sub_threshold_count",
+            "confirmed_missed",
             "mean_conf",
             "min_conf",
             "ambiguous_share",
@@ -173,24 +250,30 @@ class TestEstimate:
         assert (c["count"], c["mean_conf"], c["min_conf"]) == (2.0, 0.85, 0.8)
         assert (c["tag_support"], c["tag_missing"]) == (0.6, 0.2)
         # tags and image properties are reported, not scored
-        assert result.score == estimate([CAT_BOX, PERSON_BOX], [CAT_BOX], None, None, SIZE).score
+        assert (
+            result.score
+            == estimate([CAT_BOX, PERSON_BOX], [CAT_BOX], None, None, SIZE, below=[]).score
+        )
 
     def test_image_quality_components(self) -> None:
-        dark = estimate([CAT_BOX], None, None, props(brightness=0.05, sharpness=5.0), SIZE)
-        good = estimate([CAT_BOX], None, None, props(), SIZE)
+        dark = estimate(
+            [CAT_BOX], None, None, props(brightness=0.05, sharpness=5.0), SIZE, below=[]
+        )
+        good = estimate([CAT_BOX], None, None, props(), SIZE, below=[])
         assert dark.components["exposure"] < good.components["exposure"]
         assert dark.components["sharpness"] < good.components["sharpness"]
 
 
 def test_expected_f1() -> None:
-    assert expected_f1([1.0, 1.0], np.zeros(0), n_kept=2, has_second=True) == 1.0
-    assert expected_f1([1.0], np.array([1.0]), n_kept=1, has_second=True) == pytest.approx(2 / 3)
-    assert expected_f1([], np.array([0.5, 0.5]), n_kept=0, has_second=True) == 0.25
+    assert expected_f1([1.0, 1.0], np.zeros(0), n_kept=2) == 1.0
+    assert expected_f1([1.0], np.array([1.0]), n_kept=1) == pytest.approx(2 / 3)
+    assert expected_f1([], np.array([0.5, 0.5]), n_kept=0) == 0.25
+    assert expected_f1([], np.zeros(0), n_kept=0) == 1.0
 
 
 def test_ambiguous_band() -> None:
     boxes = [det(CAT, c, 10 * i, 0, 10 * i + 5, 5) for i, c in enumerate((0.3, 0.45, 0.5, 0.9))]
-    assert estimate(boxes, None, None, None, SIZE).components["ambiguous_share"] == 0.5
+    assert estimate(boxes, None, None, None, SIZE, below=[]).components["ambiguous_share"] == 0.5
 
 
 def test_tag_consistency_ignores_unmapped_lemmas() -> None:
@@ -215,8 +298,12 @@ def test_tag_map_names_real_lemmas_and_classes(model_dir: Path) -> None:
 def test_shipped_models_are_sane() -> None:
     assert WITH_SECOND.uses_second and not WITHOUT_SECOND.uses_second
     assert len(WITH_SECOND.box_coef) == 2 and len(WITHOUT_SECOND.box_coef) == 1
+    assert len(WITH_SECOND.miss_coef) == 3 and len(WITHOUT_SECOND.miss_coef) == 2
     assert WITH_SECOND.slope > 0 and WITHOUT_SECOND.slope > 0
-    assert all(c > 0 for c in WITH_SECOND.box_coef + WITH_SECOND.miss_coef)
+    assert all(c > 0 for c in WITH_SECOND.box_coef + WITHOUT_SECOND.box_coef)
+    # more confident candidates, and candidates the detector saw too, are likelier misses
+    assert WITH_SECOND.miss_coef[0] > 0 and WITHOUT_SECOND.miss_coef[0] > 0
+    assert WITH_SECOND.miss_coef[2] > 0
 
 
 class TestTruthMatching:
@@ -239,3 +326,11 @@ class TestTruthMatching:
         assert match_image([], [])[:3] == (1.0, 1.0, 1.0)
         assert match_image([], [("cat", (0.0, 0.0, 9.0, 9.0), False)])[2] == 0.0
         assert match_image([CAT_BOX], [])[2] == 0.0
+
+
+def test_stratified_folds_deal_right_and_wrong_images_evenly() -> None:
+    right = np.array([True] * 41 + [False] * 23)
+    fold = stratified_folds(right, 5, np.random.default_rng(0))
+    for k in range(5):
+        assert int(np.sum(right & (fold == k))) in (8, 9)
+        assert int(np.sum(~right & (fold == k))) in (4, 5)
