@@ -1,4 +1,4 @@
-"""Command line: ``python -m service serve | openapi | keys ...``."""
+"""Command line: ``python -m service serve | openapi | keys ... | backfill``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from service.backfill_cli import add_backfill_parser, run_backfill_command
 from service.settings import ConfigError, Settings
 
 
@@ -27,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys.add_parser("list", help="list keys (never their secrets)")
     revoke = keys.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("--name", required=True)
+    add_backfill_parser(commands)
     args = parser.parse_args(argv)
 
     if args.command == "openapi":
@@ -44,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from service.launcher import serve
 
         return serve(settings)
+    if args.command == "backfill":
+        return asyncio.run(run_backfill_command(settings, args))
     from service.keys_cli import run_keys_command
 
     return asyncio.run(run_keys_command(settings, args))

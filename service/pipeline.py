@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from service.analysis import ImageAnalysis, ImageAnalyzer
 from service.domain.records import (
     Record,
-    classes_of,
     flag,
     is_record_id,
     new_record_id,
@@ -26,8 +25,7 @@ from service.errors import BadRequest, Overloaded, RecordNotFound, ServiceError
 from service.executor import BlockingExecutor
 from service.fetch.download import Fetched, ImageFetcher
 from service.observability import Metrics
-from service.query.keywords import keywords_for
-from service.query.similar import phash_bands
+from service.query.derived import derive
 from service.store.records import RecordStore
 
 
@@ -147,7 +145,13 @@ class LabelingPipeline:
     ) -> Record:
         now = utc_now()
         decoded, boxes = analysis.decoded, analysis.boxes
-        classes = classes_of(boxes)
+        caption = analysis.caption
+        derived = derive(
+            (box.classname for box in boxes),
+            [tag.name for tag in analysis.tags],
+            [caption.title, caption.description],
+            analysis.properties.phash,
+        )
         return Record(
             id=new_record_id(),
             url=url,
@@ -160,18 +164,14 @@ class LabelingPipeline:
             format=decoded.format,
             bytes=len(fetched.data),
             object_analysis=[boxes],
-            classes=classes,
+            classes=derived["classes"],
             label_quality_estimation=analysis.quality.score,
             label_quality=analysis.quality,
             tags=analysis.tags,
-            caption=analysis.caption,
+            caption=caption,
             image_properties=analysis.properties,
             dominant_colors=analysis.properties.dominant_colors,
             analyses=self._analyzer.lineage(now),
-            keywords=keywords_for(
-                classes,
-                [t.name for t in analysis.tags],
-                [analysis.caption.title, analysis.caption.description],
-            ),
-            phash_bands=phash_bands(analysis.properties.phash),
+            keywords=derived["keywords"],
+            phash_bands=derived["phash_bands"],
         )

@@ -136,11 +136,6 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     phash_bands: list[str] = []
 
 
-def classes_of(boxes: list[Box]) -> list[str]:
-    """The distinct class names of ``boxes``: the flat, indexable twin of ``object_analysis``."""
-    return sorted({box.classname for box in boxes})
-
-
 def record_from_document(document: dict[str, object]) -> Record:
     return msgspec.convert(document, Record)
 

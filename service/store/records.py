@@ -100,6 +100,12 @@ def _unresponsive() -> DatabaseUnavailable:
     )
 
 
+def records_collection(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:
+    """The records, written with journaled acknowledgement: an acknowledged record survives a
+    database crash."""
+    return database.get_collection("records", write_concern=DURABLE)
+
+
 class RecordStore:
     def __init__(
         self,
@@ -108,10 +114,7 @@ class RecordStore:
         max_time_ms: int,
         operation_timeout_ms: int = 10_000,
     ) -> None:
-        # Journaled writes: a record is acknowledged only once it survives a database crash.
-        self._records: AsyncCollection[Document] = database.get_collection(
-            "records", write_concern=DURABLE
-        )
+        self._records = records_collection(database)
         self._max_time_ms = max_time_ms
         self._operation_timeout = operation_timeout_ms / 1000
         self._counts: dict[bytes, tuple[float, int | None]] = {}

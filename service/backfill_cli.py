@@ -1,0 +1,63 @@
+"""``python -m service backfill``: bring the derived fields of stored records up to date."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pymongo import AsyncMongoClient
+
+from service.settings import Settings
+from service.store.backfill import BackfillProgress, backfill_derived_fields
+from service.store.records import Document, RecordStore, records_collection
+
+
+def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "backfill",
+        help="recompute classes, keywords and phash_bands of stored records (idempotent)",
+    )
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--after", help="resume after this record id (as last reported)")
+    parser.add_argument("--dry-run", action="store_true", help="count, write nothing")
+
+
+async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.mongodb_uri is None:
+        print("set LABELSVC_MONGODB_URI to the database the service uses", file=sys.stderr)
+        return 2
+    if args.batch_size < 1:
+        print("error: --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    client: AsyncMongoClient[Document] = AsyncMongoClient(
+        settings.mongodb_uri, serverSelectionTimeoutMS=settings.db_timeout_ms
+    )
+
+    def report(progress: BackfillProgress) -> None:
+        print(json.dumps(_summary(progress, args.dry_run)), file=sys.stderr, flush=True)
+
+    try:
+        database = client[settings.mongodb_db]
+        # Old databases may lack the indexes that the derived fields exist to serve.
+        await RecordStore(database, max_time_ms=settings.query_max_time_ms).ensure_indexes()
+        done = await backfill_derived_fields(
+            records_collection(database),
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+            after=args.after,
+            on_batch=report,
+        )
+    finally:
+        await client.close()
+    print(json.dumps({**_summary(done, args.dry_run), "done": True}))
+    return 0
+
+
+def _summary(progress: BackfillProgress, dry_run: bool) -> dict[str, object]:
+    return {
+        "scanned": progress.scanned,
+        "updated": progress.updated,
+        "last_id": progress.last_id,
+        "dry_run": dry_run,
+    }

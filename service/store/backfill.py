@@ -1,0 +1,61 @@
+"""Bringing the derived fields of stored records up to date (``python -m service backfill``).
+
+Walks the records in ``_id`` order a batch at a time, recomputes each one's derived fields
+(``service.query.derived``) from its own content and writes only those that differ. It touches
+nothing else, so it is safe while the service runs (a record labeled meanwhile is already up
+to date), and safe to interrupt: run it again, or resume after the last id it reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+
+from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
+
+Document = dict[str, Any]
+
+
+@dataclass(slots=True)
+class BackfillProgress:
+    scanned: int = 0
+    updated: int = 0  # records whose derived fields differed (and were rewritten unless dry)
+    last_id: Any = None
+
+
+async def backfill_derived_fields(
+    records: AsyncCollection[Document],
+    *,
+    batch_size: int = 500,
+    dry_run: bool = False,
+    after: Any = None,
+    on_batch: Callable[[BackfillProgress], None] | None = None,
+) -> BackfillProgress:
+    """Recompute and store the derived fields of every record with an ``_id`` above ``after``."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    projection = dict.fromkeys((*SOURCE_FIELDS, *DERIVED_FIELDS), 1)
+    progress = BackfillProgress(last_id=after)
+    while True:
+        walked = {} if progress.last_id is None else {"_id": {"$gt": progress.last_id}}
+        cursor = records.find(walked, projection).sort("_id", 1).limit(batch_size)
+        batch = await cursor.to_list()
+        if not batch:
+            return progress
+        updates = []
+        for document in batch:
+            derived = derive_from_document(document)
+            changed = {k: v for k, v in derived.items() if document.get(k) != v}
+            if changed:
+                updates.append(UpdateOne({"_id": document["_id"]}, {"$set": changed}))
+        if updates and not dry_run:
+            await records.bulk_write(updates, ordered=False)
+        progress.scanned += len(batch)
+        progress.updated += len(updates)
+        progress.last_id = batch[-1]["_id"]
+        if on_batch is not None:
+            on_batch(progress)

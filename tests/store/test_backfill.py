@@ -1,0 +1,116 @@
+"""The backfill of derived fields, against the real database server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.collection import Collection
+
+from service.__main__ import main
+from service.query.derived import DERIVED_FIELDS, derive_from_document
+from service.settings import Settings
+
+PHASH = "9f3a04c2ffee0123"
+
+
+def old_record(i: int, classname: str) -> dict[str, Any]:
+    """A record as an older version (or a Cortex export) stored it: no derived fields."""
+    return {
+        "_id": f"PT::{i:024d}",
+        "url": f"https://images.example/{i}.jpg",
+        "hash": f"{i:064x}",
+        "object_analysis": [[{"classname": classname, "conf": 0.8, "x1": 1, "y1": 2}]],
+        "tags": [{"name": "outdoor", "conf": 0.6}],
+        "caption": {"title": f"A {classname}", "description": f"A {classname} outdoors"},
+        "image_properties": {"phash": PHASH},
+    }
+
+
+def content(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k not in DERIVED_FIELDS}
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    settings: Settings = make_settings()
+    return settings
+
+
+@pytest.fixture
+def records(settings: Settings) -> Iterator[Collection[dict[str, Any]]]:
+    with MongoClient(settings.mongodb_uri) as client:
+        yield client[settings.mongodb_db]["records"]
+
+
+def backfill(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    *args: str,
+) -> dict[str, Any]:
+    monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
+    monkeypatch.setenv("LABELSVC_MONGODB_DB", settings.mongodb_db)
+    capsys.readouterr()
+    assert main(["backfill", *args]) == 0
+    summary: dict[str, Any] = json.loads(capsys.readouterr().out.splitlines()[-1])
+    return summary
+
+
+def test_backfill_fills_fixes_and_is_idempotent(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    records.insert_many([old_record(i, "cat" if i % 2 else "dog") for i in range(7)])
+    stale = old_record(7, "horse") | {"classes": ["horse"], "keywords": ["horse", "stale"]}
+    current = old_record(8, "bird")
+    current |= derive_from_document(current)
+    records.insert_many([stale, current])
+    before = {d["_id"]: d for d in records.find()}
+
+    dry = backfill(settings, monkeypatch, capsys, "--dry-run", "--batch-size", "4")
+    assert dry == {
+        "scanned": 9,
+        "updated": 8,
+        "last_id": current["_id"],
+        "dry_run": True,
+        "done": True,
+    }
+    assert {d["_id"]: d for d in records.find()} == before  # nothing written
+
+    done = backfill(settings, monkeypatch, capsys, "--batch-size", "4")
+    assert (done["scanned"], done["updated"], done["done"]) == (9, 8, True)
+    for document in records.find():
+        assert {k: document[k] for k in DERIVED_FIELDS} == derive_from_document(document)
+        assert content(document) == content(before[document["_id"]])
+    assert records.find_one({"_id": stale["_id"]}, {"keywords": 1})["keywords"].count("stale") == 0
+    assert records.count_documents({"classes": "cat"}) == 3
+    assert records.count_documents({"keywords": "outdoor"}) == 9
+
+    again = backfill(settings, monkeypatch, capsys)
+    assert (again["scanned"], again["updated"]) == (9, 0)
+
+
+def test_backfill_resumes_after_an_id(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    records.insert_many([old_record(i, "cat") for i in range(5)])
+    resumed = backfill(settings, monkeypatch, capsys, "--after", old_record(2, "cat")["_id"])
+    assert (resumed["scanned"], resumed["updated"]) == (2, 2)
+    assert records.count_documents({"classes": "cat"}) == 2
+    assert {"classes", "keywords", "phash_bands"} <= set(records.index_information())
+
+
+def test_backfill_refuses_a_bad_batch_size(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
+    assert main(["backfill", "--batch-size", "0"]) == 2
