@@ -15,6 +15,7 @@ line, ``{"name": "caption_similarity", ...}``. The embedding model needs the ``b
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -23,19 +24,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 from rouge_score import rouge_scorer
 from sacrebleu import BLEU
 
 from bench.detection_map import evalset_dir, model_dir
-from service.analysis import TAG_MIN_CONF, TAG_TOP_K
-from service.caption.grounded import grounded_caption
-from service.decode.image import decode_image
-from service.describe.properties import image_properties
+from service.analysis import ImageAnalyzer
 from service.domain.records import Caption
-from service.infer.tagger import load_tagger
-from service.infer.yolox import load_yolox
+from service.executor import BlockingExecutor
+from service.infer.models import load_models
 from service.settings import Settings
 
 TIERS = ("title", "description", "scene_analysis")
@@ -137,23 +134,25 @@ def load_human_captions(annotations: Path) -> dict[str, list[str]]:
 
 
 def service_captions(files: Sequence[Path], threads: int) -> dict[str, Caption]:
-    """The grounded caption of each file, through the service's decode and model stages."""
-    settings = Settings()
-    detector = load_yolox(model_dir(), provider="cpu", intra_op_threads=threads)
-    tagger = load_tagger(model_dir(), provider="cpu", intra_op_threads=threads)
-    captions: dict[str, Caption] = {}
-    for path in files:
-        decoded = decode_image(
-            path.read_bytes(), max_pixels=settings.max_pixels, target_size=detector.input_size
-        )
-        image = decoded.image
-        detections = detector.detect(image, settings.min_confidence)
-        tags = tagger.tag(image, top_k=TAG_TOP_K, min_conf=TAG_MIN_CONF)
-        props = msgspec.structs.replace(
-            image_properties(image), width=decoded.width, height=decoded.height
-        )
-        captions[path.name] = grounded_caption(detections, tags, props)
-    return captions
+    """The caption the service writes for each file: its own analyzer, default settings."""
+    settings = Settings(model_dir=model_dir(), intra_op_threads=threads)
+    analyzer = ImageAnalyzer(
+        load_models(settings),
+        min_confidence=settings.min_confidence,
+        max_pixels=settings.max_pixels,
+    )
+    executor = BlockingExecutor(settings.workers, max_pending=settings.max_pending)
+
+    async def caption_all() -> dict[str, Caption]:
+        return {
+            path.name: (await analyzer.analyze(path.read_bytes(), executor)).caption
+            for path in files
+        }
+
+    try:
+        return asyncio.run(caption_all())
+    finally:
+        executor.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

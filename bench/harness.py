@@ -40,8 +40,9 @@ def database() -> Iterator[LocalDatabaseServer]:
 class PhotoHost:
     """A static file server for the evaluation photos in its own process, like a real host."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, pid: int) -> None:
         self.base = base
+        self.pid = pid
 
     def photo_url(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -57,7 +58,7 @@ def photo_server() -> Iterator[PhotoHost]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     ) as proc:
-        host = PhotoHost(f"http://127.0.0.1:{port}")
+        host = PhotoHost(f"http://127.0.0.1:{port}", proc.pid)
         try:
             deadline = time.monotonic() + 10
             while True:

@@ -11,7 +11,9 @@ and prints them as Python constants to paste into ``service/score/quality.py``.
 Features were chosen by ``fit_half_cv`` (repeated stratified 5-fold cross-validation inside the
 fit half), never by the held-out figure; the report prints both.
 
-``python -m bench.quality`` prints JSON lines; the first is ``{"name": "quality", ...}``.
+``python -m bench.quality`` prints JSON lines; the first is ``{"name": "quality", ...}`` and the
+last ``{"name": "caption_similarity", ...}`` (``bench.caption_similarity``: the captions against
+the human ones by BLEU-4, ROUGE-L and embedding cosine; it needs the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import PIL.Image
 
+from bench import caption_similarity
 from bench.detection_map import YOLOX_TO_COCO, coco_map, evalset_dir, load_rgb, model_dir
 from service.describe.properties import image_properties
 from service.domain.records import ImageProperties
@@ -585,7 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cv_auroc_gain_over_baseline_per_ms": round(gain / extra_ms, 5) if extra_ms else None,
         }
         sys.stdout.write(json.dumps(variant_line) + "\n")
-    return 0
+    sys.stdout.flush()
+    # How close the captions are to the human ones (BLEU-4, ROUGE-L, embedding cosine).
+    return caption_similarity.main(["--threads", str(args.threads)])
 
 
 if __name__ == "__main__":

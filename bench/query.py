@@ -36,17 +36,81 @@ from pymongo.asynchronous.collection import AsyncCollection
 from bench.detection_map import YOLOX_TO_COCO, evalset_dir
 from bench.harness import database, service
 from service.domain.records import RECORD_ID_PREFIX, Record
+from service.query.derived import derive
 from service.query.hints import add_index_hints
-from service.query.keywords import keywords_for, search_terms
+from service.query.keywords import search_terms
 from service.query.paging import BY_ID, NEWEST, SortOrder, decode_cursor
 from service.query.plan import conjoin
-from service.query.similar import DEFAULT_DISTANCE, hamming, phash_bands, probe_bands
+from service.query.similar import DEFAULT_DISTANCE, hamming, probe_bands
 from service.ratelimit import Rate
 from service.store.keys import ApiKeyStore
 from service.store.records import INDEXED, RECORD_INDEXES
 
 COCO_TO_YOLOX = {coco: yolox for yolox, coco in YOLOX_TO_COCO.items()}
 Document = dict[str, Any]
+
+
+# What a stored record carries besides the photo's own content, as the service writes it.
+QUALITY_COMPONENTS = [
+    "expected_f1",
+    "expected_precision",
+    "expected_missed",
+    "mean_conf",
+    "min_conf",
+    "ambiguous_share",
+    "count",
+    "sub_threshold_count",
+    "confirmed_missed",
+    "overlooked",
+    "badly_located",
+    "swapped",
+    "agreement",
+    "tag_support",
+    "tag_missing",
+    "sharpness",
+    "exposure",
+    "resolution",
+]
+_CPU = "CPUExecutionProvider"
+LINEAGE: list[Document] = [
+    {
+        "name": name,
+        "model": model,
+        "version": sha[:12] if sha else "1",
+        "sha256": sha,
+        "params": params,
+    }
+    for name, model, sha, params in (
+        (
+            "object_detection",
+            "yolox_nano",
+            "1" * 64,
+            {"input_size": 416, "min_confidence": 0.25, "nms_iou": 0.65, "provider": _CPU},
+        ),
+        ("second_opinion", "nanodet_g_416", "2" * 64, {"min_confidence": 0.1, "provider": _CPU}),
+        (
+            "scene_tags",
+            "efficientnet_lite0",
+            "3" * 64,
+            {"top_k": 5, "min_confidence": 0.05, "provider": _CPU},
+        ),
+        ("image_properties", "pixel-statistics", None, {}),
+        (
+            "label_quality",
+            "expected-f1-logistic-v2",
+            None,
+            {"second_opinion": True, "sub_threshold_min_confidence": 0.1},
+        ),
+        ("caption", "grounded-v1", None, {}),
+    )
+]
+FRAMING = ("Close-up", "Medium shot", "Wide shot")
+PLACEMENT = ("centred", "off-centre to the left", "off-centre to the right", "low in the frame")
+LIGHT = (
+    "The scene is evenly exposed, with high contrast and a muted palette of grey and white.",
+    "Balanced exposure with soft contrast and a warm palette of brown and orange.",
+    "Bright, slightly overexposed light with a cool palette of blue and white.",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +173,21 @@ class Corpus:
                 "y1": max(0, round(y * scale + rng.gauss(0, 3))),
                 "x2": min(width, round((x + w) * scale + rng.gauss(0, 3))),
                 "y2": min(height, round((y + h) * scale + rng.gauss(0, 3))),
+                "quality": round(rng.uniform(0.05, 0.99), 4),
             }
             for classname, x, y, w, h in photo.boxes
             if rng.random() >= 0.15  # the detector misses some objects
         ]
-        classes = sorted({str(b["classname"]) for b in boxes})
         tags = [
             {"name": s, "conf": round(rng.uniform(0.3, 0.99), 4)} for s in photo.supercategories
         ]
         caption = rng.choice(photo.captions) if photo.captions else ""
+        description = f"{caption.rstrip('.')}. {rng.choice(LIGHT)}"
+        scene_analysis = (
+            f"{rng.choice(FRAMING)} in {'landscape' if width >= height else 'portrait'}"
+            f" orientation, with the main subject {rng.choice(PLACEMENT)} and covering about"
+            f" {rng.randint(3, 60)}% of the frame. {rng.choice(LIGHT)} Crisp detail throughout."
+        )
         if i % 10 == 9 and self.phashes:
             base = int(rng.choice(self.phashes), 16)
             for _ in range(rng.randint(0, 6)):
@@ -133,6 +203,8 @@ class Corpus:
             {"hex": f"#{rng.getrandbits(24):06x}", "fraction": round(f, 4)}
             for f in sorted((rng.random() / 5 for _ in range(5)), reverse=True)
         ]
+        title = caption.split(" ", 4)[-1][:40]
+        score = round(rng.betavariate(5, 2), 4)
         return {
             "_id": RECORD_ID_PREFIX + f"{i:024x}",
             "url": url,
@@ -148,13 +220,17 @@ class Corpus:
             "format": "JPEG",
             "bytes": rng.randint(20_000, 400_000),
             "object_analysis": [boxes],
-            "classes": classes,
-            "label_quality_estimation": round(rng.betavariate(5, 2), 4),
+            "label_quality_estimation": score,
+            "label_quality": {
+                "score": score,
+                "components": {name: round(rng.random(), 4) for name in QUALITY_COMPONENTS},
+                "model": "expected-f1-logistic-v2",
+            },
             "tags": tags,
             "caption": {
-                "title": caption.split(" ", 4)[-1][:40],
-                "description": caption,
-                "scene_analysis": "",
+                "title": title,
+                "description": description,
+                "scene_analysis": scene_analysis,
                 "model": "coco-human",
             },
             "image_properties": {
@@ -168,18 +244,13 @@ class Corpus:
                 "phash": phash,
             },
             "dominant_colors": colors,
-            "analyses": [
-                {
-                    "name": "object_detection",
-                    "model": "yolox_nano",
-                    "version": "695e750a5d57",
-                    "sha256": "0" * 64,
-                    "params": {"input_size": 416, "min_confidence": 0.25, "nms_iou": 0.65},
-                    "processed_at": when,
-                }
-            ],
-            "keywords": keywords_for(classes, photo.supercategories, [caption]),
-            "phash_bands": phash_bands(phash),
+            "analyses": [{**analysis, "processed_at": when} for analysis in LINEAGE],
+            **derive(
+                (str(b["classname"]) for b in boxes),
+                photo.supercategories,
+                [title, description],
+                phash,
+            ),
         }
 
 
