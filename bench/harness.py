@@ -51,7 +51,9 @@ class PhotoHost:
 @contextmanager
 def photo_server() -> Iterator[PhotoHost]:
     port = free_port()
+    # HTTP/1.1 keeps connections open between requests, as image hosts and CDNs do.
     command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    command += ["--protocol", "HTTP/1.1"]
     with subprocess.Popen(
         command,
         cwd=evalset_dir() / "images",

@@ -7,9 +7,9 @@ database. The service labels the same photos fetched from a local HTTP server at
 concurrency 1, 4 and 16 (a fresh database for each level, so every photo is analysed).
 Prints JSON lines: ``ingest`` (ratio = service / bare images/s at the best concurrency, with
 the CPU milliseconds per image of each process involved: the service's event loop and its
-blocking work, the database, the photo host, the HTTP client), ``ingest_components`` (mean ms per stage inside the service),
-``cold_start`` and ``labeling_latency`` (median latency at concurrency 1 with every analysis
-on, over the same service running detection only).
+blocking work, the database, the photo host, the HTTP client), ``ingest_components`` (mean
+ms per stage inside the service), ``cold_start`` and ``labeling_latency`` (median latency at
+concurrency 1 with every analysis on, over the same service running detection only).
 """
 
 from __future__ import annotations

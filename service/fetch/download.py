@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import ssl
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -27,6 +31,10 @@ from service.fetch.policy import (
 )
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Keep-alive: idle connections kept per host name, for how long, and for how many host names.
+KEEPALIVE_PER_HOST = 4
+KEEPALIVE_SECONDS = 5.0
+MAX_POOLED_HOSTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,27 +94,102 @@ def _transport_error(
     return UpstreamError(f"the connection to {target.host} failed", extra={"reason": "connect"})
 
 
-class ImageFetcher:
-    """Fetches image bytes under a ``FetchPolicy``; safe to share between tasks."""
+class HostClients:
+    """One HTTP client, with its own small keep-alive pool, per scheme, host name and port.
 
-    def __init__(self, policy: FetchPolicy, client: httpx.AsyncClient | None = None) -> None:
-        self._policy = policy
-        self._owns_client = client is None
-        if client is None:
-            client = httpx.AsyncClient(
-                follow_redirects=False,
-                trust_env=False,
-                timeout=_timeouts(policy),
-                # Pooled connections are keyed by IP, so one verified for another host name
-                # could be reused; every fetch opens its own.
-                limits=httpx.Limits(max_keepalive_connections=0),
-            )
-        self._client = client
+    Requests name the checked IP, and a client pools connections by the URL's host, so one
+    client shared by all host names could reuse a connection made (and TLS-verified) for
+    ``a.example`` for a request to ``b.example`` on the same address. Here no connection is
+    ever shared between host names. Every connection in a pool went to an address checked
+    when it was opened, and every request is checked again before it is sent.
+
+    At most ``max_hosts`` clients are kept; the least recently used idle one is closed to
+    make room, and when all are busy the request gets an unpooled client of its own.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int], httpx.AsyncClient],
+        *,
+        max_hosts: int = MAX_POOLED_HOSTS,
+        keepalive_per_host: int = KEEPALIVE_PER_HOST,
+    ) -> None:
+        self._make = make
+        self._max_hosts = max_hosts
+        self._keepalive = keepalive_per_host
+        self._pools: OrderedDict[tuple[str, str, int], _Pool] = OrderedDict()
+        self._unpooled = make(0)  # keeps no connection, so it can serve any host name
+
+    @asynccontextmanager
+    async def client_for(self, target: Target) -> AsyncIterator[httpx.AsyncClient]:
+        key = (target.scheme, target.host, target.port)
+        pool = self._pools.get(key) or await self._open(key)
+        if pool is None:
+            yield self._unpooled
+            return
+        self._pools.move_to_end(key)
+        pool.active += 1
+        try:
+            yield pool.client
+        finally:
+            pool.active -= 1
+
+    async def _open(self, key: tuple[str, str, int]) -> _Pool | None:
+        if len(self._pools) >= self._max_hosts:
+            idle = next((k for k, pool in self._pools.items() if pool.active == 0), None)
+            if idle is None:
+                return None
+            await self._pools.pop(idle).client.aclose()
+        pool = self._pools[key] = _Pool(self._make(self._keepalive))
+        return pool
+
+    @property
+    def hosts(self) -> int:
+        return len(self._pools)
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this fetcher created it; a passed-in one is the caller's."""
-        if self._owns_client:
-            await self._client.aclose()
+        pools, self._pools = list(self._pools.values()), OrderedDict()
+        for pool in pools:
+            await pool.client.aclose()
+        await self._unpooled.aclose()
+
+
+@dataclass(slots=True)
+class _Pool:
+    client: httpx.AsyncClient
+    active: int = 0
+
+
+class ImageFetcher:
+    """Fetches image bytes under a ``FetchPolicy``; safe to share between tasks.
+
+    ``verify`` is TLS verification as httpx takes it (an ``ssl.SSLContext`` for a private CA).
+    """
+
+    def __init__(self, policy: FetchPolicy, *, verify: ssl.SSLContext | bool = True) -> None:
+        self._policy = policy
+        # One TLS context for every client: building one loads the CA bundle.
+        context = (
+            verify
+            if isinstance(verify, ssl.SSLContext)
+            else httpx.create_ssl_context(verify, trust_env=False)
+        )
+
+        def make(keepalive: int) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                verify=context,
+                timeout=_timeouts(policy),
+                limits=httpx.Limits(
+                    max_keepalive_connections=keepalive, keepalive_expiry=KEEPALIVE_SECONDS
+                ),
+            )
+
+        self._clients = HostClients(make)
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
 
     async def fetch(self, url: str) -> Fetched:
         try:
@@ -124,15 +207,16 @@ class ImageFetcher:
         redirects: list[str] = []
         while True:
             addresses = await self._resolve(target, redirected=bool(redirects))
-            response = await self._connect(target, addresses)
-            try:
-                location = response.headers.get("location")
-                if response.status_code not in REDIRECT_STATUSES or location is None:
-                    return await self._read(target, response, tuple(redirects))
-            except httpx.TransportError as exc:
-                raise _transport_error(exc, target, policy) from None
-            finally:
-                await response.aclose()
+            async with self._clients.client_for(target) as client:
+                response = await self._connect(client, target, addresses)
+                try:
+                    location = response.headers.get("location")
+                    if response.status_code not in REDIRECT_STATUSES or location is None:
+                        return await self._read(target, response, tuple(redirects))
+                except httpx.TransportError as exc:
+                    raise _transport_error(exc, target, policy) from None
+                finally:
+                    await response.aclose()
             redirects.append(target.url)
             target = self._next_hop(target, location, redirects)
 
@@ -167,13 +251,15 @@ class ImageFetcher:
             )
         return target
 
-    async def _connect(self, target: Target, addresses: list[IPAddress]) -> httpx.Response:
+    async def _connect(
+        self, client: httpx.AsyncClient, target: Target, addresses: list[IPAddress]
+    ) -> httpx.Response:
         """Send to each checked address in turn until one accepts the connection."""
         timed_out = 0
         for address in addresses:
-            request = build_request(self._client, target, address, self._policy)
+            request = build_request(client, target, address, self._policy)
             try:
-                return await self._client.send(request, stream=True, follow_redirects=False)
+                return await client.send(request, stream=True, follow_redirects=False)
             except httpx.ConnectTimeout:
                 timed_out += 1
             except httpx.ConnectError:

@@ -62,15 +62,24 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _head(self, status: int, headers: dict[str, str]) -> None:
+    def _head(self, status: int, headers: dict[str, str], *, keep_alive: bool = False) -> None:
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Connection", "close")
+        if not keep_alive:
+            self.send_header("Connection", "close")
         self.end_headers()
 
-    def _body(self, status: int, body: bytes, content_type: str = "image/jpeg") -> None:
-        self._head(status, {"Content-Type": content_type, "Content-Length": str(len(body))})
+    def _body(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "image/jpeg",
+        *,
+        keep_alive: bool = False,
+    ) -> None:
+        headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+        self._head(status, headers, keep_alive=keep_alive)
         self.wfile.write(body)
 
     def _redirect(self, location: str, status: int = 302) -> None:
@@ -89,6 +98,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         if path == "/ok.jpg":
             self._body(200, JPEG)
+        elif path == "/keep.jpg":  # the connection stays open for the next request
+            self._body(200, JPEG, keep_alive=True)
         elif path == "/redirect":
             host = self.headers.get("Host", "")
             self._redirect(f"http://{host}/ok.jpg")

@@ -39,9 +39,9 @@ MakeFetcher = Callable[..., ImageFetcher]
 async def make_fetcher() -> AsyncIterator[MakeFetcher]:
     made: list[ImageFetcher] = []
 
-    def make(client: httpx.AsyncClient | None = None, **changes: Any) -> ImageFetcher:
+    def make(verify: ssl.SSLContext | bool = True, **changes: Any) -> ImageFetcher:
         fields = {name: getattr(LOCAL, name) for name in LOCAL.__slots__} | changes
-        fetcher = ImageFetcher(FetchPolicy(**fields), client=client)
+        fetcher = ImageFetcher(FetchPolicy(**fields), verify=verify)
         made.append(fetcher)
         return fetcher
 
@@ -286,13 +286,70 @@ def test_https_request_targets_the_ip_with_real_name_for_tls() -> None:
 async def test_tls_verifies_the_host_name_not_the_ip(
     make_fetcher: MakeFetcher, tls_server: Server, certificate: Path
 ) -> None:
-    context = ssl.create_default_context(cafile=certificate / "cert.pem")
-    async with httpx.AsyncClient(verify=context, trust_env=False) as client:
-        fetcher = make_fetcher(client=client)
-        result = await fetcher.fetch(f"https://localhost:{tls_server.port}/ok.jpg")
-        assert result.data == JPEG
-        assert tls_server.seen[-1].headers["Host"] == f"localhost:{tls_server.port}"
-        # The certificate names only "localhost", so the bare IP must fail verification.
-        with pytest.raises(UpstreamError) as info:
-            await fetcher.fetch(tls_server.url("/ok.jpg"))
-        assert info.value.extra == {"reason": "connect"}
+    fetcher = make_fetcher(verify=ssl.create_default_context(cafile=certificate / "cert.pem"))
+    result = await fetcher.fetch(f"https://localhost:{tls_server.port}/ok.jpg")
+    assert result.data == JPEG
+    assert tls_server.seen[-1].headers["Host"] == f"localhost:{tls_server.port}"
+    # The certificate names only "localhost", so the bare IP must fail verification.
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(tls_server.url("/ok.jpg"))
+    assert info.value.extra == {"reason": "connect"}
+
+
+async def test_keep_alive_never_shares_a_connection_between_host_names(
+    make_fetcher: MakeFetcher, server: Server
+) -> None:
+    fetcher = make_fetcher()
+    for _ in range(3):
+        assert (await fetcher.fetch(server.url("/keep.jpg"))).data == JPEG
+    assert server.connections == 1  # one connection served all three
+    # Same address, another host name: a connection of its own, and the right Host header.
+    await fetcher.fetch(f"http://localhost:{server.port}/keep.jpg")
+    assert server.connections == 2
+    assert server.seen[-1].headers["Host"] == f"localhost:{server.port}"
+    await fetcher.fetch(server.url("/keep.jpg"))
+    assert server.connections == 2
+    assert server.seen[-1].headers["Host"] == f"127.0.0.1:{server.port}"
+    await fetcher.aclose()  # before the server stops: it waits for open connections to end
+
+
+async def test_a_verified_connection_is_not_reused_for_another_host_name(
+    make_fetcher: MakeFetcher, tls_server: Server, certificate: Path
+) -> None:
+    fetcher = make_fetcher(verify=ssl.create_default_context(cafile=certificate / "cert.pem"))
+    await fetcher.fetch(f"https://localhost:{tls_server.port}/keep.jpg")
+    await fetcher.fetch(f"https://localhost:{tls_server.port}/keep.jpg")
+    assert tls_server.connections == 1
+    # The open connection to this address was verified for "localhost" only.
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(tls_server.url("/keep.jpg"))
+    assert info.value.extra == {"reason": "connect"}
+    await fetcher.aclose()  # before the server stops: it waits for open connections to end
+
+
+async def test_host_clients_are_bounded_and_busy_ones_are_never_closed() -> None:
+    made: list[httpx.AsyncClient] = []
+
+    def make(keepalive: int) -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=keepalive)))
+        return made[-1]
+
+    def target(host: str) -> Target:
+        return parse_target(f"http://{host}/x.jpg", LOCAL)
+
+    clients = download.HostClients(make, max_hosts=2)
+    unpooled = made[0]
+    async with clients.client_for(target("a.example")) as a:
+        async with clients.client_for(target("a.example")) as again:
+            assert again is a
+        async with clients.client_for(target("b.example")) as b:
+            assert b is not a and clients.hosts == 2
+            async with clients.client_for(target("c.example")) as c:
+                assert c is unpooled  # both pooled clients busy: neither is closed
+        assert clients.hosts == 2 and not a.is_closed
+    async with clients.client_for(target("c.example")) as c:
+        assert c is not unpooled and clients.hosts == 2
+    assert a.is_closed  # the least recently used idle client made room
+    assert not b.is_closed
+    await clients.aclose()
+    assert all(client.is_closed for client in made)
