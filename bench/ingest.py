@@ -29,7 +29,7 @@ import httpx
 from bench.detection_map import model_dir
 from bench.harness import database, photo_server, photos, service
 from service.analysis import ImageAnalyzer
-from service.executor import BlockingExecutor
+from service.executor import BlockingExecutor, start_request
 from service.infer.models import load_models
 from service.settings import Settings
 
@@ -56,6 +56,7 @@ def bare_images_per_second(
 
         async def one(data: bytes) -> None:
             async with limit:
+                start_request()  # as the service does for each labeling request
                 hashlib.sha256(data).hexdigest()
                 await analyzer.analyze(data, executor)
 

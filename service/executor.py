@@ -3,6 +3,14 @@
 Work is admitted only while fewer than ``max_pending`` items are queued or running; past
 that the caller gets ``Overloaded`` (503 with Retry-After) at once instead of waiting
 behind an unbounded queue.
+
+Queued work is served oldest request first, not in the order tasks were submitted. A
+labeling request submits its decode, then its model runs; in plain FIFO order those model
+runs wait behind the decodes of every request that arrived meanwhile, so under a burst
+requests overtake each other and the slowest wait about twice their fair share. A request
+that calls ``start_request`` gets a ticket, and every task it (or a task it starts) submits
+is served before the work of requests with later tickets. Work without a ticket gets one
+when it is submitted.
 """
 
 from __future__ import annotations
@@ -10,22 +18,79 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import itertools
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from service.errors import Overloaded
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_tickets = itertools.count()
+_ticket: contextvars.ContextVar[int | None] = contextvars.ContextVar("request_ticket", default=None)
+
+
+def start_request() -> None:
+    """Mark the current task, and the tasks it starts from now on, as one request."""
+    _ticket.set(next(_tickets))
+
+
+class _Job(Generic[T]):
+    """One call, run on a worker thread, its outcome handed to a future on the event loop."""
+
+    __slots__ = ("_call", "_future", "_loop")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], call: Callable[[], T]
+    ) -> None:
+        self._loop, self._future, self._call = loop, future, call
+
+    def run(self) -> None:
+        if self._future.cancelled():  # the caller gave up while this waited in the queue
+            return
+        try:
+            result = self._call()
+        except BaseException as exc:  # the caller's to handle, as with run_in_executor
+            self._loop.call_soon_threadsafe(_fail, self._future, exc)
+        else:
+            self._loop.call_soon_threadsafe(_succeed, self._future, result)
+
+    def cancel(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._future.cancel)
+
+
+def _succeed(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[T], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+# (ticket, submission order, job); no job tells a worker to stop.
+_Item = tuple[int, int, _Job[Any] | None]
+
 
 class BlockingExecutor:
     def __init__(self, workers: int, max_pending: int) -> None:
         self.workers = workers
         self.max_pending = max_pending
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="labelsvc-work")
+        self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
+        self._order = itertools.count()
         self._pending = 0
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"labelsvc-work_{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def pending(self) -> int:
@@ -43,12 +108,40 @@ class BlockingExecutor:
     async def run_admitted(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run follow-up work of a task already admitted by ``run``: never refused, so a
         request that fans out into several tasks cannot be turned away halfway through."""
+        if self._closed:
+            raise RuntimeError("the executor is shut down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        ticket = _ticket.get()
         self._pending += 1
         try:
-            call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            order = next(self._order)
+            self._queue.put(
+                (next(_tickets) if ticket is None else ticket, order, _Job(loop, future, call))
+            )
+            return await future
         finally:
             self._pending -= 1
 
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()[2]
+            if job is None:
+                return
+            job.run()
+
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers after the jobs they are running; queued jobs are cancelled."""
+        self._closed = True
+        while True:
+            try:
+                job = self._queue.get_nowait()[2]
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel()
+        for _ in self._threads:
+            self._queue.put((-1, next(self._order), None))
+        for thread in self._threads:
+            thread.join()

@@ -22,7 +22,7 @@ from service.domain.records import (
     record_to_document,
 )
 from service.errors import BadRequest, Overloaded, RecordNotFound, ServiceError
-from service.executor import BlockingExecutor
+from service.executor import BlockingExecutor, start_request
 from service.fetch.download import Fetched, ImageFetcher
 from service.observability import Metrics
 from service.query.derived import derive
@@ -93,6 +93,7 @@ class LabelingPipeline:
                 extra={"reason": "inflight"},
             )
         self._admitted += 1
+        start_request()  # its blocking work goes before that of requests admitted later
         try:
             return await self._label_url(url)
         finally:
