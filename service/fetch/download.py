@@ -104,7 +104,8 @@ class HostClients:
     when it was opened, and every request is checked again before it is sent.
 
     At most ``max_hosts`` clients are kept; the least recently used idle one is closed to
-    make room, and when all are busy the request gets an unpooled client of its own.
+    make room, and when all are busy the request goes through a client that keeps no
+    connection (so one serves every host name).
     """
 
     def __init__(
@@ -123,7 +124,11 @@ class HostClients:
     @asynccontextmanager
     async def client_for(self, target: Target) -> AsyncIterator[httpx.AsyncClient]:
         key = (target.scheme, target.host, target.port)
-        pool = self._pools.get(key) or await self._open(key)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool, evicted = self._open(key)
+            if evicted is not None:
+                await evicted.aclose()
         if pool is None:
             yield self._unpooled
             return
@@ -134,14 +139,16 @@ class HostClients:
         finally:
             pool.active -= 1
 
-    async def _open(self, key: tuple[str, str, int]) -> _Pool | None:
+    def _open(self, key: tuple[str, str, int]) -> tuple[_Pool | None, httpx.AsyncClient | None]:
+        """A new pool for ``key``, and the idle client evicted to make room (to be closed)."""
+        evicted = None
         if len(self._pools) >= self._max_hosts:
             idle = next((k for k, pool in self._pools.items() if pool.active == 0), None)
             if idle is None:
-                return None
-            await self._pools.pop(idle).client.aclose()
+                return None, None
+            evicted = self._pools.pop(idle).client
         pool = self._pools[key] = _Pool(self._make(self._keepalive))
-        return pool
+        return pool, evicted
 
     @property
     def hosts(self) -> int:
