@@ -6,11 +6,10 @@ import argparse
 import json
 import sys
 
-from pymongo import AsyncMongoClient
-
 from service.settings import Settings
 from service.store.backfill import BackfillProgress, backfill_derived_fields
-from service.store.records import Document, RecordStore, records_collection
+from service.store.connection import NO_DATABASE, tool_database
+from service.store.records import RecordStore, records_collection
 
 
 def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,20 +24,16 @@ def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> int:
     if settings.mongodb_uri is None:
-        print("set LABELSVC_MONGODB_URI to the database the service uses", file=sys.stderr)
+        print(NO_DATABASE, file=sys.stderr)
         return 2
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
-    client: AsyncMongoClient[Document] = AsyncMongoClient(
-        settings.mongodb_uri, serverSelectionTimeoutMS=settings.db_timeout_ms
-    )
 
     def report(progress: BackfillProgress) -> None:
         print(json.dumps(_summary(progress, args.dry_run)), file=sys.stderr, flush=True)
 
-    try:
-        database = client[settings.mongodb_db]
+    async with tool_database(settings.mongodb_uri, settings) as database:
         # Old databases may lack the indexes that the derived fields exist to serve.
         await RecordStore(database, max_time_ms=settings.query_max_time_ms).ensure_indexes()
         done = await backfill_derived_fields(
@@ -48,8 +43,6 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
             after=args.after,
             on_batch=report,
         )
-    finally:
-        await client.close()
     print(json.dumps({**_summary(done, args.dry_run), "done": True}))
     return 0
 

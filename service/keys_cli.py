@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
 from service.ratelimit import Rate
 from service.settings import Settings
+from service.store.connection import NO_DATABASE, tool_database
 from service.store.keys import ApiKeyStore
-from service.store.records import Document
 
 
 def parse_limits(rate: str | None, quota: str | None) -> tuple[Rate | None, int | None]:
@@ -27,13 +26,10 @@ def parse_limits(rate: str | None, quota: str | None) -> tuple[Rate | None, int 
 
 async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
     if settings.mongodb_uri is None:
-        print("set LABELSVC_MONGODB_URI to the database the service uses")
+        print(NO_DATABASE)
         return 2
-    client: AsyncMongoClient[Document] = AsyncMongoClient(
-        settings.mongodb_uri, serverSelectionTimeoutMS=settings.db_timeout_ms
-    )
-    try:
-        store = ApiKeyStore(client[settings.mongodb_db])
+    async with tool_database(settings.mongodb_uri, settings) as database:
+        store = ApiKeyStore(database)
         await store.ensure_indexes()
         if args.action == "create":
             scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
@@ -65,5 +61,3 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
                 return 1
             print(f"revoked {args.name} (running services stop accepting it within seconds)")
         return 0
-    finally:
-        await client.close()

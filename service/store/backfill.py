@@ -16,8 +16,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
-
-Document = dict[str, Any]
+from service.store.records import Document
 
 
 @dataclass(slots=True)
