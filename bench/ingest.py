@@ -123,8 +123,8 @@ class CpuMeter:
     def per_image_ms(self, images: int) -> dict[str, float]:
         spent = {name: read() - self._start[name] for name, read in self._read.items()}
         spent["service_blocking_work"] = spent["service_total"] - spent["service_event_loop"]
-        spent["total"] = sum(spent[k] for k in ("service_total", "database", "photo_host"))
-        spent["total"] += spent["http_client"]
+        processes = ("service_total", "database", "photo_host", "http_client")
+        spent["total"] = sum(spent[name] for name in processes)
         return {name: round(1000 * value / images, 1) for name, value in spent.items()}
 
 
