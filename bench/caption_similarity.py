@@ -29,10 +29,9 @@ from rouge_score import rouge_scorer
 from sacrebleu import BLEU
 
 from bench.detection_map import evalset_dir, model_dir
-from service.analysis import ImageAnalyzer
+from bench.harness import bare_analyzer
 from service.domain.records import Caption
 from service.executor import BlockingExecutor
-from service.infer.models import load_models
 from service.settings import Settings
 
 TIERS = ("title", "description", "scene_analysis")
@@ -136,11 +135,7 @@ def load_human_captions(annotations: Path) -> dict[str, list[str]]:
 def service_captions(files: Sequence[Path], threads: int) -> dict[str, Caption]:
     """The caption the service writes for each file: its own analyzer, default settings."""
     settings = Settings(model_dir=model_dir(), intra_op_threads=threads)
-    analyzer = ImageAnalyzer(
-        load_models(settings),
-        min_confidence=settings.min_confidence,
-        max_pixels=settings.max_pixels,
-    )
+    analyzer = bare_analyzer(settings)
     executor = BlockingExecutor(settings.workers, max_pending=settings.max_pending)
 
     async def caption_all() -> dict[str, Caption]:

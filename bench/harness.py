@@ -16,10 +16,23 @@ from subprocess import Popen
 import httpx
 
 from bench.detection_map import evalset_dir, model_dir
+from service.analysis import ImageAnalyzer
 from service.dbserver import LocalDatabaseServer, free_port
+from service.infer.models import load_models
+from service.settings import Settings
 from tests.support.process import db_server_command, live_service
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def bare_analyzer(settings: Settings) -> ImageAnalyzer:
+    """The service's analysis of one image, models loaded as ``settings`` say: no HTTP, no
+    database."""
+    return ImageAnalyzer(
+        load_models(settings),
+        min_confidence=settings.min_confidence,
+        max_pixels=settings.max_pixels,
+    )
 
 
 def photos() -> list[Path]:

@@ -27,10 +27,8 @@ from typing import Any
 import httpx
 
 from bench.detection_map import model_dir
-from bench.harness import database, photo_server, photos, service
-from service.analysis import ImageAnalyzer
+from bench.harness import bare_analyzer, database, photo_server, photos, service
 from service.executor import BlockingExecutor, start_request
-from service.infer.models import load_models
 from service.settings import Settings
 
 CONCURRENCY = (1, 4, 16)
@@ -43,11 +41,7 @@ def bare_images_per_second(
 
     Returns images/s and the CPU milliseconds this process spent per image.
     """
-    analyzer = ImageAnalyzer(
-        load_models(settings),
-        min_confidence=settings.min_confidence,
-        max_pixels=settings.max_pixels,
-    )
+    analyzer = bare_analyzer(settings)
     blobs = [f.read_bytes() for f in files]
     executor = BlockingExecutor(settings.workers, max_pending=10_000)
 
