@@ -98,6 +98,9 @@ class ImageAnalyzer:
         self.min_confidence = min_confidence
         self._caption_beams = caption_beams
         self.max_pixels = max_pixels
+        # Decoding may shrink the image (JPEG draft mode) as far as the largest model input.
+        scaled = models.second_scale
+        self._decode_size = max(self.detector.input_size, scaled.input_size if scaled else 0)
         self._metrics = metrics or Metrics()
 
     async def analyze(self, data: bytes, executor: BlockingExecutor) -> ImageAnalysis:
@@ -105,19 +108,25 @@ class ImageAnalyzer:
         refused once it is (see ``BlockingExecutor.run_admitted``)."""
         decoded = await executor.run(self._decode, data)
         image, run = decoded.image, executor.run_admitted
-        found, second, tags, props = await asyncio.gather(
+        found, second, scaled, tags, props = await asyncio.gather(
             run(self._detect, image),
             run(self._second_opinion, image),
+            run(self._second_scale, image),
             run(self._tag, image),
             run(self._describe, image, decoded),
         )
+        model = None
+        if second is not None and scaled is not None:
+            second, model = second + scaled, quality.WITH_SECOND_SCALE
         with self._metrics.stage("score"):
             # One detector pass serves both: the labels (>= min_confidence) and, for the
             # quality estimate, the boxes just below the kept threshold.
             detections = [d for d in found if d.conf >= self.min_confidence]
             kept = [d for d in found if d.conf >= quality.KEPT_CONF]
-            estimate = quality.estimate(kept, second, tags, props, image.size, below=found)
-            per_box = quality.box_quality(detections, second)
+            estimate = quality.estimate(
+                kept, second, tags, props, image.size, below=found, model=model
+            )
+            per_box = quality.box_quality(detections, second, model=model)
             caption = grounded_caption(detections, tags, props)
         if self._captions is not None:
             with self._metrics.stage("caption"):
@@ -131,10 +140,16 @@ class ImageAnalyzer:
             quality=LabelQuality(
                 score=score,
                 components={k: round(v, 4) for k, v in estimate.components.items()},
-                model=QUALITY_MODEL,
+                model=self.quality_model,
             ),
             caption=caption,
         )
+
+    @property
+    def quality_model(self) -> str:
+        """The name of the label-quality method in use."""
+        scaled = self.models.second is not None and self.models.second_scale is not None
+        return f"{QUALITY_MODEL}+scale{quality.SECOND_SCALE_SIZE}" if scaled else QUALITY_MODEL
 
     def lineage(self, processed_at: str) -> list[Analysis]:
         """One entry per analysis that ran: which model, which weights, which settings."""
@@ -145,6 +160,12 @@ class ImageAnalyzer:
         if models.second is not None:
             params: Params = {"min_confidence": quality.SECOND_MIN_CONF}
             entries.append(_model_entry("second_opinion", models.second, processed_at, params))
+        if models.second is not None and models.second_scale is not None:
+            params = {
+                "input_size": models.second_scale.input_size,
+                "min_confidence": quality.SECOND_MIN_CONF,
+            }
+            entries.append(_model_entry("second_scale", models.second_scale, processed_at, params))
         if models.tagger is not None:
             params = {"top_k": TAG_TOP_K, "min_confidence": TAG_MIN_CONF}
             entries.append(_model_entry("scene_tags", models.tagger, processed_at, params))
@@ -152,11 +173,12 @@ class ImageAnalyzer:
             Analysis("image_properties", "pixel-statistics", "1", None, {}, processed_at),
             Analysis(
                 "label_quality",
-                QUALITY_MODEL,
+                self.quality_model,
                 "1",
                 None,
                 {
                     "second_opinion": models.second is not None,
+                    "second_scale": models.second is not None and models.second_scale is not None,
                     "sub_threshold_min_confidence": quality.SUB_MIN_CONF,
                 },
                 processed_at,
@@ -180,9 +202,7 @@ class ImageAnalyzer:
 
     def _decode(self, data: bytes) -> DecodedImage:
         with self._metrics.stage("decode"):
-            return decode_image(
-                data, max_pixels=self.max_pixels, target_size=self.detector.input_size
-            )
+            return decode_image(data, max_pixels=self.max_pixels, target_size=self._decode_size)
 
     def _detect(self, image: Image.Image) -> list[Detection]:
         """Detections down to the lower of ``min_confidence`` and ``quality.SUB_MIN_CONF``.
@@ -200,6 +220,13 @@ class ImageAnalyzer:
             return None
         with self._stage("second_opinion", second):
             return second.detect(image, quality.SECOND_MIN_CONF)
+
+    def _second_scale(self, image: Image.Image) -> list[Detection] | None:
+        scaled = self.models.second_scale
+        if scaled is None or self.models.second is None:
+            return None
+        with self._stage("second_scale", scaled):
+            return scaled.detect(image, quality.SECOND_MIN_CONF)
 
     def _tag(self, image: Image.Image) -> list[Any]:
         tagger = self.models.tagger

@@ -54,6 +54,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nms_iou: float = 0.65
     max_detections: int = 100
     second_opinion: bool = True  # NanoDet, for the label-quality estimate
+    # With the second opinion, also the detector at 640 px: a better quality estimate (held-out
+    # AUROC 0.84 instead of 0.78) for about 40% more CPU per image.
+    second_scale: bool = False
     scene_tags: bool = True  # EfficientNet-Lite0 ImageNet tags
     # A neural captioner exported by models/export_captioner.py; unset: the grounded one.
     captioner_dir: Path | None = None

@@ -1,8 +1,9 @@
 """Build the models the service runs from settings: verified, loaded and warmed up.
 
-The detector is required. The second-opinion detector (for the label-quality estimate)
-and the tagger are loaded when enabled and their files are in the model directory; without
-them the service still labels, with a weaker quality estimate and no tags.
+The detector is required. The second opinion for the label-quality estimate (NanoDet, and
+optionally the same YOLOX weights at a larger input size) and the tagger are loaded when
+enabled and their files are in the model directory; without them the service still labels,
+with a weaker quality estimate and no tags.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from service.infer.manifest import spec
 from service.infer.nanodet import NanoDetDetector, load_nanodet
 from service.infer.tagger import EfficientNetTagger, load_tagger
 from service.infer.yolox import YoloxDetector, load_yolox
+from service.score import quality
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,11 @@ class Models:
     second: NanoDetDetector | None
     tagger: EfficientNetTagger | None
     captioner: NeuralCaptioner | None = None
+    # The detector at quality.SECOND_SCALE_SIZE: optional, joins ``second``'s opinion.
+    second_scale: YoloxDetector | None = None
 
     def loaded(self) -> list[Any]:
-        models = (self.detector, self.second, self.tagger, self.captioner)
+        models = (self.detector, self.second, self.second_scale, self.tagger, self.captioner)
         return [m for m in models if m is not None]
 
 
@@ -50,9 +54,19 @@ def load_models(settings: Settings) -> Models:
             **common,
         )
     )
-    second = tagger = None
+    second = second_scale = tagger = None
     if settings.second_opinion and _present(settings, "nanodet_g_416"):
         second = _timed(lambda: load_nanodet(settings.model_dir, **common))
+    if second is not None and settings.second_scale:
+        second_scale = _timed(
+            lambda: load_yolox(
+                settings.model_dir,
+                input_size=quality.SECOND_SCALE_SIZE,
+                nms_iou=settings.nms_iou,
+                max_detections=settings.max_detections,
+                **common,
+            )
+        )
     if settings.scene_tags and _present(settings, "efficientnet_lite0"):
         tagger = _timed(lambda: load_tagger(settings.model_dir, **common))
     captioner = None
@@ -60,7 +74,13 @@ def load_models(settings: Settings) -> Models:
         captioner = NeuralCaptioner(settings.captioner_dir, **common)
         captioner.caption([Image.new("RGB", (64, 64))], num_beams=settings.caption_beams)
         log.info("loaded captioner %s on %s", captioner.name, captioner.provider)
-    return Models(detector=detector, second=second, tagger=tagger, captioner=captioner)
+    return Models(
+        detector=detector,
+        second=second,
+        tagger=tagger,
+        captioner=captioner,
+        second_scale=second_scale,
+    )
 
 
 def _present(settings: Settings, name: str) -> bool:

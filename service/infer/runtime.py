@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from service.infer.manifest import ModelError, spec
@@ -97,16 +98,41 @@ class OrtModelSession:
         return bound
 
 
+def with_input_size(path: Path, size: int) -> bytes:
+    """The model at ``path`` with its first input's two spatial dimensions set to ``size``.
+
+    For fully convolutional detectors exported with a fixed ``[1, 3, H, W]`` input: the same
+    weights then run at another scale. Recorded shapes of intermediate values and outputs
+    are dropped, since they no longer hold; ONNX Runtime infers them again.
+    """
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises protobuf's DecodeError, among others
+        raise ModelError(f"cannot read model {path}: {exc}") from exc
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ModelError(f"{path.name}: expected a 4-d input, got {len(dims)} dimensions")
+    dims[2].dim_value = size
+    dims[3].dim_value = size
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
 def load_onnx_session(
     path: Path,
     *,
     provider: ProviderChoice,
     intra_op_threads: int,
     io_binding: bool | None = None,
+    input_size: int | None = None,
 ) -> OrtModelSession:
     """Open ``path`` on the chosen provider; ``intra_op_threads`` 0 lets ONNX Runtime decide.
 
     ``io_binding`` None: on for GPU providers, off on the CPU (where it buys nothing).
+    ``input_size``: run an image model at this square input size (``with_input_size``).
     """
     providers = choose_providers(provider, ort.get_available_providers())
     options = ort.SessionOptions()
@@ -116,8 +142,9 @@ def load_onnx_session(
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    model: str | bytes = str(path) if input_size is None else with_input_size(path, input_size)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own, undocumented exception types
         raise ModelError(f"cannot load model {path}: {exc}") from exc
     on_gpu = session.get_providers()[0] in (CUDA, TENSORRT)

@@ -23,6 +23,7 @@ STRIDES = (8, 16, 32)
 PAD_VALUE = 114.0
 REDUCING_GAP = 2.0
 MODEL_NAME = "yolox_nano"
+EXPORTED_SIZE = 416  # the shipped file's input; other multiples of 32 run the same weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,14 +233,22 @@ def load_yolox(
     *,
     provider: ProviderChoice = "auto",
     intra_op_threads: int = 0,
-    input_size: int = 416,
+    input_size: int = EXPORTED_SIZE,
     nms_iou: float = 0.65,
     max_detections: int = 100,
 ) -> YoloxDetector:
-    """The shipped YOLOX-nano detector from ``model_dir``, checksums verified."""
+    """The shipped YOLOX-nano detector from ``model_dir``, checksums verified, at
+    ``input_size`` (a multiple of 32)."""
+    if input_size % STRIDES[-1]:
+        raise ModelError(f"YOLOX input size must be a multiple of {STRIDES[-1]}, got {input_size}")
     model_path = resolve(model_dir, MODEL_NAME)
     names = read_lines(resolve(model_dir, "coco_classes"))
-    session = load_onnx_session(model_path, provider=provider, intra_op_threads=intra_op_threads)
+    session = load_onnx_session(
+        model_path,
+        provider=provider,
+        intra_op_threads=intra_op_threads,
+        input_size=None if input_size == EXPORTED_SIZE else input_size,
+    )
     return YoloxDetector(
         session,
         names,

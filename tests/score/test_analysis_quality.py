@@ -11,9 +11,12 @@ import pytest
 from bench.detection_map import load_rgb
 from service.analysis import ImageAnalyzer
 from service.executor import BlockingExecutor
-from service.infer.models import Models
+from service.infer.manifest import ModelError
+from service.infer.models import Models, load_models
+from service.infer.nanodet import load_nanodet
 from service.infer.yolox import Detection, YoloxDetector, load_yolox
 from service.score import quality
+from service.settings import Settings
 from tests.conftest import CAT_PHOTO
 
 CROWDED_PHOTO = "000000217285.jpg"  # dozens of people, many of them small
@@ -77,3 +80,57 @@ async def test_analysis_detects_once_and_stores_only_kept_boxes(
     assert result.quality.score == expected.score
     lineage = {a.name: a for a in analyzer.lineage("2024-01-01T00:00:00Z")}
     assert lineage["label_quality"].params["sub_threshold_min_confidence"] == quality.SUB_MIN_CONF
+
+
+def test_the_detector_runs_at_another_input_size(detector: YoloxDetector, model_dir: Path) -> None:
+    scaled = load_yolox(model_dir, provider="cpu", intra_op_threads=1, input_size=640)
+    assert scaled.input_size == 640
+    assert scaled.sha256 == detector.sha256  # the same weights
+    image = PIL.Image.new("RGB", (1280, 960), (114, 114, 114))
+    assert scaled.detect(image, 0.5) == []  # decodes 80*80 + 40*40 + 20*20 anchors
+    with pytest.raises(ModelError, match="multiple of 32"):
+        load_yolox(model_dir, provider="cpu", input_size=600)
+
+
+async def test_second_scale_joins_the_second_opinion_with_its_own_coefficients(
+    detector: YoloxDetector, model_dir: Path, evalset_dir: Path, executor: BlockingExecutor
+) -> None:
+    nanodet = load_nanodet(model_dir, provider="cpu", intra_op_threads=1)
+    scaled = load_yolox(
+        model_dir, provider="cpu", intra_op_threads=1, input_size=quality.SECOND_SCALE_SIZE
+    )
+    models = Models(detector=detector, second=nanodet, tagger=None, second_scale=scaled)
+    analyzer = ImageAnalyzer(models, min_confidence=0.25, max_pixels=10**8)
+    data = (evalset_dir / "images" / CROWDED_PHOTO).read_bytes()
+    result = await analyzer.analyze(data, executor)
+
+    image = result.decoded.image
+    low = detector.detect(image, quality.SUB_MIN_CONF)
+    kept = [d for d in low if d.conf >= quality.KEPT_CONF]
+    second = nanodet.detect(image, quality.SECOND_MIN_CONF)
+    both = second + scaled.detect(image, quality.SECOND_MIN_CONF)
+    expected = quality.estimate(
+        kept, both, [], result.properties, image.size, below=low, model=quality.WITH_SECOND_SCALE
+    )
+    assert result.quality.score == expected.score
+    plain = quality.estimate(kept, second, [], result.properties, image.size, below=low)
+    assert plain.score != expected.score
+    assert [b.quality for b in result.boxes] == quality.box_quality(
+        kept, both, model=quality.WITH_SECOND_SCALE
+    )
+    assert result.quality.model == "expected-f1-logistic-v2+scale640"
+    lineage = {a.name: a for a in analyzer.lineage("2024-01-01T00:00:00Z")}
+    assert lineage["second_scale"].params["input_size"] == quality.SECOND_SCALE_SIZE
+    assert lineage["second_scale"].sha256 == detector.sha256
+    assert lineage["label_quality"].params["second_scale"] is True
+    assert lineage["label_quality"].model == result.quality.model
+
+
+def test_second_scale_is_off_by_default_and_needs_the_second_opinion(model_dir: Path) -> None:
+    assert load_models(Settings(model_dir=model_dir, execution_provider="cpu")).second_scale is None
+    on = load_models(Settings(model_dir=model_dir, execution_provider="cpu", second_scale=True))
+    assert on.second_scale is not None and on.second_scale.input_size == quality.SECOND_SCALE_SIZE
+    alone = Settings(
+        model_dir=model_dir, execution_provider="cpu", second_scale=True, second_opinion=False
+    )
+    assert load_models(alone).second_scale is None
