@@ -8,7 +8,8 @@ concurrency 1, 4 and 16 (a fresh database for each level, so every photo is anal
 Prints JSON lines: ``ingest`` (ratio = service / bare images/s at the best concurrency, with
 the CPU milliseconds per image of each process involved: the service's event loop and its
 blocking work, the database, the photo host, the HTTP client), ``ingest_components`` (mean
-ms per stage inside the service), ``cold_start`` and ``labeling_latency`` (median latency at
+ms per stage inside the service), ``cold_start``, ``second_scale_cost`` (throughput and latency
+with ``LABELSVC_SECOND_SCALE=1``, against the default) and ``labeling_latency`` (median latency at
 concurrency 1 with every analysis on, over the same service running detection only).
 """
 
@@ -149,7 +150,7 @@ def main() -> int:
     files = photos()
     settings = Settings(model_dir=model_dir())
     bare_runs = {c: bare_images_per_second(files, settings, c) for c in CONCURRENCY}
-    full_ms, detect_ms = 0.0, 0.0
+    full_ms, detect_ms, scaled_ms, scaled_rate = 0.0, 0.0, 0.0, 0.0
     levels: dict[int, dict[str, Any]] = {}
     components: dict[str, float] = {}
     rss = 0.0
@@ -176,6 +177,14 @@ def main() -> int:
                 with service(db.uri, **only) as (base, _):
                     _, detect_latencies = asyncio.run(post_all(base, urls, 1))
                 detect_ms = statistics.median(detect_latencies) * 1000
+                # The optional second scale for the label-quality estimate: what it costs.
+                scaled = {"mongodb_db": "ingest_second_scale", "second_scale": "1"}
+                with service(db.uri, **scaled) as (base, _):
+                    _, scaled_latencies = asyncio.run(post_all(base, urls[:64], 1))
+                scaled["mongodb_db"] = "ingest_second_scale_16"
+                with service(db.uri, **scaled) as (base, _):
+                    scaled_rate, _ = asyncio.run(post_all(base, urls, 16))
+                scaled_ms = statistics.median(scaled_latencies) * 1000
             levels[concurrency] = {
                 "images_per_s": round(rate, 2),
                 "p50_ms": round(1000 * statistics.median(latencies), 1),
@@ -222,6 +231,18 @@ def main() -> int:
                 "p50_ms_everything": round(full_ms, 1),
                 "p50_ms_detection_only": round(detect_ms, 1),
                 "concurrency": 1,
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "name": "second_scale_cost",
+                "ratio": round(scaled_rate / levels[16]["images_per_s"], 3),
+                "images_per_s_at_16": round(scaled_rate, 2),
+                "images_per_s_at_16_default": levels[16]["images_per_s"],
+                "p50_ms_at_1": round(scaled_ms, 1),
+                "latency_over_detection_only": round(scaled_ms / detect_ms, 3),
             }
         )
     )
