@@ -99,7 +99,7 @@ class ImageAnalyzer:
         self._caption_beams = caption_beams
         self.max_pixels = max_pixels
         # Decoding may shrink the image (JPEG draft mode) as far as the largest model input.
-        scaled = models.second_scale
+        scaled = models.scaled_second
         self._decode_size = max(self.detector.input_size, scaled.input_size if scaled else 0)
         self._metrics = metrics or Metrics()
 
@@ -148,7 +148,7 @@ class ImageAnalyzer:
     @property
     def quality_model(self) -> str:
         """The name of the label-quality method in use."""
-        scaled = self.models.second is not None and self.models.second_scale is not None
+        scaled = self.models.scaled_second is not None
         return f"{QUALITY_MODEL}+scale{quality.SECOND_SCALE_SIZE}" if scaled else QUALITY_MODEL
 
     def lineage(self, processed_at: str) -> list[Analysis]:
@@ -160,12 +160,10 @@ class ImageAnalyzer:
         if models.second is not None:
             params: Params = {"min_confidence": quality.SECOND_MIN_CONF}
             entries.append(_model_entry("second_opinion", models.second, processed_at, params))
-        if models.second is not None and models.second_scale is not None:
-            params = {
-                "input_size": models.second_scale.input_size,
-                "min_confidence": quality.SECOND_MIN_CONF,
-            }
-            entries.append(_model_entry("second_scale", models.second_scale, processed_at, params))
+        scaled = models.scaled_second
+        if scaled is not None:
+            params = {"input_size": scaled.input_size, "min_confidence": quality.SECOND_MIN_CONF}
+            entries.append(_model_entry("second_scale", scaled, processed_at, params))
         if models.tagger is not None:
             params = {"top_k": TAG_TOP_K, "min_confidence": TAG_MIN_CONF}
             entries.append(_model_entry("scene_tags", models.tagger, processed_at, params))
@@ -178,7 +176,7 @@ class ImageAnalyzer:
                 None,
                 {
                     "second_opinion": models.second is not None,
-                    "second_scale": models.second is not None and models.second_scale is not None,
+                    "second_scale": scaled is not None,
                     "sub_threshold_min_confidence": quality.SUB_MIN_CONF,
                 },
                 processed_at,
@@ -222,8 +220,8 @@ class ImageAnalyzer:
             return second.detect(image, quality.SECOND_MIN_CONF)
 
     def _second_scale(self, image: Image.Image) -> list[Detection] | None:
-        scaled = self.models.second_scale
-        if scaled is None or self.models.second is None:
+        scaled = self.models.scaled_second
+        if scaled is None:
             return None
         with self._stage("second_scale", scaled):
             return scaled.detect(image, quality.SECOND_MIN_CONF)

@@ -35,6 +35,11 @@ class Models:
     # The detector at quality.SECOND_SCALE_SIZE: optional, joins ``second``'s opinion.
     second_scale: YoloxDetector | None = None
 
+    @property
+    def scaled_second(self) -> YoloxDetector | None:
+        """The second scale when it is in use: it only ever joins NanoDet's opinion."""
+        return self.second_scale if self.second is not None else None
+
     def loaded(self) -> list[Any]:
         models = (self.detector, self.second, self.second_scale, self.tagger, self.captioner)
         return [m for m in models if m is not None]
@@ -45,28 +50,25 @@ def load_models(settings: Settings) -> Models:
         "provider": settings.execution_provider,
         "intra_op_threads": settings.ort_threads,
     }
-    detector = _timed(
-        lambda: load_yolox(
-            settings.model_dir,
-            input_size=settings.detector_input_size,
-            nms_iou=settings.nms_iou,
-            max_detections=settings.max_detections,
-            **common,
-        )
-    )
-    second = second_scale = tagger = None
-    if settings.second_opinion and _present(settings, "nanodet_g_416"):
-        second = _timed(lambda: load_nanodet(settings.model_dir, **common))
-    if second is not None and settings.second_scale:
-        second_scale = _timed(
+
+    def yolox_at(size: int) -> YoloxDetector:
+        detector: YoloxDetector = _timed(
             lambda: load_yolox(
                 settings.model_dir,
-                input_size=quality.SECOND_SCALE_SIZE,
+                input_size=size,
                 nms_iou=settings.nms_iou,
                 max_detections=settings.max_detections,
                 **common,
             )
         )
+        return detector
+
+    detector = yolox_at(settings.detector_input_size)
+    second = second_scale = tagger = None
+    if settings.second_opinion and _present(settings, "nanodet_g_416"):
+        second = _timed(lambda: load_nanodet(settings.model_dir, **common))
+    if second is not None and settings.second_scale:
+        second_scale = yolox_at(quality.SECOND_SCALE_SIZE)
     if settings.scene_tags and _present(settings, "efficientnet_lite0"):
         tagger = _timed(lambda: load_tagger(settings.model_dir, **common))
     captioner = None
