@@ -64,12 +64,10 @@ class PhotoHost:
 @contextmanager
 def photo_server() -> Iterator[PhotoHost]:
     port = free_port()
-    # HTTP/1.1 keeps connections open between requests, as image hosts and CDNs do.
-    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
-    command += ["--protocol", "HTTP/1.1"]
+    command = [sys.executable, "-m", "bench.photo_host", str(port), str(evalset_dir() / "images")]
     with subprocess.Popen(
         command,
-        cwd=evalset_dir() / "images",
+        cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     ) as proc:
