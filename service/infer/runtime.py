@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import numpy as np
 import onnx
@@ -202,6 +202,39 @@ class ManifestModel:
     @property
     def class_names(self) -> tuple[str, ...]:
         return self._class_names
+
+
+class SquareInputDetector(ManifestModel):
+    """A detector of the manifest with a square input: its size, NMS IoU and output cap.
+
+    Subclasses name their manifest entry and default NMS IoU, and add ``detect``.
+    """
+
+    manifest_name: ClassVar[str]
+    default_nms_iou: ClassVar[float]
+
+    def __init__(
+        self,
+        session: ModelSession,
+        class_names: Sequence[str],
+        *,
+        input_size: int = 416,
+        nms_iou: float | None = None,
+        max_detections: int = 100,
+        model_name: str | None = None,
+        model_sha256: str | None = None,
+    ) -> None:
+        check_square_input(session, input_size, "detector")
+        super().__init__(
+            session,
+            self.manifest_name,
+            class_names,
+            model_name=model_name,
+            model_sha256=model_sha256,
+        )
+        self.input_size = input_size
+        self.nms_iou = self.default_nms_iou if nms_iou is None else nms_iou
+        self.max_detections = max_detections
 
 
 def check_square_input(session: ModelSession, size: int, what: str) -> None:

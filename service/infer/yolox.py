@@ -11,13 +11,7 @@ import numpy as np
 import PIL.Image
 
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
-from service.infer.runtime import (
-    ManifestModel,
-    ModelSession,
-    ProviderChoice,
-    check_square_input,
-    load_onnx_session,
-)
+from service.infer.runtime import ProviderChoice, SquareInputDetector, load_onnx_session
 
 STRIDES = (8, 16, 32)
 PAD_VALUE = 114.0
@@ -190,27 +184,11 @@ def postprocess(
     return detections
 
 
-class YoloxDetector(ManifestModel):
+class YoloxDetector(SquareInputDetector):
     """A YOLOX model plus its pre- and post-processing; safe to share between threads."""
 
-    def __init__(
-        self,
-        session: ModelSession,
-        class_names: Sequence[str],
-        *,
-        input_size: int = 416,
-        nms_iou: float = 0.65,
-        max_detections: int = 100,
-        model_name: str | None = None,
-        model_sha256: str | None = None,
-    ) -> None:
-        check_square_input(session, input_size, "detector")
-        super().__init__(
-            session, MODEL_NAME, class_names, model_name=model_name, model_sha256=model_sha256
-        )
-        self.input_size = input_size
-        self.nms_iou = nms_iou
-        self.max_detections = max_detections
+    manifest_name = MODEL_NAME
+    default_nms_iou = 0.65
 
     def detect(self, image: PIL.Image.Image, min_confidence: float) -> list[Detection]:
         """Detections on an RGB image, best first, at most ``max_detections``."""
