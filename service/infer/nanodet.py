@@ -14,7 +14,7 @@ import PIL.Image
 
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
 from service.infer.runtime import ProviderChoice, SquareInputDetector, load_onnx_session
-from service.infer.yolox import Detection, nms_per_class
+from service.infer.yolox import Detection, clipped_detections, nms_per_class
 
 MODEL_NAME = "nanodet_g_416"
 STRIDES = (8, 16, 32)
@@ -129,27 +129,10 @@ def postprocess(
     width, height = image_size
     boxes[:, 0::2] *= width / size
     boxes[:, 1::2] *= height / size
-    keep_idx = nms_per_class(boxes, scores_all, classes_all, nms_iou, max_detections)
-    boxes = boxes[keep_idx]
-    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, float(width))
-    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, float(height))
-    detections: list[Detection] = []
-    for (x1, y1, x2, y2), index in zip(boxes.tolist(), keep_idx.tolist(), strict=True):
-        if x2 <= x1 or y2 <= y1:
-            continue
-        class_id = int(classes_all[index])
-        detections.append(
-            Detection(
-                class_id=class_id,
-                classname=class_names[class_id],
-                conf=float(scores_all[index]),
-                x1=x1,
-                y1=y1,
-                x2=x2,
-                y2=y2,
-            )
-        )
-    return detections
+    keep = nms_per_class(boxes, scores_all, classes_all, nms_iou, max_detections)
+    return clipped_detections(
+        boxes[keep], classes_all[keep], scores_all[keep], image_size, class_names
+    )
 
 
 class NanoDetDetector(SquareInputDetector):

@@ -161,20 +161,34 @@ def postprocess(
     cx, cy, w, h = decoded[candidates, :4].T
     boxes = np.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), axis=1) / scale
     keep = nms_per_class(boxes, scores[candidates], class_ids[candidates], nms_iou, max_detections)
+    kept = candidates[keep]
+    return clipped_detections(boxes[keep], class_ids[kept], scores[kept], image_size, class_names)
+
+
+def clipped_detections(
+    boxes: np.ndarray,
+    class_ids: np.ndarray,
+    scores: np.ndarray,
+    image_size: tuple[int, int],
+    class_names: Sequence[str],
+) -> list[Detection]:
+    """Boxes (x1, y1, x2, y2 in image pixels, after NMS) clipped to the image; a box left
+    empty by clipping lay entirely outside it and is dropped."""
     width, height = image_size
-    boxes = boxes[keep]
+    boxes = boxes.copy()
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, float(width))
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, float(height))
     detections: list[Detection] = []
-    for (x1, y1, x2, y2), index in zip(boxes.tolist(), candidates[keep].tolist(), strict=True):
+    for (x1, y1, x2, y2), class_id, conf in zip(
+        boxes.tolist(), class_ids.tolist(), scores.tolist(), strict=True
+    ):
         if x2 <= x1 or y2 <= y1:
-            continue  # entirely outside the image
-        class_id = int(class_ids[index])
+            continue
         detections.append(
             Detection(
-                class_id=class_id,
-                classname=class_names[class_id],
-                conf=float(scores[index]),
+                class_id=int(class_id),
+                classname=class_names[int(class_id)],
+                conf=float(conf),
                 x1=x1,
                 y1=y1,
                 x2=x2,
