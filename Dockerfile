@@ -1,26 +1,24 @@
-# The production image: CUDA runtime + onnxruntime-gpu, running as a non-root user.
+# The production image: onnxruntime-gpu with CUDA 13 and cuDNN 9 from their pip wheels (pinned
+# in requirements/constraints.txt), running as a non-root user. The host needs an NVIDIA driver
+# >= 580 and the NVIDIA Container Toolkit (`--gpus all`, or the compose file's reservation).
 # Models are not baked in: mount a model directory at /models (see README, "Models").
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+FROM python:3.11-slim-bookworm
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONDONTWRITEBYTECODE=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
+    PATH=/opt/venv/bin:$PATH \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3 -m venv $VIRTUAL_ENV
+RUN python3 -m venv $VIRTUAL_ENV
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY service service
 COPY models models
-# The constraints pin the CPU runtime; the GPU build replaces it.
-RUN grep -v '^onnxruntime==' requirements/constraints.txt > /tmp/constraints.txt \
-    && pip install --no-cache-dir -c /tmp/constraints.txt '.[gpu]'
+RUN pip install --no-cache-dir -c requirements/constraints.txt '.[gpu]'
 
 RUN useradd --system --uid 10001 --home-dir /app labelsvc
 USER labelsvc

@@ -12,17 +12,29 @@ LABELSVC_EVALSET_DIR ?= $(SHARED)/evalset
 export LABELSVC_MODEL_DIR LABELSVC_EVALSET_DIR
 export LABELSVC_DB_SERVER := $(abspath $(DBVENV)/bin/secantusd-py)
 
+# ONNX Runtime build: cpu, or gpu (onnxruntime-gpu with CUDA 13 and cuDNN 9 as pip wheels;
+# needs an NVIDIA driver >= 580), e.g. `make run RUNTIME=gpu`, `make bench RUNTIME=gpu`.
+RUNTIME ?= cpu
+ifeq ($(filter $(RUNTIME),cpu gpu),)
+$(error RUNTIME must be cpu or gpu, not '$(RUNTIME)')
+endif
+INSTALLED := $(VENV)/.installed-$(RUNTIME)
+# Both builds install the same `onnxruntime` module: switching removes the other first.
+OTHER_ORT := $(if $(filter gpu,$(RUNTIME)),onnxruntime,onnxruntime-gpu)
+
 .PHONY: run test lint typecheck pytest bench openapi install clean
 
-$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+$(INSTALLED): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[cpu,dev]'
+	$(PY) -m pip uninstall --quiet --yes $(OTHER_ORT)
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[$(RUNTIME),dev]'
+	rm -f $(VENV)/.installed-* $(VENV)/.bench-installed
 	touch $@
 
 # `make bench` only: the bench extra adds torch and an embedding model for caption similarity.
-$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml requirements/constraints.txt
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[cpu,dev,bench]'
+$(VENV)/.bench-installed: $(INSTALLED) pyproject.toml requirements/constraints.txt
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[$(RUNTIME),dev,bench]'
 	touch $@
 
 # The test/dev database server lives in its own environment: it is a separate program, never imported.
@@ -32,17 +44,17 @@ $(DBVENV)/.installed: requirements/db-constraints.txt
 	$(DBVENV)/bin/python -m pip install --quiet -c requirements/db-constraints.txt 'secantusdb==0.7.0b3'
 	touch $@
 
-install: $(VENV)/.installed $(DBVENV)/.installed
+install: $(INSTALLED) $(DBVENV)/.installed
 
 run: install
 	$(PY) -m models.fetch --model-dir "$(LABELSVC_MODEL_DIR)"
 	exec $(PY) -m service serve
 
-lint: $(VENV)/.installed
+lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(VENV)/.installed
+typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy
 
 pytest: install
@@ -53,7 +65,7 @@ test: lint typecheck pytest
 bench: install $(VENV)/.bench-installed
 	$(PY) -m bench.run_all
 
-openapi: $(VENV)/.installed
+openapi: $(INSTALLED)
 	$(PY) -m service openapi > openapi/openapi.json
 
 clean:

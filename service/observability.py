@@ -34,7 +34,7 @@ class Metrics:
         )
         self.inference_latency = Histogram(
             "labelsvc_model_inference_seconds",
-            "Model inference latency (session.run only)",
+            "Model latency per image: pre-processing, session.run and post-processing",
             ["model", "provider"],
             buckets=LATENCY_BUCKETS,
             registry=r,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, get_args
@@ -17,6 +19,8 @@ ProviderChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
+
+log = logging.getLogger(__name__)
 
 
 class ModelSession(Protocol):
@@ -121,6 +125,19 @@ def with_input_size(path: Path, size: int) -> bytes:
     return serialized
 
 
+@functools.cache
+def load_gpu_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the ``nvidia-*`` wheels, once per process.
+
+    onnxruntime-gpu from PyPI does not find them by itself (its CUDA provider has no search
+    path into site-packages); ``preload_dlls`` loads them, falling back to the system's
+    library path, so a CUDA installed system-wide works as well.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
+
+
 def load_onnx_session(
     path: Path,
     *,
@@ -135,6 +152,8 @@ def load_onnx_session(
     ``input_size``: run an image model at this square input size (``with_input_size``).
     """
     providers = choose_providers(provider, ort.get_available_providers())
+    if providers[0] != CPU:
+        load_gpu_libraries()
     options = ort.SessionOptions()
     if intra_op_threads > 0:
         options.intra_op_num_threads = intra_op_threads
@@ -152,10 +171,19 @@ def load_onnx_session(
         session, Path(path), io_binding=on_gpu if io_binding is None else io_binding
     )
     # ONNX Runtime silently falls back to CPU when the CUDA libraries fail to load.
-    if provider in ("cuda", "tensorrt") and wrapped.provider != providers[0]:
-        raise ModelError(
-            f"execution provider {providers[0]} was requested for {path} but onnxruntime "
-            f"fell back to {wrapped.provider} (check the CUDA/cuDNN/TensorRT libraries)"
+    if wrapped.provider != providers[0]:
+        if provider in ("cuda", "tensorrt"):
+            raise ModelError(
+                f"execution provider {providers[0]} was requested for {path} but onnxruntime "
+                f"fell back to {wrapped.provider} (check the NVIDIA driver and the "
+                "CUDA/cuDNN/TensorRT libraries)"
+            )
+        log.warning(
+            "%s could not start for %s (NVIDIA driver or CUDA/cuDNN libraries missing?): "
+            "running on %s",
+            providers[0],
+            Path(path).name,
+            wrapped.provider,
         )
     return wrapped
 

@@ -13,7 +13,7 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 
-from service.infer import manifest
+from service.infer import manifest, runtime
 from service.infer.manifest import ModelError, resolve, sha256_file, spec
 from service.infer.runtime import ProviderChoice, choose_providers, load_onnx_session
 from service.infer.yolox import Detection, YoloxDetector, load_yolox
@@ -75,6 +75,47 @@ def test_choose_providers_fails_fast(requested: ProviderChoice, available: list[
 def test_load_refuses_cuda_without_it() -> None:
     with pytest.raises(ModelError, match="CUDAExecutionProvider"):
         load_onnx_session(resolve(model_dir(), "yolox_nano"), provider="cuda", intra_op_threads=1)
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="CUDA is available here")
+def test_a_cuda_build_that_cannot_start_cuda_is_never_silent(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CUDA build on a machine whose driver or libraries are missing: ONNX Runtime runs the
+    session on the CPU. ``auto`` says so in the log; ``cuda`` refuses to start."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    preloads: list[None] = []
+    monkeypatch.setattr(runtime, "load_gpu_libraries", lambda: preloads.append(None))
+    path = resolve(model_dir(), "yolox_nano")
+    with pytest.warns(UserWarning, match=CUDA):  # onnxruntime's own note on the fallback
+        session = load_onnx_session(path, provider="auto", intra_op_threads=1)
+    assert session.provider == CPU and not session.io_binding
+    assert preloads == [None]
+    assert f"{CUDA} could not start for yolox_nano.onnx" in caplog.text
+    assert "running on CPUExecutionProvider" in caplog.text
+    with pytest.warns(UserWarning, match=CUDA), pytest.raises(ModelError, match="fell back"):
+        load_onnx_session(path, provider="cuda", intra_op_threads=1)
+    assert preloads == [None, None]
+
+
+def test_cpu_sessions_load_no_gpu_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+    preloads: list[None] = []
+    monkeypatch.setattr(runtime, "load_gpu_libraries", lambda: preloads.append(None))
+    for provider in ("cpu", "auto"):
+        load_onnx_session(resolve(model_dir(), "yolox_nano"), provider=provider, intra_op_threads=1)
+    assert preloads == ([] if CUDA not in ort.get_available_providers() else [None])
+
+
+def test_gpu_libraries_load_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[None] = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda: calls.append(None), raising=False)
+    runtime.load_gpu_libraries.cache_clear()
+    try:
+        runtime.load_gpu_libraries()
+        runtime.load_gpu_libraries()
+    finally:
+        runtime.load_gpu_libraries.cache_clear()
+    assert calls == [None]
 
 
 def test_resolve_verifies_the_shared_model() -> None:
