@@ -17,8 +17,11 @@ Prints JSON lines: ``ingest`` (ratio = service / bare images/s at the best concu
 the CPU milliseconds per image of each process involved: the service's event loop and its
 blocking work, the database, the photo host, the HTTP client), ``ingest_components`` (mean
 ms per stage inside the service), ``cold_start``, ``second_scale_cost`` (throughput and latency
-with ``LABELSVC_SECOND_SCALE=1``, against the default) and ``labeling_latency`` (median latency at
-concurrency 1 with every analysis on, over the same service running detection only).
+with ``LABELSVC_SECOND_SCALE=1``, against the default), ``labeling_latency`` (median latency at
+concurrency 1 with every analysis on, over the same service running detection only) and
+``detection_alone`` (the detector by itself on the decoded photos, on the same executor:
+images/s, against which the service's end-to-end images/s are set). Each line that measures
+models names the execution provider they ran on (``RUNTIME=gpu`` runs them on CUDA).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ import httpx
 
 from bench.detection_map import model_dir
 from bench.harness import bare_analyzer, database, photo_server, photos, service
+from service.decode.image import decode_image
 from service.executor import BlockingExecutor, start_request
+from service.score import quality
 from service.settings import Settings
 
 CONCURRENCY = (1, 4, 16)
@@ -77,6 +82,45 @@ def bare_images_per_second(
         return rate, 1000 * (process_cpu_seconds() - cpu) / len(blobs)
     finally:
         executor.shutdown()
+
+
+def detection_alone_images_per_second(
+    files: list[Path], settings: Settings, concurrency: int
+) -> tuple[float, str]:
+    """The detector by itself over the photos decoded beforehand, on an executor of the
+    service's size: images/s, and the execution provider it ran on."""
+    detector = bare_analyzer(settings).detector
+    images = [
+        decode_image(
+            f.read_bytes(), max_pixels=settings.max_pixels, target_size=detector.input_size
+        ).image
+        for f in files
+    ]
+    floor = min(settings.min_confidence, quality.SUB_MIN_CONF)
+    executor = BlockingExecutor(settings.workers, max_pending=10_000)
+
+    async def run_all(batch: list[Any]) -> float:
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(image: Any) -> None:
+            async with limit:
+                await executor.run(detector.detect, image, floor)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(image) for image in batch))
+        return time.perf_counter() - start
+
+    try:
+        asyncio.run(run_all(images[:8]))  # warm-up
+        return len(images) / asyncio.run(run_all(images)), detector.provider
+    finally:
+        executor.shutdown()
+
+
+def service_provider(base: str) -> str:
+    """The execution provider of the running service's detector, as ``/readyz`` reports it."""
+    models = httpx.get(base + "/readyz").json()["models"]
+    return str(models[0]["provider"])
 
 
 async def post_all(base: str, urls: list[str], concurrency: int) -> tuple[float, list[float]]:
@@ -170,6 +214,8 @@ def main() -> int:
     files = photos()
     settings = Settings(model_dir=model_dir())
     bare_runs = {c: bare_images_per_second(files, settings, c) for c in CONCURRENCY}
+    detect_rate, detect_provider = detection_alone_images_per_second(files, settings, 16)
+    provider = ""
     full_ms, detect_ms, scaled_ms, scaled_rate = 0.0, 0.0, 0.0, 0.0
     levels: dict[int, dict[str, Any]] = {}
     components: dict[str, float] = {}
@@ -182,6 +228,7 @@ def main() -> int:
             started = time.perf_counter()
             with service(db.uri, mongodb_db=f"ingest_{concurrency}") as (base, proc):
                 cold_start = cold_start or time.perf_counter() - started
+                provider = provider or service_provider(base)
                 meter = CpuMeter(proc.pid, db.pid, server.pid)
                 rate, latencies = asyncio.run(post_all(base, urls, concurrency))
                 cpu = meter.per_image_ms(len(urls))
@@ -249,10 +296,23 @@ def main() -> int:
                 "peak_rss_mb": round(rss, 1),
                 "images": len(files),
                 "workers": settings.workers,
+                "provider": provider,
             }
         )
     )
     print(json.dumps({"name": "ingest_components", "ratio": 1.0, "mean_ms": components}))
+    print(
+        json.dumps(
+            {
+                "name": "detection_alone",
+                "ratio": round(levels[16]["images_per_s"] / detect_rate, 3),
+                "images_per_s": round(detect_rate, 2),
+                "end_to_end_images_per_s_at_16": levels[16]["images_per_s"],
+                "concurrency": 16,
+                "provider": detect_provider,
+            }
+        )
+    )
     print(
         json.dumps({"name": "cold_start", "ratio": 1.0, "seconds_to_ready": round(cold_start, 2)})
     )

@@ -1,0 +1,29 @@
+"""The ingest bench's in-process measurements, on a few real photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench.harness import photos
+from bench.ingest import bare_images_per_second, detection_alone_images_per_second
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def settings() -> Settings:
+    models = os.environ.get("LABELSVC_MODEL_DIR") or REPO.parent / "shared" / "models"
+    return Settings(model_dir=Path(models), execution_provider="cpu")
+
+
+def test_detection_alone_reports_its_rate_and_provider() -> None:
+    rate, provider = detection_alone_images_per_second(photos()[:4], settings(), 4)
+    assert rate > 0.0
+    assert provider == "CPUExecutionProvider"
+
+
+def test_bare_pipeline_reports_its_rate_and_cpu() -> None:
+    rate, cpu_ms = bare_images_per_second(photos()[:4], settings(), 4)
+    assert rate > 0.0
+    assert cpu_ms > 0.0
