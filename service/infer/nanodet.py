@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from service.infer.graph_edits import PixelInput
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
 from service.infer.runtime import ProviderChoice, SquareInputDetector, load_onnx_session
 from service.infer.yolox import Detection, clipped_detections, nms_per_class
@@ -19,19 +20,18 @@ from service.infer.yolox import Detection, clipped_detections, nms_per_class
 MODEL_NAME = "nanodet_g_416"
 STRIDES = (8, 16, 32)
 NUM_BINS = 11  # distance bins 0..10, in units of the stride
-MEAN_BGR = np.array([103.53, 116.28, 123.675], dtype=np.float32)
-STD_BGR = np.array([57.375, 57.12, 58.395], dtype=np.float32)
+# Its input is (x - mean) / std of BGR pixels: done inside the graph (``load_nanodet``).
+PIXELS = PixelInput(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395))
 
 
 def preprocess(image: PIL.Image.Image, size: int) -> np.ndarray:
-    """RGB image -> float32 ``[1,3,size,size]`` BGR, stretched, ``(x - mean) / std``."""
+    """RGB image -> uint8 ``[1,3,size,size]`` BGR, stretched to the square."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != (size, size):
         image = image.resize((size, size), PIL.Image.Resampling.BILINEAR, reducing_gap=2.0)
-    pixels = np.asarray(image, dtype=np.float32)[:, :, ::-1]
-    tensor = (pixels - MEAN_BGR) / STD_BGR
-    return np.ascontiguousarray(tensor.transpose(2, 0, 1)[None])
+    pixels = np.asarray(image, dtype=np.uint8)[:, :, ::-1]
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
 
 
 def split_outputs(
@@ -167,7 +167,9 @@ def load_nanodet(
     """The shipped NanoDet-g detector from ``model_dir``, checksums verified."""
     model_path = resolve(model_dir, MODEL_NAME)
     names = read_lines(resolve(model_dir, "coco_classes"))
-    session = load_onnx_session(model_path, provider=provider, intra_op_threads=intra_op_threads)
+    session = load_onnx_session(
+        model_path, provider=provider, intra_op_threads=intra_op_threads, pixels=PIXELS
+    )
     return NanoDetDetector(
         session,
         names,

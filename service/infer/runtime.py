@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
+from service.infer.graph_edits import PixelInput, read_model, set_input_size, set_uint8_pixels
 from service.infer.manifest import ModelError, spec
 
 ProviderChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
@@ -102,29 +102,6 @@ class OrtModelSession:
         return bound
 
 
-def with_input_size(path: Path, size: int) -> bytes:
-    """The model at ``path`` with its first input's two spatial dimensions set to ``size``.
-
-    For fully convolutional detectors exported with a fixed ``[1, 3, H, W]`` input: the same
-    weights then run at another scale. Recorded shapes of intermediate values and outputs
-    are dropped, since they no longer hold; ONNX Runtime infers them again.
-    """
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # onnx raises protobuf's DecodeError, among others
-        raise ModelError(f"cannot read model {path}: {exc}") from exc
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise ModelError(f"{path.name}: expected a 4-d input, got {len(dims)} dimensions")
-    dims[2].dim_value = size
-    dims[3].dim_value = size
-    del model.graph.value_info[:]
-    for output in model.graph.output:
-        output.type.tensor_type.ClearField("shape")
-    serialized: bytes = model.SerializeToString()
-    return serialized
-
-
 @functools.cache
 def load_gpu_libraries() -> None:
     """Load the CUDA and cuDNN libraries of the ``nvidia-*`` wheels, once per process.
@@ -145,11 +122,14 @@ def load_onnx_session(
     intra_op_threads: int,
     io_binding: bool | None = None,
     input_size: int | None = None,
+    pixels: PixelInput | None = None,
 ) -> OrtModelSession:
     """Open ``path`` on the chosen provider; ``intra_op_threads`` 0 lets ONNX Runtime decide.
 
     ``io_binding`` None: on for GPU providers, off on the CPU (where it buys nothing).
-    ``input_size``: run an image model at this square input size (``with_input_size``).
+    ``input_size``: run an image model at this square input size (``set_input_size``).
+    ``pixels``: feed the image input as uint8 pixels, normalised inside the graph
+    (``set_uint8_pixels``).
     """
     providers = choose_providers(provider, ort.get_available_providers())
     if providers[0] != CPU:
@@ -161,7 +141,14 @@ def load_onnx_session(
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    model: str | bytes = str(path) if input_size is None else with_input_size(path, input_size)
+    model: str | bytes = str(path)
+    if input_size is not None or pixels is not None:
+        proto = read_model(path)
+        if input_size is not None:
+            set_input_size(proto, input_size, path.name)
+        if pixels is not None:
+            set_uint8_pixels(proto, pixels, path.name)
+        model = proto.SerializeToString()
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own, undocumented exception types

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from service.infer.graph_edits import PixelInput
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
 from service.infer.runtime import (
     ManifestModel,
@@ -22,8 +23,8 @@ MODEL_NAME = "efficientnet_lite0"
 CLASSES_NAME = "imagenet_classes"
 RESIZE_SHORT = 256
 CROP = 224
-PIXEL_MEAN = 127.0
-PIXEL_STD = 128.0
+# Its input is (x - 127) / 128 of RGB pixels: done inside the graph (``load_tagger``).
+PIXELS = PixelInput(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ def parse_class_names(lines: Sequence[str]) -> list[str]:
 
 
 def preprocess(image: PIL.Image.Image) -> np.ndarray:
-    """RGB image -> float32 ``[1,3,224,224]``: short side 256, centre crop, ``(x-127)/128``."""
+    """RGB image -> uint8 ``[1,3,224,224]``: short side 256, centre crop."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     width, height = image.size
@@ -58,9 +59,8 @@ def preprocess(image: PIL.Image.Image) -> np.ndarray:
         image = image.resize((new_w, new_h), PIL.Image.Resampling.BILINEAR, reducing_gap=2.0)
     left = round((new_w - CROP) / 2)
     top = round((new_h - CROP) / 2)
-    pixels = np.asarray(image, dtype=np.float32)[top : top + CROP, left : left + CROP]
-    tensor = (pixels - PIXEL_MEAN) / PIXEL_STD
-    return np.ascontiguousarray(tensor.transpose(2, 0, 1)[None])
+    pixels = np.asarray(image, dtype=np.uint8)[top : top + CROP, left : left + CROP]
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -117,5 +117,7 @@ def load_tagger(
     """The shipped EfficientNet-Lite0 tagger from ``model_dir``, checksums verified."""
     model_path = resolve(model_dir, MODEL_NAME)
     names = parse_class_names(read_lines(resolve(model_dir, CLASSES_NAME)))
-    session = load_onnx_session(model_path, provider=provider, intra_op_threads=intra_op_threads)
+    session = load_onnx_session(
+        model_path, provider=provider, intra_op_threads=intra_op_threads, pixels=PIXELS
+    )
     return EfficientNetTagger(session, names, model_sha256=sha256_file(model_path))

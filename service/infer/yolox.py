@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from service.infer.graph_edits import RAW_PIXELS
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
 from service.infer.runtime import ProviderChoice, SquareInputDetector, load_onnx_session
 
 STRIDES = (8, 16, 32)
-PAD_VALUE = 114.0
+PAD_VALUE = 114
 REDUCING_GAP = 2.0
 MODEL_NAME = "yolox_nano"
 EXPORTED_SIZE = 416  # the shipped file's input; other multiples of 32 run the same weights
@@ -34,7 +35,8 @@ class Detection:
 
 
 def letterbox(image: PIL.Image.Image, size: int) -> tuple[np.ndarray, float]:
-    """RGB image -> float32 ``[1,3,size,size]`` BGR 0-255 tensor, top-left placed, padded 114.
+    """RGB image -> uint8 ``[1,3,size,size]`` BGR tensor, top-left placed, padded 114 (the
+    model takes the 0-255 values as they are: ``RAW_PIXELS``).
 
     Returns the tensor and the scale factor from original to network pixels.
     """
@@ -52,7 +54,7 @@ def letterbox(image: PIL.Image.Image, size: int) -> tuple[np.ndarray, float]:
             (new_w, new_h), PIL.Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP
         )
     pixels = np.asarray(image, dtype=np.uint8)
-    tensor = np.full((1, 3, size, size), PAD_VALUE, dtype=np.float32)
+    tensor = np.full((1, 3, size, size), PAD_VALUE, dtype=np.uint8)
     tensor[0, :, :new_h, :new_w] = pixels[:, :, ::-1].transpose(2, 0, 1)
     return tensor, scale
 
@@ -240,6 +242,7 @@ def load_yolox(
         provider=provider,
         intra_op_threads=intra_op_threads,
         input_size=None if input_size == EXPORTED_SIZE else input_size,
+        pixels=RAW_PIXELS,
     )
     return YoloxDetector(
         session,
