@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -12,6 +14,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import onnxruntime as ort
 import pytest
 import pytest_asyncio
 from litestar import Litestar
@@ -29,6 +32,23 @@ SHARED = ROOT.parent / "shared"
 API_KEY = "test-bootstrap-key-0123456789"
 CAT_PHOTO = "000000555705.jpg"  # one cat (COCO val2017)
 EMPTY_PHOTO = "000000058636.jpg"  # no COCO objects at all
+
+
+@functools.cache
+def cuda_unavailable() -> str | None:
+    """Why the ``gpu``-marked tests cannot run here, or None when they can."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "CUDAExecutionProvider is not available in this onnxruntime build"
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver (libcuda.so.1) on this machine"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None and (reason := cuda_unavailable()):
+        pytest.skip(reason)
 
 
 def _dir(env: str, default: Path) -> Path:
