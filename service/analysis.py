@@ -30,7 +30,7 @@ from service.domain.records import (
     Tag,
 )
 from service.executor import BlockingExecutor
-from service.infer.batching import BatchPolicy, MicroBatcher
+from service.infer.batching import BatchPolicy, MicroBatcher, Runner
 from service.infer.models import Models
 from service.infer.yolox import Detection
 from service.observability import Metrics
@@ -89,9 +89,14 @@ class ImageAnalyzer:
         metrics: Metrics | None = None,
         captions: MicroBatcher[Image.Image, str] | None = None,
         caption_beams: int = 1,
+        batch_runner: Runner | None = None,
+        detect_batch: BatchPolicy | None = None,
     ) -> None:
         """``captions`` batches neural captioning across concurrent requests (see
-        ``caption_batcher``); without it the grounded captioner writes every text."""
+        ``caption_batcher``); without it the grounded captioner writes every text.
+        ``detect_batch`` (with more than one image) gathers concurrent images into one
+        detector run on ``batch_runner`` (``BlockingExecutor.run_admitted``); the detector
+        must have been loaded for batches."""
         self.models = models
         self._captions = captions
         self.detector = models.detector
@@ -102,14 +107,26 @@ class ImageAnalyzer:
         scaled = models.scaled_second
         self._decode_size = max(self.detector.input_size, scaled.input_size if scaled else 0)
         self._metrics = metrics or Metrics()
+        self._detections: MicroBatcher[Image.Image, list[Detection]] | None = None
+        if (
+            batch_runner is not None
+            and detect_batch is not None
+            and detect_batch.max_batch_size > 1
+        ):
+            self._detections = MicroBatcher(self._detect_batch, batch_runner, detect_batch)
 
     async def analyze(self, data: bytes, executor: BlockingExecutor) -> ImageAnalysis:
         """Decoding is admitted by the executor's bound; the model stages that follow are not
         refused once it is (see ``BlockingExecutor.run_admitted``)."""
         decoded = await executor.run(self._decode, data)
         image, run = decoded.image, executor.run_admitted
+        detected = (
+            self._detections.submit(image)
+            if self._detections is not None
+            else run(self._detect, image)
+        )
         found, second, scaled, tags, props = await asyncio.gather(
-            run(self._detect, image),
+            detected,
             run(self._second_opinion, image),
             run(self._second_scale, image),
             run(self._tag, image),
@@ -208,9 +225,17 @@ class ImageAnalyzer:
         Greedy class-aware NMS only lets a box be suppressed by a higher-scoring one, so the
         boxes at or above ``min_confidence`` are exactly those a pass at that threshold finds.
         """
-        floor = min(self.min_confidence, quality.SUB_MIN_CONF)
         with self._stage("detect", self.detector):
-            return self.detector.detect(image, floor)
+            return self.detector.detect(image, self._detection_floor)
+
+    def _detect_batch(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        self._metrics.batch_size.labels(self.detector.name).observe(len(images))
+        with self._stage("detect", self.detector):
+            return self.detector.detect_batch(images, self._detection_floor)
+
+    @property
+    def _detection_floor(self) -> float:
+        return min(self.min_confidence, quality.SUB_MIN_CONF)
 
     def _second_opinion(self, image: Image.Image) -> list[Detection] | None:
         second = self.models.second

@@ -126,6 +126,10 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
                         ),
                     ),
                     caption_beams=settings.caption_beams,
+                    batch_runner=executor.run_admitted,
+                    detect_batch=BatchPolicy(
+                        settings.detect_batch_size, settings.detect_batch_wait_ms
+                    ),
                 ),
                 store=records,
                 metrics=metrics,

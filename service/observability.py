@@ -39,6 +39,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_size = Histogram(
+            "labelsvc_model_batch_size",
+            "Images per model run when concurrent images are batched",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.records_created = Counter("labelsvc_records_created", "Records created", registry=r)
         self.records_reused = Counter(
             "labelsvc_records_deduplicated",

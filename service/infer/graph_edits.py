@@ -85,3 +85,28 @@ def set_uint8_pixels(model: onnx.ModelProto, pixels: PixelInput, what: str) -> N
     nodes[-1].output[0] = name  # the last node feeds what the input used to
     for index, node in enumerate(nodes):
         model.graph.node.insert(index, node)
+
+
+def set_dynamic_batch(model: onnx.ModelProto, what: str) -> None:
+    """Let the first input take any number of images: ``[batch, 3, H, W]``.
+
+    For graphs exported with batch 1 whose only other trace of it is a leading 1 in constant
+    ``Reshape`` targets (YOLOX: ``[1, 85, -1]``); those become 0, "copy this dimension".
+    Other graphs fold the batch elsewhere (NanoDet's heads, the tagger's classifier) and
+    are run one image at a time. Tests check per model that a batch equals its single runs.
+    """
+    dims = _image_input(model, what).type.tensor_type.shape.dim
+    dims[0].ClearField("dim_value")
+    dims[0].dim_param = "batch"
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        target = initializers.get(node.input[1]) if node.op_type == "Reshape" else None
+        if target is None:
+            continue
+        shape = numpy_helper.to_array(target).copy()
+        if shape.size > 1 and shape[0] == 1:
+            shape[0] = 0
+            target.CopyFrom(numpy_helper.from_array(shape, target.name))
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")

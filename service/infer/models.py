@@ -51,19 +51,20 @@ def load_models(settings: Settings) -> Models:
         "intra_op_threads": settings.ort_threads,
     }
 
-    def yolox_at(size: int) -> YoloxDetector:
+    def yolox_at(size: int, *, batch: bool = False) -> YoloxDetector:
         detector: YoloxDetector = _timed(
             lambda: load_yolox(
                 settings.model_dir,
                 input_size=size,
                 nms_iou=settings.nms_iou,
                 max_detections=settings.max_detections,
+                batch=batch,
                 **common,
             )
         )
         return detector
 
-    detector = yolox_at(settings.detector_input_size)
+    detector = yolox_at(settings.detector_input_size, batch=settings.detect_batch_size > 1)
     second = second_scale = tagger = None
     if settings.second_opinion and _present(settings, "nanodet_g_416"):
         second = _timed(lambda: load_nanodet(settings.model_dir, **common))

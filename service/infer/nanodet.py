@@ -146,13 +146,7 @@ class NanoDetDetector(SquareInputDetector):
         tensor = preprocess(image, self.input_size)
         outputs = self._session.run({self._session.input_name: tensor})
         return postprocess(
-            outputs,
-            image_size=image.size,
-            size=self.input_size,
-            min_confidence=min_confidence,
-            nms_iou=self.nms_iou,
-            max_detections=self.max_detections,
-            class_names=self._class_names,
+            outputs, image_size=image.size, size=self.input_size, **self.selection(min_confidence)
         )
 
 

@@ -6,12 +6,18 @@ import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, get_args
+from typing import Any, ClassVar, Literal, Protocol, TypedDict, get_args
 
 import numpy as np
 import onnxruntime as ort
 
-from service.infer.graph_edits import PixelInput, read_model, set_input_size, set_uint8_pixels
+from service.infer.graph_edits import (
+    PixelInput,
+    read_model,
+    set_dynamic_batch,
+    set_input_size,
+    set_uint8_pixels,
+)
 from service.infer.manifest import ModelError, spec
 
 ProviderChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
@@ -123,13 +129,15 @@ def load_onnx_session(
     io_binding: bool | None = None,
     input_size: int | None = None,
     pixels: PixelInput | None = None,
+    dynamic_batch: bool = False,
 ) -> OrtModelSession:
     """Open ``path`` on the chosen provider; ``intra_op_threads`` 0 lets ONNX Runtime decide.
 
     ``io_binding`` None: on for GPU providers, off on the CPU (where it buys nothing).
     ``input_size``: run an image model at this square input size (``set_input_size``).
     ``pixels``: feed the image input as uint8 pixels, normalised inside the graph
-    (``set_uint8_pixels``).
+    (``set_uint8_pixels``). ``dynamic_batch``: accept several images per run
+    (``set_dynamic_batch``; only for models it is known to work on).
     """
     providers = choose_providers(provider, ort.get_available_providers())
     if providers[0] != CPU:
@@ -142,12 +150,14 @@ def load_onnx_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     model: str | bytes = str(path)
-    if input_size is not None or pixels is not None:
+    if input_size is not None or pixels is not None or dynamic_batch:
         proto = read_model(path)
         if input_size is not None:
             set_input_size(proto, input_size, path.name)
         if pixels is not None:
             set_uint8_pixels(proto, pixels, path.name)
+        if dynamic_batch:
+            set_dynamic_batch(proto, path.name)
         model = proto.SerializeToString()
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
@@ -219,6 +229,16 @@ class ManifestModel:
         return self._class_names
 
 
+class Selection(TypedDict):
+    """How a detector's post-processing picks its boxes: keyword arguments of both
+    detectors' ``postprocess``."""
+
+    min_confidence: float
+    nms_iou: float
+    max_detections: int
+    class_names: Sequence[str]
+
+
 class SquareInputDetector(ManifestModel):
     """A detector of the manifest with a square input: its size, NMS IoU and output cap.
 
@@ -250,6 +270,14 @@ class SquareInputDetector(ManifestModel):
         self.input_size = input_size
         self.nms_iou = self.default_nms_iou if nms_iou is None else nms_iou
         self.max_detections = max_detections
+
+    def selection(self, min_confidence: float) -> Selection:
+        return Selection(
+            min_confidence=min_confidence,
+            nms_iou=self.nms_iou,
+            max_detections=self.max_detections,
+            class_names=self._class_names,
+        )
 
 
 def check_square_input(session: ModelSession, size: int, what: str) -> None:

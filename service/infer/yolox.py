@@ -208,18 +208,26 @@ class YoloxDetector(SquareInputDetector):
 
     def detect(self, image: PIL.Image.Image, min_confidence: float) -> list[Detection]:
         """Detections on an RGB image, best first, at most ``max_detections``."""
-        tensor, scale = letterbox(image, self.input_size)
+        return self.detect_batch([image], min_confidence)[0]
+
+    def detect_batch(
+        self, images: Sequence[PIL.Image.Image], min_confidence: float
+    ) -> list[list[Detection]]:
+        """``detect`` for several images in one session run (a session loaded with
+        ``batch=True`` for more than one)."""
+        prepared = [letterbox(image, self.input_size) for image in images]
+        tensor = np.concatenate([t for t, _ in prepared]) if len(prepared) > 1 else prepared[0][0]
         raw = self._session.run({self._session.input_name: tensor})[0]
-        return postprocess(
-            raw,
-            scale=scale,
-            image_size=image.size,
-            size=self.input_size,
-            min_confidence=min_confidence,
-            nms_iou=self.nms_iou,
-            max_detections=self.max_detections,
-            class_names=self._class_names,
-        )
+        return [
+            postprocess(
+                raw[i],
+                scale=scale,
+                image_size=image.size,
+                size=self.input_size,
+                **self.selection(min_confidence),
+            )
+            for i, (image, (_, scale)) in enumerate(zip(images, prepared, strict=True))
+        ]
 
 
 def load_yolox(
@@ -230,9 +238,11 @@ def load_yolox(
     input_size: int = EXPORTED_SIZE,
     nms_iou: float = 0.65,
     max_detections: int = 100,
+    batch: bool = False,
 ) -> YoloxDetector:
     """The shipped YOLOX-nano detector from ``model_dir``, checksums verified, at
-    ``input_size`` (a multiple of 32)."""
+    ``input_size`` (a multiple of 32); with ``batch``, ``detect_batch`` takes any number of
+    images per run."""
     if input_size % STRIDES[-1]:
         raise ModelError(f"YOLOX input size must be a multiple of {STRIDES[-1]}, got {input_size}")
     model_path = resolve(model_dir, MODEL_NAME)
@@ -243,6 +253,7 @@ def load_yolox(
         intra_op_threads=intra_op_threads,
         input_size=None if input_size == EXPORTED_SIZE else input_size,
         pixels=RAW_PIXELS,
+        dynamic_batch=batch,
     )
     return YoloxDetector(
         session,

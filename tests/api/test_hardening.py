@@ -82,3 +82,10 @@ def test_client_table_is_bounded() -> None:
 def test_bad_rate_setting_fails_fast() -> None:
     with pytest.raises(ConfigError, match="label_rate_per_client"):
         Settings.from_env({"LABELSVC_LABEL_RATE_PER_CLIENT": "lots"})
+
+
+def test_bad_detect_batch_settings_fail_fast() -> None:
+    with pytest.raises(ConfigError, match="detect_batch_size"):
+        Settings.from_env({"LABELSVC_DETECT_BATCH_SIZE": "0"})
+    with pytest.raises(ConfigError, match="detect_batch_wait_ms"):
+        Settings.from_env({"LABELSVC_DETECT_BATCH_WAIT_MS": "-1"})

@@ -12,9 +12,15 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 from onnx import TensorProto, helper
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from service.infer import nanodet, tagger, yolox
-from service.infer.graph_edits import PixelInput, set_input_size, set_uint8_pixels
+from service.infer.graph_edits import (
+    PixelInput,
+    set_dynamic_batch,
+    set_input_size,
+    set_uint8_pixels,
+)
 from service.infer.manifest import ModelError, resolve
 from service.infer.runtime import OrtModelSession, load_onnx_session
 
@@ -111,3 +117,29 @@ def test_identity_normalisation_adds_only_the_cast() -> None:
     set_uint8_pixels(model, PixelInput(mean=(1.0, 2.0, 3.0), std=(2.0, 2.0, 2.0)), "tiny")
     assert [node.op_type for node in model.graph.node] == ["Cast", "Sub", "Div", "Identity"]
     onnx.checker.check_model(model)
+
+
+def test_yolox_batches_equal_its_single_runs() -> None:
+    single = yolox.load_yolox(model_dir(), provider="cpu", intra_op_threads=1)
+    batched = yolox.load_yolox(model_dir(), provider="cpu", intra_op_threads=1, batch=True)
+    assert batched.provider == single.provider
+    evalset = Path(os.environ.get("LABELSVC_EVALSET_DIR") or REPO.parent / "shared" / "evalset")
+    images = []
+    for path in sorted((evalset / "images").glob("*.jpg"))[:3]:
+        with PIL.Image.open(path) as image:
+            images.append(PIL.ImageOps.exif_transpose(image).convert("RGB"))
+    expected = [single.detect(image, 0.1) for image in images]
+    assert all(expected)
+    assert batched.detect_batch(images, 0.1) == expected
+    assert batched.detect_batch(images[:1], 0.1) == expected[:1]
+    with pytest.raises(InvalidArgument, match="images"):  # a batch-1 session takes one image
+        single.detect_batch(images, 0.1)
+
+
+def test_dynamic_batch_frees_the_batch_dimension() -> None:
+    model = tiny_model([1, 3, 8, 8])
+    set_dynamic_batch(model, "tiny")
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param == "batch" and not dim.HasField("dim_value")
+    with pytest.raises(ModelError, match="4-d input"):
+        set_dynamic_batch(tiny_model([3, 8, 8]), "tiny")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import PIL.Image
@@ -11,10 +12,12 @@ import pytest
 from bench.detection_map import load_rgb
 from service.analysis import ImageAnalyzer
 from service.executor import BlockingExecutor
+from service.infer.batching import BatchPolicy
 from service.infer.manifest import ModelError
 from service.infer.models import Models, load_models
 from service.infer.nanodet import load_nanodet
 from service.infer.yolox import Detection, YoloxDetector, load_yolox
+from service.observability import Metrics
 from service.score import quality
 from service.settings import Settings
 from tests.conftest import CAT_PHOTO
@@ -134,3 +137,44 @@ def test_second_scale_is_off_by_default_and_needs_the_second_opinion(model_dir: 
         model_dir=model_dir, execution_provider="cpu", second_scale=True, second_opinion=False
     )
     assert load_models(alone).second_scale is None
+
+
+async def test_concurrent_analyses_share_one_batched_detector_run(
+    model_dir: Path,
+    detector: YoloxDetector,
+    evalset_dir: Path,
+    executor: BlockingExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batched = load_yolox(model_dir, provider="cpu", intra_op_threads=1, batch=True)
+    sizes: list[int] = []
+    detect_batch = batched.detect_batch
+
+    def recording(images: Sequence[PIL.Image.Image], floor: float) -> list[list[Detection]]:
+        sizes.append(len(images))
+        return detect_batch(images, floor)
+
+    monkeypatch.setattr(batched, "detect_batch", recording)
+    photos = sorted((evalset_dir / "images").glob("*.jpg"))[:4]
+    blobs = [path.read_bytes() for path in photos]
+    one_by_one = ImageAnalyzer(
+        Models(detector=detector, second=None, tagger=None), min_confidence=0.25, max_pixels=10**8
+    )
+    metrics = Metrics()
+    gathered = ImageAnalyzer(
+        Models(detector=batched, second=None, tagger=None),
+        min_confidence=0.25,
+        max_pixels=10**8,
+        metrics=metrics,
+        batch_runner=executor.run_admitted,
+        detect_batch=BatchPolicy(max_batch_size=4, max_wait_ms=200),
+    )
+    expected = [await one_by_one.analyze(data, executor) for data in blobs]
+    results = await asyncio.gather(*(gathered.analyze(data, executor) for data in blobs))
+    assert sizes == [4]
+    labels = {"model": "yolox_nano"}
+    assert metrics.registry.get_sample_value("labelsvc_model_batch_size_sum", labels) == 4
+    assert metrics.registry.get_sample_value("labelsvc_model_batch_size_count", labels) == 1
+    for got, want in zip(results, expected, strict=True):
+        assert got.boxes == want.boxes
+        assert got.quality == want.quality
