@@ -18,6 +18,8 @@ import httpx
 from bench.detection_map import evalset_dir, model_dir
 from service.analysis import ImageAnalyzer
 from service.dbserver import LocalDatabaseServer, free_port
+from service.executor import BlockingExecutor
+from service.infer.batching import BatchPolicy
 from service.infer.models import load_models
 from service.settings import Settings
 from tests.support.process import db_server_command, live_service
@@ -25,13 +27,15 @@ from tests.support.process import db_server_command, live_service
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bare_analyzer(settings: Settings) -> ImageAnalyzer:
+def bare_analyzer(settings: Settings, executor: BlockingExecutor | None = None) -> ImageAnalyzer:
     """The service's analysis of one image, models loaded as ``settings`` say: no HTTP, no
-    database."""
+    database. With ``executor``, detector batches form on it as in the service."""
     return ImageAnalyzer(
         load_models(settings),
         min_confidence=settings.min_confidence,
         max_pixels=settings.max_pixels,
+        batch_runner=None if executor is None else executor.run_admitted,
+        detect_batch=BatchPolicy(settings.detect_batch_size, settings.detect_batch_wait_ms),
     )
 
 

@@ -26,6 +26,7 @@ models names the execution provider they ran on (``RUNTIME=gpu`` runs them on CU
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
@@ -58,9 +59,9 @@ def bare_images_per_second(
 
     Returns images/s and the CPU milliseconds this process spent per image.
     """
-    analyzer = bare_analyzer(settings)
-    blobs = [f.read_bytes() for f in files]
     executor = BlockingExecutor(settings.workers, max_pending=10_000)
+    analyzer = bare_analyzer(settings, executor)
+    blobs = [f.read_bytes() for f in files]
 
     async def run_all(batch: list[bytes]) -> float:
         limit = asyncio.Semaphore(concurrency)
@@ -88,7 +89,8 @@ def detection_alone_images_per_second(
     files: list[Path], settings: Settings, concurrency: int
 ) -> tuple[float, str]:
     """The detector by itself over the photos decoded beforehand, on an executor of the
-    service's size: images/s, and the execution provider it ran on."""
+    service's size, ``settings.detect_batch_size`` images per run: images/s, and the
+    execution provider it ran on."""
     detector = bare_analyzer(settings).detector
     images = [
         decode_image(
@@ -102,12 +104,13 @@ def detection_alone_images_per_second(
     async def run_all(batch: list[Any]) -> float:
         limit = asyncio.Semaphore(concurrency)
 
-        async def one(image: Any) -> None:
+        async def one(images: list[Any]) -> None:
             async with limit:
-                await executor.run(detector.detect, image, floor)
+                await executor.run(detector.detect_batch, images, floor)
 
+        size = settings.detect_batch_size
         start = time.perf_counter()
-        await asyncio.gather(*(one(image) for image in batch))
+        await asyncio.gather(*(one(batch[i : i + size]) for i in range(0, len(batch), size)))
         return time.perf_counter() - start
 
     try:
@@ -144,9 +147,11 @@ async def post_all(base: str, urls: list[str], concurrency: int) -> tuple[float,
         return len(urls) / (time.perf_counter() - start), latencies
 
 
-def service_images_per_second(db_uri: str, urls: list[str], concurrency: int, run: str) -> float:
+def service_images_per_second(
+    db_uri: str, urls: list[str], concurrency: int, run: str, **settings: str
+) -> float:
     """A fresh service on a fresh database labeling every URL: images/s."""
-    with service(db_uri, mongodb_db=f"ingest_{concurrency}_{run}") as (base, _):
+    with service(db_uri, mongodb_db=f"ingest_{concurrency}_{run}", **settings) as (base, _):
         return asyncio.run(post_all(base, urls, concurrency))[0]
 
 
@@ -210,9 +215,18 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Ingest throughput: service against bare.")
+    parser.add_argument(
+        "--detect-batch-size",
+        type=int,
+        default=1,
+        help="LABELSVC_DETECT_BATCH_SIZE for the service and the bare pipeline alike",
+    )
+    args = parser.parse_args(argv)
     files = photos()
-    settings = Settings(model_dir=model_dir())
+    settings = Settings(model_dir=model_dir(), detect_batch_size=args.detect_batch_size)
+    batching = {"detect_batch_size": str(args.detect_batch_size)}
     bare_runs = {c: bare_images_per_second(files, settings, c) for c in CONCURRENCY}
     detect_rate, detect_provider = detection_alone_images_per_second(files, settings, 16)
     provider = ""
@@ -226,7 +240,7 @@ def main() -> int:
         urls = [server.photo_url(f.name) for f in files]
         for concurrency in CONCURRENCY:
             started = time.perf_counter()
-            with service(db.uri, mongodb_db=f"ingest_{concurrency}") as (base, proc):
+            with service(db.uri, mongodb_db=f"ingest_{concurrency}", **batching) as (base, proc):
                 cold_start = cold_start or time.perf_counter() - started
                 provider = provider or service_provider(base)
                 meter = CpuMeter(proc.pid, db.pid, server.pid)
@@ -241,15 +255,15 @@ def main() -> int:
                     "second_opinion": "0",
                     "scene_tags": "0",
                 }
-                with service(db.uri, **only) as (base, _):
+                with service(db.uri, **only, **batching) as (base, _):
                     _, detect_latencies = asyncio.run(post_all(base, urls, 1))
                 detect_ms = statistics.median(detect_latencies) * 1000
                 # The optional second scale for the label-quality estimate: what it costs.
                 scaled = {"mongodb_db": "ingest_second_scale", "second_scale": "1"}
-                with service(db.uri, **scaled) as (base, _):
+                with service(db.uri, **scaled, **batching) as (base, _):
                     _, scaled_latencies = asyncio.run(post_all(base, urls[:64], 1))
                 scaled["mongodb_db"] = "ingest_second_scale_16"
-                with service(db.uri, **scaled) as (base, _):
+                with service(db.uri, **scaled, **batching) as (base, _):
                     scaled_rate, _ = asyncio.run(post_all(base, urls, 16))
                 scaled_ms = statistics.median(scaled_latencies) * 1000
             levels[concurrency] = {
@@ -264,7 +278,9 @@ def main() -> int:
         bare_samples = [bare_runs[best_bare]]
         for repeat in range(REPEATS):
             bare_samples.append(bare_images_per_second(files, settings, best_bare))
-            service_rates.append(service_images_per_second(db.uri, urls, best, f"again_{repeat}"))
+            service_rates.append(
+                service_images_per_second(db.uri, urls, best, f"again_{repeat}", **batching)
+            )
     service_rate = statistics.median(service_rates)
     bare = statistics.median(rate for rate, _ in bare_samples)
     bare_cpu = statistics.median(cpu for _, cpu in bare_samples)
@@ -296,6 +312,7 @@ def main() -> int:
                 "peak_rss_mb": round(rss, 1),
                 "images": len(files),
                 "workers": settings.workers,
+                "detect_batch_size": settings.detect_batch_size,
                 "provider": provider,
             }
         )
