@@ -41,6 +41,7 @@ from service.infer.runtime import ProviderChoice
 from service.infer.tagger import Tag, load_tagger
 from service.infer.yolox import Detection, YoloxDetector, load_yolox
 from service.score import quality
+from service.score.agreement import similarity_matrix
 
 IOU_MATCH = 0.5
 F1_RIGHT = 0.5
@@ -331,7 +332,7 @@ def min_similarity(runs: Sequence[ImageRun]) -> float:
     for run in runs:
         second = [d for d in run.nanodet if d.conf >= quality.SECOND_MIN_CONF]
         if run.kept and second:
-            sim = quality.similarity_matrix(run.kept, second, run.size)
+            sim = similarity_matrix(run.kept, second, run.size)
             positive = sim[sim > 0]
             if positive.size:
                 lowest = min(lowest, float(positive.min()))

@@ -30,8 +30,9 @@ candidates (confidence and size).
 The coefficients were fitted by ``python -m bench.quality --fit`` on half of the evalset
 (images sorted by id, even positions); the bench reports on the other half. The features were
 chosen by repeated 5-fold cross-validation inside that fit half only. Cleanlab-style agreement
-(overlooked / badly located / swapped), the confidence profile, tagger/detector consistency,
-image quality and the sub-threshold counts are reported in ``components`` but left out of
+(overlooked / badly located / swapped, ``service.score.agreement``), the confidence profile,
+tagger/detector consistency (``service.score.tags``), image quality and the sub-threshold
+counts are reported in ``components`` but left out of
 the score: on the fit half none of them raised the cross-validated AUROC once the expected F1
 was in (image-level counts and box sizes fed to the final regression next to it lowered it).
 Pure numpy, no I/O.
@@ -48,6 +49,9 @@ import numpy as np
 from service.domain.records import ImageProperties
 from service.infer.tagger import Tag
 from service.infer.yolox import Detection
+from service.score.agreement import agreement_scores
+from service.score.geometry import iou_matrix, xyxy
+from service.score.tags import tag_consistency
 
 KEPT_CONF = 0.25
 SECOND_MIN_CONF = 0.1
@@ -60,15 +64,6 @@ SECOND_SCALE_SIZE = 640
 MIN_AREA_FRACTION = 1e-6
 MATCH_IOU = 0.5
 AMBIGUOUS_BAND = (0.25, 0.5)
-
-# Cleanlab's object-detection score, adapted to one image at a time.
-ALPHA = 0.9
-EUC_FACTOR = 0.1
-# Centre distances are measured in pixels of the image scaled to an 800 px diagonal (a
-# 640x480 photo), so EUC_FACTOR means what it means in Cleanlab on COCO-sized images.
-REFERENCE_DIAGONAL = 800.0
-TEMPERATURE = 0.1
-HIGH_PROBABILITY = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,87 +106,6 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def _xyxy(detections: Sequence[Detection]) -> np.ndarray:
-    return np.array([(d.x1, d.y1, d.x2, d.y2) for d in detections], dtype=np.float64).reshape(-1, 4)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` ``[N,4]`` with every box of ``b`` ``[M,4]`` (x1,y1,x2,y2)."""
-    ix = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    iy = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(ix, 0.0, None) * np.clip(iy, 0.0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    result: np.ndarray = np.where(union > 0.0, inter / np.maximum(union, 1e-12), 0.0)
-    return result
-
-
-def similarity_matrix(
-    labels: Sequence[Detection], predictions: Sequence[Detection], image_size: tuple[int, int]
-) -> np.ndarray:
-    """Cleanlab's box similarity ``0.9*IoU + 0.1*exp(-0.1*centre distance)``, ``[L,P]``."""
-    a, b = _xyxy(labels), _xyxy(predictions)
-    centres_a = (a[:, :2] + a[:, 2:]) / 2.0
-    centres_b = (b[:, :2] + b[:, 2:]) / 2.0
-    distance = np.linalg.norm(centres_a[:, None, :] - centres_b[None, :, :], axis=2)
-    distance *= REFERENCE_DIAGONAL / max(math.hypot(*image_size), 1.0)
-    result: np.ndarray = ALPHA * iou_matrix(a, b) + (1.0 - ALPHA) * np.exp(-EUC_FACTOR * distance)
-    return result
-
-
-def softmin_pool(scores: Sequence[float] | np.ndarray, temperature: float = TEMPERATURE) -> float:
-    """``sum(softmax(-s/T) * s)``: near the minimum, but every low score pulls it down."""
-    values = np.asarray(scores, dtype=np.float64)
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return 1.0
-    weights = np.exp(-(values - values.min()) / temperature)
-    return float(np.sum(weights * values) / np.sum(weights))
-
-
-def agreement_scores(
-    labels: Sequence[Detection],
-    predictions: Sequence[Detection],
-    image_size: tuple[int, int],
-    *,
-    min_similarity: float,
-) -> dict[str, float]:
-    """Cleanlab's overlooked / badly-located / swapped scores, pooled, and their geometric mean.
-
-    ``labels`` are judged against ``predictions`` (another model's boxes). Each score is in
-    [0, 1], low meaning a likely error. ``min_similarity`` stands in for Cleanlab's
-    dataset-wide minimum similarity, frozen as a constant.
-    """
-    sim = similarity_matrix(labels, predictions, image_size)
-    label_cls = np.array([d.class_id for d in labels], dtype=np.int64)
-    pred_cls = np.array([d.class_id for d in predictions], dtype=np.int64)
-    pred_conf = np.array([d.conf for d in predictions], dtype=np.float64)
-    overlooked: list[float] = []
-    for j, pred in enumerate(predictions):
-        if pred.conf < HIGH_PROBABILITY:
-            continue
-        same = label_cls == pred.class_id
-        overlooked.append(
-            float(sim[same, j].max()) if same.any() else min_similarity * (1.0 - pred.conf)
-        )
-    badloc: list[float] = []
-    swap: list[float] = []
-    for i, label in enumerate(labels):
-        same = (pred_cls == label.class_id) & (pred_conf >= SECOND_MIN_CONF)
-        badloc.append(float(sim[i, same].max()) if same.any() else 1.0)
-        other = (pred_cls != label.class_id) & (pred_conf >= HIGH_PROBABILITY)
-        swap.append(max(min_similarity, 1.0 - float(sim[i, other].max())) if other.any() else 1.0)
-    pooled = {
-        "overlooked": softmin_pool(overlooked),
-        "badly_located": softmin_pool(badloc),
-        "swapped": softmin_pool(swap),
-    }
-    logs = [math.log(1e-100 + v) for v in pooled.values()]
-    pooled["agreement"] = math.exp(sum(logs) / len(logs))
-    return pooled
-
-
 def _same_class_overlap(
     primary: Sequence[Detection], second: Sequence[Detection]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +115,7 @@ def _same_class_overlap(
     claimed = np.zeros(len(second), dtype=bool)
     if not primary or not second:
         return matched_conf, claimed
-    overlap = iou_matrix(_xyxy(primary), _xyxy(second)) >= MATCH_IOU
+    overlap = iou_matrix(xyxy(primary), xyxy(second)) >= MATCH_IOU
     same = (
         np.array([d.class_id for d in primary])[:, None]
         == np.array([d.class_id for d in second])[None, :]
@@ -255,7 +169,7 @@ def miss_candidates(
 
 def log_area_share(detections: Sequence[Detection], image_size: tuple[int, int]) -> np.ndarray:
     """``log(box area / image area)`` of each box, floored at ``MIN_AREA_FRACTION``."""
-    boxes = _xyxy(detections)
+    boxes = xyxy(detections)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     image_area = max(float(image_size[0]) * float(image_size[1]), 1.0)
     result: np.ndarray = np.log(np.maximum(area / image_area, MIN_AREA_FRACTION))
@@ -329,25 +243,6 @@ def confidence_profile(primary: Sequence[Detection]) -> dict[str, float]:
     }
 
 
-def tag_consistency(primary: Sequence[Detection], tags: Sequence[Tag]) -> dict[str, float]:
-    """How far the scene tagger backs the detector.
-
-    ``tag_support``: the highest tag probability whose COCO class was detected;
-    ``tag_missing``: the highest one whose COCO class was not (a possibly missed object).
-    """
-    detected = {d.classname for d in primary}
-    support = missing = 0.0
-    for tag in tags:
-        coco = TAG_TO_COCO.get(tag.name)
-        if coco is None:
-            continue
-        if coco in detected:
-            support = max(support, tag.conf)
-        else:
-            missing = max(missing, tag.conf)
-    return {"tag_support": support, "tag_missing": missing}
-
-
 def image_quality(props: ImageProperties) -> dict[str, float]:
     """Blur, exposure and resolution, each in [0, 1] with 1 the good end."""
     return {
@@ -416,116 +311,6 @@ def estimate(
 def unflip(detections: Sequence[Detection], width: int) -> list[Detection]:
     """Boxes found on the horizontally flipped image, mapped back to the original."""
     return [replace(d, x1=width - d.x2, x2=width - d.x1) for d in detections]
-
-
-_DOG_BREEDS = """Chihuahua|Japanese spaniel|Maltese dog|Pekinese|Shih-Tzu|Blenheim spaniel|papillon|
-toy terrier|Rhodesian ridgeback|Afghan hound|basset|beagle|bloodhound|bluetick|
-black-and-tan coonhound|Walker hound|English foxhound|redbone|borzoi|Irish wolfhound|
-Italian greyhound|whippet|Ibizan hound|Norwegian elkhound|otterhound|Saluki|Scottish deerhound|
-Weimaraner|Staffordshire bullterrier|American Staffordshire terrier|Bedlington terrier|
-Border terrier|Kerry blue terrier|Irish terrier|Norfolk terrier|Norwich terrier|
-Yorkshire terrier|wire-haired fox terrier|Lakeland terrier|Sealyham terrier|Airedale|cairn|
-Australian terrier|Dandie Dinmont|Boston bull|miniature schnauzer|giant schnauzer|
-standard schnauzer|Scotch terrier|Tibetan terrier|silky terrier|soft-coated wheaten terrier|
-West Highland white terrier|Lhasa|flat-coated retriever|curly-coated retriever|
-golden retriever|Labrador retriever|Chesapeake Bay retriever|German short-haired pointer|vizsla|
-English setter|Irish setter|Gordon setter|Brittany spaniel|clumber|English springer|
-Welsh springer spaniel|cocker spaniel|Sussex spaniel|Irish water spaniel|kuvasz|schipperke|
-groenendael|malinois|briard|kelpie|komondor|Old English sheepdog|Shetland sheepdog|collie|
-Border collie|Bouvier des Flandres|Rottweiler|German shepherd|Doberman|miniature pinscher|
-Greater Swiss Mountain dog|Bernese mountain dog|Appenzeller|EntleBucher|boxer|bull mastiff|
-Tibetan mastiff|French bulldog|Great Dane|Saint Bernard|Eskimo dog|malamute|Siberian husky|
-dalmatian|affenpinscher|basenji|pug|Leonberg|Newfoundland|Great Pyrenees|Samoyed|Pomeranian|
-chow|keeshond|Brabancon griffon|Pembroke|Cardigan|toy poodle|miniature poodle|standard poodle|
-Mexican hairless"""
-
-_BIRDS = """cock|hen|ostrich|brambling|goldfinch|house finch|junco|indigo bunting|robin|bulbul|jay|
-magpie|chickadee|water ouzel|kite|bald eagle|vulture|great grey owl|black grouse|ptarmigan|
-ruffed grouse|prairie chicken|peacock|quail|partridge|African grey|macaw|
-sulphur-crested cockatoo|lorikeet|coucal|bee eater|hornbill|hummingbird|jacamar|toucan|drake|
-red-breasted merganser|goose|black swan|white stork|black stork|spoonbill|flamingo|
-little blue heron|American egret|bittern|limpkin|European gallinule|American coot|bustard|
-ruddy turnstone|red-backed sandpiper|redshank|dowitcher|oystercatcher|pelican|king penguin|
-albatross"""
-
-# ImageNet first lemma -> COCO class in the detector's (YOLOX) spelling. Lemmas that name two
-# different synsets ("crane": bird and machine) are left out.
-_TAG_TO_COCO_GROUPS: dict[str, str] = {
-    "cat": "tabby|tiger cat|Persian cat|Siamese cat|Egyptian cat",
-    "dog": _DOG_BREEDS,
-    "bird": _BIRDS,
-    "bear": "brown bear|American black bear|ice bear|sloth bear",
-    "elephant": "Indian elephant|African elephant|tusker",
-    "zebra": "zebra",
-    "horse": "sorrel",
-    "sheep": "ram|bighorn",
-    "cow": "ox|water buffalo|bison",
-    "car": "sports car|convertible|cab|limousine|minivan|jeep|beach wagon|racer|Model T|"
-    "police van|ambulance|car wheel|grille|car mirror",
-    "bus": "school bus|trolleybus|minibus",
-    "truck": "trailer truck|pickup|fire engine|garbage truck|tow truck|moving van",
-    "train": "passenger car|electric locomotive|steam locomotive|freight car|streetcar|"
-    "bullet train",
-    "boat": "canoe|speedboat|lifeboat|fireboat|gondola|yawl|schooner|catamaran|trimaran|"
-    "container ship|liner|paddlewheel|aircraft carrier|wreck",
-    "aeroplane": "airliner|warplane|wing",
-    "motorbike": "moped|motor scooter",
-    "bicycle": "mountain bike|bicycle-built-for-two|tricycle",
-    "banana": "banana",
-    "orange": "orange|lemon",
-    "apple": "Granny Smith",
-    "broccoli": "broccoli|cauliflower",
-    "pizza": "pizza",
-    "hot dog": "hotdog",
-    "sandwich": "cheeseburger",
-    "donut": "bagel",
-    "laptop": "laptop|notebook",
-    "tvmonitor": "television|monitor|screen|home theater",
-    "keyboard": "computer keyboard|typewriter keyboard|space bar",
-    "mouse": "mouse",
-    "cell phone": "cellular telephone|iPod|hand-held computer",
-    "remote": "remote control",
-    "clock": "analog clock|wall clock|digital clock",
-    "microwave": "microwave",
-    "toaster": "toaster",
-    "refrigerator": "refrigerator",
-    "oven": "stove|Dutch oven",
-    "sink": "washbasin",
-    "toilet": "toilet seat",
-    "umbrella": "umbrella",
-    "backpack": "backpack",
-    "handbag": "purse|mailbag",
-    "tie": "Windsor tie|bow tie|bolo tie",
-    "skis": "ski",
-    "sports ball": "soccer ball|tennis ball|basketball|volleyball|baseball|rugby ball|golf ball|"
-    "croquet ball|ping-pong ball",
-    "tennis racket": "racket",
-    "vase": "vase",
-    "teddy bear": "teddy",
-    "bench": "park bench",
-    "chair": "folding chair|rocking chair|barber chair|throne",
-    "sofa": "studio couch",
-    "bed": "four-poster|quilt",
-    "diningtable": "dining table",
-    "pottedplant": "pot",
-    "traffic light": "traffic light",
-    "stop sign": "street sign",
-    "parking meter": "parking meter",
-    "bottle": "beer bottle|wine bottle|water bottle|pop bottle|pill bottle",
-    "wine glass": "goblet|red wine",
-    "cup": "cup|coffee mug|espresso|measuring cup",
-    "bowl": "mixing bowl|soup bowl",
-    "spoon": "wooden spoon|ladle",
-    "book": "book jacket|comic book|bookcase",
-    "hair drier": "hand blower",
-}
-
-TAG_TO_COCO: dict[str, str] = {
-    lemma.strip(): coco
-    for coco, lemmas in _TAG_TO_COCO_GROUPS.items()
-    for lemma in lemmas.replace("\n", "").split("|")
-    if lemma.strip()
-}
 
 
 # Fitted by ``python -m bench.quality --fit`` on the fit half of the evalset.

@@ -13,25 +13,22 @@ from service.infer.manifest import read_lines
 from service.infer.tagger import Tag, parse_class_names
 from service.infer.yolox import Detection
 from service.score import quality
+from service.score.agreement import agreement_scores, similarity_matrix, softmin_pool
 from service.score.quality import (
-    TAG_TO_COCO,
     WITH_SECOND,
     WITHOUT_SECOND,
-    agreement_scores,
     box_quality,
     estimate,
     expected_f1,
     log_area_share,
     miss_candidates,
     miss_features,
-    similarity_matrix,
-    softmin_pool,
     sub_threshold,
-    tag_consistency,
     unclaimed_below,
     unflip,
     unmatched_second,
 )
+from service.score.tags import TAG_TO_COCO, tag_consistency
 
 SIZE = (640, 480)
 CAT, DOG, PERSON = 15, 16, 0
