@@ -44,7 +44,6 @@ from bench.detection_map import model_dir
 from bench.harness import bare_analyzer, database, photo_server, photos, service
 from service.decode.image import decode_image
 from service.executor import BlockingExecutor, start_request
-from service.score import quality
 from service.settings import Settings
 
 CONCURRENCY = (1, 4, 16)
@@ -91,14 +90,14 @@ def detection_alone_images_per_second(
     """The detector by itself over the photos decoded beforehand, on an executor of the
     service's size, ``settings.detect_batch_size`` images per run: images/s, and the
     execution provider it ran on."""
-    detector = bare_analyzer(settings).detector
+    analyzer = bare_analyzer(settings)
+    detector, floor = analyzer.detector, analyzer.detection_floor
     images = [
         decode_image(
             f.read_bytes(), max_pixels=settings.max_pixels, target_size=detector.input_size
         ).image
         for f in files
     ]
-    floor = min(settings.min_confidence, quality.SUB_MIN_CONF)
     executor = BlockingExecutor(settings.workers, max_pending=10_000)
 
     async def run_all(batch: list[Any]) -> float:

@@ -226,15 +226,17 @@ class ImageAnalyzer:
         boxes at or above ``min_confidence`` are exactly those a pass at that threshold finds.
         """
         with self._stage("detect", self.detector):
-            return self.detector.detect(image, self._detection_floor)
+            return self.detector.detect(image, self.detection_floor)
 
     def _detect_batch(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         self._metrics.batch_size.labels(self.detector.name).observe(len(images))
         with self._stage("detect", self.detector):
-            return self.detector.detect_batch(images, self._detection_floor)
+            return self.detector.detect_batch(images, self.detection_floor)
 
     @property
-    def _detection_floor(self) -> float:
+    def detection_floor(self) -> float:
+        """The detector's threshold: labels from ``min_confidence`` up, and below them the
+        boxes the quality estimate uses (``quality.SUB_MIN_CONF``)."""
         return min(self.min_confidence, quality.SUB_MIN_CONF)
 
     def _second_opinion(self, image: Image.Image) -> list[Detection] | None:

@@ -40,19 +40,24 @@ def _image_input(model: onnx.ModelProto, what: str) -> onnx.ValueInfoProto:
     return first
 
 
+def _forget_shapes(model: onnx.ModelProto) -> None:
+    """Drop recorded shapes of intermediate values and outputs after an input edit: they
+    no longer hold, and ONNX Runtime infers them again."""
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+
+
 def set_input_size(model: onnx.ModelProto, size: int, what: str) -> None:
     """Set the first input's two spatial dimensions to ``size``.
 
     For fully convolutional detectors exported with a fixed ``[1, 3, H, W]`` input: the same
-    weights then run at another scale. Recorded shapes of intermediate values and outputs
-    are dropped, since they no longer hold; ONNX Runtime infers them again.
+    weights then run at another scale.
     """
     dims = _image_input(model, what).type.tensor_type.shape.dim
     dims[2].dim_value = size
     dims[3].dim_value = size
-    del model.graph.value_info[:]
-    for output in model.graph.output:
-        output.type.tensor_type.ClearField("shape")
+    _forget_shapes(model)
 
 
 def set_uint8_pixels(model: onnx.ModelProto, pixels: PixelInput, what: str) -> None:
@@ -73,8 +78,8 @@ def set_uint8_pixels(model: onnx.ModelProto, pixels: PixelInput, what: str) -> N
     nodes = []
     value = f"{name}_float"
     nodes.append(helper.make_node("Cast", [fed], [value], to=TensorProto.FLOAT))
-    for op, constant in (("Sub", pixels.mean), ("Div", pixels.std)):
-        if all(c == (0.0 if op == "Sub" else 1.0) for c in constant):
+    for op, constant, identity in (("Sub", pixels.mean, 0.0), ("Div", pixels.std, 1.0)):
+        if all(c == identity for c in constant):
             continue
         tensor = np.asarray(constant, dtype=np.float32).reshape(1, 3, 1, 1)
         const_name = f"{name}_{op.lower()}"
@@ -107,6 +112,4 @@ def set_dynamic_batch(model: onnx.ModelProto, what: str) -> None:
         if shape.size > 1 and shape[0] == 1:
             shape[0] = 0
             target.CopyFrom(numpy_helper.from_array(shape, target.name))
-    del model.graph.value_info[:]
-    for output in model.graph.output:
-        output.type.tensor_type.ClearField("shape")
+    _forget_shapes(model)
