@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.cookiejar
 import ipaddress
 import ssl
 from collections import OrderedDict
@@ -161,6 +162,12 @@ class HostClients:
         await self._unpooled.aclose()
 
 
+def _cookies_refused() -> http.cookiejar.CookieJar:
+    """A jar that keeps no cookie: one fetcher serves every client, so a cookie that a host
+    set on one client's fetch must not go out with another's."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=()))
+
+
 @dataclass(slots=True)
 class _Pool:
     client: httpx.AsyncClient
@@ -191,6 +198,7 @@ class ImageFetcher:
                 limits=httpx.Limits(
                     max_keepalive_connections=keepalive, keepalive_expiry=KEEPALIVE_SECONDS
                 ),
+                cookies=_cookies_refused(),
             )
 
         self._clients = HostClients(make)

@@ -40,6 +40,7 @@ class _HTTPServer(ThreadingHTTPServer):
     # Handler threads are joined in server_close(), so none outlives the fixture.
     daemon_threads = False
     block_on_close = True
+    request_queue_size = 64  # the standard library's 5 drops connections of a burst
 
     def __init__(self, record: Server | None, stopping: threading.Event) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -100,6 +101,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._body(200, JPEG)
         elif path == "/keep.jpg":  # the connection stays open for the next request
             self._body(200, JPEG, keep_alive=True)
+        elif path == "/set-cookie.jpg":  # a host that hands every client a session cookie
+            self._head(
+                200,
+                {
+                    "Content-Type": "image/jpeg",
+                    "Content-Length": str(len(JPEG)),
+                    "Set-Cookie": "session=from-an-earlier-fetch; Path=/",
+                },
+                keep_alive=True,
+            )
+            self.wfile.write(JPEG)
+        elif path == "/garbage":  # not HTTP at all
+            self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            self.close_connection = True
+        elif path == "/short":  # the body ends before its declared length
+            self._head(200, {"Content-Type": "image/jpeg", "Content-Length": str(2 * len(JPEG))})
+            self.wfile.write(JPEG)
         elif path == "/redirect":
             host = self.headers.get("Host", "")
             self._redirect(f"http://{host}/ok.jpg")

@@ -353,3 +353,26 @@ async def test_host_clients_are_bounded_and_busy_ones_are_never_closed() -> None
     assert not b.is_closed
     await clients.aclose()
     assert all(client.is_closed for client in made)
+
+
+async def test_cookies_are_neither_kept_nor_sent(server: Server, fetcher: ImageFetcher) -> None:
+    # One fetcher serves every client: a cookie one fetch was given must not ride along on
+    # another client's fetch from the same host. (These tests take the server first, so the
+    # fetcher and its kept-alive connections close before the server waits for them to end.)
+    await fetcher.fetch(server.url("/set-cookie.jpg"))
+    await fetcher.fetch(server.url("/keep.jpg"))
+    assert [("Cookie" in seen.headers) for seen in server.seen] == [False, False]
+
+
+async def test_a_reply_that_is_not_http_is_a_protocol_error(
+    server: Server, fetcher: ImageFetcher
+) -> None:
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(server.url("/garbage"))
+    assert info.value.extra == {"reason": "protocol"}
+
+
+async def test_a_body_cut_short_is_a_protocol_error(server: Server, fetcher: ImageFetcher) -> None:
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(server.url("/short"))
+    assert info.value.extra == {"reason": "protocol"}
