@@ -6,6 +6,9 @@ backlog: the standard library's is 5, so a burst of new connections from a servi
 fetching 16 photos at once overflows it, and the dropped connection attempts are retried
 by the kernel only after a second, which shows up as second-long outliers in the latency
 figures that no real host would cause.
+
+``GET /connections`` answers how many connections the host has accepted, so a benchmark can
+tell whether its client kept them alive.
 """
 
 from __future__ import annotations
@@ -13,16 +16,34 @@ from __future__ import annotations
 import functools
 import sys
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 BACKLOG = 1024
 
 
 class PhotoHost(ThreadingHTTPServer):
     request_queue_size = BACKLOG
+    accepted = 0
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        self.accepted += 1  # the serving thread, before a handler thread starts
+        return True
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    server: PhotoHost
+
+    def do_GET(self) -> None:
+        if self.path != "/connections":
+            super().do_GET()
+            return
+        body = str(self.server.accepted).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         pass

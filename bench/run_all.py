@@ -10,6 +10,7 @@ BENCHMARKS = [
     "bench.service_map",
     "bench.quality",
     "bench.ingest",
+    "bench.fetch",
     "bench.query",
 ]
 

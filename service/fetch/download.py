@@ -30,10 +30,10 @@ from service.fetch.policy import (
     parse_target,
     resolve_target,
 )
+from service.fetch.transport import AiohttpTransport
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Keep-alive: idle connections kept per host name, for how long, and for how many host names.
-KEEPALIVE_PER_HOST = 4
+# Keep-alive: how long idle connections are kept, and for how many host names.
 KEEPALIVE_SECONDS = 5.0
 MAX_POOLED_HOSTS = 64
 
@@ -96,7 +96,7 @@ def _transport_error(
 
 
 class HostClients:
-    """One HTTP client, with its own small keep-alive pool, per scheme, host name and port.
+    """One HTTP client, with its own keep-alive pool, per scheme, host name and port.
 
     Requests name the checked IP, and a client pools connections by the URL's host, so one
     client shared by all host names could reuse a connection made (and TLS-verified) for
@@ -110,17 +110,13 @@ class HostClients:
     """
 
     def __init__(
-        self,
-        make: Callable[[int], httpx.AsyncClient],
-        *,
-        max_hosts: int = MAX_POOLED_HOSTS,
-        keepalive_per_host: int = KEEPALIVE_PER_HOST,
+        self, make: Callable[[bool], httpx.AsyncClient], *, max_hosts: int = MAX_POOLED_HOSTS
     ) -> None:
+        """``make(keep_alive)``: a new client, keeping its connections open or not."""
         self._make = make
         self._max_hosts = max_hosts
-        self._keepalive = keepalive_per_host
         self._pools: OrderedDict[tuple[str, str, int], _Pool] = OrderedDict()
-        self._unpooled = make(0)  # keeps no connection, so it can serve any host name
+        self._unpooled = make(False)  # keeps no connection, so it can serve any host name
 
     @asynccontextmanager
     async def client_for(self, target: Target) -> AsyncIterator[httpx.AsyncClient]:
@@ -148,7 +144,7 @@ class HostClients:
             if idle is None:
                 return None, None
             evicted = self._pools.pop(idle).client
-        pool = self._pools[key] = _Pool(self._make(self._keepalive))
+        pool = self._pools[key] = _Pool(self._make(True))
         return pool, evicted
 
     @property
@@ -189,14 +185,13 @@ class ImageFetcher:
             else httpx.create_ssl_context(verify, trust_env=False)
         )
 
-        def make(keepalive: int) -> httpx.AsyncClient:
+        def make(keep_alive: bool) -> httpx.AsyncClient:
             return httpx.AsyncClient(
                 follow_redirects=False,
                 trust_env=False,
-                verify=context,
                 timeout=_timeouts(policy),
-                limits=httpx.Limits(
-                    max_keepalive_connections=keepalive, keepalive_expiry=KEEPALIVE_SECONDS
+                transport=AiohttpTransport(
+                    verify=context, keep_alive=keep_alive, keepalive_expiry=KEEPALIVE_SECONDS
                 ),
                 cookies=_cookies_refused(),
             )

@@ -58,3 +58,12 @@ def test_listens_with_a_real_backlog(host: str) -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_counts_the_connections_it_accepted(host: str) -> None:
+    with httpx.Client(base_url=host) as client:
+        client.get("/a.jpg")
+        client.get("/a.jpg")
+        assert client.get("/connections").text == "1"
+    with httpx.Client(base_url=host) as client:
+        assert client.get("/connections").text == "2"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import socket
@@ -330,8 +331,8 @@ async def test_a_verified_connection_is_not_reused_for_another_host_name(
 async def test_host_clients_are_bounded_and_busy_ones_are_never_closed() -> None:
     made: list[httpx.AsyncClient] = []
 
-    def make(keepalive: int) -> httpx.AsyncClient:
-        made.append(httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=keepalive)))
+    def make(keep_alive: bool) -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=keep_alive)))
         return made[-1]
 
     def target(host: str) -> Target:
@@ -376,3 +377,17 @@ async def test_a_body_cut_short_is_a_protocol_error(server: Server, fetcher: Ima
     with pytest.raises(UpstreamError) as info:
         await fetcher.fetch(server.url("/short"))
     assert info.value.extra == {"reason": "protocol"}
+
+
+async def test_a_burst_to_one_host_reuses_its_connections(
+    server: Server, fetcher: ImageFetcher
+) -> None:
+    # Concurrent fetches from one host open at most one connection each, and later bursts
+    # reuse them: no reconnect (and no new TLS handshake) per image.
+    burst = 8
+    for _ in range(3):
+        results = await asyncio.gather(
+            *(fetcher.fetch(server.url("/keep.jpg")) for _ in range(burst))
+        )
+        assert all(result.data == JPEG for result in results)
+    assert server.connections <= burst
