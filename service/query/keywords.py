@@ -32,9 +32,10 @@ _STOP_WORDS = """
 """
 # Words that describe a photograph or where things sit in it, not what it shows: captions are
 # written around them ("the photograph shows ..., near the centre of the frame. The scene is
-# evenly exposed, with moderate contrast and a natural palette of ..."), so each was in 64-100%
-# of the evalset's records. As keywords they matched nearly every record and were half of the
-# index's entries. Colours and words of light and tone ("dark", "vivid") stay: they are content.
+# evenly exposed, with moderate contrast and a natural palette of ..."), and the most common
+# were in 64-100% of the records made from the evaluation photos. As keywords they matched
+# nearly every record and were half of the index's entries. Colours and the words that say how
+# the light looks ("dark", "vivid", "low-key") stay: they are content.
 _CAPTION_WORDS = """
     photograph photographs scene frame framing shot composition palette contrast exposure
     exposed evenly moderate moderately overall look looks also suggest suggests suggesting
