@@ -32,7 +32,8 @@ from service.domain.records import (
 from service.executor import BlockingExecutor
 from service.infer.batching import BatchPolicy, MicroBatcher, Runner
 from service.infer.models import Models
-from service.infer.yolox import Detection
+from service.infer.nanodet import NanoDetDetector
+from service.infer.yolox import Detection, YoloxDetector
 from service.observability import Metrics
 from service.score import quality
 
@@ -127,8 +128,8 @@ class ImageAnalyzer:
         )
         found, second, scaled, tags, props = await asyncio.gather(
             detected,
-            run(self._second_opinion, image),
-            run(self._second_scale, image),
+            run(self._second_look, "second_opinion", self.models.second, image),
+            run(self._second_look, "second_scale", self.models.scaled_second, image),
             run(self._tag, image),
             run(self._describe, image, decoded),
         )
@@ -239,19 +240,15 @@ class ImageAnalyzer:
         boxes the quality estimate uses (``quality.SUB_MIN_CONF``)."""
         return min(self.min_confidence, quality.SUB_MIN_CONF)
 
-    def _second_opinion(self, image: Image.Image) -> list[Detection] | None:
-        second = self.models.second
-        if second is None:
+    def _second_look(
+        self, stage: str, model: NanoDetDetector | YoloxDetector | None, image: Image.Image
+    ) -> list[Detection] | None:
+        """A detector the quality estimate consults (NanoDet, or YOLOX at a second scale);
+        ``None`` when that model is not in use."""
+        if model is None:
             return None
-        with self._stage("second_opinion", second):
-            return second.detect(image, quality.SECOND_MIN_CONF)
-
-    def _second_scale(self, image: Image.Image) -> list[Detection] | None:
-        scaled = self.models.scaled_second
-        if scaled is None:
-            return None
-        with self._stage("second_scale", scaled):
-            return scaled.detect(image, quality.SECOND_MIN_CONF)
+        with self._stage(stage, model):
+            return model.detect(image, quality.SECOND_MIN_CONF)
 
     def _tag(self, image: Image.Image) -> list[Any]:
         tagger = self.models.tagger
