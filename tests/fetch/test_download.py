@@ -332,7 +332,8 @@ async def test_host_clients_are_bounded_and_busy_ones_are_never_closed() -> None
     made: list[httpx.AsyncClient] = []
 
     def make(keep_alive: bool) -> httpx.AsyncClient:
-        made.append(httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=keep_alive)))
+        keepalive = httpx.Limits(max_keepalive_connections=4 if keep_alive else 0)
+        made.append(httpx.AsyncClient(limits=keepalive))
         return made[-1]
 
     def target(host: str) -> Target:
