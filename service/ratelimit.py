@@ -93,8 +93,8 @@ class _Day:
     day: str
     known: int = 0  # the database's total at the last read or flush
     pending: int = 0  # admitted here since then
+    sending: int = 0  # admitted here, in the $inc now in flight
     flushed_at: float = 0.0
-    flushing: bool = False
     loaded: bool = False
 
 
@@ -146,7 +146,7 @@ class Limiter:
         if not state.loaded:
             state.known = max(state.known, await self.usage.usage(name, day))
             state.loaded = True
-        if state.known + state.pending >= quota:
+        if state.known + state.sending + state.pending >= quota:
             midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
             raise RateLimited(
                 f"this API key has used its daily quota of {quota} requests (UTC days)",
@@ -154,21 +154,21 @@ class Limiter:
                 extra={"reason": "quota", "limit": f"{quota}/day"},
             )
         state.pending += 1
-        if not state.flushing and self.clock() - state.flushed_at >= FLUSH_SECONDS:
+        if not state.sending and self.clock() - state.flushed_at >= FLUSH_SECONDS:
             await self._flush(name, state)
 
     async def _flush(self, name: str, state: _Day) -> None:
-        count, state.pending, state.flushing = state.pending, 0, True
+        count, state.pending, state.sending = state.pending, 0, state.pending
         try:
             total = await self.usage.add_usage(name, state.day, count)
         except ServiceError as exc:  # the request is admitted; the count waits for next time
             state.pending += count
             log.warning("recording API key usage failed (%s)", exc.type)
         else:
-            # Requests admitted while the $inc was in flight are still pending.
+            # The total includes this count; requests admitted meanwhile are still pending.
             state.known = max(state.known, total)
         finally:
-            state.flushing = False
+            state.sending = 0
             state.flushed_at = self.clock()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -213,3 +214,27 @@ async def test_quota_flushes_on_day_change_and_survives_a_failed_flush() -> None
     await limiter.admit("k", quota)  # a new day: yesterday's pending counts are written first
     assert usage.counts[("k", "2026-11-22")] == 3
     assert usage.counts[("k", "2026-11-23")] == 1
+
+
+async def test_quota_holds_while_a_usage_flush_is_in_flight() -> None:
+    class SlowUsage(Usage):
+        async def add_usage(self, name: str, day: str, count: int) -> int:
+            await asyncio.sleep(0.02)  # a database round trip, during which requests arrive
+            return await super().add_usage(name, day, count)
+
+    clock = Clock()
+    limiter = Limiter(SlowUsage(), clock=clock, today=lambda: clock.day)
+    quota = Limits(daily_quota=10)
+
+    async def admitted() -> bool:
+        try:
+            await limiter.admit("k", quota)
+        except RateLimited:
+            return False
+        return True
+
+    assert await admitted()  # loads and flushes at once
+    assert all([await admitted() for _ in range(5)])  # counted here, not yet sent
+    clock.now += 2  # the next request sends those six while a burst arrives
+    burst = await asyncio.gather(*(admitted() for _ in range(20)))
+    assert sum(burst) == 4
