@@ -93,20 +93,26 @@ Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitab
 def requires(scope: str, *, unless_open: bool = False) -> Guard:
     """A Litestar guard admitting keys that hold ``scope`` (or admin), within their limits.
 
-    With ``unless_open`` the check applies only when the settings say labeling needs a key.
+    With ``unless_open``, when the settings say labeling needs no key, a request without one
+    is metered per client address, and one with a key is authenticated and metered by its key
+    whatever its scopes.
     """
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         resources = connection.app.state.resources
-        if unless_open and not resources.settings.labeling_requires_key:
-            if resources.client_limiter is not None and presented_key(connection) is None:
+        secret = presented_key(connection)
+        is_open = unless_open and not resources.settings.labeling_requires_key
+        if is_open and secret is None:
+            if resources.client_limiter is not None:
                 client = connection.client.host if connection.client else "unknown"
                 resources.client_limiter.admit(client)
             return
+        # On an open route a key is optional, but one that is sent must be valid: it replaces
+        # the per-client limit with its own limits, so an unchecked key would lift every limit.
         authenticator: Authenticator = resources.authenticator
-        principal = await authenticator.authenticate(presented_key(connection))
+        principal = await authenticator.authenticate(secret)
         counter = resources.metrics.api_key_requests
-        if scope not in principal.scopes and "admin" not in principal.scopes:
+        if not is_open and scope not in principal.scopes and "admin" not in principal.scopes:
             counter.labels(principal.name, "forbidden").inc()
             raise Forbidden(f"this API key lacks the {scope!r} scope")
         try:

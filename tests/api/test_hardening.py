@@ -62,9 +62,18 @@ async def test_open_labeling_is_limited_per_client(
         problem = assert_problem(limited, 429, "rate-limited")
         assert int(limited.headers["retry-after"]) >= 1
         assert problem["reason"] == "client_rate_limit"
-        # Clients with an API key are metered by their key instead.
+        # Clients with an API key are metered by their key instead, whatever its scopes ...
         keyed = await client.post("/v1/labels", json=body, headers={"X-API-Key": API_KEY})
         assert keyed.status_code == 200
+        reader = await client.resources.keys.create("reader", ["read"], rate=Rate.parse("1/min"))
+        metered = [
+            (await client.post("/v1/labels", json=body, headers={"X-API-Key": reader})).status_code
+            for _ in range(2)
+        ]
+        assert metered == [200, 429]
+        # ... and a made-up key is refused, not a way around the per-client limit.
+        made_up = await client.post("/v1/labels", json=body, headers={"X-API-Key": "made-up"})
+        assert_problem(made_up, 401, "unauthorized")
 
 
 def test_client_table_is_bounded() -> None:
