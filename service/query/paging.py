@@ -154,10 +154,12 @@ def after_filters(order: SortOrder, position: Position) -> list[dict[str, Any]]:
     if order.key == "_id":
         return [{"_id": {op: position.id}}]
     ties = {order.key: position.value, "_id": {op: position.id}}
+    # Missing (and null) values sort before all others: first in ascending order, last in
+    # descending order, and no comparison operator matches them.
     if position.value is None:
-        # Missing values sort first: after them come all the others (ascending) or nothing.
         return [ties, {order.key: {"$ne": None}}] if order.direction == 1 else [ties]
-    return [ties, {order.key: {op: position.value}}]
+    rest = [ties, {order.key: {op: position.value}}]
+    return rest if order.direction == 1 else [*rest, {order.key: None}]
 
 
 def after_match(order: SortOrder, position: Position) -> dict[str, Any]:

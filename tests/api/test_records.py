@@ -195,6 +195,25 @@ async def test_cursor_walk_returns_every_record_once_while_inserts_happen(
         assert pairs == sorted(pairs, reverse=reverse)
 
 
+@pytest.mark.parametrize("sort", ["label_quality_estimation", "-label_quality_estimation"])
+async def test_cursor_walk_returns_records_without_the_sort_field(
+    client: AppClient, auth: dict[str, str], sort: str
+) -> None:
+    """Imported or older records may lack a sort key: they come first ascending, last
+    descending, and a cursor walk returns them either way."""
+    records = [fake_record(i, ["cat"], 100) for i in range(6)]
+    for record in records[:3]:
+        del record["label_quality_estimation"]
+    records[3]["label_quality_estimation"] = None
+    await client.resources.database["records"].insert_many(records)
+
+    async def nothing(_: int) -> None:
+        return None
+
+    walked = await _walk(client, auth, {"sort": sort, "per_page": 2, "fields": "url"}, nothing)
+    assert sorted(r["_id"] for r in walked) == sorted(r["_id"] for r in records)
+
+
 async def test_page_walk_returns_every_record_once_while_inserts_happen(
     client: AppClient, auth: dict[str, str]
 ) -> None:

@@ -94,5 +94,11 @@ def test_after_filters() -> None:
     assert after_filters(SortOrder("width", 1), Position(None, "PT::9"))[1] == {
         "width": {"$ne": None}
     }
+    # Descending, records without the key come after every value.
+    assert after_filters(descending, Position(value=640, id="PT::9")) == [
+        {"width": 640, "_id": {"$lt": "PT::9"}},
+        {"width": {"$lt": 640}},
+        {"width": None},
+    ]
     assert after_match(BY_ID, Position("PT::9", "PT::9")) == {"_id": {"$gt": "PT::9"}}
     assert "$or" in after_match(ascending, position)
