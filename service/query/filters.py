@@ -507,6 +507,7 @@ class _Validator:
             )
         if "\x00" in pattern:
             raise InvalidQuery(f"$regex must not contain a NUL character{where}")
+        self.text(pattern, path, "$regex")
         try:
             check_regex_shape(pattern, extended)
         except RegexRefused as exc:

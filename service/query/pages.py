@@ -37,6 +37,7 @@ from service.query.paging import (
     after_match,
     decode_cursor,
     encode_cursor,
+    projection_of,
     strip_fields,
 )
 from service.query.plan import conjoin, is_point_lookup
@@ -231,7 +232,7 @@ def _fetched_projection(
     """The requested projection plus the sort key, which the next cursor is made from."""
     if projection is None or order.key in projection or order.key == SCORE:
         return projection
-    return {**projection, order.key: 1}
+    return projection_of([*projection, order.key])
 
 
 def _end_of(documents: list[Document], skip: int, limit: int) -> int | None:

@@ -14,7 +14,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,13 +83,18 @@ def parse_fields(raw: str | None) -> dict[str, int] | None:
     for name in names:
         if len(name) > 200 or not _FIELD.fullmatch(name):
             raise InvalidQuery(f"fields: {name[:60]!r} is not a field name")
-    projection = dict.fromkeys(sorted(set(names)), 1)
-    # A path and its parent together are a projection error on the server: keep the parent.
-    for name in list(projection):
-        if any(name.startswith(other + ".") for other in projection if other != name):
-            del projection[name]
-    projection["_id"] = 1
-    return projection
+    return projection_of([*names, "_id"])
+
+
+def projection_of(paths: Iterable[str]) -> dict[str, int]:
+    """An inclusion projection of ``paths``. A path and its parent together are a projection
+    error on the server (path collision), so the parent is kept and the path dropped."""
+    unique = set(paths)
+    return {
+        path: 1
+        for path in sorted(unique)
+        if not any(path.startswith(other + ".") for other in unique)
+    }
 
 
 def sort_value(document: Mapping[str, Any], key: str) -> Any:
@@ -115,6 +120,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
+def _is_text(value: object, max_length: int) -> bool:
+    """A non-empty string the database can store (JSON escapes can carry lone surrogates)."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def decode_cursor(token: str, order: SortOrder) -> Position:
     """The position a cursor from ``encode_cursor`` stands for, checked against ``order``."""
     if len(token) > MAX_CURSOR_LENGTH:
@@ -129,14 +145,14 @@ def decode_cursor(token: str, order: SortOrder) -> Position:
     if payload["k"] != order.key or payload["d"] != order.direction:
         raise _refuse("it was issued for another sort order")
     record_id, value = payload["i"], payload["v"]
-    if not isinstance(record_id, str) or not 0 < len(record_id) <= 200:
+    if not _is_text(record_id, 200):
         raise _refuse("bad record id")
     if value is not None and not (
         isinstance(value, str | int | float)
         and not isinstance(value, bool)
         and (not isinstance(value, float) or math.isfinite(value))
         and (not isinstance(value, int) or -_INT64 <= value < _INT64)
-        and (not isinstance(value, str) or len(value) <= 400)
+        and (not isinstance(value, str) or _is_text(value, 400))
     ):
         raise _refuse("bad sort value")
     if order.key == "_id":

@@ -54,6 +54,9 @@ INDEXED = IndexedFields(
     fields=frozenset({"_id", *(next(iter(m.document["key"])) for m in RECORD_INDEXES)}),
     point=frozenset({"_id", "hash", "url", "urls"}),
 )
+# Server errors that mean the query itself is wrong (400): BadValue, FailedToParse,
+# TypeMismatch, and a regular expression the server's PCRE cannot compile.
+QUERY_ERRORS = frozenset({2, 9, 14, 51091})
 # Beyond the server-side limit, how long the client waits for a reply before giving up.
 CLIENT_GRACE_SECONDS = 2.0
 COUNT_CACHE_SIZE = 1024
@@ -83,7 +86,7 @@ async def database_errors() -> AsyncIterator[None]:
             "the database is not reachable", retry_after=2, extra={"reason": "database"}
         ) from None
     except OperationFailure as exc:
-        if exc.code in (2, 9, 14):  # BadValue, FailedToParse, TypeMismatch
+        if exc.code in QUERY_ERRORS:
             raise InvalidQuery(f"the database refused the query: {exc.details}") from None
         if exc.timeout:
             raise _unresponsive() from None

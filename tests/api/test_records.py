@@ -124,6 +124,18 @@ async def test_dangerous_or_malformed_filters_are_refused(
     assert needle.lower() in body["detail"].lower()
 
 
+@pytest.mark.parametrize("pattern", ["[z-a]", "\\p{Foo}"])
+async def test_regex_the_server_cannot_compile_is_refused(
+    client: AppClient, auth: dict[str, str], pattern: str
+) -> None:
+    # MongoDB compiles the pattern when it parses the query; the development server only
+    # when a document is matched against it, hence the record.
+    await client.resources.database["records"].insert_one(fake_record(1, ["cat"], 300))
+    q = json.dumps({"url": {"$regex": pattern}})
+    response = await client.get("/v1/records", params={"q": q}, headers=auth)
+    assert "database refused" in assert_problem(response, 400, "invalid-query")["detail"]
+
+
 @pytest.mark.parametrize("params", [{"page": "0"}, {"page": "x"}, {"per_page": "1000"}])
 async def test_bad_paging_parameters(
     client: AppClient, auth: dict[str, str], params: dict[str, str]
@@ -260,6 +272,25 @@ async def test_sort_fields_and_paging_forms(client: AppClient, auth: dict[str, s
 
     last = await get(page=3)  # 25 a page by default: 10 on the last one, and no cursor
     assert len(last["output"]) == 10 and last["next_cursor"] is None and last["length"] == 60
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"fields": "_id.x,url"},
+        {"fields": "datetime.x", "sort": "datetime"},
+        {"fields": "width.x", "sort": "-width", "q": '{"classes": "cat"}'},
+    ],
+)
+async def test_projections_never_collide_with_the_id_or_sort_key(
+    client: AppClient, auth: dict[str, str], params: dict[str, str]
+) -> None:
+    """A path inside ``_id`` or the sort key, which are always fetched, is not a path
+    collision on the server."""
+    await client.resources.database["records"].insert_one(fake_record(1, ["cat"], 300))
+    response = await client.get("/v1/records", params=params, headers=auth)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["output"]) == 1
 
 
 async def test_cortex_query_gives_the_results_of_the_unrewritten_filter(

@@ -92,6 +92,7 @@ REFUSED: list[Any] = [
     pytest.param(_regex("a" * 257), ["$regex", "257"], id="regex-too-long"),
     pytest.param(_regex("a\x00"), ["$regex", "NUL"], id="regex-nul"),
     pytest.param('{"url": {"$regex": 5}}', ["$regex"], id="regex-not-string"),
+    pytest.param('{"url": {"$regex": "\\ud800"}}', ["$regex", "Unicode"], id="regex-surrogate"),
     pytest.param(_regex("cat", "g"), ["$options", "'g'"], id="options-bad-flag"),
     pytest.param('{"url": {"$options": "i"}}', ["$options", "$regex"], id="options-alone"),
     pytest.param("{not json", ["not valid JSON"], id="not-json"),

@@ -39,6 +39,7 @@ def test_parse_fields() -> None:
         "image_properties": 1,
         "_id": 1,
     }
+    assert parse_fields("_id.x,url") == {"_id": 1, "url": 1}  # not a path collision
     for bad in ("$where", "a..b", "a.$", "x" * 201, ",".join(f"f{i}" for i in range(51))):
         with pytest.raises(InvalidQuery, match="fields"):
             parse_fields(bad)
@@ -67,6 +68,8 @@ def _token(payload: Any) -> str:
         _token({"k": "_id", "d": -1, "v": None, "i": "PT::1"}),  # another direction
         _token({"k": "_id", "d": 1, "v": None, "i": 7}),
         _token({"k": "_id", "d": 1, "v": None, "i": ""}),
+        _token({"k": "_id", "d": 1, "v": None, "i": "\ud800"}),  # cannot be stored or sent
+        _token({"k": "_id", "d": 1, "v": "\udfff", "i": "PT::1"}),
         _token({"k": "_id", "d": 1, "v": {"$gt": 1}, "i": "PT::1"}),
         _token({"k": "_id", "d": 1, "v": True, "i": "PT::1"}),
         _token({"k": "_id", "d": 1, "v": 2**70, "i": "PT::1"}),
