@@ -101,7 +101,11 @@ def _equivalent_classes(condition: Any) -> Any:
     inner = outer["$elemMatch"]
     if not isinstance(inner, Mapping) or set(inner) != {"classname"}:
         return None
-    return _implied_classes(inner["classname"])
+    classname = inner["classname"]
+    # Only a lone $eq or $in: beside other operators it is implied, not equivalent.
+    if isinstance(classname, Mapping) and len(classname) != 1:
+        return None
+    return _implied_classes(classname)
 
 
 def _elem_match_argument(condition: Any) -> Mapping[str, Any] | None:

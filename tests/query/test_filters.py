@@ -270,6 +270,20 @@ def test_hint_added_when_the_box_has_more_conditions() -> None:
     assert add_index_hints(members) == {"$and": [members, {"classes": {"$in": ["cat", "dog"]}}]}
 
 
+@pytest.mark.parametrize(
+    "classname",
+    [
+        {"$in": ["cat", "dog"], "$nin": ["cat"]},
+        {"$eq": "cat", "$ne": "cat"},
+        {"$eq": "cat", "$regex": "^d"},
+    ],
+)
+def test_classname_with_more_operators_is_hinted_not_replaced(classname: Any) -> None:
+    filt = _cortex(classname)
+    implied = {"classes": classname.get("$eq") or {"$in": classname.get("$in")}}
+    assert add_index_hints(filt) == {"$and": [filt, implied]}
+
+
 def test_hint_found_inside_and_merges_into_it() -> None:
     strict = _cortex("cat", conf={"$gte": 0.9})
     filt = {"$and": [{"width": {"$gt": 1}}, strict, _cortex("dog")], "height": 5}
