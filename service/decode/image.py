@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -58,16 +59,20 @@ def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None
         if stored_w * stored_h > max_pixels:
             raise _too_many_pixels((stored_w, stored_h), max_pixels)
         fmt = image.format or "unknown"
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        upright = (stored_h, stored_w) if orientation in _SWAPPING_ORIENTATIONS else image.size
-        if target_size and image.format == "JPEG":
-            _draft(image, target_size)
         try:
+            # Reading EXIF can decode a PNG's data (its eXIf chunk may follow it), so a broken
+            # file fails here as well as in load(). Pillow raises TypeError and struct.error
+            # on some malformed TIFF tags.
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            swapped = orientation in _SWAPPING_ORIENTATIONS
+            upright = (stored_h, stored_w) if swapped else image.size
+            if target_size and image.format == "JPEG":
+                _draft(image, target_size)
             image.load()
             rgb = _to_rgb(ImageOps.exif_transpose(image))
         except Image.DecompressionBombError:
             raise _too_many_pixels((stored_w, stored_h), max_pixels) from None
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        except (OSError, ValueError, SyntaxError, EOFError, TypeError, struct.error) as exc:
             raise UnprocessableImage(
                 f"the {fmt} image is truncated or corrupt: {exc}", extra={"reason": "corrupt"}
             ) from None

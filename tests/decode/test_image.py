@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 from PIL import Image
 
@@ -68,6 +71,39 @@ def test_truncated_jpeg_is_unprocessable() -> None:
     data = encode(gradient(400, 300), "JPEG", quality=95)
     with pytest.raises(UnprocessableImage):
         decode_image(data[: len(data) // 2], max_pixels=CAP)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _tiff_with_strip_offsets_typed_double() -> bytes:
+    data = bytearray(encode(gradient(48, 40), "TIFF"))
+    assert data[:2] == b"II"
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (entries,) = struct.unpack_from("<H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if struct.unpack_from("<H", data, entry)[0] == 273:  # StripOffsets
+            struct.pack_into("<H", data, entry + 2, 12)  # LONG -> DOUBLE
+    return bytes(data)
+
+
+def _broken_images() -> list[bytes]:
+    png = encode(gradient(256, 256), "PNG")
+    # ImageMagick carries EXIF in a text chunk as hex; here it is not hex.
+    raw_profile = _png_chunk(b"tEXt", b"Raw profile type exif\x00\nexif\n   4\nzzzz\n")
+    return [
+        png[: len(png) // 2],  # Pillow reads a PNG's data to look for EXIF after it
+        png[:33] + raw_profile + png[33:],
+        _tiff_with_strip_offsets_typed_double(),
+    ]
+
+
+@pytest.mark.parametrize("data", _broken_images(), ids=["truncated-png", "raw-exif-png", "tiff"])
+def test_broken_png_and_tiff_are_unprocessable(data: bytes) -> None:
+    with pytest.raises(UnprocessableImage):
+        decode_image(data, max_pixels=CAP)
 
 
 def test_large_jpeg_is_drafted_but_reports_full_size() -> None:
