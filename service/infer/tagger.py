@@ -53,13 +53,17 @@ def preprocess(image: PIL.Image.Image) -> np.ndarray:
         image = image.convert("RGB")
     width, height = image.size
     scale = RESIZE_SHORT / min(width, height)
-    new_w = max(CROP, round(width * scale))
-    new_h = max(CROP, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), PIL.Image.Resampling.BILINEAR, reducing_gap=2.0)
-    left = round((new_w - CROP) / 2)
-    top = round((new_h - CROP) / 2)
-    pixels = np.asarray(image, dtype=np.uint8)[top : top + CROP, left : left + CROP]
+    new_w, new_h = round(width * scale), round(height * scale)
+    left, top = round((new_w - CROP) / 2), round((new_h - CROP) / 2)
+    if (new_w, new_h) == (width, height):
+        image = image.crop((left, top, left + CROP, top + CROP))
+    else:
+        # Only the crop is resampled: scaling the whole image first would, for a very long
+        # thin image (1 x 4000 pixels in a 100-byte PNG), allocate gigabytes.
+        sx, sy = new_w / width, new_h / height
+        box = (left / sx, top / sy, (left + CROP) / sx, (top + CROP) / sy)
+        image = image.resize((CROP, CROP), PIL.Image.Resampling.BILINEAR, box, reducing_gap=2.0)
+    pixels = np.asarray(image, dtype=np.uint8)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
 
 

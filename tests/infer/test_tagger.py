@@ -65,6 +65,14 @@ class TestPreprocess:
             assert tensor.shape == (1, 3, 224, 224)
             assert np.allclose(tensor[0, 0], 10, atol=1)
 
+    def test_long_thin_image_resamples_only_the_crop(self) -> None:
+        # Scaled whole, 1 x 100000 pixels (a 475-byte PNG) would be 256 x 25.6 million.
+        line = PIL.Image.new("RGB", (1, 100_000), (10, 20, 30))
+        line.paste((200, 200, 200), (0, 0, 1, 1_000))
+        tensor = preprocess(line)
+        assert tensor.shape == (1, 3, 224, 224)
+        assert set(np.unique(tensor[0, 0])) == {10}  # the central square, far from the change
+
     def test_greyscale_is_converted(self) -> None:
         tensor = preprocess(PIL.Image.new("L", (300, 300), 127))
         assert (tensor == 127).all()
