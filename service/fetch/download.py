@@ -241,12 +241,19 @@ class ImageFetcher:
     def _next_hop(self, current: Target, location: str, redirects: list[str]) -> Target:
         policy = self._policy
         try:
+            joined = urljoin(current.url, location)
+        except ValueError:  # e.g. "http://a]/": not a URL at all, the host's fault
+            raise UpstreamError(
+                f"the host redirected to a malformed URL: {location[:200]!r}",
+                extra={"reason": "bad_redirect"},
+            ) from None
+        try:
             if has_unsafe_characters(location):
                 raise UrlRejected(
                     "URL contains whitespace or control characters",
                     extra={"reason": "characters"},
                 )
-            target = parse_target(urljoin(current.url, location), policy)
+            target = parse_target(joined, policy)
         except UrlRejected as exc:
             raise UrlRejected(f"redirect refused: {exc.detail}", extra=exc.extra) from None
         if target.url in redirects:

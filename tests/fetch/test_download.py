@@ -211,6 +211,17 @@ async def test_redirect_targets_go_through_the_policy(
     assert len(server.seen) == 1
 
 
+@pytest.mark.parametrize("location", ["http://a]/", "//a[b]/"])
+async def test_malformed_redirect_is_the_hosts_error(
+    fetcher: ImageFetcher, server: Server, location: str
+) -> None:
+    url = str(httpx.URL(server.url("/redirect-to"), params={"location": location}))
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch(url)
+    assert info.value.status == 502
+    assert info.value.extra == {"reason": "bad_redirect"}
+
+
 async def test_declared_length_over_cap_refused_early(
     fetcher: ImageFetcher, server: Server
 ) -> None:
