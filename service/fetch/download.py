@@ -121,17 +121,17 @@ class HostClients:
     @asynccontextmanager
     async def client_for(self, target: Target) -> AsyncIterator[httpx.AsyncClient]:
         key = (target.scheme, target.host, target.port)
-        pool = self._pools.get(key)
+        pool, evicted = self._pools.get(key), None
         if pool is None:
             pool, evicted = self._open(key)
-            if evicted is not None:
-                await evicted.aclose()
         if pool is None:
             yield self._unpooled
             return
         self._pools.move_to_end(key)
-        pool.active += 1
+        pool.active += 1  # before any await, so that no other request evicts this pool
         try:
+            if evicted is not None:
+                await evicted.aclose()
             yield pool.client
         finally:
             pool.active -= 1
