@@ -107,14 +107,18 @@ class LabelingPipeline:
             return await self._reuse(digest, url)
 
         task = self._analyses_by_hash.get(digest)
+        joined = task is not None
         if task is None:
             task = asyncio.create_task(self._create(fetched, url, digest))
             self._analyses_by_hash[digest] = task
             task.add_done_callback(lambda _: self._analyses_by_hash.pop(digest, None))
         outcome = await asyncio.shield(task)
-        if url in outcome.record.urls:
-            return outcome
-        return await self._reuse(digest, url)
+        if url not in outcome.record.urls:
+            return await self._reuse(digest, url)
+        if joined:  # another request created the record: this one found it (200, not 201)
+            self._metrics.records_reused.inc()
+            return LabelOutcome(outcome.record, created=False)
+        return outcome
 
     async def _reuse(self, digest: str, url: str) -> LabelOutcome:
         document = await self._store.remember_url(digest, url)

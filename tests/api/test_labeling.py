@@ -100,6 +100,17 @@ async def test_concurrent_posts_of_one_image_create_one_record(
     assert sorted(page["output"][0]["urls"]) == sorted(urls)
 
 
+async def test_concurrent_posts_of_one_url_create_once(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    url = image_server.photo_url("000000022892.jpg")
+    responses = await asyncio.gather(
+        *(client.post("/v1/labels", json={"url": url}) for _ in range(4))
+    )
+    assert sorted(r.status_code for r in responses) == [200] * 3 + [201]
+    assert len({r.json()["_id"] for r in responses}) == 1
+
+
 async def test_label_by_id_returns_stored_record_without_fetching(
     client: AppClient, image_server: ImageServer
 ) -> None:
