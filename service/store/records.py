@@ -54,6 +54,9 @@ INDEXED = IndexedFields(
     fields=frozenset({"_id", *(next(iter(m.document["key"])) for m in RECORD_INDEXES)}),
     point=frozenset({"_id", "hash", "url", "urls"}),
 )
+# The URLs kept per record: anyone can serve the same bytes from new URLs (a query string
+# is enough), and without a bound the list would grow to the 16 MiB document limit.
+MAX_URLS = 100
 # Server errors that mean the query itself is wrong (400): BadValue, FailedToParse,
 # TypeMismatch, and a regular expression the server's PCRE cannot compile.
 QUERY_ERRORS = frozenset({2, 9, 14, 51091})
@@ -145,13 +148,17 @@ class RecordStore:
             return await self._records.find_one({"hash": digest})
 
     async def remember_url(self, digest: str, url: str) -> Document | None:
-        """Add ``url`` to the record with this content hash; returns the updated record."""
+        """Add ``url`` to the record with this content hash, unless it holds ``MAX_URLS``
+        already; returns the record."""
         async with self._labeling():
-            return await self._records.find_one_and_update(
-                {"hash": digest},
+            document = await self._records.find_one_and_update(
+                {"hash": digest, f"urls.{MAX_URLS - 1}": {"$exists": False}},
                 {"$addToSet": {"urls": url}},
                 return_document=ReturnDocument.AFTER,
             )
+            if document is None:  # full (or deleted)
+                document = await self._records.find_one({"hash": digest})
+            return document
 
     async def insert(self, document: Document) -> Document:
         """Insert a new record; when another writer stored the same bytes first, return theirs."""

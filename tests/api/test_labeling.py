@@ -10,8 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from service.decode.image import decode_image
 from service.settings import Settings
+from service.store import records
 from tests.conftest import CAT_PHOTO, EMPTY_PHOTO, ROOT, AppClient, running
 from tests.support.image_server import ImageServer
 
@@ -84,6 +87,18 @@ async def test_same_bytes_from_another_url_is_the_same_record(
     assert second["url"] == first["url"]
     assert second["urls"] == [first["url"], second_url]
     assert second["object_analysis"] == first["object_analysis"]
+
+
+async def test_a_record_keeps_a_bounded_number_of_urls(
+    client: AppClient, image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(records, "MAX_URLS", 3)
+    urls = [image_server.photo_url(CAT_PHOTO, alias=str(i)) for i in range(5)]
+    answers = [(await client.post("/v1/labels", json={"url": u})) for u in urls]
+    assert [a.status_code for a in answers] == [201, 200, 200, 200, 200]
+    assert answers[-1].json()["urls"] == urls[:3]  # the record is still served
+    again = await client.post("/v1/labels", json={"url": urls[1]})
+    assert again.status_code == 200 and again.json()["_id"] == answers[0].json()["_id"]
 
 
 async def test_concurrent_posts_of_one_image_create_one_record(
