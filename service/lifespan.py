@@ -94,7 +94,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
         )
         keys = ApiKeyStore(database)
 
-        fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
+        fetcher = ImageFetcher(
+            FetchPolicy.from_settings(settings), resolver_threads=settings.max_inflight
+        )
         stack.push_async_callback(fetcher.aclose)
 
         resources = Resources(

@@ -9,6 +9,7 @@ import ipaddress
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -36,6 +37,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Keep-alive: how long idle connections are kept, and for how many host names.
 KEEPALIVE_SECONDS = 5.0
 MAX_POOLED_HOSTS = 64
+RESOLVER_THREADS = 32  # the service passes its bound on labeling requests in flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +178,20 @@ class ImageFetcher:
     ``verify`` is TLS verification as httpx takes it (an ``ssl.SSLContext`` for a private CA).
     """
 
-    def __init__(self, policy: FetchPolicy, *, verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(
+        self,
+        policy: FetchPolicy,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        resolver_threads: int = RESOLVER_THREADS,
+    ) -> None:
+        """``resolver_threads``: at least the fetches that may run at once, so that lookups
+        a slow name server holds up cannot stall the lookups of other fetches."""
         self._policy = policy
+        # Host lookups block a thread until the name server answers or the resolver gives
+        # up, past the fetch's own timeout. In the loop's small shared pool (4 threads under
+        # uvloop) a few URLs on a slow domain would hold up every fetch.
+        self._resolver = ThreadPoolExecutor(resolver_threads, thread_name_prefix="resolver")
         # One TLS context for every client: building one loads the CA bundle.
         context = (
             verify
@@ -200,6 +214,7 @@ class ImageFetcher:
 
     async def aclose(self) -> None:
         await self._clients.aclose()
+        self._resolver.shutdown(wait=False, cancel_futures=True)
 
     async def fetch(self, url: str) -> Fetched:
         try:
@@ -232,7 +247,7 @@ class ImageFetcher:
 
     async def _resolve(self, target: Target, *, redirected: bool) -> list[IPAddress]:
         try:
-            return await resolve_target(target, self._policy)
+            return await resolve_target(target, self._policy, self._resolver)
         except UrlRejected as exc:
             if not redirected:
                 raise

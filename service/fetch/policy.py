@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING
@@ -295,15 +296,26 @@ def _unmapped(address: IPAddress) -> IPAddress:
     return address
 
 
-async def resolve_target(target: Target, policy: FetchPolicy) -> list[IPAddress]:
-    """Every address the host resolves to, in resolver order; refused if any one is refused."""
+async def resolve_target(
+    target: Target, policy: FetchPolicy, resolver: Executor | None = None
+) -> list[IPAddress]:
+    """Every address the host resolves to, in resolver order; refused if any one is refused.
+
+    ``resolver`` runs the blocking lookups (the loop's default executor when None).
+    """
     if target.address is not None:
         check_address(target.address, policy)
         return [_unmapped(target.address)]
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(
-            target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        infos = await loop.run_in_executor(
+            resolver,
+            socket.getaddrinfo,
+            target.host,
+            target.port,
+            0,
+            socket.SOCK_STREAM,
+            socket.IPPROTO_TCP,
         )
     except (OSError, UnicodeError):
         raise UpstreamError(

@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -82,7 +83,7 @@ async def test_host_name_is_kept_in_host_header(fetcher: ImageFetcher, server: S
 async def test_tries_checked_addresses_in_order(
     fetcher: ImageFetcher, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def resolve(target: Target, policy: FetchPolicy) -> list[IPAddress]:
+    async def resolve(target: Target, policy: FetchPolicy, _: object) -> list[IPAddress]:
         # Nothing listens on 127.0.0.2 (the server is bound to 127.0.0.1 only).
         return [ipaddress.IPv4Address("127.0.0.2"), ipaddress.IPv4Address("127.0.0.1")]
 
@@ -90,6 +91,33 @@ async def test_tries_checked_addresses_in_order(
     result = await fetcher.fetch(f"http://images.example:{server.port}/ok.jpg")
     assert result.data == JPEG
     assert server.seen[-1].headers["Host"] == f"images.example:{server.port}"
+
+
+async def test_lookups_a_slow_name_server_holds_do_not_stall_other_fetches(
+    server: Server, fetcher: ImageFetcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = threading.Event()
+    lookup = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: Any) -> Any:
+        if host.endswith(".slow.test"):  # a name server that takes its time
+            answer.wait(10)
+            raise socket.gaierror(socket.EAI_AGAIN, "timed out")
+        return lookup(host, *args)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    # More lookups than the loop's own pool has threads (6 here, 4 under uvloop).
+    slow = [asyncio.create_task(fetcher.fetch(f"http://h{i}.slow.test/x.jpg")) for i in range(8)]
+    try:
+        await asyncio.sleep(0.1)
+        fetched = await asyncio.wait_for(fetcher.fetch(f"http://localhost:{server.port}/ok.jpg"), 5)
+        assert fetched.data == JPEG
+        assert not any(task.done() for task in slow)
+    finally:
+        answer.set()
+    for task in slow:
+        with pytest.raises(UpstreamError):
+            await task
 
 
 async def test_connection_refused_is_connect_error(fetcher: ImageFetcher) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from typing import Any
@@ -241,12 +240,11 @@ def test_parse_hosts(
 
 
 @pytest.fixture
-async def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Answers getaddrinfo from a table, for names this offline machine cannot resolve."""
     table: dict[str, Any] = {}
-    loop = asyncio.get_running_loop()
 
-    async def getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
+    def getaddrinfo(host: str, port: int, *_: Any) -> list[Any]:
         answer = table[host]
         if isinstance(answer, BaseException):
             raise answer
@@ -261,7 +259,7 @@ async def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
             for a in answer
         ]
 
-    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return table
 
 
