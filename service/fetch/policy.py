@@ -236,29 +236,48 @@ def parse_target(url: str, policy: FetchPolicy) -> Target:
     )
 
 
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address reaches through mapping, 6to4, NAT64 or Teredo."""
+# Where RFC 6052 puts the IPv4 address for each NAT64 prefix length: the byte positions
+# (byte 8 is always skipped). The well-known prefix is a /96; a network's own prefix in
+# 64:ff9b:1::/48 may be any of these lengths, which cannot be told from the address.
+_NAT64_LAYOUTS = {
+    48: (6, 7, 9, 10),
+    56: (7, 9, 10, 11),
+    64: (9, 10, 11, 12),
+    96: (12, 13, 14, 15),
+}
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address may reach through mapping, 6to4, NAT64 or Teredo."""
     if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+        return [address.ipv4_mapped]
     if address.sixtofour is not None:
-        return address.sixtofour
+        return [address.sixtofour]
     if address.teredo is not None:
-        return address.teredo[1]  # the client's address; the server part is public anyway
-    if any(address in net for net in _NAT64):
-        return ipaddress.IPv4Address(address.packed[-4:])
-    return None
+        return [address.teredo[1]]  # the client's address; the server part is public anyway
+    if address in _NAT64[0]:
+        return [ipaddress.IPv4Address(address.packed[-4:])]
+    if address in _NAT64[1]:
+        packed = address.packed
+        candidates = (
+            ipaddress.IPv4Address(bytes(packed[i] for i in layout))
+            for layout in _NAT64_LAYOUTS.values()
+        )
+        # A layout that reads 0.x.x.x cannot be the one in use: nothing is reached there.
+        return [candidate for candidate in candidates if candidate not in _THIS_NETWORK]
+    return []
 
 
 def address_category(address: IPAddress, *, allow_private: bool) -> str | None:
     """Why ``address`` may not be fetched from, as a phrase, or None when it may."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
-        if embedded is not None:
-            inner = address_category(embedded, allow_private=allow_private)
+        for inner_address in embedded:
+            inner = address_category(inner_address, allow_private=allow_private)
             if inner is not None:
-                return f"mapped to {embedded}, which is {inner}"
-            if address.ipv4_mapped is not None or any(address in net for net in _NAT64):
-                return None  # ::ffff:8.8.8.8 and 64:ff9b::808:808 reach 8.8.8.8
+                return f"mapped to {inner_address}, which is {inner}"
+        if embedded and (address.ipv4_mapped is not None or any(address in n for n in _NAT64)):
+            return None  # ::ffff:8.8.8.8 and 64:ff9b::808:808 reach 8.8.8.8
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if address.is_unspecified or address in _THIS_NETWORK:

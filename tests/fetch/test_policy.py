@@ -54,6 +54,9 @@ REFUSED_ADDRESSES = [
     ("http://[::ffff:169.254.169.254]/", "which is a cloud metadata address"),
     ("http://[2002:7f00:1::]/", "mapped to 127.0.0.1, which is loopback"),  # 6to4
     ("http://[64:ff9b::a9fe:a9fe]/", "which is a cloud metadata address"),  # NAT64
+    # A local NAT64 prefix (64:ff9b:1::/48) may embed the IPv4 address at any RFC 6052
+    # position: here 10.0.0.7 where a /48 prefix puts it.
+    ("http://[64:ff9b:1:a00:0:700::]/", "mapped to 10.0.0.7, which is private"),
     ("http://2130706433/", "address 127.0.0.1 is loopback"),
     ("http://0177.0.0.1/", "address 127.0.0.1 is loopback"),
     ("http://0x7f.0.0.1/", "address 127.0.0.1 is loopback"),
@@ -191,6 +194,7 @@ async def test_allow_private_still_refuses(url: str, message: str) -> None:
         ("http://[2606:4700:4700::1111]/", "2606:4700:4700::1111"),
         ("http://[::ffff:8.8.8.8]/", "8.8.8.8"),
         ("http://[64:ff9b::808:808]/", "64:ff9b::808:808"),
+        ("http://[64:ff9b:1::808:808]/", "64:ff9b:1::808:808"),
     ],
 )
 async def test_public_literals_pass_without_dns(url: str, expected: str) -> None:
