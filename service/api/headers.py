@@ -24,14 +24,20 @@ API_ONLY = {
 DOCS_PREFIX = "/docs"
 
 
+def security_headers(path: str) -> dict[str, str]:
+    """The headers for a response to ``path``."""
+    return COMMON if path.startswith(DOCS_PREFIX) else COMMON | API_ONLY
+
+
 def security_headers_middleware(app: ASGIApp) -> ASGIApp:
+    """Adds them to every response of a route. The router answers unknown paths (404) and
+    methods (405) before any route runs, so error responses carry them too (``problem``)."""
+
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        extra = dict(COMMON)
-        if not scope["path"].startswith(DOCS_PREFIX):
-            extra.update(API_ONLY)
+        extra = security_headers(scope["path"])
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

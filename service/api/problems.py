@@ -10,11 +10,22 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from service.api.headers import security_headers
 from service.errors import ServiceError
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://labelsvc.dev/problems/"
 log = logging.getLogger(__name__)
+# RFC 9110 asks a 401 to name the scheme; API keys have no registered one.
+AUTHENTICATE = 'ApiKey header="X-API-Key"'
+# Errors the framework raises, as (type, title): one title per type, and the service's own
+# title where it has the same type (BadRequest, NotFound).
+FRAMEWORK_PROBLEMS = {
+    400: ("bad-request", "Bad request"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("body-too-large", "Request body too large"),
+}
 
 
 def problem(
@@ -35,15 +46,24 @@ def problem(
         "instance": request.url.path,
         **(extra or {}),
     }
+    headers = security_headers(request.url.path) | (headers or {})
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[Any]:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = AUTHENTICATE
     if exc.status >= 500:
         log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.type)
     return problem(
-        exc.status, exc.type, exc.title, exc.detail, request, headers=headers, extra=exc.extra
+        exc.status,
+        exc.type,
+        exc.title,
+        exc.detail,
+        request,
+        headers=headers or None,
+        extra=exc.extra,
     )
 
 
@@ -53,20 +73,19 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     extra: dict[str, Any] = {}
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra
+    headers = dict(exc.headers or {})
     if isinstance(exc, NotAuthorizedException):
         status = 401
+        headers["WWW-Authenticate"] = AUTHENTICATE
     detail = exc.detail if status < 500 else "internal error"
-    slug = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 413: "too-large"}
-    headers = dict(exc.headers or {})
-    return problem(
-        status,
-        slug.get(status, f"http-{status}"),
-        _title(status),
-        detail,
-        request,
-        headers=headers or None,
-        extra=extra,
-    )
+    type_, title = FRAMEWORK_PROBLEMS.get(status, (f"http-{status}", _title(status)))
+    return problem(status, type_, title, detail, request, headers=headers or None, extra=extra)
+
+
+def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """msgspec gives up on deeply nested JSON bodies with RecursionError (a 2 KB body of
+    1,000 brackets is enough); the request is at fault, not the service."""
+    return problem(400, "bad-request", "Bad request", "the JSON body is nested too deeply", request)
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -84,5 +103,6 @@ def _title(status: int) -> str:
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ServiceError: _service_error,
     HTTPException: _http_exception,
+    RecursionError: _too_deep,
     Exception: _unexpected,
 }

@@ -59,9 +59,17 @@ async def test_invalid_json_body(client: AppClient) -> None:
     assert_problem(response, 400)
 
 
+@pytest.mark.parametrize("path", ["/v1/labels", "/upload"])
+async def test_deeply_nested_json_body(client: AppClient, path: str) -> None:
+    nested = b"[" * 1000 + b"]" * 1000  # 2 KB: the decoder's recursion gives up on it
+    response = await client.post(path, content=nested, headers={"content-type": "application/json"})
+    assert "nested too deeply" in assert_problem(response, 400, "bad-request")["detail"]
+
+
 async def test_oversized_request_body(client: AppClient) -> None:
     response = await client.post("/v1/labels", json={"url": "http://a/" + "x" * 100_000})
-    assert_problem(response, 413)
+    problem = assert_problem(response, 413, "body-too-large")
+    assert problem["title"] == "Request body too large"  # not the oversized image's title
 
 
 @pytest.mark.parametrize(
@@ -136,5 +144,15 @@ async def test_full_work_queue_answers_503_with_retry_after(
 
 
 async def test_unknown_route_and_method(client: AppClient) -> None:
-    assert_problem(await client.get("/nope"), 404)
-    assert_problem(await client.get("/v1/labels"), 405)
+    # The router answers these before any route runs: the same headers all the same.
+    for response in (await client.get("/nope"), await client.get("/v1/labels")):
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert_problem(await client.get("/nope"), 404, "not-found")
+    assert_problem(await client.get("/v1/labels"), 405, "method-not-allowed")
+
+
+async def test_unauthorized_names_the_scheme(client: AppClient) -> None:
+    response = await client.get("/v1/records", headers={"X-API-Key": "wrong"})
+    assert_problem(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"] == 'ApiKey header="X-API-Key"'
