@@ -68,7 +68,9 @@ class LabelingPipeline:
         """Label a URL, or return the stored record when given a record id."""
         value = url_or_id.strip()
         if is_record_id(value):
-            return LabelOutcome(await self.get(value), created=False)
+            record = await self.get(value)
+            self._metrics.records_reused.inc()
+            return LabelOutcome(record, created=False)
         if "://" in value:
             return await self.label_url(value)
         raise BadRequest(
@@ -79,7 +81,6 @@ class LabelingPipeline:
         document = await self._store.get(record_id) if is_record_id(record_id) else None
         if document is None:
             raise RecordNotFound(f"no record has id {record_id!r}")
-        self._metrics.records_reused.inc()
         return record_from_document(document)
 
     async def label_url(self, url: str) -> LabelOutcome:

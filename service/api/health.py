@@ -46,4 +46,7 @@ async def readyz(resources: ResourcesDep) -> Readiness:
 async def metrics(resources: ResourcesDep) -> Response[bytes]:
     resources.metrics.executor_pending.set(resources.executor.pending)
     resources.metrics.labeling_admitted.set(resources.pipeline.admitted)
-    return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # The framework adds the charset to text types; the exposition format's own media type
+    # carries one already.
+    media_type = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+    return Response(generate_latest(resources.metrics.registry), media_type=media_type)

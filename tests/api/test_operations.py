@@ -22,13 +22,14 @@ async def test_health_and_readiness(client: AppClient) -> None:
 
 
 async def test_metrics_cover_requests_stages_models_and_records(
-    client: AppClient, image_server: ImageServer
+    client: AppClient, image_server: ImageServer, auth: dict[str, str]
 ) -> None:
-    await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+    created = await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+    await client.get(f"/v1/records/{created.json()['_id']}", headers=auth)
     await client.post("/v1/labels", json={"url": image_server.url("/upstream-500")})
     response = await client.get("/metrics")
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"
     text = response.text
     labels = 'method="POST",route="/v1/labels",status="201"'
     assert f"labelsvc_http_request_duration_seconds_count{{{labels}}} 1.0" in text
@@ -36,6 +37,7 @@ async def test_metrics_cover_requests_stages_models_and_records(
         assert f'labelsvc_stage_duration_seconds_count{{stage="{stage}"}}' in text
     assert 'labelsvc_model_inference_seconds_count{model="yolox_nano"' in text
     assert "labelsvc_records_created_total 1.0" in text
+    assert "labelsvc_records_deduplicated_total 0.0" in text  # reads are not labelings
     assert 'labelsvc_fetch_failures_total{reason="upstream_status"} 1.0' in text
     assert 'labelsvc_model_info{model="yolox_nano"' in text
     assert "labelsvc_labeling_admitted 0.0" in text
