@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, Schema, SecurityScheme
 
 from service import __version__
 from service.api import health, labels, records, search
@@ -53,11 +55,32 @@ def openapi_config() -> OpenAPIConfig:
     )
 
 
+def unions_as_any_of(node: object) -> None:
+    """Describe every union with ``anyOf`` rather than the framework's ``oneOf``.
+
+    A Python union means "any of". JSON Schema's ``oneOf`` demands that exactly one branch
+    match, which real responses break: an integer parameter matches both ``number`` and
+    ``integer``, and a page of full records also matches the page of projected ones.
+    """
+    if isinstance(node, Schema) and node.one_of:
+        node.any_of, node.one_of = node.one_of, None
+    if dataclasses.is_dataclass(node):
+        children: Iterable[object] = (getattr(node, f.name) for f in dataclasses.fields(node))
+    elif isinstance(node, dict):
+        children = node.values()
+    elif isinstance(node, list | tuple):
+        children = node
+    else:
+        return
+    for child in children:
+        unions_as_any_of(child)
+
+
 def create_app(settings: Settings) -> Litestar:
     metrics = Metrics()
     hook: Any = lifespan(settings, metrics)
     middleware: Any = request_metrics_middleware(metrics)
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTES,
         lifespan=[hook],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -66,3 +89,5 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         logging_config=None,  # configured once, by the launcher
     )
+    unions_as_any_of(app.openapi_schema)  # built once, here, before it is first served
+    return app

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from service.analysis import ImageAnalysis, ImageAnalyzer
 from service.domain.records import (
     Record,
+    StoredDocument,
     flag,
     is_record_id,
     new_record_id,
@@ -31,8 +32,18 @@ from service.store.records import RecordStore
 
 @dataclass(frozen=True, slots=True)
 class LabelOutcome:
-    record: Record
+    record: Record | StoredDocument
     created: bool
+
+    @property
+    def record_id(self) -> str:
+        record = self.record
+        return record.id if isinstance(record, Record) else str(record["_id"])
+
+    @property
+    def urls(self) -> list[str]:
+        record = self.record
+        return record.urls if isinstance(record, Record) else list(record.get("urls") or [])
 
 
 def utc_now() -> str:
@@ -77,7 +88,7 @@ class LabelingPipeline:
             "url_or_id is neither an http(s) URL nor a record id (PT:: and 24 hex digits)"
         )
 
-    async def get(self, record_id: str) -> Record:
+    async def get(self, record_id: str) -> Record | StoredDocument:
         document = await self._store.get(record_id) if is_record_id(record_id) else None
         if document is None:
             raise RecordNotFound(f"no record has id {record_id!r}")
@@ -114,7 +125,7 @@ class LabelingPipeline:
             self._analyses_by_hash[digest] = task
             task.add_done_callback(lambda _: self._analyses_by_hash.pop(digest, None))
         outcome = await asyncio.shield(task)
-        if url not in outcome.record.urls:
+        if url not in outcome.urls:
             return await self._reuse(digest, url)
         if joined:  # another request created the record: this one found it (200, not 201)
             self._metrics.records_reused.inc()

@@ -7,6 +7,7 @@ from litestar.di import Provide
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import ResourcesDep, provide_resources
+from service.api.problems import problem_responses
 from service.api.schemas import Health, ModelStatus, Readiness
 from service.errors import ServiceUnavailable
 
@@ -23,6 +24,7 @@ async def healthz() -> Health:
     dependencies=DEPENDENCIES,
     summary="Readiness: models loaded and warmed up, database answering",
     tags=["operations"],
+    responses=problem_responses(503),
 )
 async def readyz(resources: ResourcesDep) -> Readiness:
     models = [

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from litestar import Response, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import SecurityRequirement
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.api.deps import ResourcesDep, provide_ready_resources
+from service.api.problems import problem_responses
 from service.api.schemas import LabelRequest, UploadRequest
 from service.auth import requires
-from service.domain.records import Record
+from service.domain.records import Record, StoredDocument
 from service.errors import BadRequest
 
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
 GUARDS = [requires("label", unless_open=True)]
+# A key is optional unless LABELSVC_LABELING_REQUIRES_KEY is set; one that is sent is checked.
+SECURITY: list[SecurityRequirement] = [{}, {"ApiKey": []}]
+PROBLEMS = problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
 
 
 @post(
@@ -28,8 +35,24 @@ GUARDS = [requires("label", unless_open=True)]
         " any URL) or the given id were already labeled."
     ),
     tags=["labels"],
+    security=SECURITY,
+    responses={
+        HTTP_200_OK: ResponseSpec(
+            data_container=Record, description="The bytes or the id were labeled before"
+        ),
+        **PROBLEMS,
+    },
+    response_headers=[
+        ResponseHeader(
+            name="Location",
+            description="The new record (201 only)",
+            documentation_only=True,
+        )
+    ],
 )
-async def create_label(data: JSONBody[LabelRequest], resources: ResourcesDep) -> Response[Record]:
+async def create_label(
+    data: JSONBody[LabelRequest], resources: ResourcesDep
+) -> Response[Record | StoredDocument]:
     if (data.url is None) == (data.id is None):
         raise BadRequest('give exactly one of "url" and "id"')
     pipeline = resources.pipeline
@@ -42,7 +65,7 @@ async def create_label(data: JSONBody[LabelRequest], resources: ResourcesDep) ->
     return Response(
         outcome.record,
         status_code=HTTP_201_CREATED,
-        headers={"Location": f"/v1/records/{outcome.record.id}"},
+        headers={"Location": f"/v1/records/{outcome.record_id}"},
     )
 
 
@@ -53,6 +76,8 @@ async def create_label(data: JSONBody[LabelRequest], resources: ResourcesDep) ->
     status_code=HTTP_200_OK,
     summary="Cortex-compatible labeling: url_or_id in, the record out",
     tags=["compatibility"],
+    security=SECURITY,
+    responses=PROBLEMS,
 )
-async def upload(data: JSONBody[UploadRequest], resources: ResourcesDep) -> Record:
+async def upload(data: JSONBody[UploadRequest], resources: ResourcesDep) -> Record | StoredDocument:
     return (await resources.pipeline.label(data.url_or_id)).record

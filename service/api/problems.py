@@ -6,8 +6,10 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from service.api.headers import security_headers
@@ -98,6 +100,46 @@ def _title(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+class Problem(msgspec.Struct, kw_only=True):
+    """RFC 9457 problem details. Some problems add members: ``reason`` (why a fetch or an
+    admission failed), ``errors`` (which fields of a request were invalid), limits."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+
+
+_WHEN = {
+    400: "The request is malformed or names an invalid query, sort, cursor or field",
+    401: "No API key, or one that is unknown or revoked",
+    403: "The API key lacks the scope this route needs",
+    404: "No record has this id",
+    409: "The record has no perceptual hash to compare",
+    413: "The request body, or the image, is larger than allowed",
+    415: "The URL did not return an image in a supported format",
+    422: "The image is corrupt or truncated",
+    429: "A rate limit or daily quota is used up (see Retry-After)",
+    502: "The image host failed, refused or answered badly",
+    503: "Overloaded, starting, or the database is unavailable (see Retry-After)",
+    504: "The image host did not answer in time",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The OpenAPI documentation of the problems a route may answer with."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=_WHEN[status],
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {

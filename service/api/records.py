@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import get
@@ -11,9 +11,16 @@ from litestar.di import Provide
 from litestar.params import FromPath, QueryParameter
 
 from service.api.deps import ResourcesDep, provide_resources
-from service.api.schemas import ProjectedRecordPage, RecordPage, SimilarPage, SimilarRecord
+from service.api.problems import problem_responses
+from service.api.schemas import (
+    ProjectedRecordPage,
+    RecordPage,
+    SimilarPage,
+    SimilarRecord,
+    StoredSimilarPage,
+)
 from service.auth import requires
-from service.domain.records import Record, record_from_document
+from service.domain.records import Record, StoredDocument, as_record, record_from_document
 from service.lifespan import Resources
 from service.query.filters import parse_filter
 from service.query.hints import add_index_hints
@@ -22,6 +29,7 @@ from service.query.paging import MAX_CURSOR_LENGTH, SORTABLE, SortOrder, parse_f
 from service.query.similar import DEFAULT_DISTANCE, MAX_DISTANCE
 
 DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
+QUERY_PROBLEMS = problem_responses(400, 401, 403, 429, 503)
 MAX_PER_PAGE = 100
 
 Query = Annotated[
@@ -101,8 +109,18 @@ def wire_page(result: Page, request: PageRequest) -> RecordPage | ProjectedRecor
             per_page=request.per_page,
             next_cursor=result.next_cursor,
         )
+    records = [record_from_document(d) for d in result.documents]
+    if not all(isinstance(r, Record) for r in records):  # some predate the current schema
+        return ProjectedRecordPage(
+            output=[msgspec.to_builtins(r) if isinstance(r, Record) else r for r in records],
+            length=result.length,
+            length_is_estimate=result.length_is_estimate,
+            page=result.page,
+            per_page=request.per_page,
+            next_cursor=result.next_cursor,
+        )
     return RecordPage(
-        output=[record_from_document(d) for d in result.documents],
+        output=[r for r in records if isinstance(r, Record)],
         length=result.length,
         length_is_estimate=result.length_is_estimate,
         page=result.page,
@@ -136,6 +154,7 @@ async def find_records(
     ),
     tags=["records"],
     security=[{"ApiKey": []}],
+    responses=QUERY_PROBLEMS,
 )
 async def list_records(
     resources: ResourcesDep,
@@ -156,6 +175,7 @@ async def list_records(
     summary="Cortex-compatible query: the same as GET /v1/records",
     tags=["compatibility"],
     security=[{"ApiKey": []}],
+    responses=QUERY_PROBLEMS,
 )
 async def get_labeled_data(
     resources: ResourcesDep,
@@ -176,8 +196,9 @@ async def get_labeled_data(
     summary="One stored record by id",
     tags=["records"],
     security=[{"ApiKey": []}],
+    responses=problem_responses(401, 403, 404, 429, 503),
 )
-async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Record:
+async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Record | StoredDocument:
     return await resources.pipeline.get(record_id)
 
 
@@ -193,6 +214,7 @@ async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Recor
     ),
     tags=["records"],
     security=[{"ApiKey": []}],
+    responses=problem_responses(400, 401, 403, 404, 409, 429, 503),
 )
 async def similar_records(
     resources: ResourcesDep,
@@ -200,19 +222,22 @@ async def similar_records(
     max_distance: Cutoff = DEFAULT_DISTANCE,
     page: PageNumber = 1,
     per_page: PerPage = None,
-) -> SimilarPage:
+) -> SimilarPage | StoredSimilarPage:
     size = per_page or resources.settings.page_size
     result = await similar_page(
         resources.records, record_id, max_distance, page, size, budget(resources)
     )
-    return SimilarPage(
-        output=[
-            msgspec.convert({**d, "distance": distance}, SimilarRecord)
-            for d, distance in result.matches
-        ],
-        length=result.length,
-        length_is_estimate=result.length_is_estimate,
-        page=page,
-        per_page=size,
-        max_distance=max_distance,
-    )
+    matches = [
+        as_record({**d, "distance": distance}, SimilarRecord) for d, distance in result.matches
+    ]
+    info: dict[str, Any] = {
+        "length": result.length,
+        "length_is_estimate": result.length_is_estimate,
+        "page": page,
+        "per_page": size,
+        "max_distance": max_distance,
+    }
+    if all(isinstance(m, SimilarRecord) for m in matches):
+        return SimilarPage(output=[m for m in matches if isinstance(m, SimilarRecord)], **info)
+    output = [msgspec.to_builtins(m) if isinstance(m, SimilarRecord) else m for m in matches]
+    return StoredSimilarPage(output=output, **info)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from service.domain.records import Record
+from service.domain.records import Record, StoredDocument
 
 UrlOrId = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
 
@@ -49,15 +49,24 @@ class SimilarRecord(Record, frozen=True, kw_only=True):
     distance: int  # pHash Hamming distance to the record asked about, in bits
 
 
-class SimilarPage(msgspec.Struct, frozen=True, kw_only=True):
+class SimilarPageInfo(msgspec.Struct, frozen=True, kw_only=True):
     """``length_is_estimate``: candidates were capped, so there may be more matches."""
 
-    output: list[SimilarRecord]
     length: int
     length_is_estimate: bool = False
     page: int
     per_page: int
     max_distance: int
+
+
+class SimilarPage(SimilarPageInfo, frozen=True, kw_only=True):
+    output: list[SimilarRecord]
+
+
+class StoredSimilarPage(SimilarPageInfo, frozen=True, kw_only=True):
+    """A page holding records in an older shape, each as stored, with its ``distance``."""
+
+    output: list[StoredDocument]
 
 
 class Health(msgspec.Struct, frozen=True):

@@ -10,6 +10,7 @@ from litestar.params import QueryParameter
 from service.api.deps import ResourcesDep
 from service.api.records import (
     DEPENDENCIES,
+    QUERY_PROBLEMS,
     Cursor,
     Fields,
     PageNumber,
@@ -46,6 +47,7 @@ Text = Annotated[
     ),
     tags=["records"],
     security=[{"ApiKey": []}],
+    responses=QUERY_PROBLEMS,
 )
 async def search(
     resources: ResourcesDep,

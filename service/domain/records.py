@@ -6,12 +6,14 @@ existing clients query; fields beyond it are additive. No I/O here.
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from bson import ObjectId
 
+log = logging.getLogger(__name__)
 RECORD_ID_PREFIX = "PT::"
 RECORD_ID_PATTERN = re.compile(r"^PT::[0-9a-f]{24}$")
 
@@ -136,8 +138,28 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     phash_bands: list[str] = []
 
 
-def record_from_document(document: dict[str, object]) -> Record:
-    return msgspec.convert(document, Record)
+# A stored record as it is in the database, served when it does not fit ``Record``.
+StoredDocument = dict[str, Any]
+R = TypeVar("R", bound=Record)
+
+
+def record_from_document(document: dict[str, Any]) -> Record | StoredDocument:
+    """The record; or the document as stored when it does not fit the current schema."""
+    return as_record(document, Record)
+
+
+def as_record(document: dict[str, Any], kind: type[R]) -> R | StoredDocument:
+    """``document`` as a ``kind``, or as stored when it does not fit.
+
+    Records imported from a Cortex export, or written by an older version, may lack fields
+    this version requires (box corners, a scene analysis). They are still served, as stored:
+    one such record must not turn every answer that includes it into an error.
+    """
+    try:
+        return msgspec.convert(document, kind)
+    except msgspec.ValidationError as exc:
+        log.warning("record %s is served as stored: %s", document.get("_id"), exc)
+        return document
 
 
 def record_to_document(record: Record) -> dict[str, object]:

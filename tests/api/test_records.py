@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from service.domain.records import new_record_id
+from service.query.derived import derive_from_document
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
 from tests.conftest import AppClient, running
@@ -122,6 +123,40 @@ async def test_dangerous_or_malformed_filters_are_refused(
 ) -> None:
     body = assert_problem(await client.get("/v1/records", params={"q": q}, headers=auth), 400)
     assert needle.lower() in body["detail"].lower()
+
+
+async def test_records_in_an_older_shape_are_served_as_stored(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    """A record imported from a Cortex export (boxes without corners, no scene analysis),
+    with the fields the backfill derives, is served as stored by every read."""
+    phash = "c3a1f0e4b2d29c18"
+    imported: dict[str, Any] = {
+        **fake_record(1, ["cat"], 640),
+        "object_analysis": [[{"classname": "cat", "conf": 0.9}]],
+        "caption": {"title": "A cat", "description": "A cat watching television", "model": "x"},
+        "image_properties": {"phash": phash.upper()},
+    }
+    imported.update(derive_from_document(imported))
+    twin = {**imported, "_id": new_record_id(), "hash": "1" * 64}
+    current = fake_record(2, ["cat"], 640)
+    await client.resources.database["records"].insert_many([imported, twin, current])
+    rid = imported["_id"]
+
+    async def get(path: str, **params: Any) -> Any:
+        response = await client.get(path, params=params, headers=auth)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    page = await get("/v1/records", q='{"classes": "cat"}')
+    assert {r["_id"] for r in page["output"]} == {rid, twin["_id"], current["_id"]}
+    stored = next(r for r in page["output"] if r["_id"] == rid)
+    assert stored["object_analysis"] == imported["object_analysis"]
+    assert (await get(f"/v1/records/{rid}"))["caption"] == imported["caption"]
+    assert [r["_id"] for r in (await get(f"/v1/records/{rid}/similar"))["output"]] == [twin["_id"]]
+    assert rid in {r["_id"] for r in (await get("/v1/search", text="cat"))["output"]}
+    labeled = await client.post("/upload", json={"url_or_id": rid})
+    assert labeled.status_code == 200 and labeled.json()["_id"] == rid
 
 
 @pytest.mark.parametrize("pattern", ["[z-a]", "\\p{Foo}"])
