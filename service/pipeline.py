@@ -79,14 +79,18 @@ class LabelingPipeline:
         """Label a URL, or return the stored record when given a record id."""
         value = url_or_id.strip()
         if is_record_id(value):
-            record = await self.get(value)
-            self._metrics.records_reused.inc()
-            return LabelOutcome(record, created=False)
+            return await self.label_id(value)
         if "://" in value:
             return await self.label_url(value)
         raise BadRequest(
             "url_or_id is neither an http(s) URL nor a record id (PT:: and 24 hex digits)"
         )
+
+    async def label_id(self, record_id: str) -> LabelOutcome:
+        """A labeling request naming a record already stored: that record, counted as reused."""
+        record = await self.get(record_id)
+        self._metrics.records_reused.inc()
+        return LabelOutcome(record, created=False)
 
     async def get(self, record_id: str) -> Record | StoredDocument:
         document = await self._store.get(record_id) if is_record_id(record_id) else None

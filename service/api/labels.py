@@ -57,7 +57,7 @@ async def create_label(
         raise BadRequest('give exactly one of "url" and "id"')
     pipeline = resources.pipeline
     if data.id is not None:
-        return Response(await pipeline.get(data.id), status_code=HTTP_200_OK)
+        return Response((await pipeline.label_id(data.id)).record, status_code=HTTP_200_OK)
     assert data.url is not None
     outcome = await pipeline.label_url(data.url)
     if not outcome.created:
