@@ -49,6 +49,7 @@ class Resources:
     pipeline: LabelingPipeline
     client_limiter: ClientLimiter | None = None
     indexes_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    index_error: str | None = None  # why the last attempt to create the indexes failed
 
     async def database_ready(self) -> bool:
         return self.indexes_ready.is_set() and await ping(self.database)
@@ -60,9 +61,13 @@ async def _ensure_indexes(resources: Resources) -> None:
             await resources.records.ensure_indexes()
             await resources.keys.ensure_indexes()
         except Exception as exc:  # the database may be down or starting: keep trying
-            log.warning("creating indexes failed (%s); retrying", type(exc).__name__)
+            # Some failures last until someone acts (duplicate hashes in imported records
+            # block the unique index): say which, here and in /readyz.
+            resources.index_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.warning("creating indexes failed (%s); retrying", resources.index_error)
             await asyncio.sleep(INDEX_RETRY_SECONDS)
         else:
+            resources.index_error = None
             resources.indexes_ready.set()
             return
 

@@ -31,6 +31,12 @@ async def readyz(resources: ResourcesDep) -> Readiness:
         ModelStatus(name=m.name, provider=m.provider, sha256=m.sha256)
         for m in resources.models.loaded()
     ]
+    if not resources.indexes_ready.is_set() and resources.index_error is not None:
+        raise ServiceUnavailable(
+            f"creating the database indexes failed: {resources.index_error}",
+            retry_after=2,
+            extra={"database": "indexes"},
+        )
     if not await resources.database_ready():
         raise ServiceUnavailable(
             "the database is not answering", retry_after=2, extra={"database": "unavailable"}

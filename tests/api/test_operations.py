@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+from pymongo import MongoClient
+
 from service.app import create_app
+from service.domain.records import new_record_id
 from service.settings import Settings
+from tests.api.test_errors import assert_problem
 from tests.conftest import CAT_PHOTO, ROOT, AppClient
 from tests.support.image_server import ImageServer
 
@@ -75,3 +81,24 @@ def test_openapi_document_lists_every_route() -> None:
         "/readyz",
         "/metrics",
     } <= set(document["paths"])
+
+
+async def test_readiness_says_why_the_indexes_cannot_be_made(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Imported records holding the same bytes twice block the unique hash index: the
+    service stays unready, and says so, instead of blaming an unreachable database."""
+    settings = make_settings()
+    twins = [{"_id": new_record_id(), "hash": "0" * 64} for _ in range(2)]
+    with MongoClient(settings.mongodb_uri) as mongo:
+        mongo[settings.mongodb_db]["records"].insert_many(twins)
+    app = create_app(settings)
+    async with app.lifespan(), AppClient(app) as client:
+        for _ in range(50):
+            response = await client.get("/readyz")
+            if "indexes" in response.text:
+                break
+            await asyncio.sleep(0.1)
+        problem = assert_problem(response, 503, "unavailable")
+        assert problem["database"] == "indexes"
+        assert "creating the database indexes failed: DuplicateKeyError" in problem["detail"]
