@@ -8,7 +8,11 @@ import json
 import sys
 from collections.abc import Sequence
 
+from pymongo.errors import PyMongoError
+
 from service.backfill_cli import add_backfill_parser, run_backfill_command
+from service.dbserver import DatabaseServerError
+from service.errors import ServiceError
 from service.settings import ConfigError, Settings
 
 
@@ -42,6 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, settings)
+    except (ServiceError, PyMongoError, DatabaseServerError) as exc:
+        # The database is unreachable, or refused: a message, not a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from service.launcher import serve
 

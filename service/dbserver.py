@@ -25,6 +25,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+class DatabaseServerError(RuntimeError):
+    """The local database server could not be started."""
+
+
 class LocalDatabaseServer:
     def __init__(
         self, command: str, storage: Path, *, host: str = "127.0.0.1", port: int | None = None
@@ -63,7 +67,7 @@ class LocalDatabaseServer:
                     args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                 )
             except FileNotFoundError:
-                raise RuntimeError(
+                raise DatabaseServerError(
                     f"database server command not found: {args[0]!r}; run `make install` or set"
                     " LABELSVC_DB_SERVER (or LABELSVC_MONGODB_URI for an existing server)"
                 ) from None
@@ -76,14 +80,16 @@ class LocalDatabaseServer:
         with MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
             while time.monotonic() < deadline:
                 if self._process is not None and self._process.poll() is not None:
-                    raise RuntimeError(f"database server exited early; see {self._log}")
+                    raise DatabaseServerError(f"database server exited early; see {self._log}")
                 try:
                     client.admin.command("ping")
                     return
                 except PyMongoError:
                     time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"database server did not answer within {timeout:.0f}s; see {self._log}")
+        raise DatabaseServerError(
+            f"database server did not answer within {timeout:.0f}s; see {self._log}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         process, self._process = self._process, None

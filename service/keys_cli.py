@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from pymongo.errors import DuplicateKeyError
 
@@ -26,7 +27,7 @@ def parse_limits(rate: str | None, quota: str | None) -> tuple[Rate | None, int 
 
 async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
     if settings.mongodb_uri is None:
-        print(NO_DATABASE)
+        print(NO_DATABASE, file=sys.stderr)
         return 2
     async with tool_database(settings.mongodb_uri, settings) as database:
         store = ApiKeyStore(database)
@@ -37,10 +38,10 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
                 rate, quota = parse_limits(args.rate, args.quota)
                 secret = await store.create(args.name, scopes, rate=rate, daily_quota=quota)
             except ValueError as exc:
-                print(f"error: {exc}")
+                print(f"error: {exc}", file=sys.stderr)
                 return 2
             except DuplicateKeyError:
-                print(f"error: a key named {args.name!r} exists")
+                print(f"error: a key named {args.name!r} exists", file=sys.stderr)
                 return 2
             shown = {
                 "name": args.name,
@@ -57,7 +58,7 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
                 print(json.dumps(key, default=str))
         elif args.action == "revoke":
             if not await store.revoke(args.name):
-                print(f"no active key named {args.name!r}")
+                print(f"no active key named {args.name!r}", file=sys.stderr)
                 return 1
             print(f"revoked {args.name} (running services stop accepting it within seconds)")
         return 0

@@ -238,3 +238,13 @@ async def test_quota_holds_while_a_usage_flush_is_in_flight() -> None:
     clock.now += 2  # the next request sends those six while a burst arrives
     burst = await asyncio.gather(*(admitted() for _ in range(20)))
     assert sum(burst) == 4
+
+
+@pytest.mark.parametrize("command", [["keys", "list"], ["backfill", "--dry-run"]])
+def test_tools_report_an_unreachable_database_without_a_traceback(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LABELSVC_MONGODB_URI", "mongodb://127.0.0.1:1/")
+    monkeypatch.setenv("LABELSVC_DB_TIMEOUT_MS", "300")
+    assert main(command) == 1
+    assert capsys.readouterr().err.strip().endswith("error: the database is not reachable")
