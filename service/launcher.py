@@ -1,6 +1,7 @@
 """``python -m service serve``: the database (when none is configured) plus uvicorn.
 
-SIGTERM or SIGINT stops uvicorn gracefully, then the database server this process started.
+SIGTERM, SIGINT or SIGHUP stops uvicorn gracefully, then the database server this process
+started.
 """
 
 from __future__ import annotations
@@ -23,20 +24,27 @@ log = logging.getLogger("service.launcher")
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
     received: list[int] = []
+    server: uvicorn.Server | None = None
 
     def remember(signum: int, _: FrameType | None) -> None:
         received.append(signum)
+        if signum == signal.SIGHUP and server is not None:
+            server.should_exit = True  # uvicorn itself handles only SIGTERM and SIGINT
 
     # uvicorn re-raises the signal that stopped it; our handler turns that into a clean exit.
-    signal.signal(signal.SIGTERM, remember)
-    signal.signal(signal.SIGINT, remember)
+    # SIGHUP (the terminal of `make run` closed) stops the service too: the database server
+    # runs in a session of its own and would otherwise outlive it.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, remember)
 
     database: LocalDatabaseServer | None = None
-    if settings.mongodb_uri is None:
-        database = LocalDatabaseServer(settings.db_server, settings.data_dir.resolve() / "db")
-        log.info("starting the local database server on %s", database.uri)
-        settings = msgspec.structs.replace(settings, mongodb_uri=database.start())
     try:
+        if settings.mongodb_uri is None:
+            database = LocalDatabaseServer(settings.db_server, settings.data_dir.resolve() / "db")
+            log.info("starting the local database server on %s", database.uri)
+            settings = msgspec.structs.replace(settings, mongodb_uri=database.start())
+        if received:  # stopped while the database was starting
+            return 0
         config = uvicorn.Config(
             create_app(settings),
             host=settings.host,
@@ -47,7 +55,8 @@ def serve(settings: Settings) -> int:
             # Room for a filter of 8,192 characters, percent-encoded, in the request line.
             h11_max_incomplete_event_size=128 * 1024,
         )
-        uvicorn.Server(config).run()
+        server = uvicorn.Server(config)
+        server.run()
     finally:
         if database is not None:
             log.info("stopping the local database server")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -73,3 +74,18 @@ def test_serve_sigterm_and_restart_keep_the_data(
         finally:
             assert stop(process) == 0
     assert not port_open(port)
+
+
+def test_sighup_stops_the_service_and_its_database(tmp_path: Path, model_dir: Path) -> None:
+    # The terminal of `make run` closing: nothing may be left holding the data directory.
+    port = free_port()
+    env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir))
+    with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(timeout=60) == 0
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+    started = re.search(r"mongodb://127\.0\.0\.1:(\d+)", output)
+    assert started, output
+    assert not port_open(int(started.group(1))), "the database server outlived the service"
