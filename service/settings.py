@@ -7,6 +7,7 @@ Nothing reads the environment at import time: the composition root calls
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, get_args
@@ -15,6 +16,13 @@ import msgspec
 
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
 PREFIX = "LABELSVC_"
+# Variables with the prefix that belong to the project's tooling, not to the service: the
+# evaluation photos (benchmarks), the host's model folder (deploy/compose.yaml), the length
+# of the crash-safety soak test.
+NOT_SETTINGS = frozenset({"evalset_dir", "models", "soak_requests"})
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# MongoDB database names: no /\. "$ or NUL, at most 63 bytes.
+_DB_NAME = re.compile(r'[^/\\. "$*<>:|?\x00]{1,63}')
 
 
 class ConfigError(ValueError):
@@ -106,12 +114,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if environ is None else environ
         raw: dict[str, object] = {}
         fields = set(cls.__struct_fields__)
+        unknown = []
         for key, value in env.items():
             if not key.startswith(PREFIX):
                 continue
             name = key.removeprefix(PREFIX).lower()
             if name in fields:
                 raw[name] = value
+            elif name not in NOT_SETTINGS:
+                unknown.append(key)
+        if unknown:  # a misspelt LABELSVC_LABELING_REQUIRES_KEY would leave labeling open
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         try:
             settings = msgspec.convert(raw, cls, strict=False, dec_hook=_decode_path)
         except msgspec.ValidationError as exc:
@@ -130,7 +143,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "caption_batch_size must be >= 1": self.caption_batch_size >= 1,
             "detect_batch_size must be >= 1": self.detect_batch_size >= 1,
             "detect_batch_wait_ms must be >= 0": self.detect_batch_wait_ms >= 0,
-            "detector_input_size must be a multiple of 32": self.detector_input_size % 32 == 0,
+            "detector_input_size must be a multiple of 32": self.detector_input_size % 32 == 0
+            and self.detector_input_size >= 32,
+            "port must be in [0, 65535]": 0 <= self.port <= 65535,
+            f"log_level must be one of {', '.join(LOG_LEVELS)}": self.log_level.lower()
+            in LOG_LEVELS,
+            "mongodb_db must be a database name": _DB_NAME.fullmatch(self.mongodb_db) is not None,
+            "db_timeout_ms and db_operation_timeout_ms must be >= 1": min(
+                self.db_timeout_ms, self.db_operation_timeout_ms
+            )
+            >= 1,
+            "max_image_bytes, max_pixels and max_url_length must be >= 1": min(
+                self.max_image_bytes, self.max_pixels, self.max_url_length
+            )
+            >= 1,
+            "fetch timeouts must be > 0": min(
+                self.fetch_connect_timeout, self.fetch_read_timeout, self.fetch_total_timeout
+            )
+            > 0,
+            "max_detections must be >= 1": self.max_detections >= 1,
+            "intra_op_threads must be >= 0": self.intra_op_threads >= 0,
+            "caption_batch_wait_ms must be >= 0": self.caption_batch_wait_ms >= 0,
             "max_redirects must be >= 0": self.max_redirects >= 0,
             "page_size must be in [1, 100]": 1 <= self.page_size <= 100,
             "query_max_time_ms and count_max_time_ms must be >= 1": min(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 
 import pytest
@@ -98,3 +99,29 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         Settings.from_env({"LABELSVC_DETECT_BATCH_SIZE": "0"})
     with pytest.raises(ConfigError, match="detect_batch_wait_ms"):
         Settings.from_env({"LABELSVC_DETECT_BATCH_WAIT_MS": "-1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PORT", "70000", "port"),
+        ("LOG_LEVEL", "verbose", "log_level"),
+        ("MONGODB_DB", "", "mongodb_db"),
+        ("MONGODB_DB", "a.b", "mongodb_db"),
+        ("MAX_IMAGE_BYTES", "-1", "max_image_bytes"),
+        ("MAX_PIXELS", "0", "max_pixels"),
+        ("FETCH_TOTAL_TIMEOUT", "0", "fetch timeouts"),
+        ("DB_OPERATION_TIMEOUT_MS", "0", "db_operation_timeout_ms"),
+        ("DETECTOR_INPUT_SIZE", "0", "detector_input_size"),
+        # A misspelt name would leave its setting at the default: here, labeling open.
+        ("LABELING_REQUIRE_KEY", "1", "unknown settings: LABELSVC_LABELING_REQUIRE_KEY"),
+    ],
+)
+def test_unusable_settings_fail_fast(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env({f"LABELSVC_{name}": value})
+
+
+def test_tooling_variables_are_not_settings() -> None:
+    tooling = {"LABELSVC_EVALSET_DIR": "/photos", "LABELSVC_MODELS": "/models"}
+    assert Settings.from_env(tooling) == Settings()
