@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from bson import json_util
 
 from service.settings import Settings
 from service.store.backfill import BackfillProgress, backfill_derived_fields
@@ -18,7 +19,10 @@ def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="recompute classes, keywords and phash_bands of stored records (idempotent)",
     )
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--after", help="resume after this record id (as last reported)")
+    parser.add_argument(
+        "--after",
+        help='resume after this record id, as last reported (an ObjectId as {"$oid": "..."})',
+    )
     parser.add_argument("--dry-run", action="store_true", help="count, write nothing")
 
 
@@ -31,7 +35,7 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
         return 2
 
     def report(progress: BackfillProgress) -> None:
-        print(json.dumps(_summary(progress, args.dry_run)), file=sys.stderr, flush=True)
+        print(_summary(progress, args.dry_run), file=sys.stderr, flush=True)
 
     async with tool_database(settings.mongodb_uri, settings) as database:
         # Old databases may lack the indexes that the derived fields exist to serve.
@@ -40,17 +44,25 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
             records_collection(database),
             batch_size=args.batch_size,
             dry_run=args.dry_run,
-            after=args.after,
+            after=_record_id(args.after),
             on_batch=report,
         )
-    print(json.dumps({**_summary(done, args.dry_run), "done": True}))
+    print(_summary(done, args.dry_run, done=True))
     return 0
 
 
-def _summary(progress: BackfillProgress, dry_run: bool) -> dict[str, object]:
-    return {
+def _summary(progress: BackfillProgress, dry_run: bool, **more: object) -> str:
+    """A JSON line; ids that are not strings (imported ObjectIds) in MongoDB Extended JSON,
+    which ``--after`` reads back."""
+    summary = {
         "scanned": progress.scanned,
         "updated": progress.updated,
         "last_id": progress.last_id,
         "dry_run": dry_run,
+        **more,
     }
+    return json_util.dumps(summary, json_options=json_util.RELAXED_JSON_OPTIONS)
+
+
+def _record_id(text: str | None) -> object:
+    return json_util.loads(text) if text is not None and text.startswith("{") else text

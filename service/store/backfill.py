@@ -40,9 +40,7 @@ async def backfill_derived_fields(
     projection = dict.fromkeys((*SOURCE_FIELDS, *DERIVED_FIELDS), 1)
     progress = BackfillProgress(last_id=after)
     while True:
-        walked = {} if progress.last_id is None else {"_id": {"$gt": progress.last_id}}
-        cursor = records.find(walked, projection).sort("_id", 1).limit(batch_size)
-        batch = await cursor.to_list()
+        batch = await _batch_after(records, progress.last_id, projection, batch_size)
         if not batch:
             return progress
         updates = []
@@ -58,3 +56,24 @@ async def backfill_derived_fields(
         progress.last_id = batch[-1]["_id"]
         if on_batch is not None:
             on_batch(progress)
+
+
+async def _batch_after(
+    records: AsyncCollection[Document], last_id: Any, projection: dict[str, int], size: int
+) -> list[Document]:
+    """The next ``size`` records in ``_id`` order after ``last_id`` (from the start if None)."""
+
+    async def walk(query: dict[str, Any]) -> list[Document]:
+        return await records.find(query, projection).sort("_id", 1).limit(size).to_list()
+
+    if last_id is None:
+        return await walk({})
+    batch = await walk({"_id": {"$gt": last_id}})
+    if batch:
+        return batch
+    # A query's $gt compares within one BSON type, so imported ids of a later type
+    # (ObjectIds after strings) are never above a string. An aggregation comparison orders
+    # across types: it finds where the next type starts, once per type.
+    following = {"$expr": {"$gt": ["$_id", last_id]}}
+    first = await records.find(following, {"_id": 1}).sort("_id", 1).limit(1).to_list()
+    return await walk({"_id": {"$gte": first[0]["_id"]}}) if first else []

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
@@ -114,3 +115,24 @@ def test_backfill_refuses_a_bad_batch_size(
 ) -> None:
     monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
     assert main(["backfill", "--batch-size", "0"]) == 2
+
+
+def test_backfill_walks_ids_of_every_type(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Imported records may have ObjectId ids beside the service's string ids; ObjectIds
+    # sort after strings, and a string is never $gt-compared with them.
+    imported = [old_record(10 + i, "dog") | {"_id": ObjectId()} for i in range(3)]
+    records.insert_many([old_record(i, "cat") for i in range(3)] + imported)
+    done = backfill(settings, monkeypatch, capsys, "--batch-size", "2")
+    assert (done["scanned"], done["updated"]) == (6, 6)
+    assert done["last_id"] == {"$oid": str(imported[-1]["_id"])}  # as --after takes it
+    assert records.count_documents({"classes": "dog"}) == 3
+    records.update_many({}, {"$unset": {"classes": ""}})
+    resumed = backfill(settings, monkeypatch, capsys, "--after", json.dumps(done["last_id"]))
+    assert resumed["scanned"] == 0
+    middle = json.dumps({"$oid": str(imported[0]["_id"])})
+    assert backfill(settings, monkeypatch, capsys, "--after", middle)["scanned"] == 2
