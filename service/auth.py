@@ -105,7 +105,11 @@ def requires(scope: str, *, unless_open: bool = False) -> Guard:
         if is_open and secret is None:
             if resources.client_limiter is not None:
                 client = connection.client.host if connection.client else "unknown"
-                resources.client_limiter.admit(client)
+                try:
+                    resources.client_limiter.admit(client)
+                except RateLimited as exc:
+                    resources.metrics.rejected.labels(exc.extra["reason"]).inc()
+                    raise
             return
         # On an open route a key is optional, but one that is sent must be valid: it replaces
         # the per-client limit with its own limits, so an unchecked key would lift every limit.

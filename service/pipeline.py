@@ -112,6 +112,9 @@ class LabelingPipeline:
         start_request()  # its blocking work goes before that of requests admitted later
         try:
             return await self._label_url(url)
+        except Overloaded as exc:  # the executor's queue was full
+            self._metrics.rejected.labels(exc.extra.get("reason", "overloaded")).inc()
+            raise
         finally:
             self._admitted -= 1
 

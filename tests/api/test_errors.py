@@ -136,6 +136,8 @@ async def test_full_work_queue_answers_503_with_retry_after(
             body = assert_problem(response, 503, "overloaded")
             assert response.headers["retry-after"] == "1"
             assert "retry" in body["detail"]
+            metrics = (await client.get("/metrics")).text
+            assert 'labelsvc_rejected_requests_total{reason="queue_full"} 1.0' in metrics
         finally:
             release.set()
             await blocker

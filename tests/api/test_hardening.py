@@ -63,6 +63,8 @@ async def test_open_labeling_is_limited_per_client(
         problem = assert_problem(limited, 429, "rate-limited")
         assert int(limited.headers["retry-after"]) >= 1
         assert problem["reason"] == "client_rate_limit"
+        metrics = (await client.get("/metrics")).text
+        assert 'labelsvc_rejected_requests_total{reason="client_rate_limit"} 1.0' in metrics
         # Clients with an API key are metered by their key instead, whatever its scopes ...
         keyed = await client.post("/v1/labels", json=body, headers={"X-API-Key": API_KEY})
         assert keyed.status_code == 200
