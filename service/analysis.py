@@ -268,7 +268,7 @@ class ImageAnalyzer:
         start = time.perf_counter()
         with self._metrics.stage(stage):
             yield
-        self._metrics.inference_latency.labels(model.name, model.provider).observe(
+        self._metrics.inference_latency.labels(model.instance_name, model.provider).observe(
             time.perf_counter() - start
         )
 

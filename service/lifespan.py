@@ -79,7 +79,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
         stack.callback(executor.shutdown)
         models = await executor.run(load_models, settings)
         for model in models.loaded():
-            metrics.model_info.labels(model.name, model.provider, model.sha256 or "").set(1)
+            metrics.model_info.labels(model.instance_name, model.provider, model.sha256 or "").set(
+                1
+            )
 
         if settings.mongodb_uri is None:
             raise RuntimeError("mongodb_uri is not set (the launcher starts a local server)")

@@ -28,7 +28,7 @@ async def healthz() -> Health:
 )
 async def readyz(resources: ResourcesDep) -> Readiness:
     models = [
-        ModelStatus(name=m.name, provider=m.provider, sha256=m.sha256)
+        ModelStatus(name=m.instance_name, provider=m.provider, sha256=m.sha256)
         for m in resources.models.loaded()
     ]
     if not resources.indexes_ready.is_set() and resources.index_error is not None:

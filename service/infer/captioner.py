@@ -191,6 +191,10 @@ class NeuralCaptioner:
     def provider(self) -> str:
         return self.decoder.provider
 
+    @property
+    def instance_name(self) -> str:
+        return self.name
+
     def preprocess(self, images: Sequence[PIL.Image.Image]) -> FloatArray:
         """``pixel_values`` (N, 3, H, W) float32, as the checkpoint's image processor makes them."""
         prep = self.preprocessing

@@ -212,6 +212,11 @@ class ManifestModel:
         return self._name
 
     @property
+    def instance_name(self) -> str:
+        """The name in metrics and /readyz, which tells apart two uses of one model."""
+        return self._name
+
+    @property
     def version(self) -> str:
         """A short content version: the start of the weights' sha256."""
         return self._sha256[:12]
@@ -237,6 +242,9 @@ class Selection(TypedDict):
     nms_iou: float
     max_detections: int
     class_names: Sequence[str]
+
+
+EXPORTED_INPUT_SIZE = 416  # both shipped detectors' files
 
 
 class SquareInputDetector(ManifestModel):
@@ -270,6 +278,13 @@ class SquareInputDetector(ManifestModel):
         self.input_size = input_size
         self.nms_iou = self.default_nms_iou if nms_iou is None else nms_iou
         self.max_detections = max_detections
+
+    @property
+    def instance_name(self) -> str:
+        """``yolox_nano``, or ``yolox_nano@640`` when run at another input size (the second
+        scale of the quality estimate runs the same weights beside the detector)."""
+        exported = self.input_size == EXPORTED_INPUT_SIZE
+        return self.name if exported else f"{self.name}@{self.input_size}"
 
     def selection(self, min_confidence: float) -> Selection:
         return Selection(

@@ -12,13 +12,18 @@ import PIL.Image
 
 from service.infer.graph_edits import RAW_PIXELS
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
-from service.infer.runtime import ProviderChoice, SquareInputDetector, load_onnx_session
+from service.infer.runtime import (
+    EXPORTED_INPUT_SIZE,
+    ProviderChoice,
+    SquareInputDetector,
+    load_onnx_session,
+)
 
 STRIDES = (8, 16, 32)
 PAD_VALUE = 114
 REDUCING_GAP = 2.0
 MODEL_NAME = "yolox_nano"
-EXPORTED_SIZE = 416  # the shipped file's input; other multiples of 32 run the same weights
+EXPORTED_SIZE = EXPORTED_INPUT_SIZE  # other multiples of 32 run the same weights
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,9 @@ def test_second_scale_is_off_by_default_and_needs_the_second_opinion(model_dir: 
     assert load_models(Settings(model_dir=model_dir, execution_provider="cpu")).second_scale is None
     on = load_models(Settings(model_dir=model_dir, execution_provider="cpu", second_scale=True))
     assert on.second_scale is not None and on.second_scale.input_size == quality.SECOND_SCALE_SIZE
+    # The same weights twice: metrics and /readyz tell the two runs apart.
+    names = [model.instance_name for model in on.loaded()]
+    assert names == ["yolox_nano", "nanodet_g_416", "yolox_nano@640", "efficientnet_lite0"]
     alone = Settings(
         model_dir=model_dir, execution_provider="cpu", second_scale=True, second_opinion=False
     )
