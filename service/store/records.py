@@ -63,6 +63,7 @@ QUERY_ERRORS = frozenset({2, 9, 14, 51091})
 # Beyond the server-side limit, how long the client waits for a reply before giving up.
 CLIENT_GRACE_SECONDS = 2.0
 COUNT_CACHE_SIZE = 1024
+PING_SECONDS = 2.0
 
 
 class QueryTimedOut(ServiceUnavailable):
@@ -247,8 +248,11 @@ class RecordStore:
 
 
 async def ping(database: AsyncDatabase[Document]) -> bool:
+    """Whether the database answers within ``PING_SECONDS``: readiness probes give up after
+    a few seconds, and a hung server must read as not ready before they do."""
     try:
-        await database.command("ping")
-    except PyMongoError:
+        async with asyncio.timeout(PING_SECONDS):
+            await database.command("ping")
+    except (PyMongoError, TimeoutError):
         return False
     return True

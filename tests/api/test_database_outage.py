@@ -88,6 +88,9 @@ async def test_hung_database_answers_503_within_the_deadline(
                 assert_problem(hung, 503, "database-unavailable")
                 assert time.monotonic() - started < 10
                 assert client.resources.pipeline.admitted == 0  # the slot was given back
+                started = time.monotonic()
+                assert_problem(await client.get("/readyz"), 503)
+                assert time.monotonic() - started < 5  # not the driver's 13 s
             finally:
                 os.kill(db.pid, signal.SIGCONT)
             again = await client.post("/v1/labels", json={"url": url})
