@@ -29,5 +29,5 @@ ENV LABELSVC_HOST=0.0.0.0 \
     LABELSVC_EXECUTION_PROVIDER=auto
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s \
-    CMD python3 -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
+    CMD python3 -c "import os,sys,urllib.request; port = os.environ.get('LABELSVC_PORT', '8000'); sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz').status != 200)"
 CMD ["python3", "-m", "service", "serve"]
