@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from service.errors import Overloaded
+from service.errors import Overloaded, ServiceUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -108,8 +108,12 @@ class BlockingExecutor:
     async def run_admitted(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run follow-up work of a task already admitted by ``run``: never refused, so a
         request that fans out into several tasks cannot be turned away halfway through."""
-        if self._closed:
-            raise RuntimeError("the executor is shut down")
+        if self._closed:  # a request that arrived as the service stops
+            raise ServiceUnavailable(
+                "the service is shutting down; retry shortly",
+                retry_after=1,
+                extra={"reason": "shutting_down"},
+            )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)

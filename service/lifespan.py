@@ -9,6 +9,7 @@ recovers by itself once the database answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -34,6 +35,7 @@ from service.store.records import Document, RecordStore, ping
 
 log = logging.getLogger(__name__)
 INDEX_RETRY_SECONDS = 2.0
+DRAIN_SECONDS = 10.0
 
 
 @dataclass
@@ -150,6 +152,11 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             yield resources
         finally:
             indexer.cancel()
+            # Analyses whose client went away still run to their stored record; let them
+            # finish before the executor and the database client close under them.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await resources.pipeline.drain()
 
 
 def lifespan(settings: Settings, metrics: Metrics) -> object:

@@ -70,6 +70,12 @@ class LabelingPipeline:
         self._max_inflight = max_inflight
         self._admitted = 0
 
+    async def drain(self) -> None:
+        """Wait for the analyses in progress to be stored (or to fail)."""
+        running = list(self._analyses_by_hash.values())
+        if running:
+            await asyncio.wait(running)
+
     @property
     def admitted(self) -> int:
         """Labeling requests in progress (fetching, analysing or storing)."""

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.errors import Overloaded
+from service.errors import Overloaded, ServiceUnavailable
 from service.executor import BlockingExecutor, start_request
 
 
@@ -110,5 +110,5 @@ async def test_shutdown_cancels_queued_work() -> None:
     await busy
     with pytest.raises(asyncio.CancelledError):
         await queued
-    with pytest.raises(RuntimeError, match="shut down"):
+    with pytest.raises(ServiceUnavailable, match="shutting down"):
         await executor.run(abs, 1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import MongoClient
 
 from service.decode.image import decode_image
 from service.settings import Settings
@@ -192,3 +193,22 @@ async def test_neural_captioner_writes_the_text_when_configured(
         assert lineage["caption"]["model"] == "vit-gpt2-tiny"
         assert lineage["caption"]["sha256"] == captioner.sha256
     assert written == 2
+
+
+async def test_shutdown_lets_an_abandoned_analysis_store_its_record(
+    make_settings: Callable[..., Settings], image_server: ImageServer
+) -> None:
+    """A client that disconnects does not cancel its image's analysis; stopping the service
+    waits for that analysis to be stored instead of closing the database under it."""
+    settings = make_settings()
+    url = image_server.photo_url(CAT_PHOTO, alias="abandoned")
+    async with running(settings) as client:
+        request = asyncio.create_task(client.post("/v1/labels", json={"url": url}))
+        pipeline = client.resources.pipeline
+        for _ in range(200):
+            if pipeline._analyses_by_hash:
+                break
+            await asyncio.sleep(0.005)
+        request.cancel()  # the client goes away while its image is analysed
+    with MongoClient(settings.mongodb_uri) as mongo:
+        assert mongo[settings.mongodb_db]["records"].find_one({"url": url}) is not None
