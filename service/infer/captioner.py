@@ -145,6 +145,12 @@ class NeuralCaptioner:
                 f"captioner export {export_dir} has format {info.format}; "
                 f"this service reads format {FORMAT_VERSION} (re-export it)"
             )
+        unlisted = [name for name in REQUIRED_FILES[1:] if name not in info.files]
+        if unlisted:  # a file without a checksum would be loaded unverified
+            raise ModelError(
+                f"captioner export {export_dir} gives no sha256 for {', '.join(unlisted)} "
+                "in captioner.json (re-export it)"
+            )
         for file_name, expected in info.files.items():
             path = export_dir / file_name
             if not path.is_file():

@@ -7,6 +7,7 @@ and BLIP models, with the token ids that transformers produced for synthetic ima
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -159,6 +160,15 @@ def test_corrupt_model_is_a_clear_error(tmp_path: Path) -> None:
         NeuralCaptioner(export, provider="cpu")
 
 
+def test_a_file_without_a_checksum_is_refused(tmp_path: Path) -> None:
+    export = copy_export(tmp_path)
+    info = json.loads((export / "captioner.json").read_text())
+    del info["files"]["encoder.onnx"]  # then a swapped encoder would load unverified
+    (export / "captioner.json").write_text(json.dumps(info))
+    with pytest.raises(ModelError, match=r"no sha256 for encoder\.onnx"):
+        NeuralCaptioner(export, provider="cpu")
+
+
 def test_invalid_metadata_is_a_clear_error(tmp_path: Path) -> None:
     export = copy_export(tmp_path)
     (export / "captioner.json").write_text('{"format": 1, "name": 3}')
@@ -168,9 +178,10 @@ def test_invalid_metadata_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_unreadable_model_is_a_clear_error(tmp_path: Path) -> None:
     export = copy_export(tmp_path)
-    (export / "decoder.onnx").write_bytes(b"not an onnx model")
+    garbage = b"not an onnx model"
+    (export / "decoder.onnx").write_bytes(garbage)
     info = json.loads((export / "captioner.json").read_text())
-    del info["files"]["decoder.onnx"]
+    info["files"]["decoder.onnx"] = hashlib.sha256(garbage).hexdigest()  # checked, unloadable
     (export / "captioner.json").write_text(json.dumps(info))
     with pytest.raises(ModelError, match=r"cannot load model .*decoder\.onnx"):
         NeuralCaptioner(export, provider="cpu")
