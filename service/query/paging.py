@@ -62,7 +62,7 @@ def parse_sort(raw: str | None) -> SortOrder:
     if not raw:
         return BY_ID
     direction = -1 if raw.startswith("-") else 1
-    key = raw.lstrip("+-")
+    key = raw[1:] if raw[0] in "+-" else raw
     if key not in SORTABLE:
         raise InvalidQuery(
             f"cannot sort by {raw[:60]!r}: sort by one of {', '.join(SORTABLE)}, "

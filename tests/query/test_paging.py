@@ -27,7 +27,7 @@ def test_parse_sort() -> None:
     assert parse_sort("datetime") == SortOrder("datetime", 1)
     assert parse_sort("-label_quality_estimation") == SortOrder("label_quality_estimation", -1)
     assert parse_sort("-width").spec() == [("width", -1), ("_id", -1)]
-    for bad in ("classes", "url", "-bytes", "$natural", "width,height"):
+    for bad in ("classes", "url", "-bytes", "$natural", "width,height", "--width", "+-width"):
         with pytest.raises(InvalidQuery, match="cannot sort"):
             parse_sort(bad)
 
