@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from litestar import get
 from litestar.di import Provide
 from litestar.params import FromPath, QueryParameter
@@ -20,7 +19,7 @@ from service.api.schemas import (
     StoredSimilarPage,
 )
 from service.auth import requires
-from service.domain.records import Record, StoredDocument, as_record, record_from_document
+from service.domain.records import Record, StoredDocument, as_records
 from service.lifespan import Resources
 from service.query.filters import parse_filter
 from service.query.hints import add_index_hints
@@ -100,33 +99,17 @@ def page_request(
 
 
 def wire_page(result: Page, request: PageRequest) -> RecordPage | ProjectedRecordPage:
-    if request.projection is not None:
-        return ProjectedRecordPage(
-            output=result.documents,
-            length=result.length,
-            length_is_estimate=result.length_is_estimate,
-            page=result.page,
-            per_page=request.per_page,
-            next_cursor=result.next_cursor,
-        )
-    records = [record_from_document(d) for d in result.documents]
-    if not all(isinstance(r, Record) for r in records):  # some predate the current schema
-        return ProjectedRecordPage(
-            output=[msgspec.to_builtins(r) if isinstance(r, Record) else r for r in records],
-            length=result.length,
-            length_is_estimate=result.length_is_estimate,
-            page=result.page,
-            per_page=request.per_page,
-            next_cursor=result.next_cursor,
-        )
-    return RecordPage(
-        output=[r for r in records if isinstance(r, Record)],
-        length=result.length,
-        length_is_estimate=result.length_is_estimate,
-        page=result.page,
-        per_page=request.per_page,
-        next_cursor=result.next_cursor,
-    )
+    info: dict[str, Any] = {
+        "length": result.length,
+        "length_is_estimate": result.length_is_estimate,
+        "page": result.page,
+        "per_page": request.per_page,
+        "next_cursor": result.next_cursor,
+    }
+    records = None if request.projection is not None else as_records(result.documents, Record)
+    if records is None:  # projected, or holding a record stored in an older shape
+        return ProjectedRecordPage(output=result.documents, **info)
+    return RecordPage(output=records, **info)
 
 
 async def find_records(
@@ -227,9 +210,7 @@ async def similar_records(
     result = await similar_page(
         resources.records, record_id, max_distance, page, size, budget(resources)
     )
-    matches = [
-        as_record({**d, "distance": distance}, SimilarRecord) for d, distance in result.matches
-    ]
+    documents = [{**d, "distance": distance} for d, distance in result.matches]
     info: dict[str, Any] = {
         "length": result.length,
         "length_is_estimate": result.length_is_estimate,
@@ -237,7 +218,7 @@ async def similar_records(
         "per_page": size,
         "max_distance": max_distance,
     }
-    if all(isinstance(m, SimilarRecord) for m in matches):
-        return SimilarPage(output=[m for m in matches if isinstance(m, SimilarRecord)], **info)
-    output = [msgspec.to_builtins(m) if isinstance(m, SimilarRecord) else m for m in matches]
-    return StoredSimilarPage(output=output, **info)
+    records = as_records(documents, SimilarRecord)
+    if records is None:  # one is stored in an older shape
+        return StoredSimilarPage(output=documents, **info)
+    return SimilarPage(output=records, **info)

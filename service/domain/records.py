@@ -162,6 +162,14 @@ def as_record(document: dict[str, Any], kind: type[R]) -> R | StoredDocument:
         return document
 
 
+def as_records(documents: list[dict[str, Any]], kind: type[R]) -> list[R] | None:
+    """Every document as a ``kind``; None when one of them does not fit (``as_record``), in
+    which case the caller serves them all as stored."""
+    records = [as_record(document, kind) for document in documents]
+    typed = [record for record in records if isinstance(record, kind)]
+    return typed if len(typed) == len(records) else None
+
+
 def record_to_document(record: Record) -> dict[str, object]:
     document: dict[str, object] = msgspec.to_builtins(record)
     return document
