@@ -13,6 +13,7 @@ from types import FrameType
 import msgspec
 import uvicorn
 
+from service.api.head import head_as_get
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
 from service.observability import configure_logging
@@ -46,7 +47,7 @@ def serve(settings: Settings) -> int:
         if received:  # stopped while the database was starting
             return 0
         config = uvicorn.Config(
-            create_app(settings),
+            head_as_get(create_app(settings)),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,

@@ -82,6 +82,7 @@ def test_sighup_stops_the_service_and_its_database(tmp_path: Path, model_dir: Pa
     env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir))
     with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         wait_ready(f"http://127.0.0.1:{port}", process)
+        assert httpx.head(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
         process.send_signal(signal.SIGHUP)
         assert process.wait(timeout=60) == 0
         assert process.stdout is not None

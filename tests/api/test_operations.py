@@ -7,8 +7,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 from pymongo import MongoClient
 
+from service.api.head import head_as_get
 from service.app import create_app
 from service.domain.records import new_record_id
 from service.settings import Settings
@@ -102,3 +104,15 @@ async def test_readiness_says_why_the_indexes_cannot_be_made(
         problem = assert_problem(response, 503, "unavailable")
         assert problem["database"] == "indexes"
         assert "creating the database indexes failed: DuplicateKeyError" in problem["detail"]
+
+
+async def test_head_answers_like_get_without_a_body(client: AppClient) -> None:
+    transport = httpx.ASGITransport(app=head_as_get(client.app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as heads:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            get, head = await client.get(path), await heads.head(path)
+            assert head.status_code == get.status_code == 200
+            assert head.content == b""
+            assert head.headers["content-type"] == get.headers["content-type"]
+        assert (await heads.head("/v1/records")).status_code == 401  # guarded like GET
+        assert (await heads.head("/v1/labels")).status_code == 405  # no GET to mirror
