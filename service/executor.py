@@ -16,6 +16,7 @@ when it is submitted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import itertools
@@ -39,38 +40,57 @@ def start_request() -> None:
 
 
 class _Job(Generic[T]):
-    """One call, run on a worker thread, its outcome handed to a future on the event loop."""
+    """One call, run on a worker thread, its outcome handed to a future on the event loop.
 
-    __slots__ = ("_call", "_future", "_loop")
+    ``done`` runs on the loop once the job has left the executor (run, skipped or cancelled):
+    not when its caller stops waiting, since a job already running goes on all the same.
+    """
+
+    __slots__ = ("_call", "_done", "_future", "_loop")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], call: Callable[[], T]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[T],
+        call: Callable[[], T],
+        done: Callable[[], None],
     ) -> None:
-        self._loop, self._future, self._call = loop, future, call
+        self._loop, self._future, self._call, self._done = loop, future, call, done
 
     def run(self) -> None:
         if self._future.cancelled():  # the caller gave up while this waited in the queue
+            self._on_loop(self._done)
             return
         try:
             result = self._call()
         except BaseException as exc:  # the caller's to handle, as with run_in_executor
-            self._loop.call_soon_threadsafe(_fail, self._future, exc)
+            self._on_loop(_fail, self._future, exc, self._done)
         else:
-            self._loop.call_soon_threadsafe(_succeed, self._future, result)
+            self._on_loop(_succeed, self._future, result, self._done)
 
     def cancel(self) -> None:
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._future.cancel)
+        self._on_loop(_cancel, self._future, self._done)
+
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            self._loop.call_soon_threadsafe(callback, *args)
 
 
-def _succeed(future: asyncio.Future[T], result: T) -> None:
+def _succeed(future: asyncio.Future[T], result: T, done: Callable[[], None]) -> None:
+    done()
     if not future.done():
         future.set_result(result)
 
 
-def _fail(future: asyncio.Future[T], error: BaseException) -> None:
+def _fail(future: asyncio.Future[T], error: BaseException, done: Callable[[], None]) -> None:
+    done()
     if not future.done():
         future.set_exception(error)
+
+
+def _cancel(future: asyncio.Future[Any], done: Callable[[], None]) -> None:
+    done()
+    future.cancel()
 
 
 # (ticket, submission order, job); no job tells a worker to stop.
@@ -94,6 +114,7 @@ class BlockingExecutor:
 
     @property
     def pending(self) -> int:
+        """Jobs queued or running, whether or not their callers still wait for them."""
         return self._pending
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -118,15 +139,13 @@ class BlockingExecutor:
         future: asyncio.Future[T] = loop.create_future()
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         ticket = _ticket.get()
+        job = _Job(loop, future, call, self._job_left)
         self._pending += 1
-        try:
-            order = next(self._order)
-            self._queue.put(
-                (next(_tickets) if ticket is None else ticket, order, _Job(loop, future, call))
-            )
-            return await future
-        finally:
-            self._pending -= 1
+        self._queue.put((next(_tickets) if ticket is None else ticket, next(self._order), job))
+        return await future
+
+    def _job_left(self) -> None:
+        self._pending -= 1
 
     def _work(self) -> None:
         while True:

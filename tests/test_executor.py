@@ -100,6 +100,21 @@ async def test_a_cancelled_caller_skips_its_queued_work(executor: BlockingExecut
     assert ran == [2] and queued.cancelled()
 
 
+async def test_work_still_running_counts_after_its_caller_gives_up(
+    executor: BlockingExecutor,
+) -> None:
+    busy, release = await occupy(executor)
+    busy.cancel()  # the caller goes; the worker is still busy with its job
+    await asyncio.sleep(0.01)
+    assert executor.pending == 1  # so the bound still counts it
+    release.set()
+    for _ in range(100):
+        if executor.pending == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert executor.pending == 0
+
+
 async def test_shutdown_cancels_queued_work() -> None:
     executor = BlockingExecutor(workers=1, max_pending=8)
     busy, release = await occupy(executor)
