@@ -216,6 +216,17 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def encodable(text: str) -> bool:
+    """Whether ``text`` can be sent as BSON: JSON escapes can carry lone surrogates."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _at(path: str) -> str:
     return f" (at {path})" if path else ""
 
@@ -490,12 +501,8 @@ class _Validator:
         raise InvalidQuery(f"unsupported value {_kind(value)}{_at(path)}")
 
     def text(self, value: str, path: str, what: str = "string") -> None:
-        if value.isascii():
-            return
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidQuery(f"{what} is not valid Unicode{_at(path)}") from None
+        if not encodable(value):
+            raise InvalidQuery(f"{what} is not valid Unicode{_at(path)}")
 
     def regex(self, pattern: str, path: str, extended: bool) -> None:
         where = _at(path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import InvalidQuery
+from service.query.filters import encodable
 
 # Sort keys with an index on (key, _id): the order a walk follows without an in-memory sort.
 SORTABLE = ("_id", "datetime", "label_quality_estimation", "width", "height")
@@ -121,14 +122,8 @@ def _reject_constant(name: str) -> Any:
 
 
 def _is_text(value: object, max_length: int) -> bool:
-    """A non-empty string the database can store (JSON escapes can carry lone surrogates)."""
-    if not isinstance(value, str) or not 0 < len(value) <= max_length:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    """A non-empty string the database can store."""
+    return isinstance(value, str) and 0 < len(value) <= max_length and encodable(value)
 
 
 def decode_cursor(token: str, order: SortOrder) -> Position:
