@@ -13,7 +13,7 @@ from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from service.api.headers import security_headers
-from service.errors import ServiceError
+from service.errors import BadRequest, NotFound, ServiceError
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://labelsvc.dev/problems/"
@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 # RFC 9110 asks a 401 to name the scheme; API keys have no registered one.
 AUTHENTICATE = 'ApiKey header="X-API-Key"'
 # Errors the framework raises, as (type, title): one title per type, and the service's own
-# title where it has the same type (BadRequest, NotFound).
+# where it has the same type.
 FRAMEWORK_PROBLEMS = {
-    400: ("bad-request", "Bad request"),
-    404: ("not-found", "Not found"),
+    400: (BadRequest.type, BadRequest.title),
+    404: (NotFound.type, NotFound.title),
     405: ("method-not-allowed", "Method not allowed"),
     413: ("body-too-large", "Request body too large"),
 }
@@ -59,13 +59,7 @@ def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Respon
     if exc.status >= 500:
         log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.type)
     return problem(
-        exc.status,
-        exc.type,
-        exc.title,
-        exc.detail,
-        request,
-        headers=headers or None,
-        extra=exc.extra,
+        exc.status, exc.type, exc.title, exc.detail, request, headers=headers, extra=exc.extra
     )
 
 
@@ -81,13 +75,13 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         headers["WWW-Authenticate"] = AUTHENTICATE
     detail = exc.detail if status < 500 else "internal error"
     type_, title = FRAMEWORK_PROBLEMS.get(status, (f"http-{status}", _title(status)))
-    return problem(status, type_, title, detail, request, headers=headers or None, extra=extra)
+    return problem(status, type_, title, detail, request, headers=headers, extra=extra)
 
 
 def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
     """msgspec gives up on deeply nested JSON bodies with RecursionError (a 2 KB body of
     1,000 brackets is enough); the request is at fault, not the service."""
-    return problem(400, "bad-request", "Bad request", "the JSON body is nested too deeply", request)
+    return _service_error(request, BadRequest("the JSON body is nested too deeply"))
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
