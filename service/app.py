@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar
-from litestar.middleware import DefineMiddleware
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, Schema, SecurityScheme
+from litestar.types import (
+    LifeSpanReceive,
+    LifeSpanScope,
+    LifeSpanSend,
+    Receive,
+    Scope,
+    Send,
+)
 
 from service import __version__
 from service.api import health, labels, records, search
+from service.api.head import head_as_get
 from service.api.headers import security_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.lifespan import lifespan
-from service.observability import Metrics, request_metrics_middleware
+from service.observability import Metrics, timed_requests
 from service.settings import Settings
 
 MAX_REQUEST_BODY_BYTES = 64 * 1024
@@ -76,15 +85,36 @@ def unions_as_any_of(node: object) -> None:
         unions_as_any_of(child)
 
 
-def create_app(settings: Settings) -> Litestar:
+class LabelingApp(Litestar):
+    """The application as served. Route middleware runs only once a route matched, so two
+    concerns wrap the router instead: every HTTP request is timed in the metrics (unknown
+    paths and methods too), and HEAD is answered as GET."""
+
+    def __init__(self, metrics: Metrics, **config: Any) -> None:
+        super().__init__(**config)
+        self._http = timed_requests(metrics, head_as_get(super().__call__))
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            await self._http(cast(Scope, scope), cast(Receive, receive), cast(Send, send))
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings) -> LabelingApp:
     metrics = Metrics()
     hook: Any = lifespan(settings, metrics)
-    middleware: Any = request_metrics_middleware(metrics)
-    app = Litestar(
+    app = LabelingApp(
+        metrics,
         route_handlers=ROUTES,
         lifespan=[hook],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(middleware), security_headers_middleware],
+        middleware=[security_headers_middleware],
         openapi_config=openapi_config(),
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         logging_config=None,  # configured once, by the launcher

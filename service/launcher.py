@@ -13,7 +13,6 @@ from types import FrameType
 import msgspec
 import uvicorn
 
-from service.api.head import head_as_get
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
 from service.observability import configure_logging
@@ -47,7 +46,7 @@ def serve(settings: Settings) -> int:
         if received:  # stopped while the database was starting
             return 0
         config = uvicorn.Config(
-            head_as_get(create_app(settings)),
+            create_app(settings),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,

@@ -93,35 +93,37 @@ class Metrics:
             self.stage_latency.labels(name).observe(time.perf_counter() - start)
 
 
-def request_metrics_middleware(metrics: Metrics) -> object:
-    """ASGI middleware factory timing each HTTP request under its route template."""
+# Methods outside this set are counted as "other": the method label must stay bounded.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-    def middleware(app: ASGIApp) -> ASGIApp:
-        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != ScopeType.HTTP:
-                await app(scope, receive, send)
-                return
-            start = time.perf_counter()
-            status = 500
 
-            async def capture(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
+def timed_requests(metrics: Metrics, app: ASGIApp) -> ASGIApp:
+    """Times every HTTP request under its route template, or ``unmatched`` for the paths and
+    methods the router answers itself (404, 405)."""
 
-            try:
-                await app(scope, receive, capture)
-            finally:
-                route = scope.get("path_template") or "unmatched"
-                method = scope.get("method", "")
-                metrics.http_latency.labels(method, route, str(status)).observe(
-                    time.perf_counter() - start
-                )
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        status = 500
 
-        return wrapped
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
 
-    return middleware
+        try:
+            await app(scope, receive, capture)
+        finally:
+            route = scope.get("path_template") or "unmatched"  # set in place by the router
+            metrics.http_latency.labels(method, route, str(status)).observe(
+                time.perf_counter() - start
+            )
+
+    return wrapped
 
 
 def configure_logging(level: str) -> None:

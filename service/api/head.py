@@ -2,7 +2,8 @@
 
 The router only answers the methods a route names, so HEAD got 405. This wrapper, around the
 whole application, runs a HEAD request as the GET it mirrors and sends that response's
-status and headers (``Content-Length`` included) without its body.
+status and headers (``Content-Length`` included) without its body. The scope is changed in
+place, as the router itself does, so that wrappers outside see the route it matched.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP or scope["method"] != "HEAD":
             await app(scope, receive, send)
             return
-        as_get = scope.copy()
-        as_get["method"] = "GET"
+        scope["method"] = "GET"
 
         async def without_body(message: Message) -> None:
             if message["type"] == "http.response.body":
@@ -26,6 +26,6 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await app(as_get, receive, without_body)
+        await app(scope, receive, without_body)
 
     return wrapped

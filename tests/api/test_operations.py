@@ -7,10 +7,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 from pymongo import MongoClient
 
-from service.api.head import head_as_get
 from service.app import create_app
 from service.domain.records import new_record_id
 from service.settings import Settings
@@ -54,6 +52,22 @@ async def test_metrics_cover_requests_stages_models_and_records(
     assert 'labelsvc_model_info{model="yolox_nano"' in text
     assert "labelsvc_labeling_admitted 0.0" in text
     assert "labelsvc_executor_pending 0.0" in text
+
+
+async def test_metrics_count_requests_the_router_answers_itself(client: AppClient) -> None:
+    """Unknown paths and methods never reach a route: they are counted all the same, under
+    ``unmatched``, with a bounded method label, and HEAD under its own name."""
+    assert (await client.get("/no-such-path")).status_code == 404
+    assert (await client.request("PROPFIND", "/no-such-path")).status_code == 404
+    assert (await client.delete("/v1/labels")).status_code == 405
+    assert (await client.head("/healthz")).status_code == 200
+    text = (await client.get("/metrics")).text
+    count = "labelsvc_http_request_duration_seconds_count"
+    assert f'{count}{{method="GET",route="unmatched",status="404"}} 1.0' in text
+    assert f'{count}{{method="other",route="unmatched",status="404"}} 1.0' in text
+    assert f'{count}{{method="DELETE",route="unmatched",status="405"}} 1.0' in text
+    assert f'{count}{{method="HEAD",route="/healthz",status="200"}} 1.0' in text
+    assert "PROPFIND" not in text
 
 
 async def test_interactive_docs_are_served(client: AppClient) -> None:
@@ -107,12 +121,10 @@ async def test_readiness_says_why_the_indexes_cannot_be_made(
 
 
 async def test_head_answers_like_get_without_a_body(client: AppClient) -> None:
-    transport = httpx.ASGITransport(app=head_as_get(client.app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as heads:
-        for path in ("/healthz", "/readyz", "/metrics"):
-            get, head = await client.get(path), await heads.head(path)
-            assert head.status_code == get.status_code == 200
-            assert head.content == b""
-            assert head.headers["content-type"] == get.headers["content-type"]
-        assert (await heads.head("/v1/records")).status_code == 401  # guarded like GET
-        assert (await heads.head("/v1/labels")).status_code == 405  # no GET to mirror
+    for path in ("/healthz", "/readyz", "/metrics"):
+        get, head = await client.get(path), await client.head(path)
+        assert head.status_code == get.status_code == 200
+        assert head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert (await client.head("/v1/records")).status_code == 401  # guarded like GET
+    assert (await client.head("/v1/labels")).status_code == 405  # no GET to mirror
