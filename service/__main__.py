@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     create.add_argument("--rate", help="request rate limit, e.g. 20/s or 600/min (per process)")
     create.add_argument("--quota", help="daily request quota (UTC days), e.g. 100000/day")
     keys.add_parser("list", help="list keys (never their secrets)")
+    rotate = keys.add_parser(
+        "rotate", help="a new secret for a key (revoked or not), keeping its name and limits"
+    )
+    rotate.add_argument("--name", required=True)
     revoke = keys.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("--name", required=True)
     add_backfill_parser(commands)

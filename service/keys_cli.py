@@ -1,4 +1,5 @@
-"""``python -m service keys ...``: create, list and revoke API keys in the configured database."""
+"""``python -m service keys ...``: create, list, rotate and revoke API keys in the configured
+database."""
 
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             except DuplicateKeyError:
-                print(f"error: a key named {args.name!r} exists", file=sys.stderr)
+                print(
+                    f"error: a key named {args.name!r} exists (revoked ones too);"
+                    f" `keys rotate --name {args.name}` gives it a new secret",
+                    file=sys.stderr,
+                )
                 return 2
             shown = {
                 "name": args.name,
@@ -56,6 +61,16 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
             for key in await store.list():
                 key.pop("_id", None)
                 print(json.dumps(key, default=str))
+        elif args.action == "rotate":
+            rotated = await store.rotate(args.name)
+            if rotated is None:
+                print(f"no key named {args.name!r}", file=sys.stderr)
+                return 1
+            print(json.dumps({"name": args.name, "key": rotated}))
+            print(
+                "store this key now: it is not shown again; the old one stops working"
+                " within seconds"
+            )
         elif args.action == "revoke":
             if not await store.revoke(args.name):
                 print(f"no active key named {args.name!r}", file=sys.stderr)

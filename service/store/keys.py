@@ -104,6 +104,23 @@ class ApiKeyStore:
             )
         return result.modified_count == 1
 
+    async def rotate(self, name: str) -> str | None:
+        """Give key ``name`` a new secret, keeping its scopes, limits and usage; the old secret
+        stops working, and a revoked key is active again. ``None`` when no key has that name."""
+        secret = new_secret()
+        async with database_errors():
+            result = await self._keys.update_one(
+                {"name": name},
+                {
+                    "$set": {
+                        "key_hash": hash_key(secret),
+                        "revoked": False,
+                        "rotated_at": datetime.now(UTC),
+                    }
+                },
+            )
+        return secret if result.matched_count == 1 else None
+
     async def usage(self, name: str, day: str) -> int:
         """Requests counted for key ``name`` on UTC ``day`` (ISO date)."""
         async with database_errors():

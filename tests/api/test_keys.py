@@ -61,6 +61,20 @@ def test_keys_from_the_command_line(
 
     assert cli(["revoke", "--name", "acme"], settings, monkeypatch) == 0
     assert cli(["revoke", "--name", "acme"], settings, monkeypatch) == 1
+    capsys.readouterr()
+    assert cli(create, settings, monkeypatch) == 2  # names are never reused: rotate instead
+    assert "keys rotate --name acme" in capsys.readouterr().err
+
+    assert cli(["rotate", "--name", "acme"], settings, monkeypatch) == 0
+    rotated = json.loads(capsys.readouterr().out.splitlines()[0])["key"]
+    assert rotated != secret
+    with MongoClient(settings.mongodb_uri) as client:
+        keys = client[settings.mongodb_db]["api_keys"]
+        active = keys.find_one({"key_hash": hash_key(rotated), "revoked": False})
+        assert keys.find_one({"key_hash": hash_key(secret)}) is None
+    assert active is not None and active["name"] == "acme"
+    assert active["daily_quota"] == 100000 and active["scopes"] == ["label", "read"]
+    assert cli(["rotate", "--name", "nobody"], settings, monkeypatch) == 1
 
 
 async def _key(client: AppClient, name: str, scopes: list[str], **limits: Any) -> dict[str, str]:
