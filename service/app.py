@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from bson import Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp, json_util
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
@@ -64,6 +65,14 @@ def openapi_config() -> OpenAPIConfig:
     )
 
 
+# Imported records may hold BSON types JSON lacks. An ObjectId is shown as its hex digits, the
+# form the record paths accept as an id; the others in MongoDB's Extended JSON.
+BSON_ENCODERS: dict[Any, Callable[[Any], Any]] = {
+    ObjectId: str,
+    **{kind: json_util.default for kind in (Decimal128, Regex, Timestamp, MinKey, MaxKey)},
+}
+
+
 def unions_as_any_of(node: object) -> None:
     """Describe every union with ``anyOf`` rather than the framework's ``oneOf``.
 
@@ -117,6 +126,7 @@ def create_app(settings: Settings) -> LabelingApp:
         middleware=[security_headers_middleware],
         openapi_config=openapi_config(),
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
+        type_encoders=BSON_ENCODERS,
         logging_config=None,  # configured once, by the launcher
     )
     unions_as_any_of(app.openapi_schema)  # built once, here, before it is first served

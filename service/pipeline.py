@@ -99,7 +99,7 @@ class LabelingPipeline:
         return LabelOutcome(record, created=False)
 
     async def get(self, record_id: str) -> Record | StoredDocument:
-        document = await self._store.get(record_id) if is_record_id(record_id) else None
+        document = await self._store.get(record_id)
         if document is None:
             raise RecordNotFound(f"no record has id {record_id!r}")
         return record_from_document(document)

@@ -42,7 +42,7 @@ from service.query.paging import (
 )
 from service.query.plan import conjoin, is_point_lookup
 from service.query.similar import MAX_DISTANCE, hamming, is_phash, probe_bands
-from service.store.records import Document, QueryTimedOut, RecordStore
+from service.store.records import Document, QueryTimedOut, RecordStore, id_filter
 
 MAX_SIMILAR_CANDIDATES = 10_000
 WALK_COUNT_MAX_AGE = 60.0  # seconds a cursor page may reuse its walk's count
@@ -191,7 +191,7 @@ async def similar_page(
     """Records whose pHash is within ``max_distance`` bits of this record's, nearest first."""
     if not 0 <= max_distance <= MAX_DISTANCE:
         raise InvalidQuery(f"max_distance must be in [0, {MAX_DISTANCE}]")
-    document = await store.find_one({"_id": record_id}, {"image_properties.phash": 1})
+    document = await store.find_one(id_filter(record_id), {"image_properties.phash": 1})
     if document is None:
         raise RecordNotFound(f"no record has id {record_id!r}")
     phash = (document.get("image_properties") or {}).get("phash")
@@ -202,7 +202,7 @@ async def similar_page(
     candidates = await store.find(
         conjoin(
             {"phash_bands": {"$in": probe_bands(phash, max_distance)}},
-            {"_id": {"$ne": record_id}},
+            {"_id": {"$ne": document["_id"]}},
             indexed=store.indexed,
         ),
         sort=[("_id", 1)],

@@ -1,24 +1,30 @@
 """Paging parameters: sort order, keyset cursors and field projections.
 
 A cursor is opaque to clients: base64url of the JSON ``{"k": sort key, "d": direction,
-"v": the last record's sort value, "i": its _id}``. The next page is the records strictly
-after that position in (sort key, _id) order, so a walk returns every record that existed
-when it started exactly once, however many are inserted meanwhile. Cursors are checked on
-decode; a bad one is an ``InvalidQuery`` (400).
+"v": the last record's sort value, "i": its _id}``, values that JSON lacks (an imported
+ObjectId id) in MongoDB Extended JSON. The next page is the records strictly after that
+position in (sort key, _id) order, so a walk returns every record that existed when it
+started exactly once, however many are inserted meanwhile. Cursors are checked on decode; a
+bad one is an ``InvalidQuery`` (400).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import math
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bson import Binary, Decimal128, ObjectId, json_util
+
 from service.errors import InvalidQuery
+from service.query.bson_order import types_after
 from service.query.filters import encodable
 
 # Sort keys with an index on (key, _id): the order a walk follows without an in-memory sort.
@@ -28,6 +34,8 @@ MAX_CURSOR_LENGTH = 1024
 MAX_FIELDS = 50
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _INT64 = 2**63
+# Besides strings and finite numbers, the types a cursor may carry (from Extended JSON).
+_EXTENDED_TYPES = (ObjectId, datetime.datetime, Decimal128, Binary, uuid.UUID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +63,7 @@ class Position:
     """Where a page ended: the last record's sort value and id."""
 
     value: Any
-    id: str
+    id: Any
 
 
 def parse_sort(raw: str | None) -> SortOrder:
@@ -108,9 +116,43 @@ def sort_value(document: Mapping[str, Any], key: str) -> Any:
 def encode_cursor(order: SortOrder, document: Mapping[str, Any]) -> str:
     """The cursor for the page that follows ``document``."""
     value = None if order.key == "_id" else sort_value(document, order.key)
-    payload = {"k": order.key, "d": order.direction, "v": value, "i": document["_id"]}
+    payload = {
+        "k": order.key,
+        "d": order.direction,
+        "v": _as_json(value),
+        "i": _as_json(document["_id"]),
+    }
     text = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
     return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
+
+
+def _as_json(value: Any) -> Any:
+    if value is None or _is_plain(value, 400):
+        return value
+    return json.loads(json_util.dumps(value, json_options=json_util.CANONICAL_JSON_OPTIONS))
+
+
+def _is_plain(value: object, max_length: int) -> bool:
+    """A string the database can store, or a finite number in the int64 or double range."""
+    if isinstance(value, str):
+        return 0 < len(value) <= max_length and encodable(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64
+
+
+def _from_json(value: Any, max_length: int) -> Any:
+    """A cursor value back from ``_as_json``; ``ValueError`` when it is not one."""
+    if _is_plain(value, max_length):
+        return value
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)).startswith("$"):
+        try:
+            decoded = json_util.loads(json.dumps(value))
+        except Exception:  # untrusted text: the parser raises many kinds (InvalidId, ...)
+            raise ValueError("bad extended JSON") from None
+        if isinstance(decoded, _EXTENDED_TYPES):
+            return decoded
+    raise ValueError("not a cursor value")
 
 
 def _refuse(detail: str) -> InvalidQuery:
@@ -119,11 +161,6 @@ def _refuse(detail: str) -> InvalidQuery:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(name)
-
-
-def _is_text(value: object, max_length: int) -> bool:
-    """A non-empty string the database can store."""
-    return isinstance(value, str) and 0 < len(value) <= max_length and encodable(value)
 
 
 def decode_cursor(token: str, order: SortOrder) -> Position:
@@ -139,17 +176,14 @@ def decode_cursor(token: str, order: SortOrder) -> Position:
         raise _refuse("not a cursor this service issued")
     if payload["k"] != order.key or payload["d"] != order.direction:
         raise _refuse("it was issued for another sort order")
-    record_id, value = payload["i"], payload["v"]
-    if not _is_text(record_id, 200):
-        raise _refuse("bad record id")
-    if value is not None and not (
-        isinstance(value, str | int | float)
-        and not isinstance(value, bool)
-        and (not isinstance(value, float) or math.isfinite(value))
-        and (not isinstance(value, int) or -_INT64 <= value < _INT64)
-        and (not isinstance(value, str) or _is_text(value, 400))
-    ):
-        raise _refuse("bad sort value")
+    try:
+        record_id = _from_json(payload["i"], 200)
+    except ValueError:
+        raise _refuse("bad record id") from None
+    try:
+        value = None if payload["v"] is None else _from_json(payload["v"], 400)
+    except ValueError:
+        raise _refuse("bad sort value") from None
     if order.key == "_id":
         value = record_id
     return Position(value=value, id=record_id)
@@ -159,18 +193,24 @@ def after_filters(order: SortOrder, position: Position) -> list[dict[str, Any]]:
     """Filters for the records after ``position``, in order: ties on the sort key, then the rest.
 
     Kept as separate plain queries (rather than one ``$or``) so that each can be answered
-    from an index, on any server.
+    from an index, on any server. A comparison matches one BSON type only, so each is
+    followed by the types that sort after it (``bson_order``): imported ids may be ObjectIds.
     """
-    op = order.after_op
-    if order.key == "_id":
-        return [{"_id": {op: position.id}}]
-    ties = {order.key: position.value, "_id": {op: position.id}}
+    key, op, direction = order.key, order.after_op, order.direction
+    id_types = types_after(position.id, direction)
+    later_ids = [{"_id": {"$type": id_types}}] if id_types else []
+    if key == "_id":
+        return [{"_id": {op: position.id}}, *later_ids]
+    ties = [{key: position.value, "_id": {op: position.id}}]
+    ties += [{key: position.value, **later} for later in later_ids]
     # Missing (and null) values sort before all others: first in ascending order, last in
     # descending order, and no comparison operator matches them.
     if position.value is None:
-        return [ties, {order.key: {"$ne": None}}] if order.direction == 1 else [ties]
-    rest = [ties, {order.key: {op: position.value}}]
-    return rest if order.direction == 1 else [*rest, {order.key: None}]
+        return [*ties, {key: {"$ne": None}}] if direction == 1 else ties
+    value_types = types_after(position.value, direction, skip_null=True)
+    rest = [*ties, {key: {op: position.value}}]
+    rest += [{key: {"$type": value_types}}] if value_types else []
+    return rest if direction == 1 else [*rest, {key: None}]
 
 
 def after_match(order: SortOrder, position: Position) -> dict[str, Any]:

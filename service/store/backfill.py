@@ -15,6 +15,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
+from service.query.bson_order import types_after
 from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
 from service.store.records import Document
 
@@ -71,9 +72,7 @@ async def _batch_after(
     batch = await walk({"_id": {"$gt": last_id}})
     if batch:
         return batch
-    # A query's $gt compares within one BSON type, so imported ids of a later type
-    # (ObjectIds after strings) are never above a string. An aggregation comparison orders
-    # across types: it finds where the next type starts, once per type.
-    following = {"$expr": {"$gt": ["$_id", last_id]}}
-    first = await records.find(following, {"_id": 1}).sort("_id", 1).limit(1).to_list()
-    return await walk({"_id": {"$gte": first[0]["_id"]}}) if first else []
+    # $gt compares within one BSON type: imported ids of a later type (ObjectIds after
+    # strings) come from a query for those types.
+    later = types_after(last_id, 1)
+    return await walk({"_id": {"$type": later}}) if later else []

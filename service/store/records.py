@@ -107,6 +107,14 @@ def _unresponsive() -> DatabaseUnavailable:
     )
 
 
+def id_filter(record_id: str) -> dict[str, Any]:
+    """The filter for the record the API names ``record_id``. Records made here have string
+    ids; imported ones keep theirs, and an ObjectId id is shown as its 24 hex digits."""
+    if bson.ObjectId.is_valid(record_id) and len(record_id) == 24:
+        return {"_id": {"$in": [record_id, bson.ObjectId(record_id)]}}
+    return {"_id": record_id}
+
+
 def records_collection(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:
     """The records, written with journaled acknowledgement: an acknowledged record survives a
     database crash."""
@@ -142,7 +150,7 @@ class RecordStore:
 
     async def get(self, record_id: str) -> Document | None:
         async with self._labeling():
-            return await self._records.find_one({"_id": record_id})
+            return await self._records.find_one(id_filter(record_id))
 
     async def find_by_hash(self, digest: str) -> Document | None:
         async with self._labeling():

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from bson import ObjectId
 
 from service.domain.records import new_record_id
 from service.query.derived import derive_from_document
@@ -157,6 +158,46 @@ async def test_records_in_an_older_shape_are_served_as_stored(
     assert rid in {r["_id"] for r in (await get("/v1/search", text="cat"))["output"]}
     labeled = await client.post("/upload", json={"url_or_id": rid})
     assert labeled.status_code == 200 and labeled.json()["_id"] == rid
+
+
+@pytest.mark.parametrize("imported_id", [ObjectId(), "cortex-000042"])
+async def test_imported_ids_can_be_followed(
+    client: AppClient, auth: dict[str, str], imported_id: ObjectId | str
+) -> None:
+    """Imports keep their own ids (ObjectIds, other strings). The id every read shows for
+    such a record fetches it, finds its near-duplicates, and labels by id."""
+    phash = "c3a1f0e4b2d29c18"
+    imported = {**fake_record(1, ["cat"], 640), "_id": imported_id}
+    imported["image_properties"] = {"phash": phash}
+    imported.update(derive_from_document(imported))
+    twin = {**imported, "_id": new_record_id(), "hash": "1" * 64}
+    await client.resources.database["records"].insert_many([imported, twin])
+
+    page = await client.get("/v1/records", params={"q": '{"width": 640}'}, headers=auth)
+    shown = {r["_id"] for r in page.json()["output"]} - {twin["_id"]}
+    assert shown == {str(imported_id)}
+    (rid,) = shown
+    record = await client.get(f"/v1/records/{rid}", headers=auth)
+    assert record.status_code == 200 and record.json()["_id"] == rid
+    similar = await client.get(f"/v1/records/{rid}/similar", headers=auth)
+    assert [r["_id"] for r in similar.json()["output"]] == [twin["_id"]]
+    twins_similar = await client.get(f"/v1/records/{twin['_id']}/similar", headers=auth)
+    assert [r["_id"] for r in twins_similar.json()["output"]] == [rid]
+    labeled = await client.post("/v1/labels", json={"id": rid})
+    assert labeled.status_code == 200 and labeled.json()["_id"] == rid
+    missing = await client.get(f"/v1/records/{ObjectId()}", headers=auth)
+    assert_problem(missing, 404, "record-not-found")
+
+    # Cursor walks cross from string ids to ObjectIds (and back, descending).
+    for sort in ("width", "-width", "_id", "-_id"):
+        walked, cursor = [], ""
+        while cursor is not None:
+            params = {"q": '{"width": 640}', "per_page": "1", "sort": sort, "cursor": cursor}
+            response = await client.get("/v1/records", params=params, headers=auth)
+            assert response.status_code == 200, response.text
+            walked += [r["_id"] for r in response.json()["output"]]
+            cursor = response.json()["next_cursor"]
+        assert sorted(walked) == sorted([rid, twin["_id"]]), sort
 
 
 @pytest.mark.parametrize("pattern", ["[z-a]", "\\p{Foo}"])

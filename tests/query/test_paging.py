@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
+from bson import MaxKey, ObjectId
 
 from service.errors import InvalidQuery
+from service.query.bson_order import types_after
 from service.query.paging import (
     BY_ID,
     Position,
@@ -54,6 +57,15 @@ def test_cursor_round_trip() -> None:
     assert decode_cursor(by_id, BY_ID) == Position(value="PT::2", id="PT::2")
 
 
+def test_cursor_round_trip_with_bson_values() -> None:
+    """Imported records may have ObjectId ids and BSON dates: Extended JSON carries them."""
+    oid, when = ObjectId(), datetime(2020, 1, 2, 3, 4, 5, 6000)
+    order = SortOrder("datetime", 1)
+    token = encode_cursor(order, {"_id": oid, "datetime": when})
+    assert decode_cursor(token, order) == Position(value=when, id=oid)
+    assert decode_cursor(encode_cursor(BY_ID, {"_id": 7}), BY_ID) == Position(7, 7)
+
+
 def _token(payload: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
@@ -66,7 +78,13 @@ def _token(payload: Any) -> str:
         _token([1, 2]),
         _token({"k": "width", "d": 1, "v": 3, "i": "PT::1"}),  # another sort
         _token({"k": "_id", "d": -1, "v": None, "i": "PT::1"}),  # another direction
-        _token({"k": "_id", "d": 1, "v": None, "i": 7}),
+        _token({"k": "_id", "d": 1, "v": None, "i": True}),
+        _token({"k": "_id", "d": 1, "v": None, "i": {"$oid": "xyz"}}),
+        _token({"k": "_id", "d": 1, "v": {"$numberDecimal": "x"}, "i": "PT::1"}),
+        _token({"k": "_id", "d": 1, "v": {"$date": "yesterday"}, "i": "PT::1"}),
+        _token({"k": "_id", "d": 1, "v": None, "i": {"$code": "while(1){}"}}),
+        _token({"k": "_id", "d": 1, "v": None, "i": {"$regularExpression": {}}}),
+        _token({"k": "_id", "d": 1, "v": None, "i": {"a": 1}}),
         _token({"k": "_id", "d": 1, "v": None, "i": ""}),
         _token({"k": "_id", "d": 1, "v": None, "i": "\ud800"}),  # cannot be stored or sent
         _token({"k": "_id", "d": 1, "v": "\udfff", "i": "PT::1"}),
@@ -86,22 +104,61 @@ def test_bad_cursors_are_refused(token: str) -> None:
 def test_after_filters() -> None:
     position = Position(value=0.5, id="PT::9")
     ascending = SortOrder("label_quality_estimation", 1)
+    after_strings = {"$type": types_after("PT::9", 1)}
+    assert "objectId" in after_strings["$type"] and "string" not in after_strings["$type"]
     assert after_filters(ascending, position) == [
         {"label_quality_estimation": 0.5, "_id": {"$gt": "PT::9"}},
+        {"label_quality_estimation": 0.5, "_id": after_strings},  # imported ObjectIds
         {"label_quality_estimation": {"$gt": 0.5}},
+        {"label_quality_estimation": {"$type": types_after(0.5, 1)}},
     ]
     descending = SortOrder("width", -1)
+    before_strings = {"$type": ["minKey", "null", "double", "int", "long", "decimal"]}
     assert after_filters(descending, Position(value=None, id="PT::9")) == [
-        {"width": None, "_id": {"$lt": "PT::9"}}
+        {"width": None, "_id": {"$lt": "PT::9"}},
+        {"width": None, "_id": before_strings},
     ]
-    assert after_filters(SortOrder("width", 1), Position(None, "PT::9"))[1] == {
+    assert after_filters(SortOrder("width", 1), Position(None, "PT::9"))[2] == {
         "width": {"$ne": None}
     }
     # Descending, records without the key come after every value.
     assert after_filters(descending, Position(value=640, id="PT::9")) == [
         {"width": 640, "_id": {"$lt": "PT::9"}},
+        {"width": 640, "_id": before_strings},
         {"width": {"$lt": 640}},
+        {"width": {"$type": ["minKey"]}},
         {"width": None},
     ]
-    assert after_match(BY_ID, Position("PT::9", "PT::9")) == {"_id": {"$gt": "PT::9"}}
+    assert after_match(BY_ID, Position("PT::9", "PT::9")) == {
+        "$or": [{"_id": {"$gt": "PT::9"}}, {"_id": after_strings}]
+    }
     assert "$or" in after_match(ascending, position)
+
+
+NUMBERS = ["double", "int", "long", "decimal"]
+LATER_THAN_OBJECTID = ["bool", "date", "timestamp", "regex", "maxKey"]
+
+
+@pytest.mark.parametrize(
+    ("value", "direction", "expected"),
+    [
+        ("a", 1, ["object", "binData", "objectId", *LATER_THAN_OBJECTID]),
+        (3, 1, ["string", "symbol", "object", "binData", "objectId", *LATER_THAN_OBJECTID]),
+        (ObjectId(), -1, ["minKey", "null", *NUMBERS, "string", "symbol", "object", "binData"]),
+        (
+            True,
+            -1,
+            ["minKey", "null", *NUMBERS, "string", "symbol", "object", "binData", "objectId"],
+        ),
+        (datetime(2020, 1, 1), 1, ["timestamp", "regex", "maxKey"]),
+        (MaxKey(), 1, []),
+    ],
+)
+def test_types_after_follow_the_bson_sort_order(
+    value: object, direction: int, expected: list[str]
+) -> None:
+    assert types_after(value, direction) == expected
+
+
+def test_types_after_can_leave_null_out() -> None:
+    assert types_after(3, -1, skip_null=True) == ["minKey"]
