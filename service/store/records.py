@@ -64,6 +64,7 @@ QUERY_ERRORS = frozenset({2, 9, 14, 51091})
 CLIENT_GRACE_SECONDS = 2.0
 COUNT_CACHE_SIZE = 1024
 PING_SECONDS = 2.0
+INSERT_ATTEMPTS = 3
 
 
 class QueryTimedOut(ServiceUnavailable):
@@ -172,14 +173,20 @@ class RecordStore:
     async def insert(self, document: Document) -> Document:
         """Insert a new record; when another writer stored the same bytes first, return theirs."""
         async with self._labeling():
-            try:
-                await self._records.insert_one(document)
-            except DuplicateKeyError:
-                existing = await self.remember_url(document["hash"], document["url"])
-                if existing is None:  # deleted in between: nothing to merge with
-                    raise
-                return existing
-            return document
+            for _ in range(INSERT_ATTEMPTS):
+                try:
+                    await self._records.insert_one(document)
+                except DuplicateKeyError:
+                    existing = await self.remember_url(document["hash"], document["url"])
+                    if existing is not None:
+                        return existing
+                    continue  # that record was deleted in between: the bytes are free again
+                return document
+        raise ServiceUnavailable(
+            "the record for these bytes was being replaced; retry",
+            retry_after=1,
+            extra={"reason": "write_conflict"},
+        )
 
     @property
     def indexed(self) -> IndexedFields:
