@@ -298,6 +298,13 @@ class ImageFetcher:
                 pass
             except httpx.TransportError as exc:
                 raise _transport_error(exc, target, self._policy) from None
+            except httpx.InvalidURL:
+                # httpx resolves a redirect's Location even when not following it, and
+                # fails on one with a scheme but no host (mailto:, data:, http:a.jpg).
+                raise UpstreamError(
+                    f"{target.host} redirected to a URL that cannot be fetched",
+                    extra={"reason": "bad_redirect"},
+                ) from None
         if timed_out == len(addresses):
             raise UpstreamTimeout(
                 f"connecting to {target.host} timed out", extra={"reason": "timeout"}

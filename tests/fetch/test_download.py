@@ -239,7 +239,9 @@ async def test_redirect_targets_go_through_the_policy(
     assert len(server.seen) == 1
 
 
-@pytest.mark.parametrize("location", ["http://a]/", "//a[b]/"])
+@pytest.mark.parametrize(
+    "location", ["http://a]/", "//a[b]/", "mailto:x@y", "data:,x", "http:a.jpg", "urn:isbn:1"]
+)
 async def test_malformed_redirect_is_the_hosts_error(
     fetcher: ImageFetcher, server: Server, location: str
 ) -> None:
