@@ -12,7 +12,10 @@ import io
 import math
 import struct
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
@@ -21,6 +24,7 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # EXIF orientations 5-8 rotate by 90 degrees: stored width and height swap.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
+_HIGH_BIT_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +67,14 @@ def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None
             # Reading EXIF can decode a PNG's data (its eXIf chunk may follow it), so a broken
             # file fails here as well as in load(). Pillow raises TypeError and struct.error
             # on some malformed TIFF tags.
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-            swapped = orientation in _SWAPPING_ORIENTATIONS
-            upright = (stored_h, stored_w) if swapped else image.size
             if target_size and image.format == "JPEG":
                 _draft(image, target_size)
             image.load()
+            # Read after load: Pillow's TIFF decoder turns the image upright itself (its
+            # size is upright from the start) and then drops the tag.
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            swapped = orientation in _SWAPPING_ORIENTATIONS
+            upright = (stored_h, stored_w) if swapped else (stored_w, stored_h)
             rgb = _to_rgb(ImageOps.exif_transpose(image))
         except Image.DecompressionBombError:
             raise _too_many_pixels((stored_w, stored_h), max_pixels) from None
@@ -89,19 +95,32 @@ def _draft(image: Image.Image, target_size: int) -> None:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    # A palette, or a PNG's colour key (tRNS) on grey or RGB, marks transparency too.
+    if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
+        image = image.convert("RGBA")
     if image.mode == "RGB":
         return image
-    if image.mode == "P":
-        image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # High-bit-depth greyscale: scale to 8 bits before converting.
-        image = image.point(lambda value: value / 256).convert("L")
+    if image.mode in _HIGH_BIT_DEPTH:
+        image = Image.fromarray(_grey8(np.asarray(image)), "L")
     return image.convert("RGB")
+
+
+def _grey8(values: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """High-bit-depth greyscale as 8 bits: integers as 16-bit levels (what 16-bit PNG and
+    TIFF hold), floats as 0-1 or 0-255 levels by their range."""
+    if values.dtype.kind == "f":
+        finite = values[np.isfinite(values)]
+        top = float(finite.max()) if finite.size else 0.0
+        scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / top
+        levels = np.clip(np.nan_to_num(values.astype(np.float32) * scale), 0, 255).round()
+    else:
+        levels = np.clip(values, 0, 65535) >> 8
+    return np.asarray(levels, dtype=np.uint8)
 
 
 def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> PayloadTooLarge:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -21,10 +22,14 @@ def gradient(width: int, height: int) -> Image.Image:
     return image
 
 
-def test_exif_orientation_is_applied() -> None:
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_orientation_is_applied(fmt: str) -> None:
+    """Pillow turns a TIFF upright itself while decoding, the others are turned here: the
+    size is the upright one either way, once."""
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated: display needs a 90-degree clockwise turn
-    data = encode(gradient(300, 200), "JPEG", exif=exif, quality=95)
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    data = encode(gradient(300, 200), fmt, exif=exif, **options)
     decoded = decode_image(data, max_pixels=CAP)
     assert (decoded.width, decoded.height) == (200, 300)
     assert decoded.image.size == (200, 300)
@@ -41,9 +46,28 @@ def test_every_mode_becomes_rgb(mode: str) -> None:
     assert decoded.image.size == (64, 48)
 
 
+@pytest.mark.parametrize(
+    ("mode", "levels"),
+    [("I;16", 65535), ("I;16B", 65535), ("I", 65535), ("F", 1.0), ("F", 255.0)],
+)
+def test_high_bit_depth_greyscale_keeps_its_levels(mode: str, levels: float) -> None:
+    """A mid-grey stays mid-grey whatever the sample type and byte order."""
+    ramp = np.linspace(0, levels, 64 * 48).reshape(48, 64)
+    dtype = {"I;16": "<u2", "I;16B": ">u2", "I": "<i4", "F": "<f4"}[mode]
+    image = Image.frombytes(mode, (64, 48), ramp.astype(dtype).tobytes())
+    decoded = decode_image(encode(image, "TIFF"), max_pixels=CAP)
+    grey = np.asarray(decoded.image)
+    assert abs(float(grey.mean()) - 127.5) < 2
+    assert grey.min() <= 1 and grey.max() >= 254
+
+
 def test_transparency_is_composited_on_white() -> None:
     data = encode(Image.new("RGBA", (10, 10), (0, 0, 0, 0)), "PNG")
     assert decode_image(data, max_pixels=CAP).image.getpixel((5, 5)) == (255, 255, 255)
+    # A colour key (tRNS) on a grey or RGB PNG: black is the transparent colour.
+    for mode, black in (("L", 0), ("RGB", (0, 0, 0))):
+        keyed = encode(Image.new(mode, (10, 10), black), "PNG", transparency=black)
+        assert decode_image(keyed, max_pixels=CAP).image.getpixel((5, 5)) == (255, 255, 255)
 
 
 def test_pixel_cap_is_checked_before_decoding() -> None:
