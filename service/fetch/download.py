@@ -7,6 +7,7 @@ import hashlib
 import http.cookiejar
 import ipaddress
 import ssl
+import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,9 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Keep-alive: how long idle connections are kept, and for how many host names.
 KEEPALIVE_SECONDS = 5.0
 MAX_POOLED_HOSTS = 64
+# zlib window bits for the content codings a server may send despite Accept-Encoding:
+# identity (a static gzip file, say). Others cannot be read here.
+CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 15}
 RESOLVER_THREADS = 32  # the service passes its bound on labeling requests in flight
 
 
@@ -71,6 +75,30 @@ def build_request(
         extensions=extensions,
         timeout=_timeouts(policy),
     )
+
+
+def _content_decoder(target: Target, coding: str | None) -> zlib._Decompress | None:
+    """A decoder for the body's Content-Encoding; None for none (or identity)."""
+    name = (coding or "identity").strip().lower()
+    if name == "identity":
+        return None
+    if name not in CONTENT_CODINGS:
+        raise UpstreamError(
+            f"{target.host} sent the image with Content-Encoding {name[:40]!r}, which cannot"
+            f" be read; supported: {', '.join(CONTENT_CODINGS)}",
+            extra={"reason": "content_encoding"},
+        )
+    return zlib.decompressobj(CONTENT_CODINGS[name])
+
+
+def _decoded(decoder: zlib._Decompress, raw: bytes, limit: int, target: Target) -> bytes:
+    try:
+        return decoder.decompress(raw, limit)
+    except zlib.error:
+        raise UpstreamError(
+            f"{target.host} sent a body that does not match its Content-Encoding",
+            extra={"reason": "content_encoding"},
+        ) from None
 
 
 def _timeouts(policy: FetchPolicy) -> httpx.Timeout:
@@ -333,15 +361,25 @@ class ImageFetcher:
             raise too_large
         # Chunks are joined once, on success: a body that runs over the cap never holds
         # more than the cap, and an accepted one is copied once (no growing buffer).
+        decoder = _content_decoder(target, response.headers.get("content-encoding"))
         chunks: list[bytes] = []
         size = 0
         digest = hashlib.sha256()
-        async for chunk in response.aiter_raw():
+        async for raw in response.aiter_raw():
+            chunk = raw
+            if decoder is not None:  # the cap holds for the decoded bytes: no zip bombs
+                chunk = _decoded(decoder, raw, policy.max_bytes - size + 1, target)
+                if decoder.unconsumed_tail:
+                    raise too_large
             size += len(chunk)
             if size > policy.max_bytes:
                 raise too_large
             chunks.append(chunk)
             digest.update(chunk)
+        if decoder is not None and not decoder.eof:
+            raise UpstreamError(
+                f"{target.host} sent a compressed body cut short", extra={"reason": "protocol"}
+            )
         return Fetched(
             data=b"".join(chunks),
             url=target.url,

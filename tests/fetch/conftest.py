@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import ssl
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -164,10 +166,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 if stopping.wait(1.0):
                     return
+        elif path == "/encoded":  # ?coding=gzip&body=ok|bomb|cut|bad
+            query = parse_qs(parts.query)
+            coding, body = query["coding"][0], query["body"][0]
+            self._head(200, {"Content-Type": "image/jpeg", "Content-Encoding": coding})
+            self.wfile.write(_encoded(coding, body))
         elif path == "/stall":
             stopping.wait(10.0)
         else:
             self._body(404, b"", "text/plain")
+
+
+def _encoded(coding: str, body: str) -> bytes:
+    plain = b"\0" * (10 * BIG) if body == "bomb" else JPEG
+    data = gzip.compress(plain) if coding in ("gzip", "x-gzip") else zlib.compress(plain)
+    return {"ok": data, "bomb": data, "cut": data[: len(data) // 2], "bad": b"\x1f\x8bnot"}[body]
 
 
 @contextmanager

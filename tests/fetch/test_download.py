@@ -252,6 +252,33 @@ async def test_malformed_redirect_is_the_hosts_error(
     assert info.value.extra == {"reason": "bad_redirect"}
 
 
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate"])
+async def test_a_compressed_body_is_decoded(
+    fetcher: ImageFetcher, server: Server, coding: str
+) -> None:
+    """Sent compressed despite Accept-Encoding: identity: the image is the decoded bytes."""
+    result = await fetcher.fetch(server.url(f"/encoded?coding={coding}&body=ok"))
+    assert result.data == JPEG
+    assert result.sha256 == hashlib.sha256(JPEG).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "reason"),
+    [
+        ("coding=gzip&body=bomb", PayloadTooLarge, "too_large"),  # the cap is on decoded bytes
+        ("coding=gzip&body=cut", UpstreamError, "protocol"),
+        ("coding=gzip&body=bad", UpstreamError, "content_encoding"),
+        ("coding=br&body=ok", UpstreamError, "content_encoding"),
+    ],
+)
+async def test_a_compressed_body_that_cannot_be_used_is_refused(
+    fetcher: ImageFetcher, server: Server, query: str, error: type[Exception], reason: str
+) -> None:
+    with pytest.raises(error) as info:
+        await fetcher.fetch(server.url(f"/encoded?{query}"))
+    assert info.value.extra["reason"] == reason  # type: ignore[attr-defined]
+
+
 async def test_declared_length_over_cap_refused_early(
     fetcher: ImageFetcher, server: Server
 ) -> None:
