@@ -3,11 +3,13 @@
 Only raster formats with well-kept pure decoders are opened (no EPS/PDF, which would run
 Ghostscript). The pixel cap is checked from the header before any pixel is decoded, JPEGs
 are decoded at a reduced DCT scale when the model needs at most half the resolution, EXIF
-orientation is applied, and every mode ends up RGB (transparency composited on white).
+orientation is applied, embedded colour profiles are converted to sRGB, and every mode ends
+up RGB (transparency composited on white).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from service.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 
@@ -24,6 +26,7 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # EXIF orientations 5-8 rotate by 90 degrees: stored width and height swap.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
+_SRGB = ImageCms.createProfile("sRGB")
 _HIGH_BIT_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -75,7 +78,7 @@ def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             swapped = orientation in _SWAPPING_ORIENTATIONS
             upright = (stored_h, stored_w) if swapped else (stored_w, stored_h)
-            rgb = _to_rgb(ImageOps.exif_transpose(image))
+            rgb = _to_rgb(_in_srgb(ImageOps.exif_transpose(image)))
         except Image.DecompressionBombError:
             raise _too_many_pixels((stored_w, stored_h), max_pixels) from None
         except (OSError, ValueError, SyntaxError, EOFError, TypeError, struct.error) as exc:
@@ -92,6 +95,36 @@ def _draft(image: Image.Image, target_size: int) -> None:
     factor = target_size / longest
     requested = (math.ceil(image.width * factor), math.ceil(image.height * factor))
     image.draft("RGB", requested)
+
+
+def _in_srgb(image: Image.Image) -> Image.Image:
+    """The image in sRGB when it embeds another colour profile (Adobe RGB, Display P3, a
+    camera's, a CMYK press profile), as a colour-managed viewer shows it: the colours,
+    brightness and palette words are about what people see. Profiles that cannot be read
+    are ignored."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "CMYK"):
+        return image
+    transform = _to_srgb(bytes(icc), image.mode)
+    if transform is None:
+        return image
+    try:
+        converted = ImageCms.applyTransform(image, transform)
+    except ImageCms.PyCMSError:
+        return image
+    return converted if converted is not None else image
+
+
+@functools.lru_cache(maxsize=32)
+def _to_srgb(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if mode == "RGB" and "srgb" in ImageCms.getProfileDescription(profile).lower():
+            return None  # already sRGB (most cameras and phones): nothing to do
+        # No per-transform cache: executor threads share the transform.
+        return ImageCms.buildTransform(profile, _SRGB, mode, "RGB", flags=ImageCms.Flags.NOCACHE)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

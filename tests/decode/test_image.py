@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from service.decode.image import decode_image
 from service.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
@@ -59,6 +61,26 @@ def test_high_bit_depth_greyscale_keeps_its_levels(mode: str, levels: float) -> 
     grey = np.asarray(decoded.image)
     assert abs(float(grey.mean()) - 127.5) < 2
     assert grey.min() <= 1 and grey.max() >= 254
+
+
+def test_an_embedded_colour_profile_is_converted_to_srgb(evalset_dir: Path) -> None:
+    """A photo tagged Adobe RGB (1998) reads as a colour-managed viewer shows it."""
+    data = (evalset_dir / "images" / "000000269196.jpg").read_bytes()
+    raw = Image.open(io.BytesIO(data))
+    embedded = ImageCms.ImageCmsProfile(io.BytesIO(raw.info["icc_profile"]))
+    assert "Adobe RGB" in ImageCms.getProfileDescription(embedded)
+    shown = ImageCms.profileToProfile(raw, embedded, ImageCms.createProfile("sRGB"))
+    assert shown is not None
+    decoded = np.asarray(decode_image(data, max_pixels=CAP).image, dtype=float)
+    assert np.abs(decoded - np.asarray(shown, dtype=float)).mean() < 0.5
+    assert np.abs(decoded - np.asarray(raw, dtype=float)).mean() > 2  # it did change
+
+
+def test_an_unreadable_colour_profile_is_ignored() -> None:
+    plain = encode(gradient(64, 48), "PNG")
+    tagged = encode(gradient(64, 48), "PNG", icc_profile=b"not a profile")
+    decoded = decode_image(tagged, max_pixels=CAP).image
+    assert decoded.tobytes() == decode_image(plain, max_pixels=CAP).image.tobytes()
 
 
 def test_transparency_is_composited_on_white() -> None:
