@@ -57,6 +57,7 @@ def test_serve_sigterm_and_restart_keep_the_data(
             assert stop(process) == 0
         assert process.stdout is not None
         output = process.stdout.read().decode()
+    assert "Exception in ASGI application" not in output
     started = re.search(r"mongodb://127\.0\.0\.1:(\d+)", output)
     assert started, output
     assert not port_open(int(started.group(1))), "the database server outlived the service"
@@ -82,11 +83,16 @@ def test_sighup_stops_the_service_and_its_database(tmp_path: Path, model_dir: Pa
     env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir))
     with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         wait_ready(f"http://127.0.0.1:{port}", process)
-        assert httpx.head(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        # HEAD, then GET on the same kept-alive connection: the server knew no body followed.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            head = client.head("/healthz")
+            assert head.status_code == 200 and head.content == b""
+            assert client.get("/healthz").status_code == 200
         process.send_signal(signal.SIGHUP)
         assert process.wait(timeout=60) == 0
         assert process.stdout is not None
         output = process.stdout.read().decode()
+    assert "Exception in ASGI application" not in output
     started = re.search(r"mongodb://127\.0\.0\.1:(\d+)", output)
     assert started, output
     assert not port_open(int(started.group(1))), "the database server outlived the service"

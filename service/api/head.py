@@ -2,8 +2,8 @@
 
 The router only answers the methods a route names, so HEAD got 405. This wrapper, around the
 whole application, runs a HEAD request as the GET it mirrors and sends that response's
-status and headers (``Content-Length`` included) without its body. The scope is changed in
-place, as the router itself does, so that wrappers outside see the route it matched.
+status and headers (``Content-Length`` included) without its body. The GET runs on a copy of
+the scope: the server reads the method from the original to know that no body follows.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP or scope["method"] != "HEAD":
             await app(scope, receive, send)
             return
-        scope["method"] = "GET"
+        as_get = scope.copy()
+        as_get["method"] = "GET"
 
         async def without_body(message: Message) -> None:
             if message["type"] == "http.response.body":
@@ -26,6 +27,11 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await app(scope, receive, without_body)
+        try:
+            await app(as_get, receive, without_body)
+        finally:
+            # The route the router matched, for the request metrics around this wrapper.
+            if "path_template" in as_get:
+                scope["path_template"] = as_get["path_template"]
 
     return wrapped
