@@ -28,7 +28,7 @@ from service.infer.batching import BatchPolicy
 from service.infer.models import Models, load_models
 from service.observability import Metrics
 from service.pipeline import LabelingPipeline
-from service.ratelimit import ClientLimiter, Rate
+from service.ratelimit import FLUSH_SECONDS, ClientLimiter, Limiter, Rate
 from service.settings import Settings
 from service.store.keys import ApiKeyStore
 from service.store.records import Document, RecordStore, ping
@@ -74,6 +74,15 @@ async def _ensure_indexes(resources: Resources) -> None:
             return
 
 
+async def _record_usage(limiter: Limiter) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        try:
+            await limiter.flush()
+        except Exception:  # counts stay pending for the next round; never stop recording
+            log.exception("recording API key usage failed")
+
+
 @asynccontextmanager
 async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[Resources]:
     async with AsyncExitStack() as stack:
@@ -101,7 +110,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             max_time_ms=settings.query_max_time_ms,
             operation_timeout_ms=settings.db_operation_timeout_ms,
         )
-        keys = ApiKeyStore(database)
+        keys = ApiKeyStore(database, operation_timeout_ms=settings.db_operation_timeout_ms)
 
         fetcher = ImageFetcher(
             FetchPolicy.from_settings(settings), resolver_threads=settings.max_inflight
@@ -148,15 +157,21 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             ),
         )
         indexer = asyncio.create_task(_ensure_indexes(resources))
+        limiter = resources.authenticator.limiter
+        usage = asyncio.create_task(_record_usage(limiter))
         try:
             yield resources
         finally:
             indexer.cancel()
+            usage.cancel()
             # Analyses whose client went away still run to their stored record; let them
             # finish before the executor and the database client close under them.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_SECONDS):
                     await resources.pipeline.drain()
+            with contextlib.suppress(TimeoutError):  # the last requests' usage
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await limiter.flush()
 
 
 def lifespan(settings: Settings, metrics: Metrics) -> object:

@@ -6,9 +6,9 @@ Both are kept in the service process, so they cost no database round trip per re
   times its rate. A bucket holds one second's worth of requests (at least one), so short
   bursts pass and a steady excess gets 429 with ``Retry-After``.
 * Daily usage (UTC days) is summed in the database: each process counts locally and adds
-  its count with one ``$inc`` per key about once a second, learning the total of all
-  processes in the same reply. A key can therefore overshoot its quota by what the other
-  processes admitted within the last second; a single process enforces it exactly.
+  its count with one ``$inc`` per key about once a second (and at shutdown), learning the
+  total of all processes in the same reply. A key can therefore overshoot its quota by what
+  the other processes admitted within the last second; a single process enforces it exactly.
   Refused requests do not count.
 """
 
@@ -140,9 +140,11 @@ class Limiter:
         day = now.date().isoformat()
         state = self._days.get(name)
         if state is None or state.day != day:
-            if state is not None and state.pending:
-                await self._flush(name, state)  # yesterday's last requests
-            state = self._days[name] = _Day(day)
+            # The new day first: requests arriving during yesterday's flush count on it.
+            yesterday, state = state, _Day(day)
+            self._days[name] = state
+            if yesterday is not None and yesterday.pending:
+                await self._flush(name, yesterday)
         if not state.loaded:
             state.known = max(state.known, await self.usage.usage(name, day))
             state.loaded = True
@@ -156,6 +158,13 @@ class Limiter:
         state.pending += 1
         if not state.sending and self.clock() - state.flushed_at >= FLUSH_SECONDS:
             await self._flush(name, state)
+
+    async def flush(self) -> None:
+        """Record every key's pending usage: run about once a second, and at shutdown, so that
+        a burst's last requests count for the other processes and survive a restart."""
+        for name, state in list(self._days.items()):
+            if state.pending and not state.sending:
+                await self._flush(name, state)
 
     async def _flush(self, name: str, state: _Day) -> None:
         count, state.pending, state.sending = state.pending, 0, state.pending

@@ -17,7 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.ratelimit import Limits, Rate
-from service.store.records import Document, database_errors
+from service.store.records import Document, database_errors, within
 
 KEY_PREFIX = "lsk_"
 SCOPES = ("label", "read", "admin")
@@ -48,9 +48,12 @@ def limits_of(document: Document) -> Limits:
 
 
 class ApiKeyStore:
-    def __init__(self, database: AsyncDatabase[Document]) -> None:
+    def __init__(
+        self, database: AsyncDatabase[Document], *, operation_timeout_ms: int = 10_000
+    ) -> None:
         self._keys: AsyncCollection[Document] = database["api_keys"]
         self._usage: AsyncCollection[Document] = database["api_key_usage"]
+        self._operation_timeout = operation_timeout_ms / 1000
 
     async def ensure_indexes(self) -> None:
         async with database_errors():
@@ -90,7 +93,7 @@ class ApiKeyStore:
         return secret
 
     async def find(self, secret: str) -> Document | None:
-        async with database_errors():
+        async with within(self._operation_timeout):
             return await self._keys.find_one({"key_hash": hash_key(secret), "revoked": False})
 
     async def list(self) -> list[Document]:
@@ -123,7 +126,7 @@ class ApiKeyStore:
 
     async def usage(self, name: str, day: str) -> int:
         """Requests counted for key ``name`` on UTC ``day`` (ISO date)."""
-        async with database_errors():
+        async with within(self._operation_timeout):
             document = await self._usage.find_one({"_id": _usage_id(name, day)})
         return int(document["count"]) if document else 0
 
@@ -132,7 +135,7 @@ class ApiKeyStore:
         expires = datetime.combine(date.fromisoformat(day), time(), UTC) + timedelta(
             days=USAGE_KEPT_DAYS
         )
-        async with database_errors():
+        async with within(self._operation_timeout):
             document = await self._usage.find_one_and_update(
                 {"_id": _usage_id(name, day)},
                 {"$inc": {"count": count}, "$setOnInsert": {"expires_at": expires}},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import bson
@@ -108,6 +108,18 @@ def _unresponsive() -> DatabaseUnavailable:
     )
 
 
+@asynccontextmanager
+async def within(seconds: float) -> AsyncIterator[None]:
+    """An operation on a request's path: a server that stops answering it (a held lock, a
+    write concern never met) must not hold the request, and its slot, forever. The driver
+    drops a connection whose call is cancelled."""
+    try:
+        async with asyncio.timeout(seconds), database_errors():
+            yield
+    except TimeoutError:
+        raise _unresponsive() from None
+
+
 def id_filter(record_id: str) -> dict[str, Any]:
     """The filter for the record the API names ``record_id``. Records made here have string
     ids; imported ones keep theirs, and an ObjectId id is shown as its 24 hex digits."""
@@ -139,15 +151,8 @@ class RecordStore:
         async with database_errors():
             await self._records.create_indexes(RECORD_INDEXES)
 
-    @asynccontextmanager
-    async def _labeling(self) -> AsyncIterator[None]:
-        """A labeling-path operation: a server that stops answering must not hold an admitted
-        request (and its slot) forever; the driver drops a connection whose call is cancelled."""
-        try:
-            async with asyncio.timeout(self._operation_timeout), database_errors():
-                yield
-        except TimeoutError:
-            raise _unresponsive() from None
+    def _labeling(self) -> AbstractAsyncContextManager[None]:
+        return within(self._operation_timeout)
 
     async def get(self, record_id: str) -> Document | None:
         async with self._labeling():

@@ -257,6 +257,76 @@ async def test_quota_holds_while_a_usage_flush_is_in_flight() -> None:
     assert sum(burst) == 4
 
 
+async def test_a_bursts_usage_is_recorded_without_a_later_request() -> None:
+    """The count of a burst's last requests is written by ``flush`` (run every second and at
+    shutdown), not left in memory until the key's next request, which may never come."""
+    clock, usage = Clock(), Usage()
+    limiter = Limiter(usage, clock=clock, today=lambda: clock.day)
+    for _ in range(7):
+        await limiter.admit("k", Limits(daily_quota=10))
+    assert usage.counts[("k", "2026-11-22")] == 1  # the first request's own flush
+    await limiter.flush()
+    assert usage.counts[("k", "2026-11-22")] == 7
+    await limiter.flush()  # nothing pending: nothing sent twice
+    assert usage.counts[("k", "2026-11-22")] == 7
+
+
+async def test_usage_is_recorded_at_shutdown(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    async with running(settings) as client:
+        headers = await _key(client, "burst", ["read"], daily_quota=100)
+        for _ in range(6):
+            assert (await client.get("/v1/records", headers=headers)).status_code == 200
+    with MongoClient(settings.mongodb_uri) as mongo:
+        (stored,) = mongo[settings.mongodb_db]["api_key_usage"].find()
+    assert stored["count"] == 6
+
+
+async def test_requests_during_the_midnight_flush_count_on_the_new_day() -> None:
+    class SlowUsage(Usage):
+        async def add_usage(self, name: str, day: str, count: int) -> int:
+            await asyncio.sleep(0.02)  # yesterday's flush, while the new day's requests arrive
+            return await super().add_usage(name, day, count)
+
+    clock, usage = Clock(), SlowUsage()
+    limiter = Limiter(usage, clock=clock, today=lambda: clock.day)
+    quota = Limits(daily_quota=5)
+    for _ in range(3):
+        await limiter.admit("k", quota)  # yesterday: one flushed at once, two pending
+    clock.day = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC)
+    clock.now += 2
+
+    async def admitted() -> bool:
+        try:
+            await limiter.admit("k", quota)
+        except RateLimited:
+            return False
+        return True
+
+    burst = await asyncio.gather(*(admitted() for _ in range(10)))
+    await limiter.flush()
+    assert sum(burst) == 5
+    assert usage.counts[("k", "2026-11-23")] == 5
+    assert usage.counts[("k", "2026-11-22")] == 3
+
+
+async def test_key_lookups_give_up_on_a_database_that_stops_answering(
+    client: AppClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server answers heartbeats but not this call (a held lock): a 503, not a hang."""
+    keys = client.resources.keys
+    secret = await keys.create("slow", ["read"], daily_quota=100)
+    never = asyncio.Event()
+
+    async def hangs(*args: Any, **kwargs: Any) -> Any:
+        await never.wait()
+
+    monkeypatch.setattr(keys, "_operation_timeout", 0.2)
+    monkeypatch.setattr(keys._keys, "find_one", hangs)
+    response = await client.get("/v1/records", headers={"X-API-Key": secret})
+    assert_problem(response, 503, "database-unavailable")
+
+
 @pytest.mark.parametrize("command", [["keys", "list"], ["backfill", "--dry-run"]])
 def test_tools_report_an_unreachable_database_without_a_traceback(command: list[str]) -> None:
     # As users run them: a process of their own (the driver's connection attempts end
