@@ -48,7 +48,7 @@ def derive_from_document(document: Mapping[str, Any]) -> dict[str, list[str]]:
             if isinstance(name := tag.get("name"), str)
         ],
         _caption_texts(document.get("caption")),
-        _phash(document.get("image_properties")),
+        phash_of(document),
     )
 
 
@@ -73,6 +73,8 @@ def _caption_texts(caption: Any) -> list[str]:
     return [text for key in ("title", "description") if isinstance(text := caption.get(key), str)]
 
 
-def _phash(properties: Any) -> str | None:
+def phash_of(document: Mapping[str, Any]) -> str | None:
+    """A stored record's ``image_properties.phash``, when it is a string."""
+    properties = document.get("image_properties")
     phash = properties.get("phash") if isinstance(properties, Mapping) else None
     return phash if isinstance(phash, str) else None

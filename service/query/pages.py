@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import InvalidQuery, RecordNotFound, ServiceError
+from service.query.derived import phash_of
 from service.query.keywords import search_terms
 from service.query.paging import (
     BY_SCORE,
@@ -194,7 +195,7 @@ async def similar_page(
     document = await store.find_one(id_filter(record_id), {"image_properties.phash": 1})
     if document is None:
         raise RecordNotFound(f"no record has id {record_id!r}")
-    phash = (document.get("image_properties") or {}).get("phash")
+    phash = phash_of(document)
     if not is_phash(phash):
         raise NoPerceptualHash(
             "this record has no image_properties.phash, so there is nothing to compare"
@@ -210,11 +211,16 @@ async def similar_page(
         projection={"image_properties.phash": 1},
         max_time_ms=budget.query_ms,
     )
+    # Ties keep the candidates' _id order (a stable sort): ids of different BSON types, such
+    # as imported ObjectIds beside strings, do not compare in Python.
     near = sorted(
-        (distance, c["_id"])
-        for c in candidates
-        if is_phash(other := (c.get("image_properties") or {}).get("phash"))
-        and (distance := hamming(phash, other)) <= max_distance
+        (
+            (distance, c["_id"])
+            for c in candidates
+            if is_phash(other := phash_of(c))
+            and (distance := hamming(phash, other)) <= max_distance
+        ),
+        key=lambda match: match[0],
     )
     window = near[(page - 1) * per_page : page * per_page]
     documents = await _by_ids(store, [i for _, i in window], None, budget)

@@ -126,6 +126,16 @@ async def test_dangerous_or_malformed_filters_are_refused(
     assert needle.lower() in body["detail"].lower()
 
 
+@pytest.mark.parametrize("properties", [[{"phash": "c3a1f0e4b2d29c18"}], "c3a1", None])
+async def test_similar_needs_a_stored_phash(
+    client: AppClient, auth: dict[str, str], properties: object
+) -> None:
+    record = {**fake_record(1, ["cat"], 640), "image_properties": properties}
+    await client.resources.database["records"].insert_one(record)
+    response = await client.get(f"/v1/records/{record['_id']}/similar", headers=auth)
+    assert_problem(response, 409, "no-phash")
+
+
 async def test_records_in_an_older_shape_are_served_as_stored(
     client: AppClient, auth: dict[str, str]
 ) -> None:
@@ -171,7 +181,8 @@ async def test_imported_ids_can_be_followed(
     imported["image_properties"] = {"phash": phash}
     imported.update(derive_from_document(imported))
     twin = {**imported, "_id": new_record_id(), "hash": "1" * 64}
-    await client.resources.database["records"].insert_many([imported, twin])
+    third = {**imported, "_id": new_record_id(), "hash": "2" * 64, "width": 320}
+    await client.resources.database["records"].insert_many([imported, twin, third])
 
     page = await client.get("/v1/records", params={"q": '{"width": 640}'}, headers=auth)
     shown = {r["_id"] for r in page.json()["output"]} - {twin["_id"]}
@@ -180,9 +191,11 @@ async def test_imported_ids_can_be_followed(
     record = await client.get(f"/v1/records/{rid}", headers=auth)
     assert record.status_code == 200 and record.json()["_id"] == rid
     similar = await client.get(f"/v1/records/{rid}/similar", headers=auth)
-    assert [r["_id"] for r in similar.json()["output"]] == [twin["_id"]]
+    assert [r["_id"] for r in similar.json()["output"]] == sorted([twin["_id"], third["_id"]])
+    # Equally near: the imported id and a string one (ids of two BSON types).
     twins_similar = await client.get(f"/v1/records/{twin['_id']}/similar", headers=auth)
-    assert [r["_id"] for r in twins_similar.json()["output"]] == [rid]
+    assert twins_similar.status_code == 200, twins_similar.text
+    assert {r["_id"] for r in twins_similar.json()["output"]} == {rid, third["_id"]}
     labeled = await client.post("/v1/labels", json={"id": rid})
     assert labeled.status_code == 200 and labeled.json()["_id"] == rid
     missing = await client.get(f"/v1/records/{ObjectId()}", headers=auth)
