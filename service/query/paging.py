@@ -30,7 +30,7 @@ from service.query.filters import encodable
 # Sort keys with an index on (key, _id): the order a walk follows without an in-memory sort.
 SORTABLE = ("_id", "datetime", "label_quality_estimation", "width", "height")
 SCORE = "_score"  # the search ranking: computed in the query pipeline, not stored
-MAX_CURSOR_LENGTH = 1024
+MAX_CURSOR_LENGTH = 8192
 MAX_FIELDS = 50
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _INT64 = 2**63
@@ -127,30 +127,53 @@ def encode_cursor(order: SortOrder, document: Mapping[str, Any]) -> str:
 
 
 def _as_json(value: Any) -> Any:
-    if value is None or _is_plain(value, 400):
+    if value is None or _is_plain(value):
         return value
     return json.loads(json_util.dumps(value, json_options=json_util.CANONICAL_JSON_OPTIONS))
 
 
-def _is_plain(value: object, max_length: int) -> bool:
-    """A string the database can store, or a finite number in the int64 or double range."""
+def _is_plain(value: object) -> bool:
+    """A value JSON carries as it is: a string the database can store, a bool, or a finite
+    number in the int64 or double range. (The cursor's length bounds a string's.)"""
     if isinstance(value, str):
-        return 0 < len(value) <= max_length and encodable(value)
+        return encodable(value)
+    if isinstance(value, bool):
+        return True
     if isinstance(value, float):
         return math.isfinite(value)
-    return isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64
+    return isinstance(value, int) and -_INT64 <= value < _INT64
 
 
-def _from_json(value: Any, max_length: int) -> Any:
-    """A cursor value back from ``_as_json``; ``ValueError`` when it is not one."""
-    if _is_plain(value, max_length):
+def _is_document(value: object) -> bool:
+    """An embedded document of literal values: no key is an operator, so that ``{key:
+    value}`` is an exact match and never a query."""
+    if isinstance(value, dict):
+        return all(
+            isinstance(key, str) and not key.startswith("$") and encodable(key) and _is_value(item)
+            for key, item in value.items()
+        )
+    return False
+
+
+def _is_value(value: object) -> bool:
+    if isinstance(value, list):
+        return all(_is_value(item) for item in value)
+    if value is None or isinstance(value, _EXTENDED_TYPES):
+        return True
+    return _is_plain(value) or _is_document(value)
+
+
+def _from_json(value: Any) -> Any:
+    """A sort value or id back from ``_as_json``; ``ValueError`` when it is not one. Arrays
+    are refused: a keyset position cannot stand on one (they sort by an element)."""
+    if _is_plain(value):
         return value
-    if isinstance(value, dict) and len(value) == 1 and next(iter(value)).startswith("$"):
+    if isinstance(value, dict):
         try:
             decoded = json_util.loads(json.dumps(value))
         except Exception:  # untrusted text: the parser raises many kinds (InvalidId, ...)
             raise ValueError("bad extended JSON") from None
-        if isinstance(decoded, _EXTENDED_TYPES):
+        if isinstance(decoded, _EXTENDED_TYPES) or _is_document(decoded):
             return decoded
     raise ValueError("not a cursor value")
 
@@ -170,18 +193,18 @@ def decode_cursor(token: str, order: SortOrder) -> Position:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = json.loads(raw, parse_constant=_reject_constant)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         raise _refuse("not a cursor this service issued") from None
     if not isinstance(payload, dict) or set(payload) != {"k", "d", "v", "i"}:
         raise _refuse("not a cursor this service issued")
     if payload["k"] != order.key or payload["d"] != order.direction:
         raise _refuse("it was issued for another sort order")
     try:
-        record_id = _from_json(payload["i"], 200)
+        record_id = _from_json(payload["i"])
     except ValueError:
         raise _refuse("bad record id") from None
     try:
-        value = None if payload["v"] is None else _from_json(payload["v"], 400)
+        value = None if payload["v"] is None else _from_json(payload["v"])
     except ValueError:
         raise _refuse("bad sort value") from None
     if order.key == "_id":

@@ -315,6 +315,24 @@ async def test_cursor_walk_returns_records_without_the_sort_field(
     assert sorted(r["_id"] for r in walked) == sorted(r["_id"] for r in records)
 
 
+@pytest.mark.parametrize("sort", ["width", "-width"])
+async def test_cursor_walk_passes_sort_values_of_any_type(
+    client: AppClient, auth: dict[str, str], sort: str
+) -> None:
+    """Imports may hold a bool, an empty string or a document where a number belongs: a
+    walk passes each of them, in MongoDB's order across types."""
+    records = [fake_record(i, ["cat"], 100 + i) for i in range(4)]
+    odd: list[object] = [True, "", {"px": 640}, "x" * 600, 7.5]
+    records += [{**fake_record(10 + i, ["cat"], 0), "width": value} for i, value in enumerate(odd)]
+    await client.resources.database["records"].insert_many(records)
+
+    async def nothing(_: int) -> None:
+        return None
+
+    walked = await _walk(client, auth, {"sort": sort, "per_page": 1, "fields": "url"}, nothing)
+    assert sorted(r["_id"] for r in walked) == sorted(r["_id"] for r in records)
+
+
 async def test_page_walk_returns_every_record_once_while_inserts_happen(
     client: AppClient, auth: dict[str, str]
 ) -> None:

@@ -66,6 +66,15 @@ def test_cursor_round_trip_with_bson_values() -> None:
     assert decode_cursor(encode_cursor(BY_ID, {"_id": 7}), BY_ID) == Position(7, 7)
 
 
+@pytest.mark.parametrize("value", [True, "", "x" * 3000, {"px": 640, "at": ObjectId()}, -0.5])
+def test_every_sort_value_a_page_can_end_on_makes_a_cursor(value: object) -> None:
+    """Imports may hold any scalar or document where a number is expected: the cursor the
+    service issues after such a record is one it accepts."""
+    order = SortOrder("width", -1)
+    token = encode_cursor(order, {"_id": "PT::1", "width": value})
+    assert decode_cursor(token, order) == Position(value=value, id="PT::1")
+
+
 def _token(payload: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
@@ -78,22 +87,23 @@ def _token(payload: Any) -> str:
         _token([1, 2]),
         _token({"k": "width", "d": 1, "v": 3, "i": "PT::1"}),  # another sort
         _token({"k": "_id", "d": -1, "v": None, "i": "PT::1"}),  # another direction
-        _token({"k": "_id", "d": 1, "v": None, "i": True}),
         _token({"k": "_id", "d": 1, "v": None, "i": {"$oid": "xyz"}}),
         _token({"k": "_id", "d": 1, "v": {"$numberDecimal": "x"}, "i": "PT::1"}),
         _token({"k": "_id", "d": 1, "v": {"$date": "yesterday"}, "i": "PT::1"}),
         _token({"k": "_id", "d": 1, "v": None, "i": {"$code": "while(1){}"}}),
         _token({"k": "_id", "d": 1, "v": None, "i": {"$regularExpression": {}}}),
-        _token({"k": "_id", "d": 1, "v": None, "i": {"a": 1}}),
-        _token({"k": "_id", "d": 1, "v": None, "i": ""}),
+        _token({"k": "_id", "d": 1, "v": None, "i": {"a": {"$gt": 1}}}),  # an operator
+        _token({"k": "_id", "d": 1, "v": [1, 2], "i": "PT::1"}),  # arrays sort by an element
+        base64.urlsafe_b64encode(  # nested deeper than the decoder's recursion limit
+            b'{"k":"_id","d":1,"v":' + b"[" * 2900 + b"]" * 2900 + b',"i":"a"}'
+        ).decode(),
         _token({"k": "_id", "d": 1, "v": None, "i": "\ud800"}),  # cannot be stored or sent
         _token({"k": "_id", "d": 1, "v": "\udfff", "i": "PT::1"}),
         _token({"k": "_id", "d": 1, "v": {"$gt": 1}, "i": "PT::1"}),
-        _token({"k": "_id", "d": 1, "v": True, "i": "PT::1"}),
         _token({"k": "_id", "d": 1, "v": 2**70, "i": "PT::1"}),
         _token({"k": "_id", "d": 1, "v": None, "i": "PT::1", "x": 1}),
         base64.urlsafe_b64encode(b'{"k":"_id","d":1,"v":NaN,"i":"a"}').decode(),
-        "A" * 2000,
+        "A" * 9000,
     ],
 )
 def test_bad_cursors_are_refused(token: str) -> None:
