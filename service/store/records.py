@@ -123,9 +123,49 @@ async def within(seconds: float) -> AsyncIterator[None]:
 def id_filter(record_id: str) -> dict[str, Any]:
     """The filter for the record the API names ``record_id``. Records made here have string
     ids; imported ones keep theirs, and an ObjectId id is shown as its 24 hex digits."""
-    if bson.ObjectId.is_valid(record_id) and len(record_id) == 24:
-        return {"_id": {"$in": [record_id, bson.ObjectId(record_id)]}}
-    return {"_id": record_id}
+    return {"_id": _id_literal(record_id)}
+
+
+def with_id_aliases(filt: Mapping[str, Any]) -> dict[str, Any]:
+    """``filt`` with every ``_id`` given as 24 hex digits also matching the ObjectId the API
+    shows that way: as a value, in ``$eq``, ``$ne``, ``$in`` and ``$nin``, at top level and
+    through ``$and``, ``$or`` and ``$nor``."""
+    aliased: dict[str, Any] = {}
+    for key, value in filt.items():
+        if key in ("$and", "$or", "$nor") and isinstance(value, list):
+            value = [with_id_aliases(part) if isinstance(part, Mapping) else part for part in value]
+        elif key == "_id":
+            value = _id_condition(value)
+        aliased[key] = value
+    return aliased
+
+
+def _id_condition(value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        return _id_literal(value)
+    condition = dict(value)
+    for op in ("$in", "$nin"):
+        if isinstance(condition.get(op), list):
+            condition[op] = [alias for v in condition[op] for alias in _aliases(v)]
+    # One value under $eq or $ne becomes a list under $in or $nin, unless that is taken.
+    for single, listed in (("$eq", "$in"), ("$ne", "$nin")):
+        if single in condition and listed not in condition:
+            aliases = _aliases(condition[single])
+            if len(aliases) > 1:
+                del condition[single]
+                condition[listed] = aliases
+    return condition
+
+
+def _id_literal(value: Any) -> Any:
+    aliases = _aliases(value)
+    return value if len(aliases) == 1 else {"$in": aliases}
+
+
+def _aliases(value: Any) -> list[Any]:
+    if isinstance(value, str) and len(value) == 24 and bson.ObjectId.is_valid(value):
+        return [value, bson.ObjectId(value)]
+    return [value]
 
 
 def records_collection(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:

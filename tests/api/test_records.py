@@ -198,6 +198,12 @@ async def test_imported_ids_can_be_followed(
     assert {r["_id"] for r in twins_similar.json()["output"]} == {rid, third["_id"]}
     labeled = await client.post("/v1/labels", json={"id": rid})
     assert labeled.status_code == 200 and labeled.json()["_id"] == rid
+    for q in ({"_id": rid}, {"_id": {"$in": [rid, "x"]}}, {"$or": [{"_id": {"$eq": rid}}]}):
+        found = await client.get("/v1/records", params={"q": json.dumps(q)}, headers=auth)
+        assert [r["_id"] for r in found.json()["output"]] == [rid], q
+    others = {"_id": {"$ne": rid}, "width": 640}
+    found = await client.get("/v1/records", params={"q": json.dumps(others)}, headers=auth)
+    assert [r["_id"] for r in found.json()["output"]] == [twin["_id"]]
     missing = await client.get(f"/v1/records/{ObjectId()}", headers=auth)
     assert_problem(missing, 404, "record-not-found")
 

@@ -9,10 +9,12 @@ import re
 from typing import Any
 
 import pytest
+from bson import ObjectId
 
 from service.errors import InvalidQuery
 from service.query.filters import FilterLimits, parse_filter, validate_filter
 from service.query.hints import add_index_hints
+from service.store.records import with_id_aliases
 
 
 def _nested_and(levels: int) -> dict[str, Any]:
@@ -530,3 +532,20 @@ def test_matcher_sees_a_broken_invariant() -> None:
     filt = _cortex("cat")
     assert _matches(record, filt)
     assert not _matches(record, add_index_hints(filt))
+
+
+def test_hex_ids_also_match_the_objectid_shown_that_way() -> None:
+    hexed = "6b02b4e62e53e6cc2475a685"
+    both = [hexed, ObjectId(hexed)]
+    assert with_id_aliases({"_id": hexed}) == {"_id": {"$in": both}}
+    assert with_id_aliases({"_id": "PT::1"}) == {"_id": "PT::1"}
+    assert with_id_aliases({"_id": {"$ne": hexed, "$gt": "a"}}) == {
+        "_id": {"$gt": "a", "$nin": both}
+    }
+    assert with_id_aliases({"$and": [{"_id": {"$in": [hexed, 3]}}], "url": hexed}) == {
+        "$and": [{"_id": {"$in": [*both, 3]}}],
+        "url": hexed,  # only _id names records
+    }
+    # $eq beside an $in of its own is left as it is (it would need both lists).
+    kept = {"_id": {"$eq": hexed, "$in": ["a"]}}
+    assert with_id_aliases(kept)["_id"]["$eq"] == hexed
