@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -34,7 +35,7 @@ def flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-class Box(msgspec.Struct, frozen=True, omit_defaults=True):
+class Box(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     """One detection, in integer pixels of the upright, full-resolution image.
 
     ``quality``: the estimated probability that this box is right (a true positive).
@@ -49,12 +50,12 @@ class Box(msgspec.Struct, frozen=True, omit_defaults=True):
     quality: Confidence | None = None
 
 
-class Color(msgspec.Struct, frozen=True):
+class Color(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     hex: str
     fraction: Confidence
 
 
-class ImageProperties(msgspec.Struct, frozen=True, kw_only=True):
+class ImageProperties(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """What the pixels say about an image, independent of any model.
 
     ``brightness`` and ``contrast`` are the mean and standard deviation of luma in [0, 1];
@@ -74,14 +75,14 @@ class ImageProperties(msgspec.Struct, frozen=True, kw_only=True):
     phash: str
 
 
-class Tag(msgspec.Struct, frozen=True):
+class Tag(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A scene/object tag from the image classifier (an ImageNet lemma)."""
 
     name: str
     conf: Confidence
 
 
-class Caption(msgspec.Struct, frozen=True):
+class Caption(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Three tiers of text, and which captioner wrote them."""
 
     title: str
@@ -90,7 +91,7 @@ class Caption(msgspec.Struct, frozen=True):
     model: str
 
 
-class LabelQuality(msgspec.Struct, frozen=True):
+class LabelQuality(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The label-quality estimate with the signals behind it."""
 
     score: Confidence
@@ -98,7 +99,7 @@ class LabelQuality(msgspec.Struct, frozen=True):
     model: str
 
 
-class Analysis(msgspec.Struct, frozen=True):
+class Analysis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Lineage of one analysis on the record: which model, which weights, which settings."""
 
     name: str
@@ -109,7 +110,7 @@ class Analysis(msgspec.Struct, frozen=True):
     processed_at: str
 
 
-class Record(msgspec.Struct, frozen=True, kw_only=True):
+class Record(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     id: str = msgspec.field(name="_id")
     url: str
     urls: list[str]
@@ -138,6 +139,8 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     phash_bands: list[str] = []
 
 
+_WARNED_AS_STORED = threading.Event()
+
 # A stored record as it is in the database, served when it does not fit ``Record``.
 StoredDocument = dict[str, Any]
 R = TypeVar("R", bound=Record)
@@ -152,13 +155,23 @@ def as_record(document: dict[str, Any], kind: type[R]) -> R | StoredDocument:
     """``document`` as a ``kind``, or as stored when it does not fit.
 
     Records imported from a Cortex export, or written by an older version, may lack fields
-    this version requires (box corners, a scene analysis). They are still served, as stored:
-    one such record must not turn every answer that includes it into an error.
+    this version requires (box corners, a scene analysis), or hold more (a Cortex
+    ``face_analysis``). They are served as stored, every field kept: one such record must not
+    turn every answer that includes it into an error, nor read differently alone and beside
+    others on a page.
     """
     try:
         return msgspec.convert(document, kind)
     except msgspec.ValidationError as exc:
-        log.warning("record %s is served as stored: %s", document.get("_id"), exc)
+        # One warning a process: an import may hold millions of such records.
+        level = logging.DEBUG if _WARNED_AS_STORED.is_set() else logging.WARNING
+        _WARNED_AS_STORED.set()
+        log.log(
+            level,
+            "records in another shape are served as stored, e.g. %s: %s",
+            document.get("_id"),
+            exc,
+        )
         return document
 
 

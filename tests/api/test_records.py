@@ -126,6 +126,28 @@ async def test_dangerous_or_malformed_filters_are_refused(
     assert needle.lower() in body["detail"].lower()
 
 
+async def test_stored_fields_beyond_the_schema_are_served(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    """A Cortex import's face_analysis (or a box's extra key) reads the same alone and on a
+    page of current records: as stored, nothing dropped."""
+    extra = {**fake_record(1, ["cat"], 640), "face_analysis": [[{"age": 31, "conf": 0.8}]]}
+    boxed = fake_record(2, ["cat"], 640)
+    boxed["object_analysis"][0][0]["track_id"] = 7
+    await client.resources.database["records"].insert_many([extra, boxed])
+    for record, path, value in (
+        (extra, ("face_analysis",), [[{"age": 31, "conf": 0.8}]]),
+        (boxed, ("object_analysis", 0, 0, "track_id"), 7),
+    ):
+        alone = (await client.get(f"/v1/records/{record['_id']}", headers=auth)).json()
+        page = await client.get("/v1/records", params={"q": '{"width": 640}'}, headers=auth)
+        (listed,) = [r for r in page.json()["output"] if r["_id"] == record["_id"]]
+        for shown in (alone, listed):
+            for step in path:
+                shown = shown[step]
+            assert shown == value
+
+
 @pytest.mark.parametrize("properties", [[{"phash": "c3a1f0e4b2d29c18"}], "c3a1", None])
 async def test_similar_needs_a_stored_phash(
     client: AppClient, auth: dict[str, str], properties: object
