@@ -9,6 +9,7 @@ task, so a client that disconnects does not waste the work or leave a half-made 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,12 +23,21 @@ from service.domain.records import (
     record_from_document,
     record_to_document,
 )
-from service.errors import BadRequest, Overloaded, RecordNotFound, ServiceError
+from service.errors import (
+    BadRequest,
+    Overloaded,
+    RecordNotFound,
+    ServiceError,
+    UpstreamTimeout,
+)
 from service.executor import BlockingExecutor, start_request
 from service.fetch.download import Fetched, ImageFetcher
 from service.observability import Metrics
 from service.query.derived import derive
 from service.store.records import RecordStore
+
+# At capacity, a download running this long gives its slot to a new request.
+SLOW_FETCH_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,8 @@ class LabelingPipeline:
         self._analyses_by_hash: dict[str, asyncio.Task[LabelOutcome]] = {}
         self._max_inflight = max_inflight
         self._admitted = 0
+        self._fetching: dict[asyncio.Task[Fetched], float] = {}  # downloads, by start time
+        self._evicted: set[asyncio.Task[Fetched]] = set()
 
     async def drain(self) -> None:
         """Wait for the analyses in progress to be stored (or to fail)."""
@@ -107,7 +119,7 @@ class LabelingPipeline:
     async def label_url(self, url: str) -> LabelOutcome:
         # Admission before the download: a burst must not turn into unbounded concurrent
         # fetches (each up to max_image_bytes in memory) queued behind the workers.
-        if self._admitted >= self._max_inflight:
+        if self._admitted >= self._max_inflight and not self._evict_a_slow_fetch():
             self._metrics.rejected.labels("inflight").inc()
             raise Overloaded(
                 f"{self._admitted} images are being labeled; retry shortly",
@@ -152,13 +164,41 @@ class LabelingPipeline:
         self._metrics.records_reused.inc()
         return LabelOutcome(record_from_document(document), created=False)
 
+    def _evict_a_slow_fetch(self) -> bool:
+        """At capacity, cancel the longest-running download past ``SLOW_FETCH_SECONDS`` to
+        make room: hosts that drip bytes, or never answer, must not hold every slot while
+        fast images wait. False when no download is that slow."""
+        now = time.monotonic()
+        slow = [(started, task) for task, started in self._fetching.items() if not task.done()]
+        started, task = min(slow, default=(now, None), key=lambda item: item[0])
+        if task is None or now - started < SLOW_FETCH_SECONDS:
+            return False
+        self._evicted.add(task)
+        task.cancel()
+        return True
+
     async def _fetch(self, url: str) -> Fetched:
         with self._metrics.stage("fetch"):
+            task = asyncio.create_task(self._fetcher.fetch(url))
+            self._fetching[task] = time.monotonic()
             try:
-                return await self._fetcher.fetch(url)
+                try:
+                    return await task
+                except asyncio.CancelledError:
+                    if task not in self._evicted:
+                        raise
+                    raise UpstreamTimeout(
+                        f"the image host was still sending after {SLOW_FETCH_SECONDS:g} s while"
+                        " the service was at capacity; its slot went to another request",
+                        retry_after=1,
+                        extra={"reason": "evicted"},
+                    ) from None
             except ServiceError as exc:
                 self._metrics.fetch_failures.labels(exc.extra.get("reason", exc.type)).inc()
                 raise
+            finally:
+                del self._fetching[task]
+                self._evicted.discard(task)
 
     async def _create(self, fetched: Fetched, url: str, digest: str) -> LabelOutcome:
         analysis = await self._analyzer.analyze(fetched.data, self._executor)

@@ -7,9 +7,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from service import pipeline
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
-from tests.conftest import running
+from tests.conftest import CAT_PHOTO, running
 from tests.support.image_server import ImageServer
 
 
@@ -70,3 +73,31 @@ async def test_event_loop_stays_responsive_while_inference_runs(
         await ticking
         assert all(r.status_code == 201 for r in responses)
         assert max(lags) < max(0.25, burst / 4), (max(lags), burst)
+
+
+async def test_slow_downloads_give_their_slots_to_new_requests_at_capacity(
+    make_settings: Callable[..., Settings],
+    image_server: ImageServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host that drips bytes must not hold every slot: at capacity, the download running
+    longest past SLOW_FETCH_SECONDS is cancelled (504, reason evicted) for a new request."""
+    monkeypatch.setattr(pipeline, "SLOW_FETCH_SECONDS", 0.5)
+    async with running(make_settings(max_inflight=2)) as client:
+        slow = [
+            asyncio.create_task(client.post("/v1/labels", json={"url": image_server.url(path)}))
+            for path in ("/drip?a", "/drip?b")
+        ]
+        await asyncio.sleep(0.2)  # both admitted, neither slow yet: a new one is refused
+        refused = await client.post("/v1/labels", json={"url": image_server.url("/drip?c")})
+        assert_problem(refused, 503, "overloaded")
+        await asyncio.sleep(0.5)
+        fast = await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+        assert fast.status_code == 201, fast.text
+        done, dripping = await asyncio.wait(slow, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        (evicted,) = [task.result() for task in done]
+        assert assert_problem(evicted, 504, "upstream-timeout")["reason"] == "evicted"
+        for task in dripping:
+            task.cancel()
+        metrics = (await client.get("/metrics")).text
+        assert 'labelsvc_fetch_failures_total{reason="evicted"} 1.0' in metrics
