@@ -21,6 +21,14 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def assert_stopped_cleanly(output: str) -> None:
+    """No request failed inside the server, and the database it started is gone too."""
+    assert "Exception in ASGI application" not in output
+    started = re.search(r"mongodb://127\.0\.0\.1:(\d+)", output)
+    assert started, output
+    assert not port_open(int(started.group(1))), "the database server outlived the service"
+
+
 def test_serve_sigterm_and_restart_keep_the_data(
     tmp_path: Path, model_dir: Path, image_server: ImageServer
 ) -> None:
@@ -56,11 +64,7 @@ def test_serve_sigterm_and_restart_keep_the_data(
         finally:
             assert stop(process) == 0
         assert process.stdout is not None
-        output = process.stdout.read().decode()
-    assert "Exception in ASGI application" not in output
-    started = re.search(r"mongodb://127\.0\.0\.1:(\d+)", output)
-    assert started, output
-    assert not port_open(int(started.group(1))), "the database server outlived the service"
+        assert_stopped_cleanly(process.stdout.read().decode())
 
     with start_service(env) as process:
         try:
@@ -91,8 +95,4 @@ def test_sighup_stops_the_service_and_its_database(tmp_path: Path, model_dir: Pa
         process.send_signal(signal.SIGHUP)
         assert process.wait(timeout=60) == 0
         assert process.stdout is not None
-        output = process.stdout.read().decode()
-    assert "Exception in ASGI application" not in output
-    started = re.search(r"mongodb://127\.0\.0\.1:(\d+)", output)
-    assert started, output
-    assert not port_open(int(started.group(1))), "the database server outlived the service"
+        assert_stopped_cleanly(process.stdout.read().decode())

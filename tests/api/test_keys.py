@@ -233,27 +233,28 @@ async def test_quota_flushes_on_day_change_and_survives_a_failed_flush() -> None
     assert usage.counts[("k", "2026-11-23")] == 1
 
 
-async def test_quota_holds_while_a_usage_flush_is_in_flight() -> None:
-    class SlowUsage(Usage):
-        async def add_usage(self, name: str, day: str, count: int) -> int:
-            await asyncio.sleep(0.02)  # a database round trip, during which requests arrive
-            return await super().add_usage(name, day, count)
+class SlowUsage(Usage):
+    async def add_usage(self, name: str, day: str, count: int) -> int:
+        await asyncio.sleep(0.02)  # a database round trip, during which requests arrive
+        return await super().add_usage(name, day, count)
 
+
+async def admitted(limiter: Limiter, quota: Limits) -> bool:
+    try:
+        await limiter.admit("k", quota)
+    except RateLimited:
+        return False
+    return True
+
+
+async def test_quota_holds_while_a_usage_flush_is_in_flight() -> None:
     clock = Clock()
     limiter = Limiter(SlowUsage(), clock=clock, today=lambda: clock.day)
     quota = Limits(daily_quota=10)
-
-    async def admitted() -> bool:
-        try:
-            await limiter.admit("k", quota)
-        except RateLimited:
-            return False
-        return True
-
-    assert await admitted()  # loads and flushes at once
-    assert all([await admitted() for _ in range(5)])  # counted here, not yet sent
+    assert await admitted(limiter, quota)  # loads and flushes at once
+    assert all([await admitted(limiter, quota) for _ in range(5)])  # counted, not yet sent
     clock.now += 2  # the next request sends those six while a burst arrives
-    burst = await asyncio.gather(*(admitted() for _ in range(20)))
+    burst = await asyncio.gather(*(admitted(limiter, quota) for _ in range(20)))
     assert sum(burst) == 4
 
 
@@ -283,11 +284,6 @@ async def test_usage_is_recorded_at_shutdown(make_settings: Callable[..., Settin
 
 
 async def test_requests_during_the_midnight_flush_count_on_the_new_day() -> None:
-    class SlowUsage(Usage):
-        async def add_usage(self, name: str, day: str, count: int) -> int:
-            await asyncio.sleep(0.02)  # yesterday's flush, while the new day's requests arrive
-            return await super().add_usage(name, day, count)
-
     clock, usage = Clock(), SlowUsage()
     limiter = Limiter(usage, clock=clock, today=lambda: clock.day)
     quota = Limits(daily_quota=5)
@@ -295,15 +291,7 @@ async def test_requests_during_the_midnight_flush_count_on_the_new_day() -> None
         await limiter.admit("k", quota)  # yesterday: one flushed at once, two pending
     clock.day = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC)
     clock.now += 2
-
-    async def admitted() -> bool:
-        try:
-            await limiter.admit("k", quota)
-        except RateLimited:
-            return False
-        return True
-
-    burst = await asyncio.gather(*(admitted() for _ in range(10)))
+    burst = await asyncio.gather(*(admitted(limiter, quota) for _ in range(10)))
     await limiter.flush()
     assert sum(burst) == 5
     assert usage.counts[("k", "2026-11-23")] == 5
