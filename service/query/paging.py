@@ -173,8 +173,8 @@ def _from_json(value: Any) -> Any:
             decoded = json_util.loads(json.dumps(value))
         except Exception:  # untrusted text: the parser raises many kinds (InvalidId, ...)
             raise ValueError("bad extended JSON") from None
-        if isinstance(decoded, _EXTENDED_TYPES) or _is_document(decoded):
-            return decoded
+        if isinstance(decoded, (*_EXTENDED_TYPES, float, int)) or _is_document(decoded):
+            return decoded  # Extended JSON numbers: NaN and infinities, Int64
     raise ValueError("not a cursor value")
 
 

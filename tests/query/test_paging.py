@@ -66,7 +66,9 @@ def test_cursor_round_trip_with_bson_values() -> None:
     assert decode_cursor(encode_cursor(BY_ID, {"_id": 7}), BY_ID) == Position(7, 7)
 
 
-@pytest.mark.parametrize("value", [True, "", "x" * 3000, {"px": 640, "at": ObjectId()}, -0.5])
+@pytest.mark.parametrize(
+    "value", [True, "", "x" * 3000, {"px": 640, "at": ObjectId()}, -0.5, float("inf")]
+)
 def test_every_sort_value_a_page_can_end_on_makes_a_cursor(value: object) -> None:
     """Imports may hold any scalar or document where a number is expected: the cursor the
     service issues after such a record is one it accepts."""
