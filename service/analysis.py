@@ -131,7 +131,7 @@ class ImageAnalyzer:
             run(self._second_look, "second_opinion", self.models.second, image),
             run(self._second_look, "second_scale", self.models.scaled_second, image),
             run(self._tag, image),
-            run(self._describe, image, decoded),
+            run(self._describe, decoded),
         )
         model = None
         if second is not None and scaled is not None:
@@ -257,9 +257,9 @@ class ImageAnalyzer:
         with self._stage("tag", tagger):
             return tagger.tag(image, top_k=TAG_TOP_K, min_conf=TAG_MIN_CONF)
 
-    def _describe(self, image: Image.Image, decoded: DecodedImage) -> ImageProperties:
+    def _describe(self, decoded: DecodedImage) -> ImageProperties:
         with self._metrics.stage("describe"):
-            props = image_properties(image)
+            props = image_properties(decoded.viewed)  # the colours people see
         # Report the full-resolution size, not the size of the reduced copy analysed.
         return _with_size(props, decoded.width, decoded.height)
 

@@ -3,8 +3,8 @@
 Only raster formats with well-kept pure decoders are opened (no EPS/PDF, which would run
 Ghostscript). The pixel cap is checked from the header before any pixel is decoded, JPEGs
 are decoded at a reduced DCT scale when the model needs at most half the resolution, EXIF
-orientation is applied, embedded colour profiles are converted to sRGB, and every mode ends
-up RGB (transparency composited on white).
+orientation is applied, every mode ends up RGB (transparency composited on white), and an
+embedded colour profile gives a second, sRGB copy for describing colours.
 """
 
 from __future__ import annotations
@@ -32,10 +32,16 @@ _HIGH_BIT_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
-    image: Image.Image  # RGB, upright, possibly reduced for the model
+    """``image``: RGB, upright, possibly reduced, its values as stored: what the models were
+    trained on (training pipelines ignore colour profiles). ``viewed``: the same pixels as a
+    colour-managed viewer shows them (sRGB), for the colours people read about; the same
+    object as ``image`` unless another profile is embedded."""
+
+    image: Image.Image
     width: int  # upright width at full resolution
     height: int
     format: str
+    viewed: Image.Image
 
     @property
     def scale(self) -> float:
@@ -78,14 +84,17 @@ def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             swapped = orientation in _SWAPPING_ORIENTATIONS
             upright = (stored_h, stored_w) if swapped else (stored_w, stored_h)
-            rgb = _to_rgb(_in_srgb(ImageOps.exif_transpose(image)))
+            upright_image = ImageOps.exif_transpose(image)
+            rgb = _to_rgb(upright_image)
+            managed = _in_srgb(upright_image)
+            viewed = rgb if managed is upright_image else _to_rgb(managed)
         except Image.DecompressionBombError:
             raise _too_many_pixels((stored_w, stored_h), max_pixels) from None
         except (OSError, ValueError, SyntaxError, EOFError, TypeError, struct.error) as exc:
             raise UnprocessableImage(
                 f"the {fmt} image is truncated or corrupt: {exc}", extra={"reason": "corrupt"}
             ) from None
-    return DecodedImage(image=rgb, width=upright[0], height=upright[1], format=fmt)
+    return DecodedImage(image=rgb, width=upright[0], height=upright[1], format=fmt, viewed=viewed)
 
 
 def _draft(image: Image.Image, target_size: int) -> None:
@@ -99,9 +108,8 @@ def _draft(image: Image.Image, target_size: int) -> None:
 
 def _in_srgb(image: Image.Image) -> Image.Image:
     """The image in sRGB when it embeds another colour profile (Adobe RGB, Display P3, a
-    camera's, a CMYK press profile), as a colour-managed viewer shows it: the colours,
-    brightness and palette words are about what people see. Profiles that cannot be read
-    are ignored."""
+    camera's, a CMYK press profile), as a colour-managed viewer shows it. Profiles that
+    cannot be read are ignored."""
     icc = image.info.get("icc_profile")
     if not icc or image.mode not in ("RGB", "CMYK"):
         return image

@@ -64,16 +64,26 @@ def test_high_bit_depth_greyscale_keeps_its_levels(mode: str, levels: float) -> 
 
 
 def test_an_embedded_colour_profile_is_converted_to_srgb(evalset_dir: Path) -> None:
-    """A photo tagged Adobe RGB (1998) reads as a colour-managed viewer shows it."""
+    """A photo tagged Adobe RGB (1998): the models get its values as stored (as in their
+    training), the colour description the photo as a colour-managed viewer shows it."""
     data = (evalset_dir / "images" / "000000269196.jpg").read_bytes()
     raw = Image.open(io.BytesIO(data))
     embedded = ImageCms.ImageCmsProfile(io.BytesIO(raw.info["icc_profile"]))
     assert "Adobe RGB" in ImageCms.getProfileDescription(embedded)
     shown = ImageCms.profileToProfile(raw, embedded, ImageCms.createProfile("sRGB"))
     assert shown is not None
-    decoded = np.asarray(decode_image(data, max_pixels=CAP).image, dtype=float)
-    assert np.abs(decoded - np.asarray(shown, dtype=float)).mean() < 0.5
-    assert np.abs(decoded - np.asarray(raw, dtype=float)).mean() > 2  # it did change
+    decoded = decode_image(data, max_pixels=CAP)
+    viewed = np.asarray(decoded.viewed, dtype=float)
+    assert np.abs(viewed - np.asarray(shown, dtype=float)).mean() < 0.5
+    assert np.abs(viewed - np.asarray(raw, dtype=float)).mean() > 2  # it did change
+    assert decoded.image.tobytes() == raw.convert("RGB").tobytes()
+    srgb_tagged = encode(
+        gradient(64, 48),
+        "JPEG",
+        icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(),
+    )
+    plain = decode_image(srgb_tagged, max_pixels=CAP)
+    assert plain.viewed is plain.image  # nothing to convert
 
 
 def test_an_unreadable_colour_profile_is_ignored() -> None:
