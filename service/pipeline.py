@@ -34,7 +34,7 @@ from service.executor import BlockingExecutor, start_request
 from service.fetch.download import Fetched, ImageFetcher
 from service.observability import Metrics
 from service.query.derived import derive
-from service.store.records import RecordStore
+from service.store.records import RecordStore, is_object_id_hex
 
 # At capacity, a download running this long gives its slot to a new request.
 SLOW_FETCH_SECONDS = 5.0
@@ -96,12 +96,13 @@ class LabelingPipeline:
     async def label(self, url_or_id: str) -> LabelOutcome:
         """Label a URL, or return the stored record when given a record id."""
         value = url_or_id.strip()
-        if is_record_id(value):
+        if is_record_id(value) or is_object_id_hex(value):
             return await self.label_id(value)
         if "://" in value:
             return await self.label_url(value)
         raise BadRequest(
-            "url_or_id is neither an http(s) URL nor a record id (PT:: and 24 hex digits)"
+            "url_or_id is neither an http(s) URL nor a record id (PT:: and 24 hex digits, or"
+            " the 24 hex digits of an imported record's ObjectId)"
         )
 
     async def label_id(self, record_id: str) -> LabelOutcome:

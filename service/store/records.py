@@ -163,9 +163,12 @@ def _id_literal(value: Any) -> Any:
 
 
 def _aliases(value: Any) -> list[Any]:
-    if isinstance(value, str) and len(value) == 24 and bson.ObjectId.is_valid(value):
-        return [value, bson.ObjectId(value)]
-    return [value]
+    return [value, bson.ObjectId(value)] if is_object_id_hex(value) else [value]
+
+
+def is_object_id_hex(value: object) -> bool:
+    """24 hex digits: how the API shows an imported record's ObjectId id."""
+    return isinstance(value, str) and len(value) == 24 and bson.ObjectId.is_valid(value)
 
 
 def records_collection(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:

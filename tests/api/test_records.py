@@ -220,6 +220,9 @@ async def test_imported_ids_can_be_followed(
     assert {r["_id"] for r in twins_similar.json()["output"]} == {rid, third["_id"]}
     labeled = await client.post("/v1/labels", json={"id": rid})
     assert labeled.status_code == 200 and labeled.json()["_id"] == rid
+    if isinstance(imported_id, ObjectId):  # the Cortex route tells URLs and ids apart
+        uploaded = await client.post("/upload", json={"url_or_id": rid})
+        assert uploaded.status_code == 200 and uploaded.json()["_id"] == rid
     for q in ({"_id": rid}, {"_id": {"$in": [rid, "x"]}}, {"$or": [{"_id": {"$eq": rid}}]}):
         found = await client.get("/v1/records", params={"q": json.dumps(q)}, headers=auth)
         assert [r["_id"] for r in found.json()["output"]] == [rid], q
