@@ -145,7 +145,9 @@ class ImageAnalyzer:
                 kept, second, tags, props, image.size, below=found, model=model
             )
             per_box = quality.box_quality(detections, second, model=model)
-            caption = grounded_caption(detections, tags, props)
+            # The boxes are in the analysed image's pixels (a large JPEG is decoded reduced):
+            # framing and coverage compare them with that image's size.
+            caption = grounded_caption(detections, tags, _with_size(props, *image.size))
         if self._captions is not None:
             with self._metrics.stage("caption"):
                 caption = with_neural_text(caption, await self._captions.submit(image), self)

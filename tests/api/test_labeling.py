@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from pymongo import MongoClient
 
 from service.decode.image import decode_image
 from service.settings import Settings
 from service.store import records
 from tests.conftest import CAT_PHOTO, EMPTY_PHOTO, ROOT, AppClient, running
-from tests.support.image_server import ImageServer
+from tests.support.image_server import ImageServer, static
+from tests.support.images import encode
 
 
 def boxes(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -212,3 +214,26 @@ async def test_shutdown_lets_an_abandoned_analysis_store_its_record(
         request.cancel()  # the client goes away while its image is analysed
     with MongoClient(settings.mongodb_uri) as mongo:
         assert mongo[settings.mongodb_db]["records"].find_one({"url": url}) is not None
+
+
+async def test_a_large_jpeg_is_captioned_like_the_same_pixels_in_a_png(
+    client: AppClient, image_server: ImageServer, evalset_dir: Path
+) -> None:
+    """A large JPEG is decoded reduced for the models: its caption's framing, placement and
+    coverage must still be those of the full picture, as for a PNG decoded at full size."""
+    photo = Image.open(evalset_dir / "images" / CAT_PHOTO).convert("RGB")
+    big = photo.resize((photo.width * 3, photo.height * 3), Image.Resampling.BICUBIC)
+    for name, fmt in (("/big.jpg", "JPEG"), ("/big.png", "PNG")):
+        image_server.routes[name] = static(
+            encode(big, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        )
+    jpeg, png = [
+        (await client.post("/v1/labels", json={"url": image_server.url(name)})).json()
+        for name in ("/big.jpg", "/big.png")
+    ]
+    assert (jpeg["width"], jpeg["height"]) == (png["width"], png["height"]) == big.size
+    first = [record["caption"]["scene_analysis"].split(",")[0] for record in (jpeg, png)]
+    assert first[0] == first[1], first  # e.g. "Close-up framing in landscape orientation"
+    coverage = [re.search(r"about (\d+)%", r["caption"]["scene_analysis"]) for r in (jpeg, png)]
+    assert all(coverage)
+    assert abs(int(coverage[0][1]) - int(coverage[1][1])) <= 3  # type: ignore[index]
