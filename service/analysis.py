@@ -215,6 +215,7 @@ class ImageAnalyzer:
             "input_size": self.detector.input_size,
             "min_confidence": self.min_confidence,
             "nms_iou": self.detector.nms_iou,
+            "max_detections": self.detector.max_detections,
             "provider": self.detector.provider,
         }
 

@@ -8,6 +8,7 @@ sharpness of a 4000 px photo is comparable to that of a 640 px one.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from PIL import Image
@@ -50,7 +51,9 @@ def _palette(small: Image.Image, count: int) -> list[Color]:
     colors = []
     for pixels, index in sorted(counts, reverse=True):
         r, g, b = palette[index * 3 : index * 3 + 3]
-        colors.append(Color(hex=f"#{r:02x}{g:02x}{b:02x}", fraction=round(pixels / total, 4)))
+        # Rounded down, so that the fractions never add up to more than the whole image.
+        fraction = math.floor(pixels / total * 10_000) / 10_000
+        colors.append(Color(hex=f"#{r:02x}{g:02x}{b:02x}", fraction=fraction))
     return colors
 
 

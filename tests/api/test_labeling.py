@@ -61,9 +61,11 @@ async def test_label_url_returns_the_cortex_record(
     assert record["classes"] == sorted({b["classname"] for b in found})
     assert (
         record["dominant_colors"]
-        and abs(sum(c["fraction"] for c in record["dominant_colors"]) - 1) < 0.01
+        and 0.99 < sum(c["fraction"] for c in record["dominant_colors"]) <= 1
     )
-    assert record["analyses"][0]["model"] == "yolox_nano"
+    detection = record["analyses"][0]
+    assert detection["model"] == "yolox_nano"
+    assert detection["params"]["max_detections"] == 100  # every setting that shapes the boxes
 
 
 async def test_image_without_objects_is_labeled_with_no_boxes(

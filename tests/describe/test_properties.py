@@ -30,6 +30,13 @@ def _photo(evalset_dir: Path, name: str) -> PIL.Image.Image:
         return PIL.ImageOps.exif_transpose(image).convert("RGB")
 
 
+def test_colour_fractions_never_add_up_to_more_than_the_image(evalset_dir: Path) -> None:
+    for path in sorted((evalset_dir / "images").glob("*.jpg"))[:40]:
+        with PIL.Image.open(path) as image:
+            colours = dominant_colors(image.convert("RGB"))
+        assert 0.995 <= sum(c.fraction for c in colours) <= 1.0, path.name
+
+
 def _recompress(image: PIL.Image.Image, quality: int, scale: float = 1.0) -> PIL.Image.Image:
     if scale != 1.0:
         image = image.resize((round(image.width * scale), round(image.height * scale)))
