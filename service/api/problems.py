@@ -84,6 +84,11 @@ def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[
     return _service_error(request, BadRequest("the JSON body is nested too deeply"))
 
 
+def _not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[Any]:
+    """JSON is UTF-8 (RFC 8259): a body in another encoding is the client's error."""
+    return _service_error(request, BadRequest(f"the JSON body is not UTF-8: {exc.reason}"))
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "internal", "Internal error", "internal error", request)
@@ -140,5 +145,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ServiceError: _service_error,
     HTTPException: _http_exception,
     RecursionError: _too_deep,
+    UnicodeDecodeError: _not_utf8,
     Exception: _unexpected,
 }

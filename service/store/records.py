@@ -92,7 +92,9 @@ async def database_errors() -> AsyncIterator[None]:
         ) from None
     except OperationFailure as exc:
         if exc.code in QUERY_ERRORS:
-            raise InvalidQuery(f"the database refused the query: {exc.details}") from None
+            # The server's message only: its full reply holds cluster-time signatures.
+            message = (exc.details or {}).get("errmsg") or "no reason given"
+            raise InvalidQuery(f"the database refused the query: {message}") from None
         if exc.timeout:
             raise _unresponsive() from None
         raise

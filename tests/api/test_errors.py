@@ -66,6 +66,13 @@ async def test_deeply_nested_json_body(client: AppClient, path: str) -> None:
     assert "nested too deeply" in assert_problem(response, 400, "bad-request")["detail"]
 
 
+@pytest.mark.parametrize("path", ["/v1/labels", "/upload"])
+async def test_json_body_not_in_utf8(client: AppClient, path: str) -> None:
+    latin1 = '{"url": "http://example.com/caf\xe9.jpg", "url_or_id": "\xe9"}'.encode("latin-1")
+    response = await client.post(path, content=latin1, headers={"content-type": "application/json"})
+    assert "not UTF-8" in assert_problem(response, 400, "bad-request")["detail"]
+
+
 async def test_oversized_request_body(client: AppClient) -> None:
     response = await client.post("/v1/labels", json={"url": "http://a/" + "x" * 100_000})
     problem = assert_problem(response, 413, "body-too-large")
