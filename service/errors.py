@@ -102,6 +102,12 @@ class UnsupportedMediaType(ServiceError):
     title = "Not an image"
 
 
+class UnsupportedBody(ServiceError):
+    status = 415
+    type = "unsupported-body"
+    title = "The request body must be JSON"
+
+
 class UnprocessableImage(ServiceError):
     status = 422
     type = "broken-image"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Response, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import SecurityRequirement
 from litestar.params import JSONBody
@@ -15,10 +19,24 @@ from service.api.problems import problem_responses
 from service.api.schemas import LabelRequest, UploadRequest
 from service.auth import requires
 from service.domain.records import Record, StoredDocument
-from service.errors import BadRequest
+from service.errors import BadRequest, UnsupportedBody
 
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
-GUARDS = [requires("label", unless_open=True)]
+
+
+async def json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Only JSON bodies: a cross-site page can make a browser send a text/plain or form body
+    without asking (no CORS preflight), never a JSON one, so an open service on an internal
+    network cannot be driven from a visitor's browser."""
+    media_type = connection.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedBody(
+            f"send the body as application/json, not {media_type or 'without a Content-Type'}",
+            extra={"reason": "content_type"},
+        )
+
+
+GUARDS = [json_body, requires("label", unless_open=True)]
 # A key is optional unless LABELSVC_LABELING_REQUIRES_KEY is set; one that is sent is checked.
 SECURITY: list[SecurityRequirement] = [{}, {"ApiKey": []}]
 PROBLEMS = problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)

@@ -119,7 +119,7 @@ _WHEN = {
     404: "No record has this id",
     409: "The record has no perceptual hash to compare",
     413: "The request body, or the image, is larger than allowed",
-    415: "The URL did not return an image in a supported format",
+    415: "The request body is not JSON, or the URL did not return an image in a supported format",
     422: "The image is corrupt or truncated",
     429: "A rate limit or daily quota is used up (see Retry-After)",
     502: "The image host failed, refused or answered badly",

@@ -66,6 +66,25 @@ async def test_deeply_nested_json_body(client: AppClient, path: str) -> None:
     assert "nested too deeply" in assert_problem(response, 400, "bad-request")["detail"]
 
 
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "text/xml"]
+)
+async def test_labeling_bodies_must_be_json(client: AppClient, content_type: str | None) -> None:
+    """What a cross-site page can send without a preflight is refused: an open service on an
+    internal network cannot be driven from a visitor's browser."""
+    body = b'{"url": "http://example.com/a.jpg"}'
+    headers = {"content-type": content_type} if content_type else {}
+    for path in ("/v1/labels", "/upload"):
+        response = await client.post(path, content=body, headers=headers)
+        assert assert_problem(response, 415, "unsupported-body")["reason"] == "content_type"
+    vendor = await client.post(
+        "/v1/labels",
+        content=b'{"id": "PT::000000000000000000000000"}',
+        headers={"content-type": "application/vnd.api+json; charset=utf-8"},
+    )
+    assert vendor.status_code == 404  # a JSON media type: decoded, and the id looked up
+
+
 @pytest.mark.parametrize("path", ["/v1/labels", "/upload"])
 async def test_json_body_not_in_utf8(client: AppClient, path: str) -> None:
     latin1 = '{"url": "http://example.com/caf\xe9.jpg", "url_or_id": "\xe9"}'.encode("latin-1")
