@@ -8,14 +8,18 @@ the scope: the server reads the method from the original to know that no body fo
 
 from __future__ import annotations
 
+from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def head_as_get(app: ASGIApp) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["method"] != "HEAD":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
+            return
+        if scope["method"] != "HEAD":
+            await app(scope, receive, _allowing_head(send))
             return
         as_get = scope.copy()
         as_get["method"] = "GET"
@@ -35,3 +39,18 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
                 scope["path_template"] = as_get["path_template"]
 
     return wrapped
+
+
+def _allowing_head(send: Send) -> Send:
+    """The router's ``Allow`` (on a 405, and the 204 to OPTIONS) lists the methods routes
+    name: where it lists GET, HEAD is served too."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] in (204, 405):
+            headers = MutableScopeHeaders.from_message(message)
+            allowed = [m.strip() for m in headers.get("allow", "").split(",") if m.strip()]
+            if "GET" in allowed and "HEAD" not in allowed:
+                headers["allow"] = ", ".join([*allowed, "HEAD"])
+        await send(message)
+
+    return sending

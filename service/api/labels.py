@@ -28,6 +28,8 @@ async def json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
     """Only JSON bodies: a cross-site page can make a browser send a text/plain or form body
     without asking (no CORS preflight), never a JSON one, so an open service on an internal
     network cannot be driven from a visitor's browser."""
+    if connection.headers.get("content-length") == "0":
+        raise BadRequest('the request needs a JSON body, e.g. {"url": "https://..."}')
     media_type = connection.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedBody(

@@ -77,6 +77,8 @@ async def test_labeling_bodies_must_be_json(client: AppClient, content_type: str
     for path in ("/v1/labels", "/upload"):
         response = await client.post(path, content=body, headers=headers)
         assert assert_problem(response, 415, "unsupported-body")["reason"] == "content_type"
+    empty = await client.post("/v1/labels", headers={"content-type": "application/json"})
+    assert "needs a JSON body" in assert_problem(empty, 400, "bad-request")["detail"]
     vendor = await client.post(
         "/v1/labels",
         content=b'{"id": "PT::000000000000000000000000"}',

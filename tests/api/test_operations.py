@@ -128,3 +128,7 @@ async def test_head_answers_like_get_without_a_body(client: AppClient) -> None:
         assert head.headers["content-type"] == get.headers["content-type"]
     assert (await client.head("/v1/records")).status_code == 401  # guarded like GET
     assert (await client.head("/v1/labels")).status_code == 405  # no GET to mirror
+    # Allow, on a 405 and on OPTIONS, names HEAD wherever it names GET.
+    for response in (await client.put("/healthz"), await client.options("/v1/records")):
+        assert {m.strip() for m in response.headers["allow"].split(",")} >= {"GET", "HEAD"}
+    assert "HEAD" not in (await client.put("/v1/labels")).headers["allow"]
