@@ -52,7 +52,8 @@ def serve(settings: Settings) -> int:
             log_level=settings.log_level,
             lifespan="on",
             timeout_graceful_shutdown=10,
-            # Room for a filter of 8,192 characters, percent-encoded, in the request line.
+            # Room for a filter of 8,192 characters, percent-encoded, in the request line, should
+            # uvicorn parse with h11 (httptools, installed with it here, has no such limit).
             h11_max_incomplete_event_size=128 * 1024,
         )
         server = uvicorn.Server(config)
