@@ -21,7 +21,8 @@ def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument(
         "--after",
-        help='resume after this record id, as last reported (an ObjectId as {"$oid": "..."})',
+        help='resume after this record id, as last reported: JSON (7, {"$oid": "..."}, "7")'
+        " or a plain string id",
     )
     parser.add_argument("--dry-run", action="store_true", help="count, write nothing")
 
@@ -65,4 +66,11 @@ def _summary(progress: BackfillProgress, dry_run: bool, **more: object) -> str:
 
 
 def _record_id(text: str | None) -> object:
-    return json_util.loads(text) if text is not None and text.startswith("{") else text
+    """An id as a progress line shows it (JSON: a number, {"$oid": ...}, a quoted string),
+    or else the plain text of a string id such as PT::..."""
+    if text is None:
+        return None
+    try:
+        return json_util.loads(text)
+    except ValueError:
+        return text

@@ -126,11 +126,17 @@ def test_backfill_walks_ids_of_every_type(
     # Imported records may have ObjectId ids beside the service's string ids; ObjectIds
     # sort after strings, and a string is never $gt-compared with them.
     imported = [old_record(10 + i, "dog") | {"_id": ObjectId()} for i in range(3)]
-    records.insert_many([old_record(i, "cat") for i in range(3)] + imported)
+    numbered = [old_record(20 + i, "dog") | {"_id": i} for i in range(3)]  # before strings
+    records.insert_many(numbered + [old_record(i, "cat") for i in range(3)] + imported)
+    first = backfill(settings, monkeypatch, capsys, "--batch-size", "1", "--dry-run")
+    assert first["scanned"] == 9
+    # Resuming after a number, as a progress line shows it, goes on with numbers first.
+    after_zero = backfill(settings, monkeypatch, capsys, "--after", "0")
+    assert (after_zero["scanned"], after_zero["updated"]) == (8, 8)
     done = backfill(settings, monkeypatch, capsys, "--batch-size", "2")
-    assert (done["scanned"], done["updated"]) == (6, 6)
+    assert (done["scanned"], done["updated"]) == (9, 1)
     assert done["last_id"] == {"$oid": str(imported[-1]["_id"])}  # as --after takes it
-    assert records.count_documents({"classes": "dog"}) == 3
+    assert records.count_documents({"classes": "dog"}) == 6
     records.update_many({}, {"$unset": {"classes": ""}})
     resumed = backfill(settings, monkeypatch, capsys, "--after", json.dumps(done["last_id"]))
     assert resumed["scanned"] == 0
