@@ -26,6 +26,7 @@ from service.api import health, labels, records, search
 from service.api.head import head_as_get
 from service.api.headers import security_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS
+from service.api.shutdown import unavailable_when_cancelled
 from service.lifespan import lifespan
 from service.observability import Metrics, timed_requests
 from service.settings import Settings
@@ -95,13 +96,16 @@ def unions_as_any_of(node: object) -> None:
 
 
 class LabelingApp(Litestar):
-    """The application as served. Route middleware runs only once a route matched, so two
+    """The application as served. Route middleware runs only once a route matched, so these
     concerns wrap the router instead: every HTTP request is timed in the metrics (unknown
-    paths and methods too), and HEAD is answered as GET."""
+    paths and methods too), requests cancelled at shutdown get 503, and HEAD is answered
+    as GET."""
 
     def __init__(self, metrics: Metrics, **config: Any) -> None:
         super().__init__(**config)
-        self._http = timed_requests(metrics, head_as_get(super().__call__))
+        self._http = timed_requests(
+            metrics, unavailable_when_cancelled(head_as_get(super().__call__))
+        )
 
     async def __call__(
         self,

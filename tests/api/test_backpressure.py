@@ -12,7 +12,7 @@ import pytest
 from service import pipeline
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
-from tests.conftest import CAT_PHOTO, running
+from tests.conftest import CAT_PHOTO, AppClient, running
 from tests.support.image_server import ImageServer
 
 
@@ -101,3 +101,22 @@ async def test_slow_downloads_give_their_slots_to_new_requests_at_capacity(
             task.cancel()
         metrics = (await client.get("/metrics")).text
         assert 'labelsvc_fetch_failures_total{reason="evicted"} 1.0' in metrics
+
+
+async def test_a_request_cancelled_at_shutdown_gets_503_not_500(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    """The server cancels requests still running when its graceful shutdown runs out: a
+    labeling request caught mid-download is told to retry, not given a 500."""
+    posting = asyncio.create_task(
+        client.post("/v1/labels", json={"url": image_server.url("/drip?shutdown")})
+    )
+    await asyncio.sleep(0.5)  # admitted, downloading
+    posting.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+    response = await posting
+    problem = assert_problem(response, 503, "unavailable")
+    assert problem["reason"] == "shutting_down"
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    text = (await client.get("/metrics")).text
+    assert 'route="/v1/labels",status="503"' in text
