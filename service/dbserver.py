@@ -6,6 +6,7 @@ process on a free loopback port; production points ``LABELSVC_MONGODB_URI`` at r
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import socket
@@ -50,6 +51,7 @@ class LocalDatabaseServer:
 
     def start(self, timeout: float = 60.0) -> str:
         self.storage.mkdir(parents=True, exist_ok=True)
+        self._stop_left_over()
         args = [
             *shlex.split(self.command),
             "--host",
@@ -71,8 +73,31 @@ class LocalDatabaseServer:
                     f"database server command not found: {args[0]!r}; run `make install` or set"
                     " LABELSVC_DB_SERVER (or LABELSVC_MONGODB_URI for an existing server)"
                 ) from None
+        self._pidfile.write_text(str(self._process.pid))
         self._wait_until_answering(timeout)
         return self.uri
+
+    @property
+    def _pidfile(self) -> Path:
+        return self.storage.parent / f"{self.storage.name}.pid"
+
+    def _stop_left_over(self) -> None:
+        """A server an earlier run started on this storage and never stopped (that run was
+        SIGKILLed, by the OOM killer say) still holds its lock: stop it, or no start succeeds.
+        It is ours if its command line names this storage."""
+        try:
+            pid = int(self._pidfile.read_text())
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if str(self.storage).encode() not in command_line:
+            return  # gone, or the number now belongs to another process
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
 
     def _wait_until_answering(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
