@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from service.analysis import ImageAnalyzer, caption_batcher
 from service.auth import Authenticator
+from service.errors import DatabaseUnavailable
 from service.executor import BlockingExecutor
 from service.fetch.download import ImageFetcher
 from service.fetch.policy import FetchPolicy
@@ -35,6 +36,7 @@ from service.store.records import Document, RecordStore, ping
 
 log = logging.getLogger(__name__)
 INDEX_RETRY_SECONDS = 2.0
+INDEX_CHECK_SECONDS = 30.0
 DRAIN_SECONDS = 10.0
 
 
@@ -58,6 +60,10 @@ class Resources:
 
 
 async def _ensure_indexes(resources: Resources) -> None:
+    """Create the indexes, retrying until the database takes them; then check again every
+    ``INDEX_CHECK_SECONDS``: a database restored, recreated or dropped under a running
+    service comes back without them, and without the unique hash index concurrent writers
+    would store duplicates unnoticed."""
     while True:
         try:
             await resources.records.ensure_indexes()
@@ -67,11 +73,13 @@ async def _ensure_indexes(resources: Resources) -> None:
             # block the unique index): say which, here and in /readyz.
             resources.index_error = f"{type(exc).__name__}: {str(exc)[:300]}"
             log.warning("creating indexes failed (%s); retrying", resources.index_error)
+            if not isinstance(exc, DatabaseUnavailable):  # an outage is reported as such
+                resources.indexes_ready.clear()
             await asyncio.sleep(INDEX_RETRY_SECONDS)
         else:
             resources.index_error = None
             resources.indexes_ready.set()
-            return
+            await asyncio.sleep(INDEX_CHECK_SECONDS)
 
 
 async def _record_usage(limiter: Limiter) -> None:

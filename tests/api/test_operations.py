@@ -7,13 +7,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from pymongo import MongoClient
 
+from service import lifespan
 from service.app import create_app
 from service.domain.records import new_record_id
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
-from tests.conftest import CAT_PHOTO, ROOT, AppClient
+from tests.conftest import CAT_PHOTO, ROOT, AppClient, running
 from tests.support.image_server import ImageServer
 
 
@@ -132,3 +134,20 @@ async def test_head_answers_like_get_without_a_body(client: AppClient) -> None:
     for response in (await client.put("/healthz"), await client.options("/v1/records")):
         assert {m.strip() for m in response.headers["allow"].split(",")} >= {"GET", "HEAD"}
     assert "HEAD" not in (await client.put("/v1/labels")).headers["allow"]
+
+
+async def test_indexes_come_back_when_the_database_loses_them(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database restored or recreated under a running service has no indexes: without
+    the unique hash index, writers would store duplicates unnoticed. They are made again."""
+    monkeypatch.setattr(lifespan, "INDEX_CHECK_SECONDS", 0.2)
+    async with running(make_settings()) as client:
+        records = client.resources.database["records"]
+        await records.drop()
+        for _ in range(50):
+            if "hash_unique" in await records.index_information():
+                break
+            await asyncio.sleep(0.1)
+        assert "hash_unique" in await records.index_information()
+        assert (await client.get("/readyz")).status_code == 200
