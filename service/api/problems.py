@@ -30,6 +30,25 @@ FRAMEWORK_PROBLEMS = {
 }
 
 
+def problem_document(
+    status: int,
+    type_: str,
+    title: str,
+    detail: str,
+    instance: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The RFC 9457 body every error response of the service carries."""
+    return {
+        "type": TYPE_BASE + type_,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        **(extra or {}),
+    }
+
+
 def problem(
     status: int,
     type_: str,
@@ -40,14 +59,7 @@ def problem(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response[dict[str, Any]]:
-    body = {
-        "type": TYPE_BASE + type_,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        **(extra or {}),
-    }
+    body = problem_document(status, type_, title, detail, request.url.path, extra)
     headers = security_headers(request.url.path) | (headers or {})
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 

@@ -16,7 +16,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.headers import security_headers
-from service.api.problems import PROBLEM_JSON, TYPE_BASE
+from service.api.problems import PROBLEM_JSON, problem_document
 from service.errors import ServiceUnavailable
 
 
@@ -45,14 +45,14 @@ def unavailable_when_cancelled(app: ASGIApp) -> ASGIApp:
 
 async def _send_unavailable(path: str, send: Send) -> None:
     body = msgspec.json.encode(
-        {
-            "type": TYPE_BASE + ServiceUnavailable.type,
-            "title": ServiceUnavailable.title,
-            "status": 503,
-            "detail": "the service is shutting down; retry shortly",
-            "instance": path,
-            "reason": "shutting_down",
-        }
+        problem_document(
+            ServiceUnavailable.status,
+            ServiceUnavailable.type,
+            ServiceUnavailable.title,
+            "the service is shutting down; retry shortly",
+            path,
+            {"reason": "shutting_down"},
+        )
     )
     headers = security_headers(path) | {
         "Content-Type": PROBLEM_JSON,
@@ -63,7 +63,7 @@ async def _send_unavailable(path: str, send: Send) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 503,
+            "status": ServiceUnavailable.status,
             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         }
     )
