@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     create = keys.add_parser("create", help="create a key; the secret is printed once")
     create.add_argument("--name", required=True)
-    create.add_argument("--scopes", default="read", help="comma-separated: label,read,admin")
+    create.add_argument("--scopes", default="read", help="comma-separated: label,read,delete,admin")
     create.add_argument("--rate", help="request rate limit, e.g. 20/s or 600/min (per process)")
     create.add_argument("--quota", help="daily request quota (UTC days), e.g. 100000/day")
     keys.add_parser("list", help="list keys (never their secrets)")

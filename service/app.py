@@ -38,6 +38,7 @@ ROUTES = [
     records.list_records,
     records.get_labeled_data,
     records.get_record,
+    records.delete_record,
     records.similar_records,
     search.search,
     health.healthz,

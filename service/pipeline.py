@@ -117,6 +117,12 @@ class LabelingPipeline:
             raise RecordNotFound(f"no record has id {record_id!r}")
         return record_from_document(document)
 
+    async def delete(self, record_id: str) -> None:
+        """Delete a stored record: the next request for its bytes labels them afresh."""
+        deleted = await self._store.delete(record_id)
+        if deleted is None:
+            raise RecordNotFound(f"no record has id {record_id!r}")
+
     async def label_url(self, url: str) -> LabelOutcome:
         # Admission before the download: a burst must not turn into unbounded concurrent
         # fetches (each up to max_image_bytes in memory) queued behind the workers.

@@ -1,11 +1,12 @@
-"""Query endpoints for API-key holders: ``GET /v1/records``, ``GET /get-labeled-data``,
-``GET /v1/records/{id}`` and ``GET /v1/records/{id}/similar``."""
+"""Endpoints for API-key holders: ``GET /v1/records``, ``GET /get-labeled-data``,
+``GET /v1/records/{id}``, ``GET /v1/records/{id}/similar`` and ``DELETE /v1/records/{id}``."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
-from litestar import get
+from litestar import Request, delete, get
 from litestar.di import Provide
 from litestar.params import FromPath, QueryParameter
 
@@ -28,6 +29,7 @@ from service.query.paging import MAX_CURSOR_LENGTH, SORTABLE, SortOrder, parse_f
 from service.query.similar import DEFAULT_DISTANCE, MAX_DISTANCE
 from service.store.records import with_id_aliases
 
+log = logging.getLogger(__name__)
 DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
 QUERY_PROBLEMS = problem_responses(400, 401, 403, 429, 503)
 MAX_PER_PAGE = 100
@@ -134,7 +136,8 @@ async def find_records(
     description=(
         "Offset paging with page/per_page, or keyset paging: pass each response's"
         " next_cursor as cursor until it is null; a cursor walk returns every record that"
-        " existed when it started exactly once, whatever is inserted meanwhile."
+        " existed when it started (and was not deleted meanwhile) exactly once, whatever is"
+        " inserted meanwhile."
     ),
     tags=["records"],
     security=[{"ApiKey": []}],
@@ -184,6 +187,26 @@ async def get_labeled_data(
 )
 async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Record | StoredDocument:
     return await resources.pipeline.get(record_id)
+
+
+@delete(
+    "/v1/records/{record_id:str}",
+    dependencies=DEPENDENCIES,
+    guards=[requires("delete")],
+    summary="Delete a stored record",
+    description=(
+        "Removes the record for good (journaled before the answer). The same bytes, POSTed"
+        " again, are labeled afresh under a new id. Needs a key with the delete scope."
+    ),
+    tags=["records"],
+    security=[{"ApiKey": []}],
+    responses=problem_responses(401, 403, 404, 429, 503),
+)
+async def delete_record(
+    request: Request[Any, Any, Any], resources: ResourcesDep, record_id: FromPath[str]
+) -> None:
+    await resources.pipeline.delete(record_id)
+    log.info("record %s deleted with key %s", record_id, request.scope["state"]["principal"].name)
 
 
 @get(

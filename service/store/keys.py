@@ -20,7 +20,7 @@ from service.ratelimit import Limits, Rate
 from service.store.records import Document, database_errors, within
 
 KEY_PREFIX = "lsk_"
-SCOPES = ("label", "read", "admin")
+SCOPES = ("label", "read", "delete", "admin")
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 KEY_INDEXES = [
     IndexModel([("key_hash", ASCENDING)], name="key_hash_unique", unique=True),

@@ -207,6 +207,13 @@ class RecordStore:
         async with self._labeling():
             return await self._records.find_one({"hash": digest})
 
+    async def delete(self, record_id: str) -> Document | None:
+        """Delete the record with this id (journaled); returns it, or ``None`` if none had it."""
+        async with self._labeling():
+            return await self._records.find_one_and_delete(
+                id_filter(record_id), projection={"hash": True, "url": True}
+            )
+
     async def remember_url(self, digest: str, url: str) -> Document | None:
         """Add ``url`` to the record with this content hash, unless it holds ``MAX_URLS``
         already; returns the record."""

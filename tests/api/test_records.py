@@ -104,6 +104,29 @@ async def test_record_by_id(client: AppClient, auth: dict[str, str]) -> None:
     assert_problem(missing, 404, "record-not-found")
 
 
+async def test_deleting_a_record(
+    client: AppClient, image_server: ImageServer, auth: dict[str, str]
+) -> None:
+    url = image_server.photo_url(LABELED[0])
+    first = (await client.post("/v1/labels", json={"url": url})).json()
+    path = f"/v1/records/{first['_id']}"
+    reader = {"X-API-Key": await client.resources.keys.create("reader", ["read"])}
+    deleter = {"X-API-Key": await client.resources.keys.create("deleter", ["delete"])}
+    assert_problem(await client.delete(path), 401, "unauthorized")
+    assert_problem(await client.delete(path, headers=reader), 403, "forbidden")
+    assert (await client.get(path, headers=auth)).status_code == 200
+
+    response = await client.delete(path, headers=deleter)
+    assert response.status_code == 204 and response.content == b""
+    assert_problem(await client.get(path, headers=auth), 404, "record-not-found")
+    assert_problem(await client.delete(path, headers=deleter), 404, "record-not-found")
+    assert await client.resources.database["records"].count_documents({"hash": first["hash"]}) == 0
+    # The same bytes are labeled afresh, under a new id.
+    again = await client.post("/v1/labels", json={"url": url})
+    assert again.status_code == 201
+    assert again.json()["_id"] != first["_id"] and again.json()["hash"] == first["hash"]
+
+
 @pytest.mark.parametrize(
     ("q", "needle"),
     [
@@ -231,6 +254,11 @@ async def test_imported_ids_can_be_followed(
     assert [r["_id"] for r in found.json()["output"]] == [twin["_id"]]
     missing = await client.get(f"/v1/records/{ObjectId()}", headers=auth)
     assert_problem(missing, 404, "record-not-found")
+
+    deleted = await client.delete(f"/v1/records/{rid}", headers=auth)
+    assert deleted.status_code == 204, deleted.text
+    assert_problem(await client.get(f"/v1/records/{rid}", headers=auth), 404)
+    await client.resources.database["records"].insert_one(imported)
 
     # Cursor walks cross from string ids to ObjectIds (and back, descending).
     for sort in ("width", "-width", "_id", "-_id"):
