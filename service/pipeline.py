@@ -28,6 +28,7 @@ from service.errors import (
     Overloaded,
     RecordNotFound,
     ServiceError,
+    ServiceUnavailable,
     UpstreamTimeout,
 )
 from service.executor import BlockingExecutor, start_request
@@ -146,9 +147,11 @@ class LabelingPipeline:
     async def _label_url(self, url: str) -> LabelOutcome:
         fetched = await self._fetch(url)
         digest = fetched.sha256
-        existing = await self._store.find_by_hash(digest)
-        if existing is not None:
-            return await self._reuse(digest, url)
+        if await self._store.find_by_hash(digest) is not None:
+            reused = await self._reuse(digest, url)
+            if reused is not None:
+                return reused
+            # Deleted in between: these bytes have no record any more, so label them afresh.
 
         task = self._analyses_by_hash.get(digest)
         joined = task is not None
@@ -158,16 +161,24 @@ class LabelingPipeline:
             task.add_done_callback(lambda _: self._analyses_by_hash.pop(digest, None))
         outcome = await asyncio.shield(task)
         if url not in outcome.urls:
-            return await self._reuse(digest, url)
+            reused = await self._reuse(digest, url)
+            if reused is None:  # created by another request, and deleted since
+                raise ServiceUnavailable(
+                    "the record for these bytes was deleted while this request joined it; retry",
+                    retry_after=1,
+                    extra={"reason": "write_conflict"},
+                )
+            return reused
         if joined:  # another request created the record: this one found it (200, not 201)
             self._metrics.records_reused.inc()
             return LabelOutcome(outcome.record, created=False)
         return outcome
 
-    async def _reuse(self, digest: str, url: str) -> LabelOutcome:
+    async def _reuse(self, digest: str, url: str) -> LabelOutcome | None:
+        """The stored record for these bytes, with ``url`` added; ``None`` if it was deleted."""
         document = await self._store.remember_url(digest, url)
-        if document is None:  # deleted between the two calls
-            raise RecordNotFound("the record for this image was removed; retry")
+        if document is None:
+            return None
         self._metrics.records_reused.inc()
         return LabelOutcome(record_from_document(document), created=False)
 

@@ -127,6 +127,28 @@ async def test_deleting_a_record(
     assert again.json()["_id"] != first["_id"] and again.json()["hash"] == first["hash"]
 
 
+async def test_a_record_deleted_while_its_bytes_are_labeled_again(
+    client: AppClient, image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup by content hash finds the record, which is deleted before the new URL is
+    added to it: the bytes have no record any more, so they are labeled afresh."""
+    first = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[1])})
+    store = client.resources.records
+    find_by_hash = store.find_by_hash
+
+    async def found_then_deleted(digest: str) -> dict[str, Any] | None:
+        found = await find_by_hash(digest)
+        if found is not None:
+            await store.delete(found["_id"])
+        return found
+
+    monkeypatch.setattr(store, "find_by_hash", found_then_deleted)
+    again = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[1])})
+    assert again.status_code == 201, again.text
+    assert again.json()["_id"] != first.json()["_id"]
+    assert await client.resources.database["records"].count_documents({}) == 1
+
+
 @pytest.mark.parametrize(
     ("q", "needle"),
     [
