@@ -52,6 +52,9 @@ class Metrics:
             "Labeling requests answered with an existing record (same bytes or id)",
             registry=r,
         )
+        self.records_deleted = Counter(
+            "labelsvc_records_deleted", "Records deleted through the API", registry=r
+        )
         self.fetch_failures = Counter(
             "labelsvc_fetch_failures", "Image fetch failures by reason", ["reason"], registry=r
         )

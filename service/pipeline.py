@@ -123,6 +123,7 @@ class LabelingPipeline:
         deleted = await self._store.delete(record_id)
         if deleted is None:
             raise RecordNotFound(f"no record has id {record_id!r}")
+        self._metrics.records_deleted.inc()
 
     async def label_url(self, url: str) -> LabelOutcome:
         # Admission before the download: a burst must not turn into unbounded concurrent

@@ -120,6 +120,7 @@ async def test_deleting_a_record(
     assert response.status_code == 204 and response.content == b""
     assert_problem(await client.get(path, headers=auth), 404, "record-not-found")
     assert_problem(await client.delete(path, headers=deleter), 404, "record-not-found")
+    assert "labelsvc_records_deleted_total 1.0" in (await client.get("/metrics")).text
     assert await client.resources.database["records"].count_documents({"hash": first["hash"]}) == 0
     # The same bytes are labeled afresh, under a new id.
     again = await client.post("/v1/labels", json={"url": url})
