@@ -6,6 +6,7 @@ process on a free loopback port; production points ``LABELSVC_MONGODB_URI`` at r
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import signal
@@ -40,6 +41,7 @@ class LocalDatabaseServer:
         self.port = port or free_port(host)
         self._process: subprocess.Popen[bytes] | None = None
         self._log = storage.parent / f"{storage.name}.log"
+        self._lock: int | None = None  # a descriptor holding the storage's lock file
 
     @property
     def pid(self) -> int | None:
@@ -50,7 +52,14 @@ class LocalDatabaseServer:
         return f"mongodb://{self.host}:{self.port}/"
 
     def start(self, timeout: float = 60.0) -> str:
-        self.storage.mkdir(parents=True, exist_ok=True)
+        try:
+            self.storage.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseServerError(
+                f"cannot create the database storage {self.storage}: {exc.strerror}; set"
+                " LABELSVC_DATA_DIR to a writable directory, or LABELSVC_MONGODB_URI to a server"
+            ) from None
+        self._take_lock()
         self._stop_left_over()
         args = [
             *shlex.split(self.command),
@@ -81,10 +90,34 @@ class LocalDatabaseServer:
     def _pidfile(self) -> Path:
         return self.storage.parent / f"{self.storage.name}.pid"
 
+    def _take_lock(self) -> None:
+        """Hold the storage's lock file while this process owns its server. The lock goes
+        with the process, however it ends, and the server (a child that does not inherit the
+        descriptor) never holds it: a held lock means another live service owns the storage."""
+        if self._lock is not None:  # restarted by this process
+            return
+        path = self.storage.parent / f"{self.storage.name}.lock"
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise DatabaseServerError(
+                f"another service is running on the database storage {self.storage}; stop it"
+                " first, or give this one its own LABELSVC_DATA_DIR"
+            ) from None
+        self._lock = descriptor
+
+    def _release_lock(self) -> None:
+        descriptor, self._lock = self._lock, None
+        if descriptor is not None:
+            os.close(descriptor)
+
     def _stop_left_over(self) -> None:
         """A server an earlier run started on this storage and never stopped (that run was
-        SIGKILLed, by the OOM killer say) still holds its lock: stop it, or no start succeeds.
-        It is ours if its command line names this storage."""
+        SIGKILLed, by the OOM killer say) still holds the storage: stop it, or no start
+        succeeds. Called with the lock held, so that run is gone. The server is that run's if
+        its command line names this storage."""
         try:
             pid = int(self._pidfile.read_text())
             command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -118,14 +151,17 @@ class LocalDatabaseServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            if process is None or process.poll() is not None:
+                return
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        finally:
+            self._release_lock()
 
     def kill(self) -> None:
         """Stop abruptly (for fault tests)."""
