@@ -13,6 +13,7 @@ from pymongo.errors import PyMongoError
 from service.backfill_cli import add_backfill_parser, run_backfill_command
 from service.dbserver import DatabaseServerError
 from service.errors import ServiceError
+from service.infer.manifest import ModelError
 from service.settings import ConfigError, Settings
 
 
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return _run(args, settings)
+    except ModelError as exc:  # a model file missing or altered, a provider this build lacks
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except (ServiceError, PyMongoError, DatabaseServerError) as exc:
         # The database is unreachable, or refused: a message, not a traceback.
         print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """``python -m service serve``: the database (when none is configured) plus uvicorn.
 
 SIGTERM, SIGINT or SIGHUP stops uvicorn gracefully, then the database server this process
-started.
+started. Settings and models are checked before anything starts, so an operator's mistake
+is one line of error, not a half-started service.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import uvicorn
 
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
+from service.infer.models import check_models
 from service.observability import configure_logging
 from service.settings import Settings
 
@@ -28,15 +30,18 @@ def serve(settings: Settings) -> int:
 
     def remember(signum: int, _: FrameType | None) -> None:
         received.append(signum)
-        if signum == signal.SIGHUP and server is not None:
-            server.should_exit = True  # uvicorn itself handles only SIGTERM and SIGINT
+        if server is not None:  # uvicorn handles SIGTERM and SIGINT only once it runs
+            server.should_exit = True
 
     # uvicorn re-raises the signal that stopped it; our handler turns that into a clean exit.
     # SIGHUP (the terminal of `make run` closed) stops the service too: the database server
-    # runs in a session of its own and would otherwise outlive it.
+    # runs in a session of its own and would otherwise outlive it. Unless hangups are ignored
+    # (`nohup`): the operator asked for the service to outlive the terminal.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, remember)
+        if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, remember)
 
+    check_models(settings)
     database: LocalDatabaseServer | None = None
     try:
         if settings.mongodb_uri is None:
@@ -57,6 +62,8 @@ def serve(settings: Settings) -> int:
             h11_max_incomplete_event_size=128 * 1024,
         )
         server = uvicorn.Server(config)
+        if received:  # stopped while the app was being built
+            return 0
         server.run()
     finally:
         if database is not None:

@@ -6,6 +6,8 @@ import re
 import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -13,7 +15,7 @@ import httpx
 from service.dbserver import free_port
 from tests.conftest import API_KEY, CAT_PHOTO
 from tests.support.image_server import ImageServer
-from tests.support.process import service_env, start_service, stop, wait_ready
+from tests.support.process import ROOT, service_env, start_service, stop, wait_ready
 
 
 def port_open(port: int) -> bool:
@@ -121,3 +123,61 @@ def test_a_start_after_a_sigkill_stops_the_database_left_running(
             assert stop(process) == 0
         assert process.stdout is not None
         assert_stopped_cleanly(process.stdout.read().decode())
+
+
+def test_a_second_start_on_the_same_storage_is_refused(tmp_path: Path, model_dir: Path) -> None:
+    """`make run` typed twice: the second start must leave the first service's database
+    alone, and say why it does not start."""
+    first_port, second_port = free_port(), free_port()
+    data_dir = str(tmp_path / "var")
+    base = f"http://127.0.0.1:{first_port}"
+    with start_service(service_env(first_port, data_dir=data_dir, model_dir=str(model_dir))) as a:
+        try:
+            wait_ready(base, a)
+            second = subprocess.run(
+                [sys.executable, "-m", "service", "serve"],
+                cwd=ROOT,
+                env=service_env(second_port, data_dir=data_dir, model_dir=str(model_dir)),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert second.returncode == 1
+            assert "another service is running on the database storage" in second.stderr
+            assert httpx.get(base + "/readyz", timeout=10).status_code == 200
+        finally:
+            assert stop(a) == 0
+
+
+def test_a_service_started_under_nohup_outlives_a_hangup(tmp_path: Path, model_dir: Path) -> None:
+    port = free_port()
+    env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir))
+    base = f"http://127.0.0.1:{port}"
+
+    def ignore_hangups() -> None:  # what nohup does before it runs the command
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    with start_service(env, preexec_fn=ignore_hangups) as process:
+        try:
+            wait_ready(base, process)
+            process.send_signal(signal.SIGHUP)
+            time.sleep(1)
+            assert process.poll() is None
+            assert httpx.get(base + "/readyz", timeout=10).status_code == 200
+        finally:
+            assert stop(process) == 0
+
+
+def test_a_missing_model_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env=service_env(free_port(), data_dir=str(tmp_path / "var"), model_dir=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("configuration error: model file yolox_nano.onnx not found")
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert not (tmp_path / "var").exists()  # no database was started

@@ -120,6 +120,42 @@ def _pick(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return result
 
 
+def verify_export(export_dir: Path) -> CaptionerInfo:
+    """The export's description, once every file it needs is there with its listed sha256;
+    ``ModelError`` says what is wrong."""
+    if not export_dir.is_dir():
+        raise ModelError(f"captioner export directory {export_dir} does not exist")
+    missing = [name for name in REQUIRED_FILES if not (export_dir / name).is_file()]
+    if missing:
+        raise ModelError(
+            f"captioner export directory {export_dir} lacks {', '.join(missing)}; "
+            "produce it with `python -m models.export_captioner`"
+        )
+    info = _read_json(export_dir / "captioner.json", CaptionerInfo)
+    if info.format != FORMAT_VERSION:
+        raise ModelError(
+            f"captioner export {export_dir} has format {info.format}; "
+            f"this service reads format {FORMAT_VERSION} (re-export it)"
+        )
+    unlisted = [name for name in REQUIRED_FILES[1:] if name not in info.files]
+    if unlisted:  # a file without a checksum would be loaded unverified
+        raise ModelError(
+            f"captioner export {export_dir} gives no sha256 for {', '.join(unlisted)} "
+            "in captioner.json (re-export it)"
+        )
+    for file_name, expected in info.files.items():
+        path = export_dir / file_name
+        if not path.is_file():
+            raise ModelError(f"captioner file {path} is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelError(
+                f"captioner file {path} is corrupt: sha256 {actual}, expected {expected} "
+                "(re-export or copy the directory again)"
+            )
+    return info
+
+
 class NeuralCaptioner:
     """Captions images with an exported ViT-GPT2 or BLIP model; ``generate_ids`` is thread-safe."""
 
@@ -131,36 +167,7 @@ class NeuralCaptioner:
         intra_op_threads: int = 1,
     ) -> None:
         export_dir = Path(export_dir)
-        if not export_dir.is_dir():
-            raise ModelError(f"captioner export directory {export_dir} does not exist")
-        missing = [name for name in REQUIRED_FILES if not (export_dir / name).is_file()]
-        if missing:
-            raise ModelError(
-                f"captioner export directory {export_dir} lacks {', '.join(missing)}; "
-                "produce it with `python -m models.export_captioner`"
-            )
-        info = _read_json(export_dir / "captioner.json", CaptionerInfo)
-        if info.format != FORMAT_VERSION:
-            raise ModelError(
-                f"captioner export {export_dir} has format {info.format}; "
-                f"this service reads format {FORMAT_VERSION} (re-export it)"
-            )
-        unlisted = [name for name in REQUIRED_FILES[1:] if name not in info.files]
-        if unlisted:  # a file without a checksum would be loaded unverified
-            raise ModelError(
-                f"captioner export {export_dir} gives no sha256 for {', '.join(unlisted)} "
-                "in captioner.json (re-export it)"
-            )
-        for file_name, expected in info.files.items():
-            path = export_dir / file_name
-            if not path.is_file():
-                raise ModelError(f"captioner file {path} is missing")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise ModelError(
-                    f"captioner file {path} is corrupt: sha256 {actual}, expected {expected} "
-                    "(re-export or copy the directory again)"
-                )
+        info = verify_export(export_dir)
         self.export_dir = export_dir
         self.name: str = info.name
         # Lineage: the decoder's digest identifies the weights that wrote the text.
