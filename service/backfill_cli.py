@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from bson import json_util
+from bson.errors import BSONError
 
 from service.settings import Settings
 from service.store.backfill import BackfillProgress, backfill_derived_fields
@@ -21,6 +22,7 @@ def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument(
         "--after",
+        type=_record_id,
         help='resume after this record id, as last reported: JSON (7, {"$oid": "..."}, "7")'
         " or a plain string id",
     )
@@ -45,7 +47,7 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
             records_collection(database),
             batch_size=args.batch_size,
             dry_run=args.dry_run,
-            after=_record_id(args.after),
+            after=args.after,
             on_batch=report,
         )
     print(_summary(done, args.dry_run, done=True))
@@ -65,12 +67,12 @@ def _summary(progress: BackfillProgress, dry_run: bool, **more: object) -> str:
     return json_util.dumps(summary, json_options=json_util.RELAXED_JSON_OPTIONS)
 
 
-def _record_id(text: str | None) -> object:
+def _record_id(text: str) -> object:
     """An id as a progress line shows it (JSON: a number, {"$oid": ...}, a quoted string),
     or else the plain text of a string id such as PT::..."""
-    if text is None:
-        return None
     try:
         return json_util.loads(text)
     except ValueError:
         return text
+    except BSONError as exc:  # Extended JSON of a malformed value: {"$oid": "zz"}
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -34,6 +34,7 @@ _UNITS = {
     **dict.fromkeys(("h", "hour"), 3600),
     **dict.fromkeys(("d", "day"), 86400),
 }
+MAX_REQUESTS = 10**12  # stored as a 64-bit integer, with room to add a day's usage
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
 
 
@@ -47,8 +48,11 @@ class Rate:
         """``"20/s"``, ``"600/min"``, ``"100000/day"``: a positive count per unit of time."""
         match = _RATE.match(text.lower())
         unit = _UNITS.get(match[2]) if match else None
-        if not match or not unit or int(match[1]) < 1:
-            raise ValueError(f"{text!r} is not a rate like 20/s, 600/min or 100000/day")
+        if not match or not unit or not 1 <= int(match[1]) <= MAX_REQUESTS:
+            raise ValueError(
+                f"{text!r} is not a rate like 20/s, 600/min or 100000/day"
+                f" (at most {MAX_REQUESTS:,} requests)"
+            )
         return cls(int(match[1]), unit)
 
     @property

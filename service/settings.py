@@ -23,6 +23,13 @@ NOT_SETTINGS = frozenset({"evalset_dir", "models", "soak_requests"})
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # MongoDB database names: no /\. "$ or NUL, at most 63 bytes.
 _DB_NAME = re.compile(r'[^/\\. "$*<>:|?\x00]{1,63}')
+# Bounds a value must stay within for the libraries that take it. The server refuses a
+# maxTimeMS past a signed 32-bit integer, and the driver timeouts of a billion ms or more.
+MAX_TIME_MS = 2**31 - 1
+MAX_DB_TIMEOUT_MS = 999_999_999
+MAX_FETCH_SECONDS = 3600.0
+MAX_BATCH_WAIT_MS = 1000.0
+MAX_INPUT_SIZE = 2048
 
 
 class ConfigError(ValueError):
@@ -114,11 +121,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if environ is None else environ
         raw: dict[str, object] = {}
         fields = set(cls.__struct_fields__)
+        optional = {f.name for f in msgspec.structs.fields(cls) if f.default is None}
         unknown = []
         for key, value in env.items():
             if not key.startswith(PREFIX):
                 continue
             name = key.removeprefix(PREFIX).lower()
+            if name in optional and not value:
+                continue  # `VAR=` (an env file, compose's ${VAR:-}) leaves it unset
             if name in fields:
                 raw[name] = value
             elif name not in NOT_SETTINGS:
@@ -142,34 +152,41 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "caption_beams must be >= 1": self.caption_beams >= 1,
             "caption_batch_size must be >= 1": self.caption_batch_size >= 1,
             "detect_batch_size must be >= 1": self.detect_batch_size >= 1,
-            "detect_batch_wait_ms must be >= 0": self.detect_batch_wait_ms >= 0,
-            "detector_input_size must be a multiple of 32": self.detector_input_size % 32 == 0
-            and self.detector_input_size >= 32,
+            f"detect_batch_wait_ms must be in [0, {MAX_BATCH_WAIT_MS:g}]": _within(
+                0, MAX_BATCH_WAIT_MS, self.detect_batch_wait_ms
+            ),
+            f"detector_input_size must be a multiple of 32 in [32, {MAX_INPUT_SIZE}]": _within(
+                32, MAX_INPUT_SIZE, self.detector_input_size
+            )
+            and self.detector_input_size % 32 == 0,
             "port must be in [0, 65535]": 0 <= self.port <= 65535,
             f"log_level must be one of {', '.join(LOG_LEVELS)}": self.log_level.lower()
             in LOG_LEVELS,
             "mongodb_db must be a database name": _DB_NAME.fullmatch(self.mongodb_db) is not None,
-            "db_timeout_ms and db_operation_timeout_ms must be >= 1": min(
-                self.db_timeout_ms, self.db_operation_timeout_ms
-            )
-            >= 1,
+            f"db_timeout_ms and db_operation_timeout_ms must be in [1, {MAX_DB_TIMEOUT_MS}]": (
+                _within(1, MAX_DB_TIMEOUT_MS, self.db_timeout_ms, self.db_operation_timeout_ms)
+            ),
             "max_image_bytes, max_pixels and max_url_length must be >= 1": min(
                 self.max_image_bytes, self.max_pixels, self.max_url_length
             )
             >= 1,
-            "fetch timeouts must be > 0": min(
-                self.fetch_connect_timeout, self.fetch_read_timeout, self.fetch_total_timeout
-            )
-            > 0,
+            f"fetch timeouts must be in [0.001, {MAX_FETCH_SECONDS:g}] seconds": _within(
+                0.001,
+                MAX_FETCH_SECONDS,
+                self.fetch_connect_timeout,
+                self.fetch_read_timeout,
+                self.fetch_total_timeout,
+            ),
             "max_detections must be >= 1": self.max_detections >= 1,
             "intra_op_threads must be >= 0": self.intra_op_threads >= 0,
-            "caption_batch_wait_ms must be >= 0": self.caption_batch_wait_ms >= 0,
+            f"caption_batch_wait_ms must be in [0, {MAX_BATCH_WAIT_MS:g}]": _within(
+                0, MAX_BATCH_WAIT_MS, self.caption_batch_wait_ms
+            ),
             "max_redirects must be >= 0": self.max_redirects >= 0,
             "page_size must be in [1, 100]": 1 <= self.page_size <= 100,
-            "query_max_time_ms and count_max_time_ms must be >= 1": min(
-                self.query_max_time_ms, self.count_max_time_ms
-            )
-            >= 1,
+            f"query_max_time_ms and count_max_time_ms must be in [1, {MAX_TIME_MS}]": _within(
+                1, MAX_TIME_MS, self.query_max_time_ms, self.count_max_time_ms
+            ),
             f"execution_provider must be one of {get_args(Provider)}": self.execution_provider
             in get_args(Provider),
         }
@@ -180,6 +197,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 Rate.parse(self.label_rate_per_client)
             except ValueError as exc:
                 checks[f"label_rate_per_client: {exc}"] = False
+        uri_problem = _uri_problem(self.mongodb_uri)
+        if uri_problem is not None:
+            checks[f"mongodb_uri: {uri_problem}"] = False
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
             raise ConfigError("; ".join(failed))
+
+
+def _within(low: float, high: float, *values: float) -> bool:
+    """Every value in [low, high]; NaN is in no range."""
+    return all(low <= value <= high for value in values)
+
+
+def _uri_problem(uri: str | None) -> str | None:
+    """Why the driver would refuse ``uri``, or ``None``. A ``mongodb+srv://`` URI is left to
+    the driver: checking it means DNS lookups."""
+    if uri is None or uri.startswith("mongodb+srv://"):
+        return None
+    from pymongo.errors import PyMongoError
+    from pymongo.uri_parser import parse_uri
+
+    try:
+        parse_uri(uri)
+    except (PyMongoError, ValueError) as exc:
+        return str(exc)
+    return None

@@ -115,6 +115,19 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("FETCH_TOTAL_TIMEOUT", "0", "fetch timeouts"),
         ("DB_OPERATION_TIMEOUT_MS", "0", "db_operation_timeout_ms"),
         ("DETECTOR_INPUT_SIZE", "0", "detector_input_size"),
+        ("DETECTOR_INPUT_SIZE", "4096", "detector_input_size"),
+        # NaN passes every min() and fails every comparison; timeouts and waits are bounded.
+        ("FETCH_READ_TIMEOUT", "nan", "fetch timeouts"),
+        ("FETCH_TOTAL_TIMEOUT", "inf", "fetch timeouts"),
+        ("DETECT_BATCH_WAIT_MS", "inf", "detect_batch_wait_ms"),
+        ("CAPTION_BATCH_WAIT_MS", "nan", "caption_batch_wait_ms"),
+        # The server refuses a maxTimeMS past 2**31 - 1, the driver a timeout of 1e9 ms.
+        ("QUERY_MAX_TIME_MS", str(2**31), "query_max_time_ms"),
+        ("COUNT_MAX_TIME_MS", "99999999999999999999", "count_max_time_ms"),
+        ("DB_TIMEOUT_MS", "1000000000", "db_timeout_ms"),
+        ("MONGODB_URI", "mongodb://127.0.0.1:99999/", "mongodb_uri: Port must be"),
+        ("MONGODB_URI", "127.0.0.1:27017", "mongodb_uri: Invalid URI scheme"),
+        ("LABEL_RATE_PER_CLIENT", "99999999999999999999/s", "label_rate_per_client"),
         # A misspelt name would leave its setting at the default: here, labeling open.
         ("LABELING_REQUIRE_KEY", "1", "unknown settings: LABELSVC_LABELING_REQUIRE_KEY"),
     ],
@@ -122,6 +135,12 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
 def test_unusable_settings_fail_fast(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_env({f"LABELSVC_{name}": value})
+
+
+def test_empty_optional_settings_are_unset() -> None:
+    """``VAR=`` in an env file, or compose's ``${VAR:-}``: not a URI, a path or a key."""
+    empty = {f"LABELSVC_{n}": "" for n in ("MONGODB_URI", "CAPTIONER_DIR", "BOOTSTRAP_API_KEY")}
+    assert Settings.from_env(empty) == Settings()
 
 
 def test_tooling_variables_are_not_settings() -> None:

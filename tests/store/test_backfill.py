@@ -117,6 +117,13 @@ def test_backfill_refuses_a_bad_batch_size(
     assert main(["backfill", "--batch-size", "0"]) == 2
 
 
+def test_backfill_refuses_a_malformed_after_id(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["backfill", "--after", '{"$oid": "zz"}'])
+    assert refused.value.code == 2
+    assert "argument --after: 'zz' is not a valid ObjectId" in capsys.readouterr().err
+
+
 def test_backfill_walks_ids_of_every_type(
     settings: Settings,
     records: Collection[dict[str, Any]],
