@@ -24,12 +24,14 @@ OTHER_ORT := $(if $(filter gpu,$(RUNTIME)),onnxruntime,onnxruntime-gpu)
 
 .PHONY: run test lint typecheck pytest bench openapi install clean
 
+# The stamps go first: an install cut short (after the uninstall, say) leaves none, so the
+# next make installs again instead of trusting a half-changed environment.
 $(INSTALLED): pyproject.toml requirements/constraints.txt
+	rm -f $(VENV)/.installed-* $(VENV)/.bench-installed
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip uninstall --quiet --yes $(OTHER_ORT)
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[$(RUNTIME),dev]'
-	rm -f $(VENV)/.installed-* $(VENV)/.bench-installed
 	touch $@
 
 # `make bench` only: the bench extra adds torch and an embedding model for caption similarity.
