@@ -171,14 +171,11 @@ async def search_page(
     ranked += [{"$sort": dict(BY_SCORE.spec())}, *_window(skip, limit)]
     pipeline = [{"$match": filt}, {"$facet": {"page": ranked, "total": [{"$count": "n"}]}}]
     (facet,) = await store.aggregate(pipeline, max_time_ms=budget.query_ms)
-    scores = {d["_id"]: d[SCORE] for d in facet["page"]}
-    documents = await _by_ids(store, list(scores), request.projection, budget)
-    for document in documents:
-        document[SCORE] = scores[document["_id"]]
-    page = _page(documents, request, BY_SCORE, _facet_count(facet), False)
-    for document in page.documents:
-        del document[SCORE]
-    return page
+    # The ranking decides the cursor: a record deleted before the second read must not end
+    # the walk, as deciding from the records still found would.
+    shown, next_cursor = _cut(facet["page"], request.per_page, BY_SCORE)
+    documents = await _by_ids(store, [d["_id"] for d in shown], request.projection, budget)
+    return _finish(documents, request, BY_SCORE, _facet_count(facet), False, next_cursor)
 
 
 async def similar_page(
@@ -320,6 +317,16 @@ async def _by_ids(
     return [by_id[i] for i in ids if i in by_id]
 
 
+def _cut(
+    documents: list[Document], per_page: int, order: SortOrder
+) -> tuple[list[Document], str | None]:
+    """A page from ``per_page + 1`` sorted rows, and the cursor past it when more follow."""
+    if len(documents) <= per_page:
+        return documents, None
+    documents = documents[:per_page]
+    return documents, encode_cursor(order, documents[-1])
+
+
 def _page(
     documents: list[Document],
     request: PageRequest,
@@ -327,10 +334,18 @@ def _page(
     length: int,
     estimate: bool,
 ) -> Page:
-    next_cursor = None
-    if len(documents) > request.per_page:
-        documents = documents[: request.per_page]
-        next_cursor = encode_cursor(order, documents[-1])
+    documents, next_cursor = _cut(documents, request.per_page, order)
+    return _finish(documents, request, order, length, estimate, next_cursor)
+
+
+def _finish(
+    documents: list[Document],
+    request: PageRequest,
+    order: SortOrder,
+    length: int,
+    estimate: bool,
+    next_cursor: str | None,
+) -> Page:
     if request.projection is not None:
         strip_fields(
             documents, request.projection, _fetched_projection(request.projection, order) or {}

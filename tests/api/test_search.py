@@ -62,6 +62,39 @@ async def test_search_ranks_by_matching_terms_then_newest(
     assert walked == filtered
 
 
+async def test_a_search_walk_survives_deletions_on_its_pages(
+    client: AppClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record of the page being built is deleted between the ranking and the read of the
+    records: the walk goes on, and every record not deleted comes back once."""
+    records = await corpus.seed(client.resources.database["records"], 200)
+    terms = search_terms("Dogs on sofas")
+    matching = {r["_id"] for r in records if set(terms) & set(r["keywords"])}
+    store = client.resources.records
+    aggregate = store.aggregate
+    deleted: list[str] = []
+
+    async def then_delete_one(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        result = await aggregate(*args, **kwargs)
+        victim = result[0]["page"][0]["_id"]  # on the page being built
+        await client.resources.database["records"].delete_one({"_id": victim})
+        deleted.append(victim)
+        return result
+
+    monkeypatch.setattr(store, "aggregate", then_delete_one)
+    walked: list[str] = []
+    cursor = None
+    while True:
+        params = {"text": "Dogs on sofas", "per_page": 10}
+        page = await _search(client, auth, **params, **({"cursor": cursor} if cursor else {}))
+        walked += [r["_id"] for r in page["output"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(deleted) > 3
+    assert sorted(walked) == sorted(matching - set(deleted))
+
+
 async def test_search_one_term_and_no_terms(client: AppClient, auth: dict[str, str]) -> None:
     records = await corpus.seed(client.resources.database["records"], 80)
     page = await _search(client, auth, text="ZEBRAS", per_page=100)
