@@ -12,6 +12,7 @@ from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, Schema, SecurityScheme
+from litestar.routes import HTTPRoute
 from litestar.types import (
     LifeSpanReceive,
     LifeSpanScope,
@@ -104,8 +105,9 @@ class LabelingApp(Litestar):
 
     def __init__(self, metrics: Metrics, **config: Any) -> None:
         super().__init__(**config)
+        methods = {r.path_format: r.methods for r in self.routes if isinstance(r, HTTPRoute)}
         self._http = timed_requests(
-            metrics, unavailable_when_cancelled(head_as_get(super().__call__))
+            metrics, unavailable_when_cancelled(head_as_get(super().__call__, methods))
         )
 
     async def __call__(

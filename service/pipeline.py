@@ -25,6 +25,7 @@ from service.domain.records import (
 )
 from service.errors import (
     BadRequest,
+    DatabaseUnavailable,
     Overloaded,
     RecordNotFound,
     ServiceError,
@@ -39,6 +40,9 @@ from service.store.records import RecordStore, is_object_id_hex
 
 # At capacity, a download running this long gives its slot to a new request.
 SLOW_FETCH_SECONDS = 5.0
+# Analyses of one request's bytes when each record made for them is deleted before this
+# request can answer with it; past this, 503 write_conflict.
+LABEL_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +124,14 @@ class LabelingPipeline:
 
     async def delete(self, record_id: str) -> None:
         """Delete a stored record: the next request for its bytes labels them afresh."""
-        deleted = await self._store.delete(record_id)
+        try:
+            deleted = await self._store.delete(record_id)
+        except DatabaseUnavailable as exc:  # the request may have reached the database
+            raise DatabaseUnavailable(
+                f"{exc.detail}; the deletion may have been applied: a retry answers 404 if so",
+                retry_after=exc.retry_after,
+                extra=exc.extra,
+            ) from None
         if deleted is None:
             raise RecordNotFound(f"no record has id {record_id!r}")
         self._metrics.records_deleted.inc()
@@ -153,27 +164,28 @@ class LabelingPipeline:
             if reused is not None:
                 return reused
             # Deleted in between: these bytes have no record any more, so label them afresh.
-
-        task = self._analyses_by_hash.get(digest)
-        joined = task is not None
-        if task is None:
-            task = asyncio.create_task(self._create(fetched, url, digest))
-            self._analyses_by_hash[digest] = task
-            task.add_done_callback(lambda _: self._analyses_by_hash.pop(digest, None))
-        outcome = await asyncio.shield(task)
-        if url not in outcome.urls:
+        for _ in range(LABEL_ATTEMPTS):
+            task = self._analyses_by_hash.get(digest)
+            joined = task is not None
+            if task is None:
+                task = asyncio.create_task(self._create(fetched, url, digest))
+                self._analyses_by_hash[digest] = task
+                task.add_done_callback(lambda _: self._analyses_by_hash.pop(digest, None))
+            outcome = await asyncio.shield(task)
+            if url in outcome.urls:
+                if joined:  # another request created the record: this one found it (200)
+                    self._metrics.records_reused.inc()
+                    return LabelOutcome(outcome.record, created=False)
+                return outcome
             reused = await self._reuse(digest, url)
-            if reused is None:  # created by another request, and deleted since
-                raise ServiceUnavailable(
-                    "the record for these bytes was deleted while this request joined it; retry",
-                    retry_after=1,
-                    extra={"reason": "write_conflict"},
-                )
-            return reused
-        if joined:  # another request created the record: this one found it (200, not 201)
-            self._metrics.records_reused.inc()
-            return LabelOutcome(outcome.record, created=False)
-        return outcome
+            if reused is not None:
+                return reused
+            # Created by another request and deleted since: label these bytes afresh.
+        raise ServiceUnavailable(
+            "the record for these bytes was deleted each time it was made; retry",
+            retry_after=1,
+            extra={"reason": "write_conflict"},
+        )
 
     async def _reuse(self, digest: str, url: str) -> LabelOutcome | None:
         """The stored record for these bytes, with ``url`` added; ``None`` if it was deleted."""

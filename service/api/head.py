@@ -4,22 +4,30 @@ The router only answers the methods a route names, so HEAD got 405. This wrapper
 whole application, runs a HEAD request as the GET it mirrors and sends that response's
 status and headers (``Content-Length`` included) without its body. The GET runs on a copy of
 the scope: the server reads the method from the original to know that no body follows.
+
+It also sets ``Allow`` where the router sends one (405s, the 204 to ``OPTIONS``): from the
+matched route's methods when it knows them, since the framework's ``OPTIONS`` answer names
+only the methods of the first handler registered on a path, and with HEAD wherever GET is.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection, Mapping
 
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 
-def head_as_get(app: ASGIApp) -> ASGIApp:
+def head_as_get(app: ASGIApp, methods: Mapping[str, Collection[str]]) -> ASGIApp:
+    """``methods``: the methods of each route, by path template."""
+
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         if scope["method"] != "HEAD":
-            await app(scope, receive, _allowing_head(send))
+            await app(scope, receive, _allowing(send, scope, methods))
             return
         as_get = scope.copy()
         as_get["method"] = "GET"
@@ -41,16 +49,17 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
-def _allowing_head(send: Send) -> Send:
-    """The router's ``Allow`` (on a 405, and the 204 to OPTIONS) lists the methods routes
-    name: where it lists GET, HEAD is served too."""
-
+def _allowing(send: Send, scope: Scope, methods: Mapping[str, Collection[str]]) -> Send:
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start" and message["status"] in (204, 405):
             headers = MutableScopeHeaders.from_message(message)
-            allowed = [m.strip() for m in headers.get("allow", "").split(",") if m.strip()]
-            if "GET" in allowed and "HEAD" not in allowed:
-                headers["allow"] = ", ".join([*allowed, "HEAD"])
+            if "allow" in headers:  # the router's answer, not a handler's 204
+                named = headers["allow"].split(",")
+                route = methods.get(scope.get("path_template", ""))  # none on a 405
+                allowed = {m.strip() for m in (named if route is None else route) if m.strip()}
+                if "GET" in allowed:
+                    allowed.add("HEAD")
+                headers["allow"] = ", ".join(sorted(allowed))
         await send(message)
 
     return sending

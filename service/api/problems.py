@@ -135,7 +135,8 @@ _WHEN = {
     422: "The image is corrupt or truncated",
     429: "A rate limit or daily quota is used up (see Retry-After)",
     502: "The image host failed, refused or answered badly",
-    503: "Overloaded, starting, or the database is unavailable (see Retry-After)",
+    503: "Overloaded, starting, or the database is unavailable or busy (see Retry-After;"
+    " `reason` says which)",
     504: "The image host did not answer in time",
 }
 

@@ -21,6 +21,7 @@ from service.api.schemas import (
 )
 from service.auth import requires
 from service.domain.records import Record, StoredDocument, as_records
+from service.errors import DatabaseUnavailable
 from service.lifespan import Resources
 from service.query.filters import parse_filter
 from service.query.hints import add_index_hints
@@ -205,8 +206,13 @@ async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Recor
 async def delete_record(
     request: Request[Any, Any, Any], resources: ResourcesDep, record_id: FromPath[str]
 ) -> None:
-    await resources.pipeline.delete(record_id)
-    log.info("record %s deleted with key %s", record_id, request.scope["state"]["principal"].name)
+    key = request.scope["state"]["principal"].name
+    try:
+        await resources.pipeline.delete(record_id)
+    except DatabaseUnavailable:
+        log.warning("record %s: deletion with key %s unconfirmed by the database", record_id, key)
+        raise
+    log.info("record %s deleted with key %s", record_id, key)
 
 
 @get(

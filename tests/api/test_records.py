@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from bson import ObjectId
 
 from service.domain.records import new_record_id
+from service.errors import DatabaseUnavailable
 from service.query.derived import derive_from_document
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
@@ -115,6 +117,8 @@ async def test_deleting_a_record(
     assert_problem(await client.delete(path), 401, "unauthorized")
     assert_problem(await client.delete(path, headers=reader), 403, "forbidden")
     assert (await client.get(path, headers=auth)).status_code == 200
+    allowed = (await client.options(path)).headers["allow"].split(", ")
+    assert {"GET", "HEAD", "DELETE", "OPTIONS"} == set(allowed)
 
     response = await client.delete(path, headers=deleter)
     assert response.status_code == 204 and response.content == b""
@@ -126,6 +130,28 @@ async def test_deleting_a_record(
     again = await client.post("/v1/labels", json={"url": url})
     assert again.status_code == 201
     assert again.json()["_id"] != first["_id"] and again.json()["hash"] == first["hash"]
+
+
+async def test_a_deletion_the_database_does_not_confirm_is_logged_and_explained(
+    client: AppClient,
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The deadline passed: the deletion may or may not have been applied. The answer says
+    how a retry tells, and the log keeps the key that asked."""
+    record = fake_record(8, ["cat"], 300)
+    await client.resources.records.insert(record)
+
+    async def unconfirmed(record_id: str) -> None:
+        raise DatabaseUnavailable("the database did not answer in time", retry_after=2)
+
+    monkeypatch.setattr(client.resources.records, "delete", unconfirmed)
+    response = await client.delete(f"/v1/records/{record['_id']}", headers=auth)
+    body = assert_problem(response, 503, "database-unavailable")
+    assert "may have been applied: a retry answers 404 if so" in body["detail"]
+    assert response.headers["retry-after"] == "2"
+    assert f"record {record['_id']}: deletion with key bootstrap unconfirmed" in caplog.text
 
 
 async def test_a_record_deleted_while_its_bytes_are_labeled_again(
@@ -147,6 +173,37 @@ async def test_a_record_deleted_while_its_bytes_are_labeled_again(
     again = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[1])})
     assert again.status_code == 201, again.text
     assert again.json()["_id"] != first.json()["_id"]
+    assert await client.resources.database["records"].count_documents({}) == 1
+
+
+async def test_a_request_that_joined_an_analysis_whose_record_is_deleted_labels_afresh(
+    client: AppClient, image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two URLs with the same bytes at once: one request analyses them, the other joins that
+    analysis. The record is deleted before the joiner can add its URL: the joiner has the
+    bytes, so it labels them afresh rather than failing."""
+    store = client.resources.records
+    insert, remember_url = store.insert, store.remember_url
+    inserts: list[str] = []
+
+    async def slow_first_insert(document: dict[str, Any]) -> dict[str, Any]:
+        inserts.append(document["url"])
+        if len(inserts) == 1:  # long enough for the other request to join this analysis
+            await asyncio.sleep(1.0)
+        return await insert(document)
+
+    async def deleted_first(digest: str, url: str) -> dict[str, Any] | None:
+        await client.resources.database["records"].delete_one({"hash": digest})
+        return await remember_url(digest, url)
+
+    monkeypatch.setattr(store, "insert", slow_first_insert)
+    monkeypatch.setattr(store, "remember_url", deleted_first)
+    urls = [image_server.photo_url(LABELED[2], alias=alias) for alias in ("one", "two")]
+    first, second = await asyncio.gather(
+        *(client.post("/v1/labels", json={"url": url}) for url in urls)
+    )
+    assert (first.status_code, second.status_code) == (201, 201), (first.text, second.text)
+    assert len(inserts) == 2 and first.json()["_id"] != second.json()["_id"]
     assert await client.resources.database["records"].count_documents({}) == 1
 
 
