@@ -159,7 +159,7 @@ class LabelingPipeline:
     async def _label_url(self, url: str) -> LabelOutcome:
         fetched = await self._fetch(url)
         digest = fetched.sha256
-        if await self._store.find_by_hash(digest) is not None:
+        if await self._store.has_hash(digest):
             reused = await self._reuse(digest, url)
             if reused is not None:
                 return reused

@@ -203,9 +203,10 @@ class RecordStore:
         async with self._labeling():
             return await self._records.find_one(id_filter(record_id))
 
-    async def find_by_hash(self, digest: str) -> Document | None:
+    async def has_hash(self, digest: str) -> bool:
+        """Whether a record holds these bytes (the id alone is read: no document to ship)."""
         async with self._labeling():
-            return await self._records.find_one({"hash": digest})
+            return await self._records.find_one({"hash": digest}, {"_id": True}) is not None
 
     async def delete(self, record_id: str) -> Document | None:
         """Delete the record with this id (journaled); returns it, or ``None`` if none had it."""

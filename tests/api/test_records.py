@@ -161,15 +161,14 @@ async def test_a_record_deleted_while_its_bytes_are_labeled_again(
     added to it: the bytes have no record any more, so they are labeled afresh."""
     first = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[1])})
     store = client.resources.records
-    find_by_hash = store.find_by_hash
+    has_hash = store.has_hash
 
-    async def found_then_deleted(digest: str) -> dict[str, Any] | None:
-        found = await find_by_hash(digest)
-        if found is not None:
-            await store.delete(found["_id"])
+    async def found_then_deleted(digest: str) -> bool:
+        found = await has_hash(digest)
+        await client.resources.database["records"].delete_one({"hash": digest})
         return found
 
-    monkeypatch.setattr(store, "find_by_hash", found_then_deleted)
+    monkeypatch.setattr(store, "has_hash", found_then_deleted)
     again = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[1])})
     assert again.status_code == 201, again.text
     assert again.json()["_id"] != first.json()["_id"]
