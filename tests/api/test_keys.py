@@ -16,6 +16,7 @@ import pytest
 from pymongo import MongoClient
 
 from service.__main__ import main
+from service.domain.records import new_record_id
 from service.errors import DatabaseUnavailable, RateLimited
 from service.ratelimit import Limiter, Limits, Rate
 from service.settings import Settings
@@ -87,16 +88,21 @@ async def test_scopes_are_enforced(make_settings: Callable[..., Settings]) -> No
         reader = await _key(client, "reader", ["read"])
         labeler = await _key(client, "labeler", ["label"])
         admin = await _key(client, "admin", ["admin"])
+        deleter = await _key(client, "deleter", ["admin", "delete"])
         label = {"url": "ftp://example.com/x.jpg"}  # refused after the guard: 400, not 401/403
-        for headers, can_read, can_label in (
-            (reader, True, False),
-            (labeler, False, True),
-            (admin, True, True),
+        for headers, can_read, can_label, can_delete in (
+            (reader, True, False, False),
+            (labeler, False, True, False),
+            # Deleting destroys data: admin does not imply it (keys made before it existed).
+            (admin, True, True, False),
+            (deleter, True, True, True),
         ):
             read = await client.get("/v1/records", headers=headers)
             assert read.status_code == (200 if can_read else 403), read.text
             posted = await client.post("/v1/labels", json=label, headers=headers)
             assert posted.status_code == (400 if can_label else 403), posted.text
+            deleted = await client.delete(f"/v1/records/{new_record_id()}", headers=headers)
+            assert deleted.status_code == (404 if can_delete else 403), deleted.text
         body = assert_problem(await client.get("/v1/search?text=x", headers=labeler), 403)
         assert "'read' scope" in body["detail"]
 
