@@ -31,6 +31,7 @@ from service.observability import Metrics
 from service.pipeline import LabelingPipeline
 from service.ratelimit import FLUSH_SECONDS, ClientLimiter, Limiter, Rate
 from service.settings import Settings
+from service.store.connection import client_options
 from service.store.keys import ApiKeyStore
 from service.store.records import Document, RecordStore, ping
 
@@ -105,11 +106,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
         if settings.mongodb_uri is None:
             raise RuntimeError("mongodb_uri is not set (the launcher starts a local server)")
         client: AsyncMongoClient[Document] = AsyncMongoClient(
-            settings.mongodb_uri,
-            serverSelectionTimeoutMS=settings.db_timeout_ms,
-            connectTimeoutMS=settings.db_timeout_ms,
-            tz_aware=True,
-            appname="labelsvc",
+            settings.mongodb_uri, **client_options(settings)
         )
         stack.push_async_callback(client.close)
         database = client[settings.mongodb_db]

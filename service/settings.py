@@ -197,9 +197,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 Rate.parse(self.label_rate_per_client)
             except ValueError as exc:
                 checks[f"label_rate_per_client: {exc}"] = False
-        uri_problem = _uri_problem(self.mongodb_uri)
-        if uri_problem is not None:
-            checks[f"mongodb_uri: {uri_problem}"] = False
+        if self.mongodb_uri is not None:
+            from service.store.connection import uri_problem
+
+            problem = uri_problem(self.mongodb_uri, self)
+            if problem is not None:
+                checks[f"mongodb_uri: {problem}"] = False
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
             raise ConfigError("; ".join(failed))
@@ -208,18 +211,3 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 def _within(low: float, high: float, *values: float) -> bool:
     """Every value in [low, high]; NaN is in no range."""
     return all(low <= value <= high for value in values)
-
-
-def _uri_problem(uri: str | None) -> str | None:
-    """Why the driver would refuse ``uri``, or ``None``. A ``mongodb+srv://`` URI is left to
-    the driver: checking it means DNS lookups."""
-    if uri is None or uri.startswith("mongodb+srv://"):
-        return None
-    from pymongo.errors import PyMongoError
-    from pymongo.uri_parser import parse_uri
-
-    try:
-        parse_uri(uri)
-    except (PyMongoError, ValueError) as exc:
-        return str(exc)
-    return None

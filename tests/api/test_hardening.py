@@ -126,7 +126,9 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("COUNT_MAX_TIME_MS", "99999999999999999999", "count_max_time_ms"),
         ("DB_TIMEOUT_MS", "1000000000", "db_timeout_ms"),
         ("MONGODB_URI", "mongodb://127.0.0.1:99999/", "mongodb_uri: Port must be"),
-        ("MONGODB_URI", "127.0.0.1:27017", "mongodb_uri: Invalid URI scheme"),
+        ("MONGODB_URI", "http://127.0.0.1:27017", "mongodb_uri: Invalid URI scheme"),
+        ("MONGODB_URI", "mongodb://db/?heartbeatFrequencyMS=100", "mongodb_uri: heartbeat"),
+        ("MONGODB_URI", "mongodb://db/?tls=true&tlsCAFile=/no/ca.pem", "No such file"),
         ("LABEL_RATE_PER_CLIENT", "99999999999999999999/s", "label_rate_per_client"),
         # A misspelt name would leave its setting at the default: here, labeling open.
         ("LABELING_REQUIRE_KEY", "1", "unknown settings: LABELSVC_LABELING_REQUIRE_KEY"),
@@ -135,6 +137,13 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
 def test_unusable_settings_fail_fast(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_env({f"LABELSVC_{name}": value})
+
+
+@pytest.mark.filterwarnings("ignore:Unknown option")
+def test_uri_options_the_driver_only_warns_about_pass() -> None:
+    """As at start: a connection string carried over from older drivers still connects."""
+    uri = "mongodb://db/?useNewUrlParser=true&keepAlive=true"
+    assert Settings.from_env({"LABELSVC_MONGODB_URI": uri}).mongodb_uri == uri
 
 
 def test_empty_optional_settings_are_unset() -> None:
