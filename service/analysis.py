@@ -9,6 +9,7 @@ the in-process baseline of the ingest benchmark, so both measure exactly the sam
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from service.score import quality
 
 Params = dict[str, float | int | str | bool]
 
+log = logging.getLogger(__name__)
 QUALITY_MODEL = "expected-f1-logistic-v2"
 GROUNDED = "grounded-v1"
 TAG_TOP_K = 5
@@ -150,7 +152,13 @@ class ImageAnalyzer:
             caption = grounded_caption(detections, tags, _with_size(props, *image.size))
         if self._captions is not None:
             with self._metrics.stage("caption"):
-                caption = with_neural_text(caption, await self._captions.submit(image), self)
+                try:
+                    text = await self._captions.submit(image)
+                except Exception:  # optional text: it must not cost the labels already made
+                    log.exception("neural captioning failed; the grounded caption stays")
+                    self._metrics.caption_failures.inc()
+                    text = ""
+                caption = with_neural_text(caption, text, self)
         score = round(estimate.score, 4)
         return ImageAnalysis(
             decoded=decoded,
@@ -277,7 +285,12 @@ class ImageAnalyzer:
 
 
 def caption_batcher(
-    models: Models, executor: BlockingExecutor, *, beams: int, batch: BatchPolicy
+    models: Models,
+    executor: BlockingExecutor,
+    metrics: Metrics,
+    *,
+    beams: int,
+    batch: BatchPolicy,
 ) -> MicroBatcher[Image.Image, str] | None:
     """Neural captioning with a micro-batch per decoder run, when a captioner is loaded."""
     captioner = models.captioner
@@ -285,7 +298,13 @@ def caption_batcher(
         return None
 
     def run(images: Sequence[Image.Image]) -> list[str]:
-        return captioner.caption(images, num_beams=beams)
+        start = time.perf_counter()
+        texts = captioner.caption(images, num_beams=beams)
+        metrics.inference_latency.labels(captioner.instance_name, captioner.provider).observe(
+            time.perf_counter() - start
+        )
+        metrics.batch_size.labels(captioner.name).observe(len(images))
+        return texts
 
     return MicroBatcher(run, executor.run_admitted, batch)
 

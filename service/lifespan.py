@@ -145,6 +145,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
                     captions=caption_batcher(
                         models,
                         executor,
+                        metrics,
                         beams=settings.caption_beams,
                         batch=BatchPolicy(
                             settings.caption_batch_size, settings.caption_batch_wait_ms

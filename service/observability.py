@@ -52,6 +52,11 @@ class Metrics:
             "Labeling requests answered with an existing record (same bytes or id)",
             registry=r,
         )
+        self.caption_failures = Counter(
+            "labelsvc_caption_failures",
+            "Neural captioning runs that failed; those records keep the grounded caption",
+            registry=r,
+        )
         self.records_deleted = Counter(
             "labelsvc_records_deleted", "Records deleted through the API", registry=r
         )

@@ -177,6 +177,9 @@ async def test_neural_captioner_writes_the_text_when_configured(
         responses = await asyncio.gather(*posts)
         captioner = client.resources.models.captioner
         assert captioner is not None
+        metrics = (await client.get("/metrics")).text
+    assert 'labelsvc_model_inference_seconds_count{model="vit-gpt2-tiny"' in metrics
+    assert 'labelsvc_model_batch_size_count{model="vit-gpt2-tiny"}' in metrics
     written = 0
     for response, name in zip(responses, names, strict=True):
         record = response.json()
@@ -197,6 +200,31 @@ async def test_neural_captioner_writes_the_text_when_configured(
         assert lineage["caption"]["model"] == "vit-gpt2-tiny"
         assert lineage["caption"]["sha256"] == captioner.sha256
     assert written == 2
+
+
+async def test_a_failing_captioner_leaves_the_grounded_caption(
+    make_settings: Callable[..., Settings],
+    image_server: ImageServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The neural text is optional: a captioner that fails (out of memory for a large batch,
+    say) must not cost the request its detections, tags and score."""
+    export = ROOT / "tests" / "fixtures" / "captioners" / "vit-gpt2-tiny"
+    async with running(make_settings(captioner_dir=export)) as client:
+        captioner = client.resources.models.captioner
+        assert captioner is not None
+
+        def out_of_memory(*args: object, **kwargs: object) -> list[str]:
+            raise RuntimeError("Failed to allocate memory")
+
+        monkeypatch.setattr(captioner, "caption", out_of_memory)
+        url = image_server.photo_url("000000000139.jpg", alias="failing-captioner")
+        response = await client.post("/v1/labels", json={"url": url})
+        assert response.status_code == 201, response.text
+        record = response.json()
+        assert record["caption"]["model"] == "grounded-v1" and record["object_analysis"][0]
+        metrics = (await client.get("/metrics")).text
+    assert "labelsvc_caption_failures_total 1.0" in metrics
 
 
 async def test_shutdown_lets_an_abandoned_analysis_store_its_record(
