@@ -28,7 +28,9 @@ import argparse
 import hashlib
 import json
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,6 +375,14 @@ def _as_list(value: int | Sequence[int] | None) -> list[int]:
     return [int(value)] if isinstance(value, int) else [int(v) for v in value]
 
 
+def _max_length(config: Any) -> int:
+    """The checkpoint's length limit in tokens, the decoder start token included:
+    ``max_new_tokens``, where set, takes precedence in ``generate()``."""
+    if getattr(config, "max_new_tokens", None):
+        return 1 + int(config.max_new_tokens)
+    return int(config.max_length or 20)
+
+
 def load_checkpoint(path: Path, max_length: int | None) -> Exported:
     """Load a local checkpoint directory (``config.json`` decides the architecture)."""
     from transformers import AutoConfig, AutoTokenizer
@@ -387,14 +397,14 @@ def load_checkpoint(path: Path, max_length: int | None) -> Exported:
         if model.encoder.config.model_type != "vit" or model.decoder.config.model_type != "gpt2":
             raise SystemExit("only ViT encoders with GPT-2 decoders are supported")
         processor = ViTImageProcessorPil.from_pretrained(path)
-        length = max_length or int(model.generation_config.max_length or 20)
+        length = max_length or _max_length(model.generation_config)
         return _vit_gpt2(model, processor, tokenizer, name, length, str(path))
     if config.model_type == "blip":
         from transformers import BlipForConditionalGeneration, BlipImageProcessorPil
 
         blip = BlipForConditionalGeneration.from_pretrained(path, attn_implementation="eager")
         blip_processor = BlipImageProcessorPil.from_pretrained(path)
-        length = max_length or int(blip.generation_config.max_length or 20)
+        length = max_length or _max_length(blip.generation_config)
         return _blip(blip, blip_processor, tokenizer, name, length, str(path))
     raise SystemExit(f"unsupported model type {config.model_type!r}; expected ViT-GPT2 or BLIP")
 
@@ -582,20 +592,24 @@ def generation_settings(exported: Exported) -> tuple[dict[str, Any], dict[str, A
             print(f"warning: generation setting {key}={value!r} is not supported; exported without")
         overrides[key] = neutral
     early_stopping = config.early_stopping if config.early_stopping is not None else False
+    min_new_tokens = getattr(config, "min_new_tokens", None)
     settings = {
         "decoder_start_token_id": exported.decoder_start_token_id,
         "eos_token_ids": exported.eos_token_ids,
         "pad_token_id": exported.pad_token_id,
         "max_length": exported.max_length,
-        "min_length": int(config.min_length or 0),
+        "min_length": 1 + int(min_new_tokens) if min_new_tokens else int(config.min_length or 0),
         "length_penalty": float(config.length_penalty if config.length_penalty is not None else 1),
         "early_stopping": early_stopping,
     }
     kwargs = {
         **overrides,
         "do_sample": False,
+        # The lengths in tokens, start token included; *_new_tokens would override them.
         "max_length": settings["max_length"],
         "min_length": settings["min_length"],
+        "max_new_tokens": None,
+        "min_new_tokens": None,
         "length_penalty": settings["length_penalty"],
         "early_stopping": early_stopping,
         "num_return_sequences": 1,
@@ -770,12 +784,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         exported = load_checkpoint(args.checkpoint, args.max_length)
     if args.name:
         exported.name = args.name
-    expected = write_export(exported, args.out)
-    problems = verify(exported, args.out, expected)
-    for problem in problems:
-        print(f"MISMATCH {problem}", file=sys.stderr)
-    if problems:
-        return 1
+    out: Path = args.out
+    if out.exists() and any(out.iterdir()) and not (out / "captioner.json").is_file():
+        raise SystemExit(f"{out} holds files that are not a captioner export; choose another --out")
+    # Written beside --out and moved there only once verified: the service loads any export
+    # whose checksums match, so a failed one must never be left where it would be found.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        expected = write_export(exported, staging)
+        problems = verify(exported, staging, expected)
+        for problem in problems:
+            print(f"MISMATCH {problem}", file=sys.stderr)
+        if problems:
+            print(f"nothing written to {out}: the export does not reproduce generate()")
+            return 1
+        if out.exists():
+            shutil.rmtree(out)  # the previous export (checked above)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"{exported.name}: ONNX runtime reproduces transformers' generate() exactly")
     return 0
 
