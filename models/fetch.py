@@ -40,9 +40,16 @@ def _put_by_hand(entry: ModelSpec, target: Path) -> str:
 
 def download(url: str, entry: ModelSpec, target: Path, *, timeout: float) -> None:
     """Stream ``url`` to a temp file beside ``target``; rename into place once verified."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{entry.file}.", suffix=".part")
-    temp = Path(temp_name)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{entry.file}.", suffix=".part")
+    except OSError as exc:  # a read-only model directory (mounted so in production)
+        raise FetchError(
+            f"{entry.file} is missing and {target.parent} cannot be written ({exc.strerror}). "
+            + _put_by_hand(entry, target),
+            MISSING,
+        ) from exc
+    temp = Path(name)
     try:
         digest = hashlib.sha256()
         with (

@@ -152,3 +152,17 @@ def test_unknown_name_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as caught:
         fetch.main(["--model-dir", str(tmp_path), "--only", "nope"])
     assert caught.value.code == 2
+
+
+def test_an_unwritable_model_dir_exits_2_with_instructions(
+    tmp_path: Path, server: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model directory that cannot be written (mounted read-only; here, under a file):
+    what to put where, not a traceback."""
+    base_url, _ = server
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    target_dir = blocker / "models"
+    assert fetch.main(["--model-dir", str(target_dir), "--base-url", base_url]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "put yolox_nano.onnx at" in err.lower()
