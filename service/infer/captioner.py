@@ -199,6 +199,13 @@ class NeuralCaptioner:
         self._past_names = [
             f"past_{kind}.{i}" for i in range(self.num_layers) for kind in ("key", "value")
         ]
+        expected = {"input_ids", *self._cross_names, *self._past_names}
+        if expected != self.decoder.input_names:
+            raise ModelError(
+                f"captioner {export_dir}: captioner.json says {self.num_layers} decoder layers,"
+                f" but decoder.onnx takes {len(self.decoder.input_names) - 1} cache inputs"
+                f" (expected {len(expected) - 1}); re-export it"
+            )
 
     @property
     def provider(self) -> str:

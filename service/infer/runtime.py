@@ -86,6 +86,7 @@ class OrtModelSession:
         self.path = path
         first = session.get_inputs()[0]
         self.input_name: str = first.name
+        self.input_names = frozenset(i.name for i in session.get_inputs())
         self.input_shape: tuple[int | str, ...] = tuple(
             dim if isinstance(dim, int) else str(dim) for dim in first.shape
         )

@@ -187,6 +187,15 @@ def test_unreadable_model_is_a_clear_error(tmp_path: Path) -> None:
         NeuralCaptioner(export, provider="cpu")
 
 
+def test_a_layer_count_the_decoder_does_not_have_is_a_clear_error(tmp_path: Path) -> None:
+    export = copy_export(tmp_path)
+    info = json.loads((export / "captioner.json").read_text())
+    info["num_layers"] += 1  # captioner.json itself carries no checksum
+    (export / "captioner.json").write_text(json.dumps(info))
+    with pytest.raises(ModelError, match=r"says \d+ decoder layers, but decoder\.onnx takes"):
+        NeuralCaptioner(export, provider="cpu")
+
+
 def test_runtime_and_image_recipes_do_not_import_torch() -> None:
     code = (
         "import sys, service.infer.captioner, models.export_captioner; "
