@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from service.dbserver import free_port
+from service.dbserver import LocalDatabaseServer, free_port
 from tests.conftest import API_KEY, CAT_PHOTO
 from tests.support.image_server import ImageServer
 from tests.support.process import ROOT, service_env, start_service, stop, wait_ready
@@ -181,3 +181,28 @@ def test_a_missing_model_is_one_line_before_anything_starts(tmp_path: Path) -> N
     assert refused.stderr.startswith("configuration error: model file yolox_nano.onnx not found")
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert not (tmp_path / "var").exists()  # no database was started
+
+
+def test_a_sigterm_while_the_app_is_built_stops_the_service(
+    db_server: LocalDatabaseServer, model_dir: Path
+) -> None:
+    """A stop issued right after a start (a restart loop, `compose up` then `down`) lands
+    before uvicorn has its own handlers: the launcher must not go on to serve."""
+    script = (
+        "import os, signal, sys\n"
+        "import service.launcher as launcher\n"
+        "build = launcher.create_app\n"
+        "def build_then_stopped(settings):\n"
+        "    app = build(settings)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return app\n"
+        "launcher.create_app = build_then_stopped\n"
+        "from service.__main__ import main\n"
+        "sys.exit(main(['serve']))\n"
+    )
+    env = service_env(free_port(), mongodb_uri=db_server.uri, model_dir=str(model_dir))
+    stopped = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert stopped.returncode == 0, stopped.stderr.decode()[-2000:]
+    assert b"Uvicorn running" not in stopped.stderr
