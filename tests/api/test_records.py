@@ -206,6 +206,31 @@ async def test_a_request_that_joined_an_analysis_whose_record_is_deleted_labels_
     assert await client.resources.database["records"].count_documents({}) == 1
 
 
+async def test_bytes_whose_record_keeps_being_deleted_get_503_write_conflict(
+    client: AppClient, image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each round, another writer's record for these bytes is deleted before this request
+    can add its URL: after three analyses the answer is a retryable 503, not a loop."""
+    store = client.resources.records
+    inserts: list[str] = []
+
+    async def stored_by_another_writer(document: dict[str, Any]) -> dict[str, Any]:
+        inserts.append(document["_id"])
+        other = "http://another.example/same-bytes.jpg"
+        return {**document, "_id": new_record_id(), "url": other, "urls": [other]}
+
+    async def already_deleted(digest: str, url: str) -> None:
+        return None
+
+    monkeypatch.setattr(store, "insert", stored_by_another_writer)
+    monkeypatch.setattr(store, "remember_url", already_deleted)
+    url = image_server.photo_url(LABELED[3], alias="write-conflict")
+    response = await client.post("/v1/labels", json={"url": url})
+    body = assert_problem(response, 503, "unavailable")
+    assert body["reason"] == "write_conflict" and response.headers["retry-after"] == "1"
+    assert len(inserts) == 3
+
+
 @pytest.mark.parametrize(
     ("q", "needle"),
     [
