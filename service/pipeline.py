@@ -9,6 +9,7 @@ task, so a client that disconnects does not waste the work or leave a half-made 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,8 @@ from service.fetch.download import Fetched, ImageFetcher
 from service.observability import Metrics
 from service.query.derived import derive
 from service.store.records import RecordStore, is_object_id_hex
+
+log = logging.getLogger(__name__)
 
 # At capacity, a download running this long gives its slot to a new request.
 SLOW_FETCH_SECONDS = 5.0
@@ -122,19 +125,24 @@ class LabelingPipeline:
             raise RecordNotFound(f"no record has id {record_id!r}")
         return record_from_document(document)
 
-    async def delete(self, record_id: str) -> None:
-        """Delete a stored record: the next request for its bytes labels them afresh."""
+    async def delete(self, record_id: str, *, key: str) -> None:
+        """Delete a stored record, logged with the name of the API ``key`` that asked: the
+        next request for its bytes labels them afresh."""
         try:
             deleted = await self._store.delete(record_id)
         except DatabaseUnavailable as exc:  # the request may have reached the database
+            log.warning(
+                "record %s: deletion with key %s unconfirmed by the database", record_id, key
+            )
             raise DatabaseUnavailable(
                 f"{exc.detail}; the deletion may have been applied: a retry answers 404 if so",
                 retry_after=exc.retry_after,
                 extra=exc.extra,
             ) from None
-        if deleted is None:
+        if not deleted:
             raise RecordNotFound(f"no record has id {record_id!r}")
         self._metrics.records_deleted.inc()
+        log.info("record %s deleted with key %s", record_id, key)
 
     async def label_url(self, url: str) -> LabelOutcome:
         # Admission before the download: a burst must not turn into unbounded concurrent

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
 from litestar import Request, delete, get
@@ -21,7 +20,6 @@ from service.api.schemas import (
 )
 from service.auth import requires
 from service.domain.records import Record, StoredDocument, as_records
-from service.errors import DatabaseUnavailable
 from service.lifespan import Resources
 from service.query.filters import parse_filter
 from service.query.hints import add_index_hints
@@ -30,7 +28,6 @@ from service.query.paging import MAX_CURSOR_LENGTH, SORTABLE, SortOrder, parse_f
 from service.query.similar import DEFAULT_DISTANCE, MAX_DISTANCE
 from service.store.records import with_id_aliases
 
-log = logging.getLogger(__name__)
 DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
 QUERY_PROBLEMS = problem_responses(400, 401, 403, 429, 503)
 MAX_PER_PAGE = 100
@@ -206,13 +203,7 @@ async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Recor
 async def delete_record(
     request: Request[Any, Any, Any], resources: ResourcesDep, record_id: FromPath[str]
 ) -> None:
-    key = request.scope["state"]["principal"].name
-    try:
-        await resources.pipeline.delete(record_id)
-    except DatabaseUnavailable:
-        log.warning("record %s: deletion with key %s unconfirmed by the database", record_id, key)
-        raise
-    log.info("record %s deleted with key %s", record_id, key)
+    await resources.pipeline.delete(record_id, key=request.scope["state"]["principal"].name)
 
 
 @get(

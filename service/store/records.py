@@ -208,12 +208,11 @@ class RecordStore:
         async with self._labeling():
             return await self._records.find_one({"hash": digest}, {"_id": True}) is not None
 
-    async def delete(self, record_id: str) -> Document | None:
-        """Delete the record with this id (journaled); returns it, or ``None`` if none had it."""
+    async def delete(self, record_id: str) -> bool:
+        """Delete the record with this id (journaled); False when no record had it."""
         async with self._labeling():
-            return await self._records.find_one_and_delete(
-                id_filter(record_id), projection={"hash": True, "url": True}
-            )
+            result = await self._records.delete_one(id_filter(record_id))
+            return result.deleted_count == 1
 
     async def remember_url(self, digest: str, url: str) -> Document | None:
         """Add ``url`` to the record with this content hash, unless it holds ``MAX_URLS``
