@@ -106,9 +106,8 @@ class ImageAnalyzer:
         self.min_confidence = min_confidence
         self._caption_beams = caption_beams
         self.max_pixels = max_pixels
-        # Decoding may shrink the image (JPEG draft mode) as far as the largest model input.
-        scaled = models.scaled_second
-        self._decode_size = max(self.detector.input_size, scaled.input_size if scaled else 0)
+        # Decoding may shrink the image (JPEG draft mode) as far as the model inputs allow.
+        self._decode_sides = models.decoded_sides()
         self._metrics = metrics or Metrics()
         self._detections: MicroBatcher[Image.Image, list[Detection]] | None = None
         if (
@@ -229,7 +228,10 @@ class ImageAnalyzer:
 
     def _decode(self, data: bytes) -> DecodedImage:
         with self._metrics.stage("decode"):
-            return decode_image(data, max_pixels=self.max_pixels, target_size=self._decode_size)
+            longest, shortest = self._decode_sides
+            return decode_image(
+                data, max_pixels=self.max_pixels, target_size=longest, short_side=shortest
+            )
 
     def _detect(self, image: Image.Image) -> list[Detection]:
         """Detections down to the lower of ``min_confidence`` and ``quality.SUB_MIN_CONF``.

@@ -49,8 +49,11 @@ class DecodedImage:
         return self.image.width / self.width
 
 
-def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None) -> DecodedImage:
-    """Decode ``data``; ``target_size`` is the longest side the caller needs (draft hint)."""
+def decode_image(
+    data: bytes, *, max_pixels: int, target_size: int | None = None, short_side: int = 0
+) -> DecodedImage:
+    """Decode ``data``. Draft hints for JPEG: ``target_size`` is the longest side the caller
+    needs, ``short_side`` the shortest side; the image is never drafted below either."""
     if not data:
         raise UnsupportedMediaType("the URL returned an empty body", extra={"reason": "empty"})
     try:
@@ -76,8 +79,8 @@ def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None
             # Reading EXIF can decode a PNG's data (its eXIf chunk may follow it), so a broken
             # file fails here as well as in load(). Pillow raises TypeError and struct.error
             # on some malformed TIFF tags.
-            if target_size and image.format == "JPEG":
-                _draft(image, target_size)
+            if (target_size or short_side) and image.format == "JPEG":
+                _draft(image, target_size or 0, short_side)
             image.load()
             # Read after load: Pillow's TIFF decoder turns the image upright itself (its
             # size is upright from the start) and then drops the tag.
@@ -97,11 +100,10 @@ def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None
     return DecodedImage(image=rgb, width=upright[0], height=upright[1], format=fmt, viewed=viewed)
 
 
-def _draft(image: Image.Image, target_size: int) -> None:
-    longest = max(image.size)
-    if longest < 2 * target_size:
+def _draft(image: Image.Image, target_size: int, short_side: int) -> None:
+    factor = max(target_size / max(image.size), short_side / min(image.size))
+    if factor > 0.5:
         return  # DCT scaling only pays when it can at least halve the size
-    factor = target_size / longest
     requested = (math.ceil(image.width * factor), math.ceil(image.height * factor))
     image.draft("RGB", requested)
 

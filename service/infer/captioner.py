@@ -215,6 +215,11 @@ class NeuralCaptioner:
     def instance_name(self) -> str:
         return self.name
 
+    @property
+    def input_side(self) -> int:
+        """The longer side of the image the encoder takes."""
+        return max(self.preprocessing.width, self.preprocessing.height)
+
     def preprocess(self, images: Sequence[PIL.Image.Image]) -> FloatArray:
         """``pixel_values`` (N, 3, H, W) float32, as the checkpoint's image processor makes them."""
         prep = self.preprocessing

@@ -43,6 +43,18 @@ class Models:
         """The second scale when it is in use: it only ever joins NanoDet's opinion."""
         return self.second_scale if self.second is not None else None
 
+    def decoded_sides(self) -> tuple[int, int]:
+        """The longest and the shortest side a decoded image needs so that no model sees it
+        upsampled: the detectors letterbox the longest side, the tagger crops from the
+        shortest, and a neural captioner resizes both sides to its input."""
+        detectors = (self.detector, self.second, self.scaled_second)
+        longest = max(d.input_size for d in detectors if d is not None)
+        shortest = max(
+            tagger.RESIZE_SHORT if self.tagger is not None else 0,
+            self.captioner.input_side if self.captioner is not None else 0,
+        )
+        return longest, shortest
+
     def loaded(self) -> list[Any]:
         models = (self.detector, self.second, self.second_scale, self.tagger, self.captioner)
         return [m for m in models if m is not None]

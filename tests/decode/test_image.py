@@ -173,3 +173,12 @@ def test_large_jpeg_is_drafted_but_reports_full_size() -> None:
 def test_small_jpeg_is_not_drafted() -> None:
     data = encode(gradient(640, 480), "JPEG")
     assert decode_image(data, max_pixels=CAP, target_size=416).image.size == (640, 480)
+
+
+def test_jpeg_is_not_drafted_below_the_short_side_asked_for() -> None:
+    data = encode(gradient(2400, 600), "JPEG")
+    by_longest = decode_image(data, max_pixels=CAP, target_size=416)
+    assert min(by_longest.image.size) < 256  # 1/4 or 1/8 of 600
+    both = decode_image(data, max_pixels=CAP, target_size=416, short_side=256)
+    assert min(both.image.size) >= 256
+    assert (both.width, both.height) == (2400, 600)

@@ -12,7 +12,9 @@ import pytest
 from bench.detection_map import load_rgb
 from service.analysis import ImageAnalyzer
 from service.executor import BlockingExecutor
+from service.infer import tagger
 from service.infer.batching import BatchPolicy
+from service.infer.captioner import NeuralCaptioner
 from service.infer.manifest import ModelError
 from service.infer.models import Models, load_models
 from service.infer.nanodet import load_nanodet
@@ -21,6 +23,7 @@ from service.observability import Metrics
 from service.score import quality
 from service.settings import Settings
 from tests.conftest import CAT_PHOTO
+from tests.infer.test_captioner import FIXTURES as CAPTIONERS
 
 CROWDED_PHOTO = "000000217285.jpg"  # dozens of people, many of them small
 
@@ -140,6 +143,19 @@ def test_second_scale_is_off_by_default_and_needs_the_second_opinion(model_dir: 
         model_dir=model_dir, execution_provider="cpu", second_scale=True, second_opinion=False
     )
     assert load_models(alone).second_scale is None
+
+
+def test_decoding_keeps_every_model_input_resolution(
+    model_dir: Path, detector: YoloxDetector
+) -> None:
+    default = load_models(Settings(model_dir=model_dir, execution_provider="cpu"))
+    assert default.decoded_sides() == (detector.input_size, tagger.RESIZE_SHORT)
+    scaled = load_models(Settings(model_dir=model_dir, execution_provider="cpu", second_scale=True))
+    assert scaled.decoded_sides()[0] == quality.SECOND_SCALE_SIZE
+    captioner = NeuralCaptioner(CAPTIONERS / "blip-tiny", provider="cpu")
+    alone = Models(detector=detector, second=None, tagger=None, captioner=captioner)
+    assert alone.decoded_sides() == (detector.input_size, captioner.input_side)
+    assert Models(detector=detector, second=None, tagger=None).decoded_sides()[1] == 0
 
 
 async def test_concurrent_analyses_share_one_batched_detector_run(
