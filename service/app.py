@@ -28,6 +28,7 @@ from service.api.head import head_as_get
 from service.api.headers import security_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.shutdown import unavailable_when_cancelled
+from service.infer.models import Models
 from service.lifespan import lifespan
 from service.observability import Metrics, timed_requests
 from service.settings import Settings
@@ -122,9 +123,10 @@ class LabelingApp(Litestar):
             await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings) -> LabelingApp:
+def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
+    """``models``: loaded beforehand (see ``open_resources``), else at startup."""
     metrics = Metrics()
-    hook: Any = lifespan(settings, metrics)
+    hook: Any = lifespan(settings, metrics, models)
     app = LabelingApp(
         metrics,
         route_handlers=ROUTES,

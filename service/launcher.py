@@ -1,8 +1,8 @@
 """``python -m service serve``: the database (when none is configured) plus uvicorn.
 
 SIGTERM, SIGINT or SIGHUP stops uvicorn gracefully, then the database server this process
-started. Settings and models are checked before anything starts, so an operator's mistake
-is one line of error, not a half-started service.
+started. Settings are checked and models loaded before anything starts, so an operator's
+mistake is one line of error, not a half-started service.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import uvicorn
 
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
-from service.infer.models import check_models
+from service.infer.models import check_models, load_models
 from service.observability import configure_logging
 from service.settings import Settings
 
@@ -42,6 +42,11 @@ def serve(settings: Settings) -> int:
             signal.signal(signum, remember)
 
     check_models(settings)
+    # Loaded here rather than at application startup, where a model the runtime refuses
+    # (a broken captioner export) would only be a traceback, after the database started.
+    models = load_models(settings)
+    if received:
+        return 0
     database: LocalDatabaseServer | None = None
     try:
         if settings.mongodb_uri is None:
@@ -51,7 +56,7 @@ def serve(settings: Settings) -> int:
         if received:  # stopped while the database was starting
             return 0
         config = uvicorn.Config(
-            create_app(settings),
+            create_app(settings, models),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,

@@ -93,11 +93,16 @@ async def _record_usage(limiter: Limiter) -> None:
 
 
 @asynccontextmanager
-async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[Resources]:
+async def open_resources(
+    settings: Settings, metrics: Metrics, models: Models | None = None
+) -> AsyncIterator[Resources]:
+    """``models``: already loaded and warmed up (the launcher does it before anything
+    starts); loaded here when None."""
     async with AsyncExitStack() as stack:
         executor = BlockingExecutor(settings.workers, settings.max_pending)
         stack.callback(executor.shutdown)
-        models = await executor.run(load_models, settings)
+        if models is None:
+            models = await executor.run(load_models, settings)
         for model in models.loaded():
             metrics.model_info.labels(model.instance_name, model.provider, model.sha256 or "").set(
                 1
@@ -180,12 +185,12 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
                     await limiter.flush()
 
 
-def lifespan(settings: Settings, metrics: Metrics) -> object:
+def lifespan(settings: Settings, metrics: Metrics, models: Models | None = None) -> object:
     """The Litestar lifespan hook: opens the resources and puts them on ``app.state``."""
 
     @asynccontextmanager
     async def hook(app: Litestar) -> AsyncIterator[None]:
-        async with open_resources(settings, metrics) as resources:
+        async with open_resources(settings, metrics, models) as resources:
             app.state.resources = resources
             yield
 

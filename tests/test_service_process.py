@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +17,7 @@ import httpx
 
 from service.dbserver import LocalDatabaseServer, free_port
 from tests.conftest import API_KEY, CAT_PHOTO
+from tests.infer.test_captioner import FIXTURES as CAPTIONERS
 from tests.support.image_server import ImageServer
 from tests.support.process import ROOT, service_env, start_service, stop, wait_ready
 
@@ -183,6 +187,39 @@ def test_a_missing_model_is_one_line_before_anything_starts(tmp_path: Path) -> N
     assert not (tmp_path / "var").exists()  # no database was started
 
 
+def test_a_captioner_the_runtime_refuses_is_one_line_before_the_database_starts(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Its files are all there with the right digests, so only loading can tell."""
+    export = tmp_path / "captioner"
+    shutil.copytree(CAPTIONERS / "vit-gpt2-tiny", export)
+    broken = b"not an onnx graph"
+    (export / "decoder.onnx").write_bytes(broken)
+    info = json.loads((export / "captioner.json").read_text())
+    info["files"]["decoder.onnx"] = hashlib.sha256(broken).hexdigest()
+    (export / "captioner.json").write_text(json.dumps(info))
+    env = service_env(
+        free_port(),
+        data_dir=str(tmp_path / "var"),
+        model_dir=str(model_dir),
+        captioner_dir=str(export),
+    )
+    refused = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, refused.stderr[-2000:]
+    assert errors[0].startswith(f"configuration error: cannot load model {export / 'decoder.onnx'}")
+    assert not (tmp_path / "var").exists()  # no database was started
+
+
 def test_a_sigterm_while_the_app_is_built_stops_the_service(
     db_server: LocalDatabaseServer, model_dir: Path
 ) -> None:
@@ -192,8 +229,8 @@ def test_a_sigterm_while_the_app_is_built_stops_the_service(
         "import os, signal, sys\n"
         "import service.launcher as launcher\n"
         "build = launcher.create_app\n"
-        "def build_then_stopped(settings):\n"
-        "    app = build(settings)\n"
+        "def build_then_stopped(*args):\n"
+        "    app = build(*args)\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    return app\n"
         "launcher.create_app = build_then_stopped\n"
