@@ -40,7 +40,7 @@ class LocalDatabaseServer:
         self.host = host
         self.port = port or free_port(host)
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = storage.parent / f"{storage.name}.log"
+        self._log = self._beside("log")
         self._lock: int | None = None  # a descriptor holding the storage's lock file
 
     @property
@@ -86,9 +86,13 @@ class LocalDatabaseServer:
         self._wait_until_answering(timeout)
         return self.uri
 
+    def _beside(self, suffix: str) -> Path:
+        """The server's log, pid file and lock file sit beside its storage directory."""
+        return self.storage.parent / f"{self.storage.name}.{suffix}"
+
     @property
     def _pidfile(self) -> Path:
-        return self.storage.parent / f"{self.storage.name}.pid"
+        return self._beside("pid")
 
     def _take_lock(self) -> None:
         """Hold the storage's lock file while this process owns its server. The lock goes
@@ -96,7 +100,7 @@ class LocalDatabaseServer:
         descriptor) never holds it: a held lock means another live service owns the storage."""
         if self._lock is not None:  # restarted by this process
             return
-        path = self.storage.parent / f"{self.storage.name}.lock"
+        path = self._beside("lock")
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
