@@ -181,7 +181,9 @@ class LabelingPipeline:
                 task.add_done_callback(lambda _: self._analyses_by_hash.pop(digest, None))
             outcome = await asyncio.shield(task)
             if url in outcome.urls:
-                if joined:  # another request created the record: this one found it (200)
+                # Another request created the record, or another process stored these bytes
+                # first (the insert gave back its record): this one found it (200).
+                if joined or not outcome.created:
                     self._metrics.records_reused.inc()
                     return LabelOutcome(outcome.record, created=False)
                 return outcome

@@ -231,6 +231,27 @@ async def test_bytes_whose_record_keeps_being_deleted_get_503_write_conflict(
     assert len(inserts) == 3
 
 
+async def test_bytes_another_process_stored_first_count_as_deduplicated(
+    client: AppClient, image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another service process stores the same bytes between this one's lookup by hash and
+    its insert: the answer is that record (200), counted as deduplicated, not created."""
+    first = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[0])})
+    assert first.status_code == 201
+
+    async def not_yet_stored(digest: str) -> bool:
+        return False  # the other process's insert lands just after this lookup
+
+    monkeypatch.setattr(client.resources.records, "has_hash", not_yet_stored)
+    url = image_server.photo_url(LABELED[0], alias="second-process")
+    again = await client.post("/v1/labels", json={"url": url})
+    assert again.status_code == 200, again.text
+    assert again.json()["_id"] == first.json()["_id"] and url in again.json()["urls"]
+    text = (await client.get("/metrics")).text
+    assert "labelsvc_records_created_total 1.0" in text
+    assert "labelsvc_records_deduplicated_total 1.0" in text
+
+
 @pytest.mark.parametrize(
     ("q", "needle"),
     [
