@@ -22,6 +22,7 @@ import functools
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -46,7 +47,7 @@ class _Job(Generic[T]):
     not when its caller stops waiting, since a job already running goes on all the same.
     """
 
-    __slots__ = ("_call", "_done", "_future", "_loop")
+    __slots__ = ("_call", "_done", "_future", "_loop", "_submitted")
 
     def __init__(
         self,
@@ -56,11 +57,14 @@ class _Job(Generic[T]):
         done: Callable[[], None],
     ) -> None:
         self._loop, self._future, self._call, self._done = loop, future, call, done
+        self._submitted = time.perf_counter()
 
-    def run(self) -> None:
+    def run(self, waited: Callable[[float], None] | None = None) -> None:
         if self._future.cancelled():  # the caller gave up while this waited in the queue
             self._on_loop(self._done)
             return
+        if waited is not None:
+            waited(time.perf_counter() - self._submitted)
         try:
             result = self._call()
         except BaseException as exc:  # the caller's to handle, as with run_in_executor
@@ -98,9 +102,14 @@ _Item = tuple[int, int, _Job[Any] | None]
 
 
 class BlockingExecutor:
-    def __init__(self, workers: int, max_pending: int) -> None:
+    def __init__(
+        self, workers: int, max_pending: int, *, waited: Callable[[float], None] | None = None
+    ) -> None:
+        """``waited`` is called, on the worker thread, with the seconds each job spent
+        queued before a worker took it."""
         self.workers = workers
         self.max_pending = max_pending
+        self._waited = waited
         self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
         self._order = itertools.count()
         self._pending = 0
@@ -152,7 +161,7 @@ class BlockingExecutor:
             job = self._queue.get()[2]
             if job is None:
                 return
-            job.run()
+            job.run(self._waited)
 
     def shutdown(self) -> None:
         """Stop the workers after the jobs they are running; queued jobs are cancelled."""

@@ -99,7 +99,9 @@ async def open_resources(
     """``models``: already loaded and warmed up (the launcher does it before anything
     starts); loaded here when None."""
     async with AsyncExitStack() as stack:
-        executor = BlockingExecutor(settings.workers, settings.max_pending)
+        executor = BlockingExecutor(
+            settings.workers, settings.max_pending, waited=metrics.queue_wait.observe
+        )
         stack.callback(executor.shutdown)
         if models is None:
             models = await executor.run(load_models, settings)

@@ -11,7 +11,12 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# At most 1.3x apart from 0.1 to 5 s, where labeling latencies lie: a quantile read from a
+# bucket is then off by under 30%, where 2.5x-wide buckets put a 1.4 s p95 at 2.3 s.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.16, 0.2, 0.25, 0.32, 0.4, 0.5, 0.64, 0.8,
+    1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
 
 
 class Metrics:
@@ -36,6 +41,12 @@ class Metrics:
             "labelsvc_model_inference_seconds",
             "Model latency per image: pre-processing, session.run and post-processing",
             ["model", "provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "labelsvc_executor_queue_wait_seconds",
+            "Time blocking work (decode, models) waited for a worker thread",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -127,3 +127,18 @@ async def test_shutdown_cancels_queued_work() -> None:
         await queued
     with pytest.raises(ServiceUnavailable, match="shutting down"):
         await executor.run(abs, 1)
+
+
+async def test_the_wait_for_a_worker_is_reported() -> None:
+    waits: list[float] = []
+    pool = BlockingExecutor(workers=1, max_pending=8, waited=waits.append)
+    try:
+        busy, release = await occupy(pool)
+        queued = asyncio.create_task(pool.run(lambda: None))
+        await asyncio.sleep(0.2)
+        release.set()
+        await asyncio.gather(busy, queued)
+    finally:
+        pool.shutdown()
+    assert len(waits) == 2
+    assert waits[0] < 0.2 <= waits[1]  # the second job queued behind the first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from pymongo import MongoClient
 from service import lifespan
 from service.app import create_app
 from service.domain.records import new_record_id
+from service.observability import LATENCY_BUCKETS
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
 from tests.conftest import CAT_PHOTO, ROOT, AppClient, running
@@ -53,7 +55,16 @@ async def test_metrics_cover_requests_stages_models_and_records(
     assert 'labelsvc_fetch_failures_total{reason="upstream_status"} 1.0' in text
     assert 'labelsvc_model_info{model="yolox_nano"' in text
     assert "labelsvc_labeling_admitted 0.0" in text
+    assert "labelsvc_executor_queue_wait_seconds_count 0.0" not in text  # decode, models
     assert "labelsvc_executor_pending 0.0" in text
+
+
+def test_latency_buckets_resolve_labeling_latencies() -> None:
+    """Quantiles are read by interpolating inside a bucket: between 0.1 and 5 s (labeling
+    under load) no bucket is wider than 1.3x, so none is off by more than 30%."""
+    edges = [edge for edge in LATENCY_BUCKETS if 0.1 <= edge <= 5.0]
+    assert edges[0] == 0.1 and edges[-1] == 5.0
+    assert max(high / low for low, high in itertools.pairwise(edges)) <= 1.3
 
 
 async def test_metrics_count_requests_the_router_answers_itself(client: AppClient) -> None:
