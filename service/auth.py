@@ -19,12 +19,11 @@ from litestar.handlers.base import BaseRouteHandler
 
 from service.errors import Forbidden, RateLimited, Unauthorized
 from service.ratelimit import Limiter, Limits
-from service.store.keys import SCOPES, ApiKeyStore, hash_key, limits_of
+from service.store.keys import BOOTSTRAP_NAME, SCOPES, ApiKeyStore, hash_key, limits_of
 
 KEY_HEADERS = ("x-api-key", "x-rapidapi-key")
 KEY_CACHE_SECONDS = 5.0
 KEY_CACHE_SIZE = 10_000
-BOOTSTRAP = "bootstrap"
 ADMIN_HOLDS = frozenset({"read", "label"})
 UNLIMITED = Limits()
 
@@ -55,7 +54,7 @@ class Authenticator:
             raise Unauthorized(f"send an API key in the {KEY_HEADERS[0]} header")
         digest = hash_key(secret)
         if self._bootstrap_hash and hmac.compare_digest(digest, self._bootstrap_hash):
-            return Principal(name=BOOTSTRAP, scopes=frozenset(SCOPES))
+            return Principal(name=BOOTSTRAP_NAME, scopes=frozenset(SCOPES))
         principal = await self._lookup(digest, secret)
         if principal is None:
             raise Unauthorized("the API key is unknown or revoked")

@@ -22,6 +22,8 @@ from service.store.records import Document, database_errors, within
 KEY_PREFIX = "lsk_"
 SCOPES = ("label", "read", "delete", "admin")
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The name metrics and logs give the bootstrap key: no stored key may pass for it.
+BOOTSTRAP_NAME = "bootstrap"
 KEY_INDEXES = [
     IndexModel([("key_hash", ASCENDING)], name="key_hash_unique", unique=True),
     IndexModel([("name", ASCENDING)], name="name_unique", unique=True),
@@ -71,6 +73,8 @@ class ApiKeyStore:
         """Store a new key; returns its secret, which is not kept."""
         if not KEY_NAME.fullmatch(name):
             raise ValueError("a key name is 1-64 letters, digits, '_', '.' or '-'")
+        if name.lower() == BOOTSTRAP_NAME:
+            raise ValueError(f"{name!r} is the bootstrap key's name in metrics and logs")
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown or not scopes:
             raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")

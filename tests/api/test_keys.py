@@ -46,6 +46,10 @@ def test_keys_from_the_command_line(
     for bad in (["--rate", "20/ms"], ["--quota", "5/s"], ["--scopes", "root"], ["--rate", "0/s"]):
         assert cli(["create", "--name", "other", *bad], settings, monkeypatch) == 2
     assert cli(["create", "--name", "no/slash"], settings, monkeypatch) == 2
+    # The bootstrap key's name in metrics and logs: a stored key must not pass for it.
+    capsys.readouterr()
+    assert cli(["create", "--name", "Bootstrap"], settings, monkeypatch) == 2
+    assert "the bootstrap key's name" in capsys.readouterr().err
 
     capsys.readouterr()
     assert cli(["list"], settings, monkeypatch) == 0
