@@ -70,11 +70,12 @@ async def _ensure_indexes(resources: Resources) -> None:
             await resources.records.ensure_indexes()
             await resources.keys.ensure_indexes()
         except Exception as exc:  # the database may be down or starting: keep trying
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.warning("creating indexes failed (%s); retrying", error)
             # Some failures last until someone acts (duplicate hashes in imported records
-            # block the unique index): say which, here and in /readyz.
-            resources.index_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            log.warning("creating indexes failed (%s); retrying", resources.index_error)
-            if not isinstance(exc, DatabaseUnavailable):  # an outage is reported as such
+            # block the unique index): /readyz says which. An outage it reports as such.
+            if not isinstance(exc, DatabaseUnavailable):
+                resources.index_error = error
                 resources.indexes_ready.clear()
             await asyncio.sleep(INDEX_RETRY_SECONDS)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -9,10 +10,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from service.dbserver import LocalDatabaseServer
+import pytest
+
+from service.app import create_app
+from service.dbserver import LocalDatabaseServer, free_port
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
-from tests.conftest import CAT_PHOTO, ROOT, running
+from tests.conftest import CAT_PHOTO, ROOT, AppClient, running
 from tests.support.image_server import ImageServer
 
 
@@ -97,3 +101,21 @@ async def test_hung_database_answers_503_within_the_deadline(
             assert again.status_code == 200
     finally:
         db.stop()
+
+
+async def test_a_database_down_from_the_start_is_reported_as_unavailable(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Index creation fails for the outage too; /readyz must name the outage, not send
+    the operator looking for an index problem (duplicate hashes in imported records)."""
+    nowhere = f"mongodb://127.0.0.1:{free_port()}/"
+    app = create_app(make_settings(mongodb_uri=nowhere, db_timeout_ms=300))
+    async with app.lifespan(), AppClient(app) as client:
+        for _ in range(100):
+            if "creating indexes failed" in caplog.text:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("index creation never failed")
+        body = assert_problem(await client.get("/readyz"), 503)
+        assert body["database"] == "unavailable", body
