@@ -40,6 +40,8 @@ import msgspec
 import numpy as np
 import PIL.Image
 
+from models.files import as_created
+
 if TYPE_CHECKING:
     import torch
 
@@ -801,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if out.exists():
             shutil.rmtree(out)  # the previous export (checked above)
+        as_created(staging)
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from models.files import as_created
 from service.infer.manifest import ModelError, ModelSpec, load_manifest, sha256_file
 
 OK, BAD_CHECKSUM, MISSING = 0, 1, 2
@@ -69,6 +70,7 @@ def download(url: str, entry: ModelSpec, target: Path, *, timeout: float) -> Non
                 f"{entry.sha256}; nothing was written to {target}",
                 BAD_CHECKSUM,
             )
+        as_created(temp)
         os.replace(temp, target)
     except (httpx.HTTPError, OSError) as exc:
         raise FetchError(

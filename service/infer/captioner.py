@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 import tokenizers
 
-from service.infer.manifest import ModelError, sha256_file
+from service.infer.manifest import ModelError, reading, sha256_file
 from service.infer.runtime import OrtModelSession, ProviderChoice, load_onnx_session
 
 FORMAT_VERSION = 1
@@ -123,6 +123,11 @@ def _pick(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
 def verify_export(export_dir: Path) -> CaptionerInfo:
     """The export's description, once every file it needs is there with its listed sha256;
     ``ModelError`` says what is wrong."""
+    with reading(export_dir):
+        return _verified_export(export_dir)
+
+
+def _verified_export(export_dir: Path) -> CaptionerInfo:
     if not export_dir.is_dir():
         raise ModelError(f"captioner export directory {export_dir} does not exist")
     missing = [name for name in REQUIRED_FILES if not (export_dir / name).is_file()]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import threading
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -81,18 +83,32 @@ _digests: dict[tuple[str, int, int], str] = {}
 _digests_lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """A model file or directory the service cannot read (its user lacks the permission, a
+    disk error) is a ``ModelError`` naming it, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ModelError(
+            f"cannot read {exc.filename or path} ({exc.strerror}): the service's user needs"
+            " read access to the model files and directories"
+        ) from None
+
+
 def sha256_file(path: Path) -> str:
     """The file's sha256, remembered per (path, size, mtime) so a reload does not rehash."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _digests_lock:
-        cached = _digests.get(key)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    with reading(path):
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        with _digests_lock:
+            cached = _digests.get(key)
+        if cached is not None:
+            return cached
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     result = digest.hexdigest()
     with _digests_lock:
         _digests[key] = result

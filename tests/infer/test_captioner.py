@@ -144,6 +144,23 @@ def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         NeuralCaptioner(tmp_path / "nowhere", provider="cpu")
 
 
+def test_an_export_the_service_cannot_read_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when the service runs as another user than the one who exported it."""
+    export = copy_export(tmp_path)
+    is_file = Path.is_file
+
+    def refused(self: Path) -> bool:
+        if self.parent == export:
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", refused)
+    with pytest.raises(ModelError, match=r"cannot read .*export/\S+ \(Permission denied\)"):
+        NeuralCaptioner(export, provider="cpu")
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     export = copy_export(tmp_path)
     (export / "decoder.onnx").unlink()

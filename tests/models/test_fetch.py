@@ -6,16 +6,18 @@ import functools
 import os
 import shutil
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NoReturn
 
 import msgspec
 import pytest
 
 from models import fetch
-from service.infer.manifest import Manifest, load_manifest, spec
+from service.infer.manifest import Manifest, ModelError, load_manifest, resolve, spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,6 +94,11 @@ def test_download_from_base_url(tmp_path: Path, server: tuple[str, Path]) -> Non
         model_dir() / "coco_classes.txt"
     ).read_bytes()
     assert leftovers(target_dir) == []
+    # Readable by others, as a file written with open(): the service may run as another
+    # user (the container image's), and the download went through an owner-only temp file.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((target_dir / "coco_classes.txt").stat().st_mode) == 0o666 & ~umask
     # Present now: verified, not fetched again, even with the server gone.
     assert fetch.main(["--model-dir", str(target_dir), "--only", "coco_classes"]) == 0
 
@@ -166,3 +173,18 @@ def test_an_unwritable_model_dir_exits_2_with_instructions(
     assert fetch.main(["--model-dir", str(target_dir), "--base-url", base_url]) == 2
     err = capsys.readouterr().err
     assert "cannot be written" in err and "put yolox_nano.onnx at" in err.lower()
+
+
+def test_a_model_file_the_service_cannot_read_is_a_model_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when the service runs as another user than the one who fetched the files."""
+    target = tmp_path / "coco_classes.txt"
+    shutil.copy(model_dir() / "coco_classes.txt", target)
+
+    def refused(self: Path, *args: object, **kwargs: object) -> NoReturn:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refused)
+    with pytest.raises(ModelError, match=r"cannot read .*coco_classes.txt \(Permission denied\)"):
+        resolve(tmp_path, "coco_classes")
