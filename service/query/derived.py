@@ -59,12 +59,14 @@ def _mappings(value: Any) -> list[Mapping[str, Any]]:
 def _classnames(object_analysis: Any) -> list[str]:
     # The Cortex shape: a list of lists of boxes.
     inner_lists = object_analysis if isinstance(object_analysis, list) else []
-    return [
-        box["classname"]
-        for inner in inner_lists
-        for box in _mappings(inner)
-        if isinstance(box.get("classname"), str)
-    ]
+    names = []
+    for inner in inner_lists:
+        for box in _mappings(inner):
+            name = box.get("classname")
+            # The Cortex filter {"classname": "zebra"} also matches a list holding "zebra":
+            # ``classes``, which answers it, must hold those names too.
+            names += [n for n in (name if isinstance(name, list) else [name]) if isinstance(n, str)]
+    return names
 
 
 def _caption_texts(caption: Any) -> list[str]:

@@ -611,6 +611,22 @@ async def test_cortex_query_gives_the_results_of_the_unrewritten_filter(
         assert expected or classname == {"$eq": "cat", "$ne": "cat"}  # only that one is empty
 
 
+async def test_cortex_query_finds_an_imported_box_with_a_list_of_classnames(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    imported: dict[str, Any] = {
+        "_id": "cortex-multi",
+        "object_analysis": [[{"classname": ["zebra", "horse"], "conf": 0.8}]],
+    }
+    imported.update(derive_from_document(imported))  # as the backfill brings it up to date
+    collection = client.resources.database["records"]
+    await collection.insert_one(imported)
+    query = {"object_analysis": {"$elemMatch": {"$elemMatch": {"classname": "zebra"}}}}
+    assert [d["_id"] async for d in collection.find(query)] == ["cortex-multi"]
+    response = await client.get("/v1/records", params={"q": json.dumps(query)}, headers=auth)
+    assert [r["_id"] for r in response.json()["output"]] == ["cortex-multi"]
+
+
 @pytest.mark.parametrize(
     ("params", "needle"),
     [

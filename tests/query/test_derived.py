@@ -47,3 +47,10 @@ def test_odd_and_missing_content_contributes_nothing() -> None:
     assert derive_from_document(odd) == empty
     assert derive_from_document({}) == empty
     assert derive_from_document({"object_analysis": None, "image_properties": None}) == empty
+
+
+def test_a_list_of_classnames_gives_each_name() -> None:
+    """MongoDB's {"classname": "zebra"} matches a list holding "zebra", so ``classes``, which
+    answers the Cortex filter, holds each string of such a list."""
+    document = {"object_analysis": [[{"classname": ["zebra", "horse", 3]}, {"classname": "dog"}]]}
+    assert derive_from_document(document)["classes"] == ["dog", "horse", "zebra"]
