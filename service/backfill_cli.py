@@ -7,7 +7,9 @@ import sys
 
 from bson import json_util
 from bson.errors import BSONError
+from pymongo.errors import OperationFailure
 
+from service.query.bson_order import rank
 from service.settings import Settings
 from service.store.backfill import BackfillProgress, backfill_derived_fields
 from service.store.connection import NO_DATABASE, tool_database
@@ -40,18 +42,43 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
     def report(progress: BackfillProgress) -> None:
         print(_summary(progress, args.dry_run), file=sys.stderr, flush=True)
 
+    def refused(record_id: object, message: str) -> None:
+        shown = json_util.dumps(record_id, json_options=json_util.RELAXED_JSON_OPTIONS)
+        print(f"error: record {shown} not updated: {message[:300]}", file=sys.stderr)
+
     async with tool_database(settings.mongodb_uri, settings) as database:
-        # Old databases may lack the indexes that the derived fields exist to serve.
-        await RecordStore(database, max_time_ms=settings.query_max_time_ms).ensure_indexes()
+        store = RecordStore(database, max_time_ms=settings.query_max_time_ms)
+        indexes_failed = await _indexes(store, dry_run=args.dry_run)
         done = await backfill_derived_fields(
             records_collection(database),
             batch_size=args.batch_size,
             dry_run=args.dry_run,
             after=args.after,
             on_batch=report,
+            on_failure=refused,
         )
     print(_summary(done, args.dry_run, done=True))
-    return 0
+    return 1 if done.failed or indexes_failed else 0
+
+
+async def _indexes(store: RecordStore, *, dry_run: bool) -> bool:
+    """Old or imported databases may lack the indexes that the derived fields exist to
+    serve: create them (a dry run only says which are missing). True when one failed; the
+    derived fields are brought up to date all the same."""
+    if dry_run:
+        if missing := await store.missing_indexes():
+            print(
+                f"missing indexes (a run without --dry-run creates them): {missing}",
+                file=sys.stderr,
+            )
+        return False
+    try:
+        await store.ensure_indexes()
+    except OperationFailure as exc:
+        message = (exc.details or {}).get("errmsg") or str(exc)
+        print(f"error: an index could not be created: {message[:300]}", file=sys.stderr)
+        return True
+    return False
 
 
 def _summary(progress: BackfillProgress, dry_run: bool, **more: object) -> str:
@@ -62,6 +89,11 @@ def _summary(progress: BackfillProgress, dry_run: bool, **more: object) -> str:
         "updated": progress.updated,
         "last_id": progress.last_id,
         "dry_run": dry_run,
+        **(
+            {"failed": progress.failed, "failed_ids": progress.failed_ids}
+            if progress.failed
+            else {}
+        ),
         **more,
     }
     return json_util.dumps(summary, json_options=json_util.RELAXED_JSON_OPTIONS)
@@ -71,8 +103,13 @@ def _record_id(text: str) -> object:
     """An id as a progress line shows it (JSON: a number, {"$oid": ...}, a quoted string),
     or else the plain text of a string id such as PT::..."""
     try:
-        return json_util.loads(text)
+        value = json_util.loads(text)
     except ValueError:
         return text
     except BSONError as exc:  # Extended JSON of a malformed value: {"$oid": "zz"}
         raise argparse.ArgumentTypeError(str(exc)) from None
+    try:
+        rank(value)
+    except TypeError:  # an array: never an _id
+        raise argparse.ArgumentTypeError(f"{text} cannot be a record id") from None
+    return value

@@ -9,15 +9,19 @@ to date), and safe to interrupt: run it again, or resume after the last id it re
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError
 
 from service.query.bson_order import types_after
 from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
 from service.store.records import Document
+
+# Failed records named in the progress lines; all of them are counted.
+MAX_FAILED_IDS = 100
 
 
 @dataclass(slots=True)
@@ -25,6 +29,8 @@ class BackfillProgress:
     scanned: int = 0
     updated: int = 0  # records whose derived fields differed (and were rewritten unless dry)
     last_id: Any = None
+    failed: int = 0  # records whose rewrite the database refused (the walk goes on)
+    failed_ids: list[Any] = field(default_factory=list)
 
 
 async def backfill_derived_fields(
@@ -34,8 +40,13 @@ async def backfill_derived_fields(
     dry_run: bool = False,
     after: Any = None,
     on_batch: Callable[[BackfillProgress], None] | None = None,
+    on_failure: Callable[[Any, str], None] | None = None,
 ) -> BackfillProgress:
-    """Recompute and store the derived fields of every record with an ``_id`` above ``after``."""
+    """Recompute and store the derived fields of every record with an ``_id`` above ``after``.
+
+    A record whose rewrite the database refuses (one at the 16 MiB document limit, say) is
+    counted, passed to ``on_failure`` with the database's message, and skipped: one record
+    must not stop the walk for the others."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     projection = dict.fromkeys((*SOURCE_FIELDS, *DERIVED_FIELDS), 1)
@@ -44,16 +55,29 @@ async def backfill_derived_fields(
         batch = await _batch_after(records, progress.last_id, projection, batch_size)
         if not batch:
             return progress
-        updates = []
+        updates, ids = [], []
         for document in batch:
             derived = derive_from_document(document)
             changed = {k: v for k, v in derived.items() if document.get(k) != v}
             if changed:
                 updates.append(UpdateOne({"_id": document["_id"]}, {"$set": changed}))
+                ids.append(document["_id"])
+        refused: list[tuple[Any, str]] = []
         if updates and not dry_run:
-            await records.bulk_write(updates, ordered=False)
+            try:
+                await records.bulk_write(updates, ordered=False)
+            except BulkWriteError as exc:
+                if exc.details.get("writeConcernErrors"):
+                    raise
+                refused = [(ids[e["index"]], e["errmsg"]) for e in exc.details["writeErrors"]]
+        for record_id, message in refused:
+            progress.failed += 1
+            if len(progress.failed_ids) < MAX_FAILED_IDS:
+                progress.failed_ids.append(record_id)
+            if on_failure is not None:
+                on_failure(record_id, message)
         progress.scanned += len(batch)
-        progress.updated += len(updates)
+        progress.updated += len(updates) - len(refused)
         progress.last_id = batch[-1]["_id"]
         if on_batch is not None:
             on_batch(progress)

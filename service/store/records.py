@@ -193,8 +193,26 @@ class RecordStore:
         self._counts: dict[bytes, tuple[float, int | None]] = {}
 
     async def ensure_indexes(self) -> None:
+        """Each index on its own, so that one the data cannot have (the unique hash index
+        over imported records that share a hash, or lack one) does not keep the others, which
+        queries need, from being built. Raises the first failure once all were tried."""
+        failures: list[OperationFailure] = []
         async with database_errors():
-            await self._records.create_indexes(RECORD_INDEXES)
+            for index in RECORD_INDEXES:
+                try:
+                    await self._records.create_indexes([index])
+                except OperationFailure as exc:
+                    if exc.timeout:
+                        raise
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
+
+    async def missing_indexes(self) -> list[str]:
+        """The names of the record indexes the database lacks."""
+        async with database_errors():
+            present = await self._records.index_information()
+        return [name for m in RECORD_INDEXES if (name := m.document["name"]) not in present]
 
     def _labeling(self) -> AbstractAsyncContextManager[None]:
         return within(self._operation_timeout)

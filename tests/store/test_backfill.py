@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import bson
 import pytest
 from bson import ObjectId
 from pymongo import MongoClient
@@ -16,6 +17,7 @@ from service.query.derived import DERIVED_FIELDS, derive_from_document
 from service.settings import Settings
 
 PHASH = "9f3a04c2ffee0123"
+MAX_BSON_SIZE = 16 * 1024 * 1024  # MongoDB's limit on a document
 
 
 def old_record(i: int, classname: str) -> dict[str, Any]:
@@ -52,12 +54,15 @@ def backfill(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     *args: str,
+    code: int = 0,
 ) -> dict[str, Any]:
     monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
     monkeypatch.setenv("LABELSVC_MONGODB_DB", settings.mongodb_db)
     capsys.readouterr()
-    assert main(["backfill", *args]) == 0
-    summary: dict[str, Any] = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert main(["backfill", *args]) == code
+    output = capsys.readouterr()
+    summary: dict[str, Any] = json.loads(output.out.splitlines()[-1])
+    summary["stderr"] = output.err
     return summary
 
 
@@ -75,6 +80,7 @@ def test_backfill_fills_fixes_and_is_idempotent(
     before = {d["_id"]: d for d in records.find()}
 
     dry = backfill(settings, monkeypatch, capsys, "--dry-run", "--batch-size", "4")
+    assert "missing indexes (a run without --dry-run creates them)" in dry.pop("stderr")
     assert dry == {
         "scanned": 9,
         "updated": 8,
@@ -83,6 +89,7 @@ def test_backfill_fills_fixes_and_is_idempotent(
         "done": True,
     }
     assert {d["_id"]: d for d in records.find()} == before  # nothing written
+    assert list(records.index_information()) == ["_id_"]  # no index built either
 
     done = backfill(settings, monkeypatch, capsys, "--batch-size", "4")
     assert (done["scanned"], done["updated"], done["done"]) == (9, 8, True)
@@ -122,6 +129,53 @@ def test_backfill_refuses_a_malformed_after_id(capsys: pytest.CaptureFixture[str
         main(["backfill", "--after", '{"$oid": "zz"}'])
     assert refused.value.code == 2
     assert "argument --after: 'zz' is not a valid ObjectId" in capsys.readouterr().err
+
+
+def test_backfill_refuses_an_after_id_no_record_can_have(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["backfill", "--after", "[1]"])
+    assert refused.value.code == 2
+    assert "argument --after: [1] cannot be a record id" in capsys.readouterr().err
+
+
+def test_an_index_the_records_cannot_have_leaves_the_rest_to_do(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two imported records without a hash break the unique hash index (both index as
+    null): the other indexes are built, every record is brought up to date, exit 1."""
+    records.insert_many(
+        [{k: v for k, v in old_record(i, "cat").items() if k != "hash"} for i in range(2)]
+    )
+    done = backfill(settings, monkeypatch, capsys, code=1)
+    assert "error: an index could not be created" in done["stderr"]
+    assert "dup key" in done["stderr"]
+    assert (done["scanned"], done["updated"]) == (2, 2)
+    indexes = set(records.index_information())
+    assert "hash_unique" not in indexes and {"classes", "keywords", "url"} <= indexes
+
+
+def test_a_record_the_database_will_not_update_is_reported_and_skipped(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A record at the document size limit cannot take its derived fields: the walk goes
+    on past it, names it, and exits 1."""
+    full = old_record(1, "cat") | {"padding": ""}
+    full["padding"] = "x" * (MAX_BSON_SIZE - 16 - len(bson.encode(full)))
+    records.insert_many([old_record(0, "cat"), full, old_record(2, "cat")])
+    done = backfill(settings, monkeypatch, capsys, "--batch-size", "2", code=1)
+    assert f'error: record "{full["_id"]}" not updated:' in done["stderr"]
+    assert len(done["stderr"]) < 5000  # the message, not the refused update
+    assert (done["scanned"], done["updated"], done["failed"]) == (3, 2, 1)
+    assert done["failed_ids"] == [full["_id"]]
+    assert records.count_documents({"classes": "cat"}) == 2
 
 
 def test_backfill_walks_ids_of_every_type(
