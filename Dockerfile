@@ -25,7 +25,8 @@ COPY service service
 COPY models models
 RUN pip install --no-cache-dir --no-deps --force-reinstall .
 
-RUN useradd --system --uid 10001 --home-dir /app labelsvc
+# A home of its own: ONNX Runtime keeps a small state file there, and /app is read-only to it.
+RUN useradd --system --uid 10001 --create-home --home-dir /home/labelsvc labelsvc
 USER labelsvc
 
 ENV LABELSVC_HOST=0.0.0.0 \
