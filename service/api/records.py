@@ -102,7 +102,6 @@ def page_request(
 def wire_page(result: Page, request: PageRequest) -> RecordPage | ProjectedRecordPage:
     info: dict[str, Any] = {
         "length": result.length,
-        "length_is_estimate": result.length_is_estimate,
         "page": result.page,
         "per_page": request.per_page,
         "next_cursor": result.next_cursor,
@@ -234,7 +233,6 @@ async def similar_records(
     documents = [{**d, "distance": distance} for d, distance in result.matches]
     info: dict[str, Any] = {
         "length": result.length,
-        "length_is_estimate": result.length_is_estimate,
         "page": page,
         "per_page": size,
         "max_distance": max_distance,

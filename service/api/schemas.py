@@ -50,7 +50,8 @@ class SimilarRecord(Record, frozen=True, kw_only=True):
 
 
 class SimilarPageInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """``length_is_estimate``: candidates were capped, so there may be more matches."""
+    """``length``: every record within ``max_distance``. ``length_is_estimate`` is always
+    false (every candidate is compared), kept for the shape shared with other pages."""
 
     length: int
     length_is_estimate: bool = False

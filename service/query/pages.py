@@ -45,7 +45,6 @@ from service.query.plan import conjoin, is_point_lookup
 from service.query.similar import MAX_DISTANCE, hamming, is_phash, probe_bands
 from service.store.records import Document, QueryTimedOut, RecordStore, id_filter
 
-MAX_SIMILAR_CANDIDATES = 10_000
 WALK_COUNT_MAX_AGE = 60.0  # seconds a cursor page may reuse its walk's count
 
 
@@ -82,11 +81,10 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class SimilarMatches:
-    """Records with their pHash distances; ``length_is_estimate``: candidates were capped."""
+    """Records with their pHash distances; ``length``: all the records within the distance."""
 
     matches: list[tuple[Document, int]]
     length: int
-    length_is_estimate: bool
 
 
 class NoPerceptualHash(ServiceError):
@@ -197,33 +195,35 @@ async def similar_page(
         raise NoPerceptualHash(
             "this record has no image_properties.phash, so there is nothing to compare"
         )
-    candidates = await store.find(
+    # Every candidate is compared, however many share a band with this pHash (groups of
+    # near-blank frames or product shots): streamed, keeping only the near ones, within the
+    # query's time limit.
+    candidates = store.scan(
         conjoin(
             {"phash_bands": {"$in": probe_bands(phash, max_distance)}},
             {"_id": {"$ne": document["_id"]}},
             indexed=store.indexed,
         ),
         sort=[("_id", 1)],
-        limit=MAX_SIMILAR_CANDIDATES,
         projection={"image_properties.phash": 1},
         max_time_ms=budget.query_ms,
     )
     # Ties keep the candidates' _id order (a stable sort): ids of different BSON types, such
     # as imported ObjectIds beside strings, do not compare in Python.
     near = sorted(
-        (
+        [
             (distance, c["_id"])
-            for c in candidates
+            async for c in candidates
             if is_phash(other := phash_of(c))
             and (distance := hamming(phash, other)) <= max_distance
-        ),
+        ],
         key=lambda match: match[0],
     )
     window = near[(page - 1) * per_page : page * per_page]
     documents = await _by_ids(store, [i for _, i in window], None, budget)
     found = {d["_id"]: d for d in documents}
     ranked = [(found[i], distance) for distance, i in window if i in found]
-    return SimilarMatches(ranked, len(near), len(candidates) == MAX_SIMILAR_CANDIDATES)
+    return SimilarMatches(ranked, len(near))
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ MAX_URLS = 100
 QUERY_ERRORS = frozenset({2, 9, 14, 51091})
 # Beyond the server-side limit, how long the client waits for a reply before giving up.
 CLIENT_GRACE_SECONDS = 2.0
+SCAN_BATCH_SIZE = 5_000
 COUNT_CACHE_SIZE = 1024
 PING_SECONDS = 2.0
 INSERT_ATTEMPTS = 3
@@ -302,6 +303,26 @@ class RecordStore:
                 .max_time_ms(budget)
             )
             return await cursor.to_list(length=limit)
+
+    async def scan(
+        self,
+        filt: Mapping[str, Any],
+        *,
+        sort: Sequence[tuple[str, int]],
+        projection: Mapping[str, Any],
+        max_time_ms: int | None = None,
+    ) -> AsyncIterator[Document]:
+        """Every match, fetched a batch at a time: for reading more (small, projected)
+        records than should be held at once. The whole scan runs under one time limit."""
+        async with self._reading(max_time_ms) as budget:
+            cursor = (
+                self._records.find(filt, projection)
+                .sort(list(sort))
+                .batch_size(SCAN_BATCH_SIZE)
+                .max_time_ms(budget)
+            )
+            async for document in cursor:
+                yield document
 
     async def count(
         self, filt: Mapping[str, Any], *, max_time_ms: int, max_age: float = 0.0

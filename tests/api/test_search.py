@@ -149,6 +149,36 @@ async def test_similar_records_by_phash(client: AppClient, auth: dict[str, str])
     assert [(r["distance"], r["_id"]) for r in tight["output"]] == within3[2:4]
 
 
+async def test_similar_compares_every_candidate_however_many(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    """Over 10,000 records share a band with the pHash asked about (a group of near-blank
+    frames, say) and none is near it; the near ones have the highest ids. Every candidate
+    is compared, so they are all found."""
+    collection = client.resources.database["records"]
+    rng = random.Random(7)
+    target = _with_phash(corpus.make_record(0, rng), "abcd000000000000")
+    far = []
+    for i in range(10_050):
+        rest = rng.getrandbits(48) | 0xFF  # at least 8 bits away
+        phash = f"abcd{rest:012x}"
+        far.append({"_id": f"PT::{i + 1:024d}", "hash": f"e{i:063x}", "phash_bands": []})
+        far[-1] |= {"image_properties": {"phash": phash}, "phash_bands": phash_bands(phash)}
+    near = [
+        _with_phash(corpus.make_record(n + 1, rng, _id=f"PT::{'f' * 23}{n}"), f"abcd00000000000{n}")
+        for n in (0, 1, 3)
+    ]
+    await collection.insert_many([target, *far, *near])
+    response = await client.get(f"/v1/records/{target['_id']}/similar", headers=auth)
+    body = response.json()
+    assert [(r["distance"], r["_id"]) for r in body["output"]] == [
+        (0, near[0]["_id"]),
+        (1, near[1]["_id"]),
+        (2, near[2]["_id"]),
+    ]
+    assert (body["length"], body["length_is_estimate"]) == (3, False)
+
+
 def _with_phash(record: dict[str, Any], phash: str) -> dict[str, Any]:
     record["image_properties"] = {**record["image_properties"], "phash": phash}
     record["phash_bands"] = phash_bands(phash)
