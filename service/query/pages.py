@@ -161,8 +161,11 @@ async def search_page(
     skip = 0 if position else (request.page - 1) * request.per_page
     limit = request.per_page + 1
     filt = conjoin({"keywords": {"$in": terms}}, request.filter, indexed=store.indexed)
+    # An imported record may hold keywords that are not a list (until a backfill): it
+    # matches a term by equality, and scores that one.
+    keywords = {"$cond": [{"$isArray": "$keywords"}, "$keywords", ["$keywords"]]}
     ranked: list[dict[str, Any]] = [
-        {"$project": {SCORE: {"$size": {"$setIntersection": ["$keywords", terms]}}}},
+        {"$project": {SCORE: {"$size": {"$setIntersection": [keywords, terms]}}}},
     ]
     if position is not None:
         ranked.append({"$match": after_match(BY_SCORE, position)})

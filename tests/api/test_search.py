@@ -110,6 +110,20 @@ async def test_search_one_term_and_no_terms(client: AppClient, auth: dict[str, s
     assert_problem(await client.get("/v1/search", params={"text": "dog"}), 401)
 
 
+async def test_an_imported_record_whose_keywords_are_not_a_list_is_ranked_all_the_same(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    collection = client.resources.database["records"]
+    records = await corpus.seed(collection, 20)
+    imported = corpus.make_record(100, random.Random(3), keywords="dog")
+    await collection.insert_one(imported)
+    page = await _search(client, auth, text="dog sofa", per_page=100)
+    ids = [r["_id"] for r in page["output"]]
+    assert imported["_id"] in ids
+    both = [r for r in records if {"dog", "sofa"} <= set(r["keywords"])]
+    assert ids.index(imported["_id"]) >= len(both)  # one term: after those holding both
+
+
 async def test_similar_records_by_phash(client: AppClient, auth: dict[str, str]) -> None:
     collection = client.resources.database["records"]
     records = await corpus.seed(collection, 120)
