@@ -109,10 +109,24 @@ def tokens(text: str) -> list[str]:
     out: list[str] = []
     for match in _WORD.finditer(text.lower()):
         word = match.group().replace("'", "")
-        if word in STOP_WORDS or len(word) > MAX_TERM_LENGTH:
+        if len(word) > MAX_TERM_LENGTH:
             continue
-        out.append(lemma(word))
+        singular = lemma(word)
+        if word not in STOP_WORDS and singular not in STOP_WORDS:  # "photos" as "photo"
+            out.append(singular)
     return out
+
+
+def stored_forms(word: str) -> list[str]:
+    """The keywords a searched word may be stored as. Suffix rules cannot tell ``puppies``
+    (puppy) from ``collies`` (collie), or ``potatoes`` (potato) from ``shoes`` (shoe), and
+    leave ``basenjis`` and ``tvs`` alone: each other reading of a plural is tried too."""
+    forms = [lemma(word)]
+    if word.endswith("s") and word.isalpha() and len(word) > 2:
+        readings = [word[:-1], word[:-2] if word.endswith("es") else ""]
+        readings.append(word[:-3] + "ie" if word.endswith("ies") else "")
+        forms += [lemma(reading) for reading in readings if len(reading) > 1]
+    return list(dict.fromkeys(forms))
 
 
 def keywords_for(
@@ -129,6 +143,22 @@ def keywords_for(
     return sorted(words)[:MAX_KEYWORDS]
 
 
+def _search_words(text: str) -> list[str]:
+    """The words of a search text that make terms, one per term, at most ``MAX_SEARCH_TERMS``."""
+    by_term: dict[str, str] = {}
+    for match in _WORD.finditer(text.lower()):
+        word = match.group().replace("'", "")
+        for term in tokens(word):
+            by_term.setdefault(term, word)
+    return list(by_term.values())[:MAX_SEARCH_TERMS]
+
+
 def search_terms(text: str) -> list[str]:
     """The distinct terms of a search text, in the order given, at most ``MAX_SEARCH_TERMS``."""
-    return list(dict.fromkeys(tokens(text)))[:MAX_SEARCH_TERMS]
+    return [lemma(word) for word in _search_words(text)]
+
+
+def search_keywords(text: str) -> list[str]:
+    """Every keyword the terms of a search text may be stored as (``stored_forms``)."""
+    forms = (form for word in _search_words(text) for form in stored_forms(word))
+    return list(dict.fromkeys(forms))

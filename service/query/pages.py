@@ -27,7 +27,7 @@ from typing import Any
 
 from service.errors import InvalidQuery, RecordNotFound, ServiceError
 from service.query.derived import phash_of
-from service.query.keywords import search_terms
+from service.query.keywords import search_keywords, search_terms
 from service.query.paging import (
     BY_SCORE,
     NEWEST,
@@ -146,9 +146,10 @@ async def search_page(
     terms = search_terms(text)
     if not terms:
         raise InvalidQuery("text has no searchable words (stop words and punctuation are skipped)")
+    forms = search_keywords(text)
     if len(terms) == 1:
         keyed = PageRequest(
-            filter=conjoin({"keywords": terms[0]}, request.filter, indexed=store.indexed),
+            filter=conjoin({"keywords": {"$in": forms}}, request.filter, indexed=store.indexed),
             order=NEWEST,
             per_page=request.per_page,
             page=request.page,
@@ -160,12 +161,12 @@ async def search_page(
     position = decode_cursor(request.cursor, BY_SCORE) if request.cursor else None
     skip = 0 if position else (request.page - 1) * request.per_page
     limit = request.per_page + 1
-    filt = conjoin({"keywords": {"$in": terms}}, request.filter, indexed=store.indexed)
+    filt = conjoin({"keywords": {"$in": forms}}, request.filter, indexed=store.indexed)
     # An imported record may hold keywords that are not a list (until a backfill): it
     # matches a term by equality, and scores that one.
     keywords = {"$cond": [{"$isArray": "$keywords"}, "$keywords", ["$keywords"]]}
     ranked: list[dict[str, Any]] = [
-        {"$project": {SCORE: {"$size": {"$setIntersection": [keywords, terms]}}}},
+        {"$project": {SCORE: {"$size": {"$setIntersection": [keywords, forms]}}}},
     ]
     if position is not None:
         ranked.append({"$match": after_match(BY_SCORE, position)})

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from service.query.keywords import MAX_SEARCH_TERMS, keywords_for, lemma, search_terms
+from service.query.keywords import (
+    MAX_SEARCH_TERMS,
+    keywords_for,
+    lemma,
+    search_keywords,
+    search_terms,
+)
 
 
 @pytest.mark.parametrize(
@@ -70,3 +76,26 @@ def test_caption_framing_words_are_not_keywords() -> None:
     )
     assert words == ["brown", "dog", "green", "two", "vivid"]
     assert search_terms("scene with a dog near the frame") == ["dog"]
+
+
+@pytest.mark.parametrize(
+    ("searched", "stored_as"),
+    [
+        ("collies", "collie"),  # not colly
+        ("potatoes", "mashed potato"),  # not potatoe
+        ("trolleybuses", "trolleybus"),
+        ("platypuses", "platypus"),
+        ("basenjis", "basenji"),  # -is words keep their s when stored
+        ("tvs", "tv"),
+        ("lenses", "lens"),
+        ("puppies", "puppy"),
+    ],
+)
+def test_a_plural_finds_the_singular_that_suffix_rules_miss(searched: str, stored_as: str) -> None:
+    stored = set(keywords_for([], [stored_as]))
+    assert stored & set(search_keywords(searched)), (searched, search_keywords(searched))
+
+
+def test_plural_stop_words_are_stop_words() -> None:
+    assert search_terms("photos of scenes") == search_terms("photo of a scene") == []
+    assert "photo" not in keywords_for([], [], ["Two photos of dogs"])
