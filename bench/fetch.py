@@ -55,6 +55,7 @@ async def cpu_ms_per_download(fetch: Fetch, urls: list[str], sizes: list[int]) -
 
 
 def connections_opened(base: str) -> int:
+    """Connections the photo host has accepted, this probe's own included."""
     return int(httpx.get(base + "/connections").text)
 
 
@@ -86,7 +87,8 @@ async def measure(base: str, files: list[Path]) -> dict[str, object]:
             for name, fetch in ways.items():
                 before = connections_opened(base)
                 cpu[name].append(await cpu_ms_per_download(fetch, urls, sizes))
-                opened[name] = connections_opened(base) - before
+                # Less the connection of the probe that read ``before``.
+                opened[name] = connections_opened(base) - before - 1
     finally:
         await fetcher.aclose()
         await plain.aclose()
