@@ -102,6 +102,7 @@ def page_request(
 def wire_page(result: Page, request: PageRequest) -> RecordPage | ProjectedRecordPage:
     info: dict[str, Any] = {
         "length": result.length,
+        "length_is_estimate": result.length_is_estimate,
         "page": result.page,
         "per_page": request.per_page,
         "next_cursor": result.next_cursor,
