@@ -44,6 +44,11 @@ _CAPTION_WORDS = """
     cues available further covering reasonable
 """
 STOP_WORDS = frozenset(_STOP_WORDS.split()) | frozenset(_CAPTION_WORDS.split())
+# The nouns among them, whose plurals are stop words too ("photos", "scenes"); function words
+# are not read as plurals ("cans" is not "can", nor "wills" "will").
+_STOP_NOUNS = frozenset(_CAPTION_WORDS.split()) | {"image", "photo", "picture", "view"}
+# Plural endings after which "es", not just "s", was added: potatoes, buses, lenses, boxes.
+_ES_PLURALS = ("oes", "ses", "xes", "zes", "ches", "shes")
 
 # Singulars that the suffix rules below would get wrong.
 IRREGULAR = {
@@ -112,7 +117,7 @@ def tokens(text: str) -> list[str]:
         if len(word) > MAX_TERM_LENGTH:
             continue
         singular = lemma(word)
-        if word not in STOP_WORDS and singular not in STOP_WORDS:  # "photos" as "photo"
+        if word not in STOP_WORDS and singular not in _STOP_NOUNS:
             out.append(singular)
     return out
 
@@ -122,9 +127,8 @@ def stored_forms(word: str) -> list[str]:
     (puppy) from ``collies`` (collie), or ``potatoes`` (potato) from ``shoes`` (shoe), and
     leave ``basenjis`` and ``tvs`` alone: each other reading of a plural is tried too."""
     forms = [lemma(word)]
-    if word.endswith("s") and word.isalpha() and len(word) > 2:
-        readings = [word[:-1], word[:-2] if word.endswith("es") else ""]
-        readings.append(word[:-3] + "ie" if word.endswith("ies") else "")
+    if word.endswith("s") and word.isalpha() and not word.endswith(("ss", "us")):
+        readings = [word[:-1], word[:-2] if word.endswith(_ES_PLURALS) else ""]
         forms += [lemma(reading) for reading in readings if len(reading) > 1]
     return list(dict.fromkeys(forms))
 
@@ -158,7 +162,6 @@ def search_terms(text: str) -> list[str]:
     return [lemma(word) for word in _search_words(text)]
 
 
-def search_keywords(text: str) -> list[str]:
-    """Every keyword the terms of a search text may be stored as (``stored_forms``)."""
-    forms = (form for word in _search_words(text) for form in stored_forms(word))
-    return list(dict.fromkeys(forms))
+def search_forms(text: str) -> list[list[str]]:
+    """For each term of a search text, the keywords it may be stored as (``stored_forms``)."""
+    return [stored_forms(word) for word in _search_words(text)]

@@ -27,7 +27,7 @@ from typing import Any
 
 from service.errors import InvalidQuery, RecordNotFound, ServiceError
 from service.query.derived import phash_of
-from service.query.keywords import search_keywords, search_terms
+from service.query.keywords import search_forms, search_terms
 from service.query.paging import (
     BY_SCORE,
     NEWEST,
@@ -146,7 +146,8 @@ async def search_page(
     terms = search_terms(text)
     if not terms:
         raise InvalidQuery("text has no searchable words (stop words and punctuation are skipped)")
-    forms = search_keywords(text)
+    groups = search_forms(text)
+    forms = list(dict.fromkeys(form for group in groups for form in group))
     if len(terms) == 1:
         keyed = PageRequest(
             filter=conjoin({"keywords": {"$in": forms}}, request.filter, indexed=store.indexed),
@@ -165,9 +166,9 @@ async def search_page(
     # An imported record may hold keywords that are not a list (until a backfill): it
     # matches a term by equality, and scores that one.
     keywords = {"$cond": [{"$isArray": "$keywords"}, "$keywords", ["$keywords"]]}
-    ranked: list[dict[str, Any]] = [
-        {"$project": {SCORE: {"$size": {"$setIntersection": [keywords, forms]}}}},
-    ]
+    # The score is the number of terms matched, however many forms of one term a record holds.
+    held = [{"$min": [1, {"$size": {"$setIntersection": [keywords, g]}}]} for g in groups]
+    ranked: list[dict[str, Any]] = [{"$project": {SCORE: {"$add": held}}}]
     if position is not None:
         ranked.append({"$match": after_match(BY_SCORE, position)})
     ranked += [{"$sort": dict(BY_SCORE.spec())}, *_window(skip, limit)]

@@ -124,6 +124,18 @@ async def test_an_imported_record_whose_keywords_are_not_a_list_is_ranked_all_th
     assert ids.index(imported["_id"]) >= len(both)  # one term: after those holding both
 
 
+async def test_a_term_counts_once_however_many_of_its_forms_a_record_holds(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    collection = client.resources.database["records"]
+    rng = random.Random(11)
+    only_tvs = corpus.make_record(1, rng, keywords=["tv", "tvs"])
+    tv_and_chair = corpus.make_record(2, rng, keywords=["chair", "tv"])
+    await collection.insert_many([tv_and_chair, only_tvs])  # only_tvs has the later id
+    page = await _search(client, auth, text="tvs chairs")
+    assert [r["_id"] for r in page["output"]] == [tv_and_chair["_id"], only_tvs["_id"]]
+
+
 async def test_similar_records_by_phash(client: AppClient, auth: dict[str, str]) -> None:
     collection = client.resources.database["records"]
     records = await corpus.seed(collection, 120)

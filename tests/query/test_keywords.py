@@ -8,7 +8,7 @@ from service.query.keywords import (
     MAX_SEARCH_TERMS,
     keywords_for,
     lemma,
-    search_keywords,
+    search_forms,
     search_terms,
 )
 
@@ -93,9 +93,22 @@ def test_caption_framing_words_are_not_keywords() -> None:
 )
 def test_a_plural_finds_the_singular_that_suffix_rules_miss(searched: str, stored_as: str) -> None:
     stored = set(keywords_for([], [stored_as]))
-    assert stored & set(search_keywords(searched)), (searched, search_keywords(searched))
+    (forms,) = search_forms(searched)
+    assert stored & set(forms), (searched, forms)
+
+
+@pytest.mark.parametrize(
+    ("searched", "not_stored_as"),
+    [("oranges", "orangutan"), ("kites", "kit fox"), ("capes", "cap")],
+)
+def test_a_plural_finds_no_shorter_word(searched: str, not_stored_as: str) -> None:
+    (forms,) = search_forms(searched)
+    assert not set(keywords_for([], [not_stored_as])) & set(forms), forms
 
 
 def test_plural_stop_words_are_stop_words() -> None:
     assert search_terms("photos of scenes") == search_terms("photo of a scene") == []
     assert "photo" not in keywords_for([], [], ["Two photos of dogs"])
+    # Function words are not plurals: "cans" stays content.
+    assert "can" in keywords_for([], [], ["Three cans of paint"])
+    assert search_terms("cans") == ["can"]
