@@ -129,9 +129,10 @@ async def test_a_term_counts_once_however_many_of_its_forms_a_record_holds(
 ) -> None:
     collection = client.resources.database["records"]
     rng = random.Random(11)
-    only_tvs = corpus.make_record(1, rng, keywords=["tv", "tvs"])
-    tv_and_chair = corpus.make_record(2, rng, keywords=["chair", "tv"])
-    await collection.insert_many([tv_and_chair, only_tvs])  # only_tvs has the later id
+    tv_and_chair = corpus.make_record(1, rng, keywords=["chair", "tv"])
+    only_tvs = corpus.make_record(2, rng, keywords=["tv", "tvs"])
+    assert only_tvs["_id"] > tv_and_chair["_id"]  # so it would win a tie
+    await collection.insert_many([tv_and_chair, only_tvs])
     page = await _search(client, auth, text="tvs chairs")
     assert [r["_id"] for r in page["output"]] == [tv_and_chair["_id"], only_tvs["_id"]]
 
