@@ -30,6 +30,7 @@ from service.query.plan import IndexedFields
 
 Document = dict[str, Any]
 DURABLE = WriteConcern(j=True)
+INDEX_EXISTS_UNDER_ANOTHER_NAME = 85  # IndexOptionsConflict
 
 # Every field the query API filters or sorts on is indexed: the hash makes ingestion
 # idempotent, `classes` is the flat twin of the nested detections, `keywords` serves search
@@ -205,9 +206,23 @@ class RecordStore:
                 except OperationFailure as exc:
                     if exc.timeout:
                         raise
+                    if exc.code == INDEX_EXISTS_UNDER_ANOTHER_NAME and await self._has(index):
+                        continue  # made by hand or by an import: it serves all the same
                     failures.append(exc)
             if failures:
                 raise failures[0]
+
+    async def _has(self, index: IndexModel) -> bool:
+        """Whether an index of the same keys and uniqueness exists, whatever its name."""
+        wanted = index.document
+        for existing in (await self._records.index_information()).values():
+            if (
+                list(existing["key"]) == list(wanted["key"].items())
+                and existing.get("unique", False) == wanted.get("unique", False)
+                and "partialFilterExpression" not in existing
+            ):
+                return True
+        return False
 
     async def missing_indexes(self) -> list[str]:
         """The names of the record indexes the database lacks."""

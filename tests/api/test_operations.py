@@ -133,6 +133,23 @@ async def test_readiness_says_why_the_indexes_cannot_be_made(
         assert "creating the database indexes failed: DuplicateKeyError" in problem["detail"]
 
 
+async def test_an_index_made_under_another_name_serves(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A database whose records came with their own unique hash index (``hash_1``, as
+    create_index names it): the service does not ask for a second one, and is ready."""
+    settings = make_settings()
+    with MongoClient(settings.mongodb_uri) as mongo:
+        records = mongo[settings.mongodb_db]["records"]
+        records.create_index("hash", unique=True)
+        records.create_index("url")
+    async with running(settings) as client:
+        assert (await client.get("/readyz")).status_code == 200
+    with MongoClient(settings.mongodb_uri) as mongo:
+        names = set(mongo[settings.mongodb_db]["records"].index_information())
+    assert {"hash_1", "url_1", "classes"} <= names and not {"hash_unique", "url"} & names
+
+
 async def test_head_answers_like_get_without_a_body(client: AppClient) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         get, head = await client.get(path), await client.head(path)
