@@ -195,11 +195,18 @@ class RecordStore:
         self._counts: dict[bytes, tuple[float, int | None]] = {}
 
     async def ensure_indexes(self) -> None:
-        """Each index on its own, so that one the data cannot have (the unique hash index
-        over imported records that share a hash, or lack one) does not keep the others, which
-        queries need, from being built. Raises the first failure once all were tried."""
+        """All the indexes in one command, as a rule. When that fails, each on its own, so
+        that one the data cannot have (the unique hash index over imported records that share
+        a hash, or lack one) does not keep the others, which queries need, from being built.
+        Raises the first failure once all were tried."""
         failures: list[OperationFailure] = []
         async with database_errors():
+            try:
+                await self._records.create_indexes(RECORD_INDEXES)
+                return
+            except OperationFailure as exc:
+                if exc.timeout:
+                    raise
             for index in RECORD_INDEXES:
                 try:
                     await self._records.create_indexes([index])

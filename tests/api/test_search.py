@@ -197,6 +197,7 @@ async def test_similar_compares_every_candidate_however_many(
     ]
     await collection.insert_many([target, *far, *near])
     response = await client.get(f"/v1/records/{target['_id']}/similar", headers=auth)
+    assert response.status_code == 200, response.text
     body = response.json()
     assert [(r["distance"], r["_id"]) for r in body["output"]] == [
         (0, near[0]["_id"]),
