@@ -181,6 +181,18 @@ def records_collection(database: AsyncDatabase[Document]) -> AsyncCollection[Doc
     return database.get_collection("records", write_concern=DURABLE)
 
 
+def _serves(index: IndexModel, present: Mapping[str, Any]) -> bool:
+    """Whether ``present`` (``index_information()``) holds ``index``, or one of the same keys
+    and uniqueness under another name."""
+    wanted = index.document
+    return wanted["name"] in present or any(
+        list(existing["key"]) == list(wanted["key"].items())
+        and existing.get("unique", False) == wanted.get("unique", False)
+        and "partialFilterExpression" not in existing
+        for existing in present.values()
+    )
+
+
 class RecordStore:
     def __init__(
         self,
@@ -213,29 +225,19 @@ class RecordStore:
                 except OperationFailure as exc:
                     if exc.timeout:
                         raise
-                    if exc.code == INDEX_EXISTS_UNDER_ANOTHER_NAME and await self._has(index):
+                    if exc.code == INDEX_EXISTS_UNDER_ANOTHER_NAME and _serves(
+                        index, await self._records.index_information()
+                    ):
                         continue  # made by hand or by an import: it serves all the same
                     failures.append(exc)
             if failures:
                 raise failures[0]
 
-    async def _has(self, index: IndexModel) -> bool:
-        """Whether an index of the same keys and uniqueness exists, whatever its name."""
-        wanted = index.document
-        for existing in (await self._records.index_information()).values():
-            if (
-                list(existing["key"]) == list(wanted["key"].items())
-                and existing.get("unique", False) == wanted.get("unique", False)
-                and "partialFilterExpression" not in existing
-            ):
-                return True
-        return False
-
     async def missing_indexes(self) -> list[str]:
-        """The names of the record indexes the database lacks."""
+        """The names of the record indexes the database lacks (under any name)."""
         async with database_errors():
             present = await self._records.index_information()
-        return [name for m in RECORD_INDEXES if (name := m.document["name"]) not in present]
+        return [m.document["name"] for m in RECORD_INDEXES if not _serves(m, present)]
 
     def _labeling(self) -> AbstractAsyncContextManager[None]:
         return within(self._operation_timeout)

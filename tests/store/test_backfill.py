@@ -140,6 +140,19 @@ def test_backfill_refuses_an_after_id_no_record_can_have(
     assert "argument --after: [1] cannot be a record id" in capsys.readouterr().err
 
 
+def test_a_dry_run_counts_an_index_under_another_name_as_there(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    records.insert_one(old_record(0, "cat"))
+    records.create_index("hash", unique=True)  # hash_1, not hash_unique
+    dry = backfill(settings, monkeypatch, capsys, "--dry-run")
+    missing = dry["stderr"].split("creates them): ", 1)[1]
+    assert "'url'" in missing and "hash_unique" not in missing
+
+
 def test_an_index_the_records_cannot_have_leaves_the_rest_to_do(
     settings: Settings,
     records: Collection[dict[str, Any]],
