@@ -16,7 +16,7 @@ import uvicorn
 
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
-from service.infer.models import check_models, load_models
+from service.infer.models import load_models
 from service.observability import configure_logging
 from service.settings import Settings
 
@@ -41,9 +41,9 @@ def serve(settings: Settings) -> int:
         if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, remember)
 
-    check_models(settings)
-    # Loaded here rather than at application startup, where a model the runtime refuses
-    # (a broken captioner export) would only be a traceback, after the database started.
+    # Loaded (verified, and warmed up) here rather than at application startup, where a
+    # missing or altered file, an absent provider or a model the runtime refuses would be a
+    # traceback, after the database started.
     models = load_models(settings)
     if received:
         return 0

@@ -13,14 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import onnxruntime as ort
 from PIL import Image
 
-from service.infer import nanodet, tagger, yolox
-from service.infer.captioner import NeuralCaptioner, verify_export
-from service.infer.manifest import resolve, spec
+from service.infer import tagger
+from service.infer.captioner import NeuralCaptioner
+from service.infer.manifest import spec
 from service.infer.nanodet import NanoDetDetector, load_nanodet
-from service.infer.runtime import choose_providers
 from service.infer.tagger import EfficientNetTagger, load_tagger
 from service.infer.yolox import YoloxDetector, load_yolox
 from service.score import quality
@@ -58,22 +56,6 @@ class Models:
     def loaded(self) -> list[Any]:
         models = (self.detector, self.second, self.second_scale, self.tagger, self.captioner)
         return [m for m in models if m is not None]
-
-
-def check_models(settings: Settings) -> None:
-    """What ``load_models`` would refuse, found in a fraction of the time: the execution
-    provider, every file it would load and its sha256 (remembered, so loading does not hash
-    again). Raises ``ModelError``."""
-    choose_providers(settings.execution_provider, ort.get_available_providers())
-    names = [yolox.MODEL_NAME, "coco_classes"]
-    if settings.second_opinion and _is_there(settings, nanodet.MODEL_NAME):
-        names.append(nanodet.MODEL_NAME)
-    if settings.scene_tags and _is_there(settings, tagger.MODEL_NAME):
-        names += [tagger.MODEL_NAME, tagger.CLASSES_NAME]
-    for name in names:
-        resolve(settings.model_dir, name)
-    if settings.captioner_dir is not None:
-        verify_export(settings.captioner_dir)
 
 
 def load_models(settings: Settings) -> Models:
@@ -117,13 +99,10 @@ def load_models(settings: Settings) -> Models:
     )
 
 
-def _is_there(settings: Settings, name: str) -> bool:
-    return (settings.model_dir / spec(name).file).is_file()
-
-
 def _present(settings: Settings, name: str) -> bool:
-    if not _is_there(settings, name):
-        log.warning("%s is not in %s: running without it", spec(name).file, settings.model_dir)
+    path = settings.model_dir / spec(name).file
+    if not path.is_file():
+        log.warning("%s is not in %s: running without it", path.name, settings.model_dir)
         return False
     return True
 
