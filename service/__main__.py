@@ -14,6 +14,7 @@ from service.backfill_cli import add_backfill_parser, run_backfill_command
 from service.dbserver import DatabaseServerError
 from service.errors import ServiceError
 from service.infer.manifest import ModelError
+from service.listen import ListenError
 from service.settings import ConfigError, Settings
 
 
@@ -56,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as exc:  # a model file missing or altered, a provider this build lacks
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    except (ServiceError, PyMongoError, DatabaseServerError) as exc:
-        # The database is unreachable, or refused: a message, not a traceback.
+    except (ServiceError, PyMongoError, DatabaseServerError, ListenError) as exc:
+        # The database is unreachable or refused, the port taken: a message, not a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -1,14 +1,15 @@
 """``python -m service serve``: the database (when none is configured) plus uvicorn.
 
 SIGTERM, SIGINT or SIGHUP stops uvicorn gracefully, then the database server this process
-started. Settings are checked and models loaded before anything starts, so an operator's
-mistake is one line of error, not a half-started service.
+started. Settings are checked, models loaded and the API's port bound before anything starts,
+so an operator's mistake is one line of error, not a half-started service.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
 from types import FrameType
 
 import msgspec
@@ -17,6 +18,7 @@ import uvicorn
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
 from service.infer.models import load_models
+from service.listen import bind_listener
 from service.observability import configure_logging
 from service.settings import Settings
 
@@ -47,6 +49,7 @@ def serve(settings: Settings) -> int:
     models = load_models(settings)
     if received:
         return 0
+    listener = bind_listener(settings.host, settings.port)
     database: LocalDatabaseServer | None = None
     try:
         if settings.mongodb_uri is None:
@@ -66,12 +69,27 @@ def serve(settings: Settings) -> int:
             # uvicorn parse with h11 (httptools, installed with it here, has no such limit).
             h11_max_incomplete_event_size=128 * 1024,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
         if received:  # stopped while the app was being built
             return 0
-        server.run()
+        server.run(sockets=[listener])
     finally:
+        listener.close()
         if database is not None:
             log.info("stopping the local database server")
             database.stop()
     return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn says where it serves only on sockets it bound itself; this one is ours."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            host = self.config.host
+            log.info(
+                "serving the API on http://%s:%d",
+                f"[{host}]" if ":" in host else host,
+                sockets[0].getsockname()[1],  # the port the system chose, when configured as 0
+            )

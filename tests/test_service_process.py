@@ -70,7 +70,9 @@ def test_serve_sigterm_and_restart_keep_the_data(
         finally:
             assert stop(process) == 0
         assert process.stdout is not None
-        assert_stopped_cleanly(process.stdout.read().decode())
+        output = process.stdout.read().decode()
+        assert_stopped_cleanly(output)
+        assert f"serving the API on http://127.0.0.1:{port}\n" in output
 
     with start_service(env) as process:
         try:
@@ -187,6 +189,29 @@ def test_a_missing_model_is_one_line_before_anything_starts(tmp_path: Path) -> N
     assert not (tmp_path / "var").exists()  # no database was started
 
 
+def test_a_port_in_use_is_one_line_before_the_database_starts(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """The API's port is bound before the local database server picks a free one, so the
+    two can never collide, and a taken port stops the start before a database is spawned."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = subprocess.run(
+            [sys.executable, "-m", "service", "serve"],
+            cwd=ROOT,
+            env=service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert not (tmp_path / "var").exists()  # no database was started
+
+
 def test_a_captioner_the_runtime_refuses_is_one_line_before_the_database_starts(
     tmp_path: Path, model_dir: Path
 ) -> None:
@@ -242,4 +267,4 @@ def test_a_sigterm_while_the_app_is_built_stops_the_service(
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, timeout=60
     )
     assert stopped.returncode == 0, stopped.stderr.decode()[-2000:]
-    assert b"Uvicorn running" not in stopped.stderr
+    assert b"serving the API on" not in stopped.stderr
