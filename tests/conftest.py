@@ -8,7 +8,7 @@ import functools
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 import pytest_asyncio
 from litestar import Litestar
+from pymongo import MongoClient
 
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
@@ -68,13 +69,22 @@ def evalset_dir() -> Path:
     return _dir("LABELSVC_EVALSET_DIR", SHARED / "evalset")
 
 
+@contextmanager
+def database_server(storage: Path) -> Iterator[LocalDatabaseServer]:
+    """The development database server, on a free port, storing under ``storage``."""
+    command = os.environ.get("LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py"))
+    server = LocalDatabaseServer(command, storage)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def db_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDatabaseServer]:
-    command = os.environ.get("LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py"))
-    server = LocalDatabaseServer(command, tmp_path_factory.mktemp("db") / "data")
-    server.start()
-    yield server
-    server.stop()
+    with database_server(tmp_path_factory.mktemp("db") / "data") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -103,8 +113,15 @@ def image_server(evalset_dir: Path) -> Iterator[ImageServer]:
 
 
 @pytest.fixture
-def make_settings(db_server: LocalDatabaseServer, model_dir: Path) -> Callable[..., Settings]:
-    """Settings for one test: its own database name unless one is given."""
+def make_settings(
+    db_server: LocalDatabaseServer, model_dir: Path
+) -> Iterator[Callable[..., Settings]]:
+    """Settings for one test: its own database name unless one is given.
+
+    The databases are dropped after the test, so the one server the session shares does not
+    carry hundreds of them (with a dozen indexes each) into every later test.
+    """
+    names: set[str] = set()
 
     def build(**overrides: Any) -> Settings:
         base = Settings(
@@ -118,9 +135,14 @@ def make_settings(db_server: LocalDatabaseServer, model_dir: Path) -> Callable[.
             workers=2,
             label_rate_per_client="",  # bursts are the point of many tests; see test_hardening
         )
-        return msgspec.structs.replace(base, **overrides)
+        settings = msgspec.structs.replace(base, **overrides)
+        names.add(settings.mongodb_db)
+        return settings
 
-    return build
+    yield build
+    with MongoClient(db_server.uri) as mongo:
+        for name in names:
+            mongo.drop_database(name)
 
 
 class AppClient(httpx.AsyncClient):
