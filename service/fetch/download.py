@@ -363,13 +363,19 @@ class ImageFetcher:
         # more than the cap, and an accepted one is copied once (no growing buffer).
         decoder = _content_decoder(target, response.headers.get("content-encoding"))
         chunks: list[bytes] = []
-        size = 0
+        size = received = 0
         digest = hashlib.sha256()
         async for raw in response.aiter_raw():
             chunk = raw
             if decoder is not None:  # the cap holds for the decoded bytes: no zip bombs
+                received += len(raw)  # and for the compressed ones (empty blocks decode to 0)
                 chunk = _decoded(decoder, raw, policy.max_bytes - size + 1, target)
-                if decoder.unconsumed_tail:
+                if decoder.unused_data:  # zlib would keep whatever follows, without a bound
+                    raise UpstreamError(
+                        f"{target.host} sent data after the end of its compressed body",
+                        extra={"reason": "content_encoding"},
+                    )
+                if decoder.unconsumed_tail or received > policy.max_bytes:
                     raise too_large
             size += len(chunk)
             if size > policy.max_bytes:

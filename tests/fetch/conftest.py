@@ -166,15 +166,29 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 if stopping.wait(1.0):
                     return
-        elif path == "/encoded":  # ?coding=gzip&body=ok|bomb|cut|bad
+        elif path == "/encoded":  # ?coding=gzip&body=ok|bomb|cut|bad|trailing|empty_blocks
             query = parse_qs(parts.query)
             coding, body = query["coding"][0], query["body"][0]
             self._head(200, {"Content-Type": "image/jpeg", "Content-Encoding": coding})
-            self.wfile.write(_encoded(coding, body))
+            if body in ENDLESS_ENCODED:  # a prefix, then the same bytes until the client leaves
+                prefix, repeated = ENDLESS_ENCODED[body]
+                self.wfile.write(prefix)
+                while not stopping.is_set():
+                    self.wfile.write(repeated * 1024)
+            else:
+                self.wfile.write(_encoded(coding, body))
         elif path == "/stall":
             stopping.wait(10.0)
         else:
             self._body(404, b"", "text/plain")
+
+
+# A whole gzip member followed by junk; a gzip header followed by empty stored deflate blocks
+# (5 bytes each, decoding to nothing, never final).
+ENDLESS_ENCODED = {
+    "trailing": (gzip.compress(b"image"), b"junk"),
+    "empty_blocks": (gzip.compress(b"")[:10], b"\x00\x00\x00\xff\xff"),
+}
 
 
 def _encoded(coding: str, body: str) -> bytes:

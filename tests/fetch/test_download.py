@@ -269,6 +269,9 @@ async def test_a_compressed_body_is_decoded(
         ("coding=gzip&body=cut", UpstreamError, "protocol"),
         ("coding=gzip&body=bad", UpstreamError, "content_encoding"),
         ("coding=br&body=ok", UpstreamError, "content_encoding"),
+        # Neither may be read until the deadline: zlib would buffer the junk without bound.
+        ("coding=gzip&body=trailing", UpstreamError, "content_encoding"),
+        ("coding=gzip&body=empty_blocks", PayloadTooLarge, "too_large"),
     ],
 )
 async def test_a_compressed_body_that_cannot_be_used_is_refused(
