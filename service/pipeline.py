@@ -64,6 +64,12 @@ class LabelOutcome:
         return record.urls if isinstance(record, Record) else list(record.get("urls") or [])
 
 
+def names_record(url_or_id: str) -> bool:
+    """Whether a Cortex ``url_or_id`` names a stored record rather than an image to fetch."""
+    value = url_or_id.strip()
+    return is_record_id(value) or is_object_id_hex(value)
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -104,7 +110,7 @@ class LabelingPipeline:
     async def label(self, url_or_id: str) -> LabelOutcome:
         """Label a URL, or return the stored record when given a record id."""
         value = url_or_id.strip()
-        if is_record_id(value) or is_object_id_hex(value):
+        if names_record(value):
             return await self.label_id(value)
         if "://" in value:
             return await self.label_url(value)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Response, post
+import msgspec
+from litestar import Request, Response, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
@@ -17,9 +18,10 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service.api.deps import ResourcesDep, provide_ready_resources
 from service.api.problems import problem_responses
 from service.api.schemas import LabelRequest, UploadRequest
-from service.auth import requires
+from service.auth import KEY_HEADERS, Principal, requires
 from service.domain.records import Record, StoredDocument
-from service.errors import BadRequest, UnsupportedBody
+from service.errors import BadRequest, Forbidden, Unauthorized, UnsupportedBody
+from service.pipeline import LabelOutcome, names_record
 
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
 
@@ -52,7 +54,9 @@ PROBLEMS = problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 5
     summary="Label an image by URL, or fetch the record of one already labeled",
     description=(
         "201 with a Location header when a new record was made; 200 when the same bytes (from"
-        " any URL) or the given id were already labeled."
+        " any URL) or the given id were already labeled. Looking a record up by id needs a key"
+        " with the read scope. A caller without one who sends bytes labeled before sees only"
+        " its own URL in url and urls."
     ),
     tags=["labels"],
     security=SECURITY,
@@ -71,17 +75,18 @@ PROBLEMS = problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 5
     ],
 )
 async def create_label(
-    data: JSONBody[LabelRequest], resources: ResourcesDep
+    data: JSONBody[LabelRequest], resources: ResourcesDep, request: Request[Any, Any, Any]
 ) -> Response[Record | StoredDocument]:
     if (data.url is None) == (data.id is None):
         raise BadRequest('give exactly one of "url" and "id"')
     pipeline = resources.pipeline
     if data.id is not None:
+        require_reader(request)
         return Response((await pipeline.label_id(data.id)).record, status_code=HTTP_200_OK)
     assert data.url is not None
     outcome = await pipeline.label_url(data.url)
     if not outcome.created:
-        return Response(outcome.record, status_code=HTTP_200_OK)
+        return Response(shown_to(request, outcome, data.url), status_code=HTTP_200_OK)
     return Response(
         outcome.record,
         status_code=HTTP_201_CREATED,
@@ -95,9 +100,50 @@ async def create_label(
     guards=GUARDS,
     status_code=HTTP_200_OK,
     summary="Cortex-compatible labeling: url_or_id in, the record out",
+    description=(
+        "An id needs a key with the read scope. A caller without one who sends bytes labeled"
+        " before sees only its own URL in url and urls."
+    ),
     tags=["compatibility"],
     security=SECURITY,
     responses=PROBLEMS,
 )
-async def upload(data: JSONBody[UploadRequest], resources: ResourcesDep) -> Record | StoredDocument:
-    return (await resources.pipeline.label(data.url_or_id)).record
+async def upload(
+    data: JSONBody[UploadRequest], resources: ResourcesDep, request: Request[Any, Any, Any]
+) -> Record | StoredDocument:
+    if names_record(data.url_or_id):
+        require_reader(request)
+    outcome = await resources.pipeline.label(data.url_or_id)
+    return shown_to(request, outcome, data.url_or_id.strip())
+
+
+def _may_read(request: Request[Any, Any, Any]) -> bool:
+    principal: Principal | None = request.scope["state"].get("principal")
+    return principal is not None and principal.holds("read")
+
+
+def require_reader(request: Request[Any, Any, Any]) -> None:
+    """Looking a record up by id reads stored data, which on an open service is no less
+    private than through ``GET /v1/records/{id}``: the same key is needed."""
+    if _may_read(request):
+        return
+    if request.scope["state"].get("principal") is None:
+        raise Unauthorized(
+            f"looking a record up by id needs an API key with the 'read' scope, in the"
+            f" {KEY_HEADERS[0]} header"
+        )
+    raise Forbidden("this API key lacks the 'read' scope, which looking a record up by id needs")
+
+
+def shown_to(
+    request: Request[Any, Any, Any], outcome: LabelOutcome, url: str
+) -> Record | StoredDocument:
+    """The record as this caller may see it: bytes labeled before from other URLs come back
+    with only the caller's own URL unless it may read records, as other clients' URLs can
+    carry their access tokens or private paths."""
+    record = outcome.record
+    if outcome.created or _may_read(request):
+        return record
+    if isinstance(record, Record):
+        return msgspec.structs.replace(record, url=url, urls=[url])
+    return {**record, "url": url, "urls": [url]}

@@ -43,9 +43,10 @@ def assert_problem(response: Any, status: int, type_suffix: str | None = None) -
     ],
 )
 async def test_bad_labeling_requests(
-    client: AppClient, body: dict[str, Any], status: int, type_suffix: str
+    client: AppClient, auth: dict[str, str], body: dict[str, Any], status: int, type_suffix: str
 ) -> None:
-    assert_problem(await client.post("/v1/labels", json=body), status, type_suffix)
+    # With a key that may read: looking a record up by id needs one.
+    assert_problem(await client.post("/v1/labels", json=body, headers=auth), status, type_suffix)
 
 
 async def test_upload_with_neither_url_nor_id(client: AppClient) -> None:
@@ -69,7 +70,9 @@ async def test_deeply_nested_json_body(client: AppClient, path: str) -> None:
 @pytest.mark.parametrize(
     "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "text/xml"]
 )
-async def test_labeling_bodies_must_be_json(client: AppClient, content_type: str | None) -> None:
+async def test_labeling_bodies_must_be_json(
+    client: AppClient, auth: dict[str, str], content_type: str | None
+) -> None:
     """What a cross-site page can send without a preflight is refused: an open service on an
     internal network cannot be driven from a visitor's browser."""
     body = b'{"url": "http://example.com/a.jpg"}'
@@ -82,7 +85,7 @@ async def test_labeling_bodies_must_be_json(client: AppClient, content_type: str
     vendor = await client.post(
         "/v1/labels",
         content=b'{"id": "PT::000000000000000000000000"}',
-        headers={"content-type": "application/vnd.api+json; charset=utf-8"},
+        headers={"content-type": "application/vnd.api+json; charset=utf-8", **auth},
     )
     assert vendor.status_code == 404  # a JSON media type: decoded, and the id looked up
 

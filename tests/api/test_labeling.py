@@ -17,6 +17,7 @@ from pymongo import MongoClient
 from service.decode.image import decode_image
 from service.settings import Settings
 from service.store import records
+from tests.api.test_errors import assert_problem
 from tests.conftest import CAT_PHOTO, EMPTY_PHOTO, ROOT, AppClient, running
 from tests.support.image_server import ImageServer, static
 from tests.support.images import encode
@@ -79,13 +80,13 @@ async def test_image_without_objects_is_labeled_with_no_boxes(
 
 
 async def test_same_bytes_from_another_url_is_the_same_record(
-    client: AppClient, image_server: ImageServer
+    client: AppClient, image_server: ImageServer, auth: dict[str, str]
 ) -> None:
     first = (
         await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
     ).json()
     second_url = image_server.photo_url(CAT_PHOTO, alias="mirror")
-    response = await client.post("/v1/labels", json={"url": second_url})
+    response = await client.post("/v1/labels", json={"url": second_url}, headers=auth)
     assert response.status_code == 200
     second = response.json()
     assert second["_id"] == first["_id"]
@@ -94,15 +95,59 @@ async def test_same_bytes_from_another_url_is_the_same_record(
     assert second["object_analysis"] == first["object_analysis"]
 
 
+async def test_other_clients_urls_are_shown_only_to_keys_that_may_read(
+    client: AppClient, image_server: ImageServer, auth: dict[str, str]
+) -> None:
+    """A URL can carry its owner's access token: a caller who sends the same bytes from
+    another URL gets the analysis, not the URLs others labeled them from."""
+    private = image_server.photo_url(CAT_PHOTO, alias="signed") + "&token=owner-secret"
+    first = (await client.post("/v1/labels", json={"url": private})).json()
+    mine = image_server.photo_url(CAT_PHOTO, alias="mine")
+    for path, body in (("/v1/labels", {"url": mine}), ("/upload", {"url_or_id": mine})):
+        response = await client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        seen = response.json()
+        assert "owner-secret" not in response.text
+        assert (seen["_id"], seen["url"], seen["urls"]) == (first["_id"], mine, [mine])
+        assert seen["object_analysis"] == first["object_analysis"]
+    stored = (await client.get(f"/v1/records/{first['_id']}", headers=auth)).json()
+    assert stored["urls"] == [private, mine]
+
+
+async def test_looking_a_record_up_by_id_needs_a_key_that_may_read(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    """Record ids are ObjectIds, easily guessed from one's own: on an open service the id
+    routes must not read out what `GET /v1/records/{id}` keeps for readers."""
+    record = (
+        await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+    ).json()
+    labeler = {"X-API-Key": await client.resources.keys.create("labeler", ["label"])}
+    for path, body in (
+        ("/v1/labels", {"id": record["_id"]}),
+        ("/upload", {"url_or_id": record["_id"]}),
+    ):
+        body_401 = assert_problem(await client.post(path, json=body), 401, "unauthorized")
+        assert "'read' scope" in body_401["detail"]
+        body_403 = assert_problem(await client.post(path, json=body, headers=labeler), 403)
+        assert "'read' scope" in body_403["detail"]
+        # An id that names no record is refused the same way: existence is not revealed.
+        missing = {k: "PT::0123456789abcdef01234567" for k in body}
+        assert_problem(await client.post(path, json=missing), 401, "unauthorized")
+
+
 async def test_a_record_keeps_a_bounded_number_of_urls(
-    client: AppClient, image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+    client: AppClient,
+    image_server: ImageServer,
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(records, "MAX_URLS", 3)
     urls = [image_server.photo_url(CAT_PHOTO, alias=str(i)) for i in range(5)]
-    answers = [(await client.post("/v1/labels", json={"url": u})) for u in urls]
+    answers = [(await client.post("/v1/labels", json={"url": u}, headers=auth)) for u in urls]
     assert [a.status_code for a in answers] == [201, 200, 200, 200, 200]
     assert answers[-1].json()["urls"] == urls[:3]  # the record is still served
-    again = await client.post("/v1/labels", json={"url": urls[1]})
+    again = await client.post("/v1/labels", json={"url": urls[1]}, headers=auth)
     assert again.status_code == 200 and again.json()["_id"] == answers[0].json()["_id"]
 
 
@@ -132,27 +177,27 @@ async def test_concurrent_posts_of_one_url_create_once(
 
 
 async def test_label_by_id_returns_stored_record_without_fetching(
-    client: AppClient, image_server: ImageServer
+    client: AppClient, image_server: ImageServer, auth: dict[str, str]
 ) -> None:
     record = (
         await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
     ).json()
     seen = len(image_server.requests)
-    by_id = await client.post("/v1/labels", json={"id": record["_id"]})
+    by_id = await client.post("/v1/labels", json={"id": record["_id"]}, headers=auth)
     assert by_id.status_code == 200
     assert by_id.json() == record
     assert len(image_server.requests) == seen
 
 
 async def test_cortex_upload_accepts_url_or_id(
-    client: AppClient, image_server: ImageServer
+    client: AppClient, image_server: ImageServer, auth: dict[str, str]
 ) -> None:
     url = image_server.photo_url("000000403817.jpg")
     by_url = await client.post("/upload", json={"url_or_id": url})
     assert by_url.status_code == 200
     record = by_url.json()
     assert {"cat", "laptop"} <= {b["classname"] for b in record["object_analysis"][0]}
-    by_id = await client.post("/upload", json={"url_or_id": record["_id"]})
+    by_id = await client.post("/upload", json={"url_or_id": record["_id"]}, headers=auth)
     assert by_id.status_code == 200 and by_id.json()["_id"] == record["_id"]
 
 

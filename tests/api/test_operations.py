@@ -49,7 +49,7 @@ async def test_metrics_cover_requests_stages_models_and_records(
     assert "labelsvc_records_created_total 1.0" in text
     assert "labelsvc_records_deduplicated_total 0.0" in text  # reads are not labelings
     for body in ({"id": created.json()["_id"]}, {"url": image_server.photo_url(CAT_PHOTO)}):
-        assert (await client.post("/v1/labels", json=body)).status_code == 200
+        assert (await client.post("/v1/labels", json=body, headers=auth)).status_code == 200
     again = (await client.get("/metrics")).text
     assert "labelsvc_records_deduplicated_total 2.0" in again  # by id, and by the same bytes
     assert 'labelsvc_fetch_failures_total{reason="upstream_status"} 1.0' in text

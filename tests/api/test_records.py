@@ -336,7 +336,7 @@ async def test_records_in_an_older_shape_are_served_as_stored(
     assert (await get(f"/v1/records/{rid}"))["caption"] == imported["caption"]
     assert [r["_id"] for r in (await get(f"/v1/records/{rid}/similar"))["output"]] == [twin["_id"]]
     assert rid in {r["_id"] for r in (await get("/v1/search", text="cat"))["output"]}
-    labeled = await client.post("/upload", json={"url_or_id": rid})
+    labeled = await client.post("/upload", json={"url_or_id": rid}, headers=auth)
     assert labeled.status_code == 200 and labeled.json()["_id"] == rid
 
 
@@ -366,10 +366,10 @@ async def test_imported_ids_can_be_followed(
     twins_similar = await client.get(f"/v1/records/{twin['_id']}/similar", headers=auth)
     assert twins_similar.status_code == 200, twins_similar.text
     assert {r["_id"] for r in twins_similar.json()["output"]} == {rid, third["_id"]}
-    labeled = await client.post("/v1/labels", json={"id": rid})
+    labeled = await client.post("/v1/labels", json={"id": rid}, headers=auth)
     assert labeled.status_code == 200 and labeled.json()["_id"] == rid
     if isinstance(imported_id, ObjectId):  # the Cortex route tells URLs and ids apart
-        uploaded = await client.post("/upload", json={"url_or_id": rid})
+        uploaded = await client.post("/upload", json={"url_or_id": rid}, headers=auth)
         assert uploaded.status_code == 200 and uploaded.json()["_id"] == rid
     for q in ({"_id": rid}, {"_id": {"$in": [rid, "x"]}}, {"$or": [{"_id": {"$eq": rid}}]}):
         found = await client.get("/v1/records", params={"q": json.dumps(q)}, headers=auth)
