@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import socket
 from concurrent.futures import Executor
@@ -18,6 +19,8 @@ from service.errors import UpstreamError, UrlRejected
 
 if TYPE_CHECKING:
     from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -37,6 +40,10 @@ METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
         "192.0.0.192",  # Oracle Cloud (legacy)
         "fd00:ec2::254",  # AWS IMDS over IPv6
         "fd00:ec2::23",  # AWS EKS pod identity over IPv6
+        "168.63.129.16",  # Azure WireServer (a public address every Azure VM reaches)
+        "fd20:ce::254",  # GCP metadata over IPv6
+        "169.254.42.42",  # Scaleway
+        "fd00:42::42",  # Scaleway over IPv6
     )
 )
 
@@ -350,5 +357,13 @@ async def resolve_target(
     if not addresses:
         raise UpstreamError(f"host {target.host} has no addresses", extra={"reason": "dns"})
     for address in addresses:
-        check_address(address, policy)
+        category = address_category(address, allow_private=policy.allow_private)
+        if category is not None:
+            # What a name resolves to stays in the log: in the answer, it would let anyone map
+            # the names and addresses of the network the service runs in.
+            log.info("refused host %s: its address %s is %s", target.host, address, category)
+            raise _reject(
+                f"host {target.host} resolves to an address this service may not fetch from",
+                "address",
+            )
     return addresses

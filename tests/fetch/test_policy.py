@@ -46,6 +46,7 @@ REFUSED_ADDRESSES = [
     ("http://100.64.0.1/", "address 100.64.0.1 is in the shared address space"),
     ("http://169.254.169.254/", "address 169.254.169.254 is a cloud metadata address"),
     ("http://100.100.100.200/", "address 100.100.100.200 is a cloud metadata address"),
+    ("http://168.63.129.16/", "address 168.63.129.16 is a cloud metadata address"),
     ("http://[fd00:ec2::254]/", "address fd00:ec2::254 is a cloud metadata address"),
     ("http://169.254.1.1/", "address 169.254.1.1 is link-local"),
     ("http://[fe80::1]/", "address fe80::1 is link-local"),
@@ -67,8 +68,9 @@ REFUSED_ADDRESSES = [
         "http://\uff11\uff12\uff17\u3002\uff10\u3002\uff10\u3002\uff11/",
         "address 127.0.0.1 is loopback",
     ),
-    ("http://localhost/", "is loopback"),
-    ("http://LOCALHOST:8000/", "is loopback"),
+    # For a name, what it resolves to is not told (it would map the service's network).
+    ("http://localhost/", "host localhost resolves to an address this service may not fetch"),
+    ("http://LOCALHOST:8000/", "resolves to an address this service may not fetch from"),
     ("http://224.0.0.1/", "address 224.0.0.1 is multicast"),
     ("http://[ff02::1]/", "address ff02::1 is multicast"),
     ("http://240.0.0.1/", "address 240.0.0.1 is reserved"),
@@ -169,6 +171,9 @@ async def test_allow_private_allows_localhost() -> None:
         ("http://[fd00:ec2::254]/", "a cloud metadata address"),
         ("http://100.100.100.200/", "a cloud metadata address"),  # inside the allowed 100.64/10
         ("http://[::ffff:169.254.169.254]/", "a cloud metadata address"),
+        ("http://[fd20:ce::254]/", "a cloud metadata address"),  # GCP, inside the allowed ULA
+        ("http://[fd00:42::42]/", "a cloud metadata address"),  # Scaleway
+        ("http://168.63.129.16/", "a cloud metadata address"),  # Azure, a public address
         ("http://169.254.1.1/", "link-local"),
         ("http://[fe80::1]/", "link-local"),
         ("http://0.0.0.0/", "unspecified"),
@@ -267,11 +272,18 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return table
 
 
-async def test_refused_when_any_resolved_address_is_refused(fake_dns: dict[str, Any]) -> None:
+async def test_refused_when_any_resolved_address_is_refused(
+    fake_dns: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
     fake_dns["mixed.example"] = ["93.184.216.34", "10.0.0.7"]
+    caplog.set_level("INFO", "service.fetch.policy")
     error = await refused("http://mixed.example/", DEFAULT)
-    assert error.detail == "address 10.0.0.7 is private"
-    assert error.extra == {"reason": "address", "address": "10.0.0.7"}
+    # The client learns that the name is refused, not the internal address behind it.
+    assert error.detail == (
+        "host mixed.example resolves to an address this service may not fetch from"
+    )
+    assert error.extra == {"reason": "address"}
+    assert "refused host mixed.example: its address 10.0.0.7 is private" in caplog.text
 
 
 async def test_resolved_addresses_keep_order_and_drop_duplicates(
