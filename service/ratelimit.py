@@ -14,6 +14,7 @@ Both are kept in the service process, so they cost no database round trip per re
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import re
@@ -185,6 +186,20 @@ class Limiter:
             state.flushed_at = self.clock()
 
 
+def client_bucket(address: str) -> str:
+    """What a client address is metered as: an IPv6 client by its /64, since one host is
+    routinely given a whole /64 (2^64 addresses, each a fresh bucket otherwise)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # not an address (a test client, a unix socket)
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class ClientLimiter:
     """Per-client-address token buckets for open (keyless) labeling.
 
@@ -202,6 +217,7 @@ class ClientLimiter:
 
     def admit(self, client: str) -> None:
         now = self._clock()
+        client = client_bucket(client)
         bucket = self._buckets.pop(client, None) or TokenBucket.full(self.rate, now)
         self._buckets[client] = bucket
         if len(self._buckets) > self._max_clients:

@@ -6,6 +6,7 @@ Nothing reads the environment at import time: the composition root calls
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -40,6 +41,17 @@ def _decode_path(kind: type, value: object) -> object:
     if kind is Path and isinstance(value, str):
         return Path(value)
     raise NotImplementedError(f"cannot decode {kind}")  # msgspec's "type not handled here"
+
+
+def _proxies_valid(value: str) -> bool:
+    entries = [entry.strip() for entry in value.split(",")] if value.strip() else []
+    try:
+        for entry in entries:
+            if entry != "*":
+                ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _default_workers() -> int:
@@ -107,6 +119,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     labeling_requires_key: bool = False
     # Open (keyless) labeling per client address, e.g. "20/s" or "600/min"; "" turns it off.
     label_rate_per_client: str = "20/s"
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
+    # addresses or networks, "*" for any); empty: none, the peer address is the client.
+    forwarded_allow_ips: str = ""
     page_size: int = 25
 
     @property
@@ -190,6 +205,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             f"execution_provider must be one of {get_args(Provider)}": self.execution_provider
             in get_args(Provider),
         }
+        checks["forwarded_allow_ips must be addresses or networks, comma-separated, or *"] = (
+            _proxies_valid(self.forwarded_allow_ips)
+        )
         if self.label_rate_per_client:
             from service.ratelimit import Rate
 

@@ -19,7 +19,14 @@ from service.dbserver import LocalDatabaseServer, free_port
 from tests.conftest import API_KEY, CAT_PHOTO
 from tests.infer.test_captioner import FIXTURES as CAPTIONERS
 from tests.support.image_server import ImageServer
-from tests.support.process import ROOT, service_env, start_service, stop, wait_ready
+from tests.support.process import (
+    ROOT,
+    live_service,
+    service_env,
+    start_service,
+    stop,
+    wait_ready,
+)
 
 
 def port_open(port: int) -> bool:
@@ -187,6 +194,36 @@ def test_a_missing_model_is_one_line_before_anything_starts(tmp_path: Path) -> N
     assert refused.stderr.startswith("configuration error: model file yolox_nano.onnx not found")
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert not (tmp_path / "var").exists()  # no database was started
+
+
+def test_forwarded_addresses_are_believed_only_from_configured_proxies(
+    db_server: LocalDatabaseServer, model_dir: Path
+) -> None:
+    """uvicorn would believe X-Forwarded-For from loopback: a client behind a same-host proxy
+    that passes the header through could then pick its own rate-limit bucket."""
+
+    def statuses(base: str) -> list[int]:
+        # Refused after the rate limit (400), or by it (429); each "from" a new address.
+        return [
+            httpx.post(
+                base + "/v1/labels",
+                json={"url": "ftp://example.com/a.jpg"},
+                headers={"X-Forwarded-For": f"198.51.100.{i}"},
+                timeout=10,
+            ).status_code
+            for i in range(3)
+        ]
+
+    settings = {
+        "mongodb_uri": db_server.uri,
+        "model_dir": str(model_dir),
+        "label_rate_per_client": "1/min",
+        "log_level": "warning",
+    }
+    with live_service(**settings) as (base, _):
+        assert statuses(base) == [400, 429, 429]  # one client: the peer
+    with live_service(**settings, forwarded_allow_ips="127.0.0.1") as (base, _):
+        assert statuses(base) == [400, 400, 400]  # a trusted proxy: three clients
 
 
 def test_a_port_in_use_is_one_line_before_the_database_starts(

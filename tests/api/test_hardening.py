@@ -91,6 +91,19 @@ def test_client_table_is_bounded() -> None:
     limiter.admit("10.0.0.4")  # refilled after a minute
 
 
+def test_an_ipv6_client_is_metered_by_its_slash_64() -> None:
+    """A host routinely holds a whole /64: one bucket per address would give it 2^64."""
+    limiter = ClientLimiter(Rate.parse("1/min"), clock=lambda: 0.0)
+    limiter.admit("2001:db8:1:2::1")
+    for same_host in ("2001:db8:1:2::2", "2001:db8:1:2:ffff:ffff:ffff:ffff"):
+        with pytest.raises(RateLimited):
+            limiter.admit(same_host)
+    limiter.admit("2001:db8:1:3::1")  # the next /64: another client
+    limiter.admit("192.0.2.1")
+    with pytest.raises(RateLimited):  # the same IPv4 client, written as IPv6
+        limiter.admit("::ffff:192.0.2.1")
+
+
 def test_bad_rate_setting_fails_fast() -> None:
     with pytest.raises(ConfigError, match="label_rate_per_client"):
         Settings.from_env({"LABELSVC_LABEL_RATE_PER_CLIENT": "lots"})
@@ -110,6 +123,8 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("LOG_LEVEL", "verbose", "log_level"),
         ("MONGODB_DB", "", "mongodb_db"),
         ("MONGODB_DB", "a.b", "mongodb_db"),
+        ("FORWARDED_ALLOW_IPS", "proxy.example", "forwarded_allow_ips"),
+        ("FORWARDED_ALLOW_IPS", "10.0.0.1,", "forwarded_allow_ips"),
         ("MAX_IMAGE_BYTES", "-1", "max_image_bytes"),
         ("MAX_PIXELS", "0", "max_pixels"),
         ("FETCH_TOTAL_TIMEOUT", "0", "fetch timeouts"),
