@@ -51,13 +51,15 @@ class Authenticator:
 
     async def authenticate(self, secret: str | None) -> Principal:
         if not secret:
-            raise Unauthorized(f"send an API key in the {KEY_HEADERS[0]} header")
+            raise Unauthorized(
+                f"send an API key in the {KEY_HEADERS[0]} header", extra={"reason": "missing_key"}
+            )
         digest = hash_key(secret)
         if self._bootstrap_hash and hmac.compare_digest(digest, self._bootstrap_hash):
             return Principal(name=BOOTSTRAP_NAME, scopes=frozenset(SCOPES))
         principal = await self._lookup(digest, secret)
         if principal is None:
-            raise Unauthorized("the API key is unknown or revoked")
+            raise Unauthorized("the API key is unknown or revoked", extra={"reason": "unknown_key"})
         return principal
 
     async def _lookup(self, digest: str, secret: str) -> Principal | None:
@@ -119,7 +121,11 @@ def requires(scope: str, *, unless_open: bool = False) -> Guard:
         # On an open route a key is optional, but one that is sent must be valid: it replaces
         # the per-client limit with its own limits, so an unchecked key would lift every limit.
         authenticator: Authenticator = resources.authenticator
-        principal = await authenticator.authenticate(secret)
+        try:
+            principal = await authenticator.authenticate(secret)
+        except Unauthorized as exc:  # a client without a key, or guessing one
+            resources.metrics.auth_failures.labels(exc.extra["reason"]).inc()
+            raise
         counter = resources.metrics.api_key_requests
         if not is_open and not principal.holds(scope):
             counter.labels(principal.name, "forbidden").inc()

@@ -88,6 +88,12 @@ class Metrics:
             ["key", "outcome"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "labelsvc_auth_failures",
+            "Requests refused 401, by reason (missing_key, unknown_key: unknown or revoked)",
+            ["reason"],
+            registry=r,
+        )
         self.labeling_admitted = Gauge(
             "labelsvc_labeling_admitted",
             "Labeling requests admitted and in progress (bounded by LABELSVC_MAX_INFLIGHT)",

@@ -16,6 +16,7 @@ from typing import Literal, get_args
 import msgspec
 
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
+MIN_BOOTSTRAP_KEY_LENGTH = 32
 PREFIX = "LABELSVC_"
 # Variables with the prefix that belong to the project's tooling, not to the service: the
 # evaluation photos (benchmarks), the host's model folder (deploy/compose.yaml), the length
@@ -205,6 +206,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             f"execution_provider must be one of {get_args(Provider)}": self.execution_provider
             in get_args(Provider),
         }
+        checks[
+            f"bootstrap_api_key must be at least {MIN_BOOTSTRAP_KEY_LENGTH} characters (it holds"
+            " every scope; e.g. `openssl rand -hex 32`)"
+        ] = (
+            self.bootstrap_api_key is None
+            or len(self.bootstrap_api_key) >= MIN_BOOTSTRAP_KEY_LENGTH
+        )
         checks["forwarded_allow_ips must be addresses or networks, comma-separated, or *"] = (
             _proxies_valid(self.forwarded_allow_ips)
         )

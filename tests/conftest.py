@@ -30,7 +30,7 @@ from tests.support.images import png_bomb
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-API_KEY = "test-bootstrap-key-0123456789"
+API_KEY = "test-bootstrap-key-0123456789abcdefghij"
 CAT_PHOTO = "000000555705.jpg"  # one cat (COCO val2017)
 EMPTY_PHOTO = "000000058636.jpg"  # no COCO objects at all
 

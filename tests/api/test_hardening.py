@@ -91,6 +91,18 @@ def test_client_table_is_bounded() -> None:
     limiter.admit("10.0.0.4")  # refilled after a minute
 
 
+async def test_refused_keys_are_counted_by_reason(client: AppClient) -> None:
+    """Someone guessing keys shows on the dashboard."""
+    missing = assert_problem(await client.get("/v1/records"), 401, "unauthorized")
+    assert missing["reason"] == "missing_key"
+    for guess in ("lsk_guess1", "lsk_guess2"):
+        wrong = await client.get("/v1/records", headers={"X-API-Key": guess})
+        assert assert_problem(wrong, 401, "unauthorized")["reason"] == "unknown_key"
+    metrics = (await client.get("/metrics")).text
+    assert 'labelsvc_auth_failures_total{reason="missing_key"} 1.0' in metrics
+    assert 'labelsvc_auth_failures_total{reason="unknown_key"} 2.0' in metrics
+
+
 def test_an_ipv6_client_is_metered_by_its_slash_64() -> None:
     """A host routinely holds a whole /64: one bucket per address would give it 2^64."""
     limiter = ClientLimiter(Rate.parse("1/min"), clock=lambda: 0.0)
@@ -124,6 +136,7 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("MONGODB_DB", "", "mongodb_db"),
         ("MONGODB_DB", "a.b", "mongodb_db"),
         ("FORWARDED_ALLOW_IPS", "proxy.example", "forwarded_allow_ips"),
+        ("BOOTSTRAP_API_KEY", "change-me", "bootstrap_api_key must be at least 32"),
         ("FORWARDED_ALLOW_IPS", "10.0.0.1,", "forwarded_allow_ips"),
         ("MAX_IMAGE_BYTES", "-1", "max_image_bytes"),
         ("MAX_PIXELS", "0", "max_pixels"),
