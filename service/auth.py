@@ -94,6 +94,11 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return None
 
 
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The client's address, as uvicorn gives it (a configured proxy's X-Forwarded-For)."""
+    return connection.client.host if connection.client else "unknown"
+
+
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
@@ -111,9 +116,8 @@ def requires(scope: str, *, unless_open: bool = False) -> Guard:
         is_open = unless_open and not resources.settings.labeling_requires_key
         if is_open and secret is None:
             if resources.client_limiter is not None:
-                client = connection.client.host if connection.client else "unknown"
                 try:
-                    resources.client_limiter.admit(client)
+                    resources.client_limiter.admit(client_address(connection))
                 except RateLimited as exc:
                     resources.metrics.rejected.labels(exc.extra["reason"]).inc()
                     raise

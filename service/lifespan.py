@@ -135,7 +135,10 @@ async def open_resources(
             metrics=metrics,
             executor=executor,
             models=models,
-            client_limiter=ClientLimiter(Rate.parse(settings.label_rate_per_client))
+            client_limiter=ClientLimiter(
+                Rate.parse(settings.label_rate_per_client),
+                max_inflight=max(1, settings.max_inflight // 4),
+            )
             if settings.label_rate_per_client
             else None,
             database=database,

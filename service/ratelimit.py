@@ -19,8 +19,9 @@ import logging
 import math
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -201,19 +202,49 @@ def client_bucket(address: str) -> str:
 
 
 class ClientLimiter:
-    """Per-client-address token buckets for open (keyless) labeling.
+    """Per-client-address limits for open (keyless) labeling: a token bucket for the rate,
+    and a cap on the requests one client has in progress.
 
-    The table holds at most ``max_clients`` addresses, least recently seen dropped first, so
-    a flood of distinct addresses cannot grow memory without bound. Limits are per process.
+    The bucket table holds at most ``max_clients`` addresses, least recently seen dropped
+    first, so a flood of distinct addresses cannot grow memory without bound. Limits are per
+    process.
     """
 
     def __init__(
-        self, rate: Rate, *, max_clients: int = 10_000, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: Rate,
+        *,
+        max_inflight: int = 8,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate
+        self.max_inflight = max_inflight
         self._max_clients = max_clients
         self._clock = clock
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._inflight: Counter[str] = Counter()
+
+    @contextmanager
+    def holding(self, client: str) -> Iterator[None]:
+        """One of the client's requests in progress. Without this cap, a client within its
+        rate could hold every labeling slot with image hosts that never answer: eviction of
+        slow downloads frees slots more slowly than such a client can take them."""
+        client = client_bucket(client)
+        if self._inflight[client] >= self.max_inflight:
+            raise RateLimited(
+                f"at most {self.max_inflight} labeling requests without an API key may be in"
+                " progress per client; retry when one has finished, or use an API key",
+                retry_after=1,
+                extra={"reason": "client_inflight", "limit": str(self.max_inflight)},
+            )
+        self._inflight[client] += 1
+        try:
+            yield
+        finally:
+            self._inflight[client] -= 1
+            if not self._inflight[client]:
+                del self._inflight[client]
 
     def admit(self, client: str) -> None:
         now = self._clock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -18,9 +19,10 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service.api.deps import ResourcesDep, provide_ready_resources
 from service.api.problems import problem_responses
 from service.api.schemas import LabelRequest, UploadRequest
-from service.auth import KEY_HEADERS, Principal, requires
+from service.auth import KEY_HEADERS, Principal, client_address, requires
 from service.domain.records import Record, StoredDocument
-from service.errors import BadRequest, Forbidden, Unauthorized, UnsupportedBody
+from service.errors import BadRequest, Forbidden, RateLimited, Unauthorized, UnsupportedBody
+from service.lifespan import Resources
 from service.pipeline import LabelOutcome, names_record
 
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
@@ -84,7 +86,8 @@ async def create_label(
         require_reader(request)
         return Response((await pipeline.label_id(data.id)).record, status_code=HTTP_200_OK)
     assert data.url is not None
-    outcome = await pipeline.label_url(data.url)
+    url = data.url
+    outcome = await in_client_slot(request, resources, lambda: pipeline.label_url(url))
     if not outcome.created:
         return Response(shown_to(request, outcome, data.url), status_code=HTTP_200_OK)
     return Response(
@@ -113,8 +116,26 @@ async def upload(
 ) -> Record | StoredDocument:
     if names_record(data.url_or_id):
         require_reader(request)
-    outcome = await resources.pipeline.label(data.url_or_id)
-    return shown_to(request, outcome, data.url_or_id.strip())
+    url_or_id = data.url_or_id
+    outcome = await in_client_slot(request, resources, lambda: resources.pipeline.label(url_or_id))
+    return shown_to(request, outcome, url_or_id.strip())
+
+
+async def in_client_slot(
+    request: Request[Any, Any, Any],
+    resources: Resources,
+    labeling: Callable[[], Awaitable[LabelOutcome]],
+) -> LabelOutcome:
+    """Run ``labeling``; a caller without a key holds one of its client's slots meanwhile."""
+    limiter = resources.client_limiter
+    if limiter is None or request.scope["state"].get("principal") is not None:
+        return await labeling()
+    try:
+        with limiter.holding(client_address(request)):
+            return await labeling()
+    except RateLimited as exc:
+        resources.metrics.rejected.labels(exc.extra["reason"]).inc()
+        raise
 
 
 def _may_read(request: Request[Any, Any, Any]) -> bool:

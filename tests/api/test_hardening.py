@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -77,6 +78,40 @@ async def test_open_labeling_is_limited_per_client(
         # ... and a made-up key is refused, not a way around the per-client limit.
         made_up = await client.post("/v1/labels", json=body, headers={"X-API-Key": "made-up"})
         assert_problem(made_up, 401, "unauthorized")
+
+
+async def test_open_labeling_caps_what_one_client_has_in_progress(
+    make_settings: Callable[..., Settings], image_server: ImageServer
+) -> None:
+    """Within its rate, one client sending images from a host that never finishes must not
+    hold every labeling slot: it gets a quarter of them, then 429s; others still get in."""
+    settings = make_settings(label_rate_per_client="1000/s", max_inflight=8)
+    async with running(settings) as client:
+        stuck = [
+            asyncio.create_task(
+                client.post("/v1/labels", json={"url": image_server.url(f"/drip?n={i}")})
+            )
+            for i in range(2)
+        ]
+        async with asyncio.timeout(10):
+            while client.resources.pipeline.admitted < 2:  # noqa: ASYNC110 (no event marks it)
+                await asyncio.sleep(0.01)
+        cat = {"url": image_server.photo_url(CAT_PHOTO)}
+        refused = await client.post("/v1/labels", json=cat)
+        problem = assert_problem(refused, 429, "rate-limited")
+        assert (problem["reason"], refused.headers["retry-after"]) == ("client_inflight", "1")
+        assert "at most 2 labeling requests" in problem["detail"]
+        upload = await client.post("/upload", json={"url_or_id": cat["url"]})
+        assert assert_problem(upload, 429, "rate-limited")["reason"] == "client_inflight"
+        keyed = await client.post("/v1/labels", json=cat, headers={"X-API-Key": API_KEY})
+        assert keyed.status_code == 201  # a key is metered by its own limits
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+        again = await client.post("/v1/labels", json=cat)
+        assert again.status_code == 200  # the slots were given back
+        metrics = (await client.get("/metrics")).text
+        assert 'labelsvc_rejected_requests_total{reason="client_inflight"} 2.0' in metrics
 
 
 def test_client_table_is_bounded() -> None:
