@@ -120,8 +120,12 @@ async def test_shutdown_cancels_queued_work() -> None:
     busy, release = await occupy(executor)
     queued = asyncio.create_task(executor.run(abs, -1))
     await asyncio.sleep(0.01)
-    threading.Timer(0.05, release.set).start()
-    await asyncio.to_thread(executor.shutdown)
+    # The worker is released only once the shutdown has dropped the queued job: released
+    # on a timer instead, a late shutdown thread would let the worker run that job.
+    stopping = asyncio.create_task(asyncio.to_thread(executor.shutdown))
+    await asyncio.wait({queued}, timeout=10)
+    release.set()
+    await stopping
     await busy
     with pytest.raises(asyncio.CancelledError):
         await queued
@@ -135,6 +139,7 @@ async def test_the_wait_for_a_worker_is_reported() -> None:
     try:
         busy, release = await occupy(pool)
         queued = asyncio.create_task(pool.run(lambda: None))
+        await asyncio.sleep(0)  # queued (and its wait begun) before the 0.2 s are counted
         await asyncio.sleep(0.2)
         release.set()
         await asyncio.gather(busy, queued)

@@ -141,7 +141,7 @@ def test_a_start_after_a_sigkill_stops_the_database_left_running(
 def test_a_second_start_on_the_same_storage_is_refused(tmp_path: Path, model_dir: Path) -> None:
     """`make run` typed twice: the second start must leave the first service's database
     alone, and say why it does not start."""
-    first_port, second_port = free_port(), free_port()
+    first_port = free_port()
     data_dir = str(tmp_path / "var")
     base = f"http://127.0.0.1:{first_port}"
     with start_service(service_env(first_port, data_dir=data_dir, model_dir=str(model_dir))) as a:
@@ -150,7 +150,9 @@ def test_a_second_start_on_the_same_storage_is_refused(tmp_path: Path, model_dir
             second = subprocess.run(
                 [sys.executable, "-m", "service", "serve"],
                 cwd=ROOT,
-                env=service_env(second_port, data_dir=data_dir, model_dir=str(model_dir)),
+                # Port 0: a port picked here, unbound, could meanwhile go to the first
+                # service's database, and the refusal would then be for the port.
+                env=service_env(0, data_dir=data_dir, model_dir=str(model_dir)),
                 capture_output=True,
                 text=True,
                 timeout=60,
