@@ -128,7 +128,7 @@ async def in_client_slot(
 ) -> LabelOutcome:
     """Run ``labeling``; a caller without a key holds one of its client's slots meanwhile."""
     limiter = resources.client_limiter
-    if limiter is None or request.scope["state"].get("principal") is not None:
+    if limiter is None or _principal(request) is not None:
         return await labeling()
     try:
         with limiter.holding(client_address(request)):
@@ -138,8 +138,14 @@ async def in_client_slot(
         raise
 
 
-def _may_read(request: Request[Any, Any, Any]) -> bool:
+def _principal(request: Request[Any, Any, Any]) -> Principal | None:
+    """The key the guard authenticated; None for a caller without one (open labeling)."""
     principal: Principal | None = request.scope["state"].get("principal")
+    return principal
+
+
+def _may_read(request: Request[Any, Any, Any]) -> bool:
+    principal = _principal(request)
     return principal is not None and principal.holds("read")
 
 
@@ -148,7 +154,7 @@ def require_reader(request: Request[Any, Any, Any]) -> None:
     private than through ``GET /v1/records/{id}``: the same key is needed."""
     if _may_read(request):
         return
-    if request.scope["state"].get("principal") is None:
+    if _principal(request) is None:
         raise Unauthorized(
             f"looking a record up by id needs an API key with the 'read' scope, in the"
             f" {KEY_HEADERS[0]} header"
