@@ -94,6 +94,12 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return None
 
 
+def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
+    """The key a guard authenticated for this request; None for a caller without one."""
+    principal: Principal | None = connection.scope["state"].get("principal")
+    return principal
+
+
 def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     """The client's address, as uvicorn gives it (a configured proxy's X-Forwarded-For)."""
     return connection.client.host if connection.client else "unknown"

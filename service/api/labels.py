@@ -19,7 +19,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service.api.deps import ResourcesDep, provide_ready_resources
 from service.api.problems import problem_responses
 from service.api.schemas import LabelRequest, UploadRequest
-from service.auth import KEY_HEADERS, Principal, client_address, requires
+from service.auth import KEY_HEADERS, client_address, principal_of, requires
 from service.domain.records import Record, StoredDocument
 from service.errors import BadRequest, Forbidden, RateLimited, Unauthorized, UnsupportedBody
 from service.lifespan import Resources
@@ -128,7 +128,7 @@ async def in_client_slot(
 ) -> LabelOutcome:
     """Run ``labeling``; a caller without a key holds one of its client's slots meanwhile."""
     limiter = resources.client_limiter
-    if limiter is None or _principal(request) is not None:
+    if limiter is None or principal_of(request) is not None:
         return await labeling()
     try:
         with limiter.holding(client_address(request)):
@@ -138,14 +138,8 @@ async def in_client_slot(
         raise
 
 
-def _principal(request: Request[Any, Any, Any]) -> Principal | None:
-    """The key the guard authenticated; None for a caller without one (open labeling)."""
-    principal: Principal | None = request.scope["state"].get("principal")
-    return principal
-
-
 def _may_read(request: Request[Any, Any, Any]) -> bool:
-    principal = _principal(request)
+    principal = principal_of(request)
     return principal is not None and principal.holds("read")
 
 
@@ -154,7 +148,7 @@ def require_reader(request: Request[Any, Any, Any]) -> None:
     private than through ``GET /v1/records/{id}``: the same key is needed."""
     if _may_read(request):
         return
-    if _principal(request) is None:
+    if principal_of(request) is None:
         raise Unauthorized(
             f"looking a record up by id needs an API key with the 'read' scope, in the"
             f" {KEY_HEADERS[0]} header"

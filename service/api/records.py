@@ -18,7 +18,7 @@ from service.api.schemas import (
     SimilarRecord,
     StoredSimilarPage,
 )
-from service.auth import requires
+from service.auth import principal_of, requires
 from service.domain.records import Record, StoredDocument, as_records
 from service.lifespan import Resources
 from service.query.filters import parse_filter
@@ -203,7 +203,9 @@ async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Recor
 async def delete_record(
     request: Request[Any, Any, Any], resources: ResourcesDep, record_id: FromPath[str]
 ) -> None:
-    await resources.pipeline.delete(record_id, key=request.scope["state"]["principal"].name)
+    principal = principal_of(request)
+    assert principal is not None  # the guard admitted a key with the delete scope
+    await resources.pipeline.delete(record_id, key=principal.name)
 
 
 @get(

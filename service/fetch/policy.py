@@ -308,11 +308,18 @@ def address_category(address: IPAddress, *, allow_private: bool) -> str | None:
     return None
 
 
-def check_address(address: IPAddress, policy: FetchPolicy) -> None:
-    """Raise ``UrlRejected`` when the policy refuses ``address``."""
+def check_address(address: IPAddress, policy: FetchPolicy, *, name: str | None = None) -> None:
+    """Raise ``UrlRejected`` when the policy refuses ``address``: the one the client wrote,
+    or the one host ``name`` resolved to."""
     category = address_category(address, allow_private=policy.allow_private)
-    if category is not None:
+    if category is None:
+        return
+    if name is None:
         raise _reject(f"address {address} is {category}", "address", address=str(address))
+    # What a name resolves to stays in the log: in the answer, it would let anyone map the
+    # names and addresses of the network the service runs in.
+    log.info("refused host %s: its address %s is %s", name, address, category)
+    raise _reject(f"host {name} resolves to an address this service may not fetch from", "address")
 
 
 def _unmapped(address: IPAddress) -> IPAddress:
@@ -357,13 +364,5 @@ async def resolve_target(
     if not addresses:
         raise UpstreamError(f"host {target.host} has no addresses", extra={"reason": "dns"})
     for address in addresses:
-        category = address_category(address, allow_private=policy.allow_private)
-        if category is not None:
-            # What a name resolves to stays in the log: in the answer, it would let anyone map
-            # the names and addresses of the network the service runs in.
-            log.info("refused host %s: its address %s is %s", target.host, address, category)
-            raise _reject(
-                f"host {target.host} resolves to an address this service may not fetch from",
-                "address",
-            )
+        check_address(address, policy, name=target.host)
     return addresses
