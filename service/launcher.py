@@ -18,7 +18,7 @@ import uvicorn
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
 from service.infer.models import load_models
-from service.listen import bind_listener
+from service.listen import bind_listeners
 from service.observability import configure_logging
 from service.settings import Settings
 
@@ -49,7 +49,7 @@ def serve(settings: Settings) -> int:
     models = load_models(settings)
     if received:
         return 0
-    listener = bind_listener(settings.host, settings.port)
+    listeners = bind_listeners(settings.host, settings.port)
     database: LocalDatabaseServer | None = None
     try:
         if settings.mongodb_uri is None:
@@ -77,9 +77,10 @@ def serve(settings: Settings) -> int:
         server = _Server(config)
         if received:  # stopped while the app was being built
             return 0
-        server.run(sockets=[listener])
+        server.run(sockets=listeners)
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         if database is not None:
             log.info("stopping the local database server")
             database.stop()
@@ -87,14 +88,14 @@ def serve(settings: Settings) -> int:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn says where it serves only on sockets it bound itself; this one is ours."""
+    """uvicorn says where it serves only on sockets it bound itself; these are ours."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and sockets:
-            host = self.config.host
-            log.info(
-                "serving the API on http://%s:%d",
-                f"[{host}]" if ":" in host else host,
-                sockets[0].getsockname()[1],  # the port the system chose, when configured as 0
-            )
+        if not self.started:
+            return
+        for sock in sockets or []:
+            # The address bound, with the port the system chose when configured as 0.
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+            log.info("serving the API on http://%s:%d", shown, port)

@@ -1,27 +1,57 @@
-"""The API's listening socket, bound before anything else starts.
+"""The API's listening sockets, bound before anything else starts.
 
 Bound first so that the free port the local database server is given can never be the API's
 own, and so that a port already in use is one line of error before a database is started.
+They are bound the way asyncio's ``create_server`` (and so uvicorn) binds a host: every address
+it resolves to, IPv6 sockets IPv6-only, and ``""`` for every interface of both families.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
+from contextlib import ExitStack
+
+BACKLOG = 2048  # uvicorn's default
 
 
 class ListenError(OSError):
     """The configured host and port cannot be bound."""
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
-    """A bound (not yet listening) TCP socket; uvicorn starts listening once the app is up,
-    so a client that connects earlier is refused rather than left waiting."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def bind_listeners(host: str, port: int) -> list[socket.socket]:
+    """Listening TCP sockets for ``host``:``port``; uvicorn serves them once the app is up, and
+    clients that connect before then wait in the backlog.
+
+    Listening at once, not only binding, makes the port exclusive now: two sockets with
+    ``SO_REUSEADDR`` may both bind one port as long as neither listens."""
     try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
+        addresses = socket.getaddrinfo(
+            host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    return sock
+    with ExitStack() as opened:
+        sockets = []
+        for family, kind, proto, _, address in dict.fromkeys(addresses):  # once each
+            shown = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
+            try:
+                sock = opened.enter_context(socket.socket(family, kind, proto))
+            except OSError:
+                continue  # a family this system does not have (as asyncio skips it)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+                sock.listen(BACKLOG)
+            except OSError as exc:
+                if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # IPv6 turned off here: serve the other family, as asyncio does
+                error = exc.strerror or exc
+                raise ListenError(f"cannot listen on {shown}:{port}: {error}") from exc
+            sockets.append(sock)
+        if not sockets:
+            raise ListenError(f"cannot listen on {host}:{port}: no address of it can be bound")
+        opened.pop_all()
+    return sockets

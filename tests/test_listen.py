@@ -1,0 +1,66 @@
+"""The API's sockets are bound as uvicorn binds a host, and exclusively, before anything starts."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from service.listen import ListenError, bind_listeners
+
+
+@contextmanager
+def listening(host: str, port: int = 0) -> Iterator[list[socket.socket]]:
+    sockets = bind_listeners(host, port)
+    try:
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def connects(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as client:
+        client.settimeout(2)
+        return client.connect_ex((address, port)) == 0
+
+
+def test_an_ipv4_address_gets_one_listening_socket() -> None:
+    with listening("127.0.0.1") as sockets:
+        [sock] = sockets
+        port = sock.getsockname()[1]
+        # Listening already: a client that comes before the app is up waits in the backlog.
+        assert connects("127.0.0.1", port)
+
+
+def test_the_ipv6_wildcard_serves_ipv6_only() -> None:
+    with listening("::") as sockets:
+        [sock] = sockets
+        assert sock.family == socket.AF_INET6
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        port = sock.getsockname()[1]
+        assert connects("::1", port)
+        assert not connects("127.0.0.1", port)
+
+
+def test_the_empty_host_serves_both_families() -> None:
+    with listening("") as sockets:
+        assert {sock.family for sock in sockets} == {socket.AF_INET, socket.AF_INET6}
+        for sock in sockets:
+            address = "::1" if sock.family == socket.AF_INET6 else "127.0.0.1"
+            assert connects(address, sock.getsockname()[1])
+
+
+def test_a_port_already_listened_on_is_refused_though_both_reuse_addresses() -> None:
+    with listening("127.0.0.1") as [first]:
+        port = first.getsockname()[1]
+        with pytest.raises(ListenError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: "):
+            bind_listeners("127.0.0.1", port)
+
+
+def test_a_host_that_does_not_resolve_is_a_listen_error() -> None:
+    with pytest.raises(ListenError, match=r"^cannot listen on no-such-host\.invalid:8080: "):
+        bind_listeners("no-such-host.invalid", 8080)
