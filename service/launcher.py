@@ -68,8 +68,8 @@ def serve(settings: Settings) -> int:
             # uvicorn believes X-Forwarded-For from loopback unless told otherwise: behind a
             # same-host proxy that passes the client's header through, clients would choose
             # their own address (and rate-limit bucket). Only configured proxies are believed.
-            proxy_headers=bool(settings.forwarded_allow_ips.strip()),
-            forwarded_allow_ips=settings.forwarded_allow_ips.strip() or None,
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=settings.trusted_proxies or None,
             # Room for a filter of 8,192 characters, percent-encoded, in the request line, should
             # uvicorn parse with h11 (httptools, installed with it here, has no such limit).
             h11_max_incomplete_event_size=128 * 1024,

@@ -44,12 +44,28 @@ def _decode_path(kind: type, value: object) -> object:
     raise NotImplementedError(f"cannot decode {kind}")  # msgspec's "type not handled here"
 
 
-def _proxies_valid(value: str) -> bool:
+def proxy_entries(value: str) -> list[str]:
+    """The trusted proxies as uvicorn matches them: ``["*"]``, or addresses and networks in
+    canonical form (``10.1.2.3/8`` is the network ``10.0.0.0/8``; uvicorn would take such an
+    entry for a literal name and never match it). ValueError for anything else."""
     entries = [entry.strip() for entry in value.split(",")] if value.strip() else []
+    if entries == ["*"]:
+        return entries
+    if "*" in entries:
+        raise ValueError("* stands alone")  # uvicorn trusts everyone only for a lone "*"
+    return [
+        str(
+            ipaddress.ip_network(entry, strict=False)
+            if "/" in entry
+            else ipaddress.ip_address(entry)
+        )
+        for entry in entries
+    ]
+
+
+def _proxies_valid(value: str) -> bool:
     try:
-        for entry in entries:
-            if entry != "*":
-                ipaddress.ip_network(entry, strict=False)
+        proxy_entries(value)
     except ValueError:
         return False
     return True
@@ -124,6 +140,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # addresses or networks, "*" for any); empty: none, the peer address is the client.
     forwarded_allow_ips: str = ""
     page_size: int = 25
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        """``forwarded_allow_ips`` as uvicorn matches it (validated at construction)."""
+        return proxy_entries(self.forwarded_allow_ips)
 
     @property
     def ort_threads(self) -> int:
@@ -213,7 +234,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.bootstrap_api_key is None
             or len(self.bootstrap_api_key) >= MIN_BOOTSTRAP_KEY_LENGTH
         )
-        checks["forwarded_allow_ips must be addresses or networks, comma-separated, or *"] = (
+        checks["forwarded_allow_ips must be addresses or networks, comma-separated, or * alone"] = (
             _proxies_valid(self.forwarded_allow_ips)
         )
         if self.label_rate_per_client:

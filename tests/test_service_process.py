@@ -224,7 +224,9 @@ def test_forwarded_addresses_are_believed_only_from_configured_proxies(
     }
     with live_service(**settings) as (base, _):
         assert statuses(base) == [400, 429, 429]  # one client: the peer
-    with live_service(**settings, forwarded_allow_ips="127.0.0.1") as (base, _):
+    # A network written with its host bits (as `ip addr` prints it) is that network.
+    trusted = "10.9.9.9, 127.0.0.1/8"
+    with live_service(**settings, forwarded_allow_ips=trusted) as (base, _):
         assert statuses(base) == [400, 400, 400]  # a trusted proxy: three clients
 
 

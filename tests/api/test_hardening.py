@@ -173,6 +173,8 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("FORWARDED_ALLOW_IPS", "proxy.example", "forwarded_allow_ips"),
         ("BOOTSTRAP_API_KEY", "change-me", "bootstrap_api_key must be at least 32"),
         ("FORWARDED_ALLOW_IPS", "10.0.0.1,", "forwarded_allow_ips"),
+        # uvicorn trusts everyone only for a lone "*"; in a list it would match nobody.
+        ("FORWARDED_ALLOW_IPS", "10.0.0.1, *", "or * alone"),
         ("MAX_IMAGE_BYTES", "-1", "max_image_bytes"),
         ("MAX_PIXELS", "0", "max_pixels"),
         ("FETCH_TOTAL_TIMEOUT", "0", "fetch timeouts"),
@@ -218,3 +220,10 @@ def test_empty_optional_settings_are_unset() -> None:
 def test_tooling_variables_are_not_settings() -> None:
     tooling = {"LABELSVC_EVALSET_DIR": "/photos", "LABELSVC_MODELS": "/models"}
     assert Settings.from_env(tooling) == Settings()
+
+
+def test_trusted_proxies_are_given_to_uvicorn_in_the_form_it_matches() -> None:
+    proxies = Settings(forwarded_allow_ips=" 172.30.250.1/24, 10.0.0.1 ,fd00::1/64").trusted_proxies
+    assert proxies == ["172.30.250.0/24", "10.0.0.1", "fd00::/64"]
+    assert Settings(forwarded_allow_ips=" * ").trusted_proxies == ["*"]
+    assert Settings().trusted_proxies == []
