@@ -83,7 +83,7 @@ async def create_label(
         raise BadRequest('give exactly one of "url" and "id"')
     pipeline = resources.pipeline
     if data.id is not None:
-        require_reader(request)
+        require_reader(request, resources)
         return Response((await pipeline.label_id(data.id)).record, status_code=HTTP_200_OK)
     assert data.url is not None
     url = data.url
@@ -115,7 +115,7 @@ async def upload(
     data: JSONBody[UploadRequest], resources: ResourcesDep, request: Request[Any, Any, Any]
 ) -> Record | StoredDocument:
     if names_record(data.url_or_id):
-        require_reader(request)
+        require_reader(request, resources)
     url_or_id = data.url_or_id
     outcome = await in_client_slot(request, resources, lambda: resources.pipeline.label(url_or_id))
     return shown_to(request, outcome, url_or_id.strip())
@@ -143,16 +143,22 @@ def _may_read(request: Request[Any, Any, Any]) -> bool:
     return principal is not None and principal.holds("read")
 
 
-def require_reader(request: Request[Any, Any, Any]) -> None:
+def require_reader(request: Request[Any, Any, Any], resources: Resources) -> None:
     """Looking a record up by id reads stored data, which on an open service is no less
-    private than through ``GET /v1/records/{id}``: the same key is needed."""
+    private than through ``GET /v1/records/{id}``: the same key is needed. Refusals are
+    counted as the guards count theirs: guessed record ids must show on the dashboards."""
     if _may_read(request):
         return
-    if principal_of(request) is None:
+    metrics = resources.metrics
+    principal = principal_of(request)
+    if principal is None:
+        metrics.auth_failures.labels("missing_key").inc()
         raise Unauthorized(
             f"looking a record up by id needs an API key with the 'read' scope, in the"
-            f" {KEY_HEADERS[0]} header"
+            f" {KEY_HEADERS[0]} header",
+            extra={"reason": "missing_key"},
         )
+    metrics.api_key_requests.labels(principal.name, "forbidden").inc()
     raise Forbidden("this API key lacks the 'read' scope, which looking a record up by id needs")
 
 

@@ -134,6 +134,13 @@ async def test_looking_a_record_up_by_id_needs_a_key_that_may_read(
         # An id that names no record is refused the same way: existence is not revealed.
         missing = {k: "PT::0123456789abcdef01234567" for k in body}
         assert_problem(await client.post(path, json=missing), 401, "unauthorized")
+    # Guessing ids shows on the dashboards like guessing keys (the 403s passed the key's
+    # limits first, so they count as admitted too).
+    registry = client.resources.metrics.registry
+    refused = registry.get_sample_value("labelsvc_auth_failures_total", {"reason": "missing_key"})
+    forbidden = {"key": "labeler", "outcome": "forbidden"}
+    assert refused == 4
+    assert registry.get_sample_value("labelsvc_api_key_requests_total", forbidden) == 2
 
 
 async def test_a_record_keeps_a_bounded_number_of_urls(
