@@ -7,7 +7,6 @@ import hashlib
 import http.cookiejar
 import ipaddress
 import ssl
-import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from service.errors import (
     UpstreamTimeout,
     UrlRejected,
 )
+from service.fetch.coding import BodyDecoder
 from service.fetch.policy import (
     FetchPolicy,
     IPAddress,
@@ -38,9 +38,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Keep-alive: how long idle connections are kept, and for how many host names.
 KEEPALIVE_SECONDS = 5.0
 MAX_POOLED_HOSTS = 64
-# zlib window bits for the content codings a server may send despite Accept-Encoding:
-# identity (a static gzip file, say). Others cannot be read here.
-CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 15}
 RESOLVER_THREADS = 32  # the service passes its bound on labeling requests in flight
 
 
@@ -75,30 +72,6 @@ def build_request(
         extensions=extensions,
         timeout=_timeouts(policy),
     )
-
-
-def _content_decoder(target: Target, coding: str | None) -> zlib._Decompress | None:
-    """A decoder for the body's Content-Encoding; None for none (or identity)."""
-    name = (coding or "identity").strip().lower()
-    if name == "identity":
-        return None
-    if name not in CONTENT_CODINGS:
-        raise UpstreamError(
-            f"{target.host} sent the image with Content-Encoding {name[:40]!r}, which cannot"
-            f" be read; supported: {', '.join(CONTENT_CODINGS)}",
-            extra={"reason": "content_encoding"},
-        )
-    return zlib.decompressobj(CONTENT_CODINGS[name])
-
-
-def _decoded(decoder: zlib._Decompress, raw: bytes, limit: int, target: Target) -> bytes:
-    try:
-        return decoder.decompress(raw, limit)
-    except zlib.error:
-        raise UpstreamError(
-            f"{target.host} sent a body that does not match its Content-Encoding",
-            extra={"reason": "content_encoding"},
-        ) from None
 
 
 def _timeouts(policy: FetchPolicy) -> httpx.Timeout:
@@ -361,7 +334,7 @@ class ImageFetcher:
             raise too_large
         # Chunks are joined once, on success: a body that runs over the cap never holds
         # more than the cap, and an accepted one is copied once (no growing buffer).
-        decoder = _content_decoder(target, response.headers.get("content-encoding"))
+        decoder = BodyDecoder.for_coding(response.headers.get("content-encoding"), target.host)
         chunks: list[bytes] = []
         size = received = 0
         digest = hashlib.sha256()
@@ -369,20 +342,15 @@ class ImageFetcher:
             chunk = raw
             if decoder is not None:  # the cap holds for the decoded bytes: no zip bombs
                 received += len(raw)  # and for the compressed ones (empty blocks decode to 0)
-                chunk = _decoded(decoder, raw, policy.max_bytes - size + 1, target)
-                if decoder.unused_data:  # zlib would keep whatever follows, without a bound
-                    raise UpstreamError(
-                        f"{target.host} sent data after the end of its compressed body",
-                        extra={"reason": "content_encoding"},
-                    )
-                if decoder.unconsumed_tail or received > policy.max_bytes:
+                chunk = decoder.decode(raw, policy.max_bytes - size + 1)
+                if received > policy.max_bytes:
                     raise too_large
             size += len(chunk)
             if size > policy.max_bytes:
                 raise too_large
             chunks.append(chunk)
             digest.update(chunk)
-        if decoder is not None and not decoder.eof:
+        if decoder is not None and not decoder.complete:
             raise UpstreamError(
                 f"{target.host} sent a compressed body cut short", extra={"reason": "protocol"}
             )

@@ -166,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 if stopping.wait(1.0):
                     return
-        elif path == "/encoded":  # ?coding=gzip&body=ok|bomb|cut|bad|trailing|empty_blocks
+        elif path == "/encoded":  # ?coding=…&body=ok|bomb|cut|bad|members|padded|trailing|…
             query = parse_qs(parts.query)
             coding, body = query["coding"][0], query["body"][0]
             self._head(200, {"Content-Type": "image/jpeg", "Content-Encoding": coding})
@@ -194,7 +194,15 @@ ENDLESS_ENCODED = {
 def _encoded(coding: str, body: str) -> bytes:
     plain = b"\0" * (10 * BIG) if body == "bomb" else JPEG
     data = gzip.compress(plain) if coding in ("gzip", "x-gzip") else zlib.compress(plain)
-    return {"ok": data, "bomb": data, "cut": data[: len(data) // 2], "bad": b"\x1f\x8bnot"}[body]
+    half = len(JPEG) // 2
+    return {
+        "ok": data,
+        "bomb": data,
+        "cut": data[: len(data) // 2],
+        "bad": b"\x1f\x8bnot",
+        "members": gzip.compress(JPEG[:half]) + gzip.compress(JPEG[half:]),  # RFC 1952 2.2
+        "padded": data + b"\0\0\r\n",
+    }[body]
 
 
 @contextmanager
