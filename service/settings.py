@@ -15,6 +15,8 @@ from typing import Literal, get_args
 
 import msgspec
 
+from service.cpus import usable_cpus
+
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
 MIN_BOOTSTRAP_KEY_LENGTH = 32
 PREFIX = "LABELSVC_"
@@ -72,7 +74,7 @@ def _proxies_valid(value: str) -> bool:
 
 
 def _default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, usable_cpus()))
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,7 +152,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def ort_threads(self) -> int:
         if self.intra_op_threads > 0:
             return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, usable_cpus() // self.workers)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
