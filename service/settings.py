@@ -73,6 +73,11 @@ def _proxies_valid(value: str) -> bool:
     return True
 
 
+def _user_cache() -> Path:
+    """This user's cache directory (XDG): the image's working directory is read-only."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labelsvc"
+
+
 def _default_workers() -> int:
     return max(1, min(4, usable_cpus()))
 
@@ -95,6 +100,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Models.
     model_dir: Path = Path("var/models")
     execution_provider: Provider = "auto"
+    # Where TensorRT keeps the engines it builds (execution_provider=tensorrt only).
+    tensorrt_cache_dir: Path = msgspec.field(default_factory=lambda: _user_cache() / "tensorrt")
     detector_input_size: int = 416
     min_confidence: float = 0.25
     nms_iou: float = 0.65

@@ -172,6 +172,9 @@ class NeuralCaptioner:
         intra_op_threads: int = 1,
     ) -> None:
         export_dir = Path(export_dir)
+        # The decoder's inputs change shape at every step (the cache grows by one token):
+        # TensorRT would build engine after engine inside requests. CUDA runs it as it is.
+        provider = "cuda" if provider == "tensorrt" else provider
         info = verify_export(export_dir)
         self.export_dir = export_dir
         self.name: str = info.name

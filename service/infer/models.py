@@ -63,6 +63,7 @@ def load_models(settings: Settings) -> Models:
         "provider": settings.execution_provider,
         "intra_op_threads": settings.ort_threads,
     }
+    image_models = {**common, "engine_cache": settings.tensorrt_cache_dir}
 
     def yolox_at(size: int, *, batch: bool = False) -> YoloxDetector:
         detector: YoloxDetector = _timed(
@@ -72,19 +73,25 @@ def load_models(settings: Settings) -> Models:
                 nms_iou=settings.nms_iou,
                 max_detections=settings.max_detections,
                 batch=batch,
-                **common,
+                **image_models,
             )
         )
+        if batch:
+            # Warm up the largest batch too: on a GPU, TensorRT builds its engine for the
+            # batch sizes it has seen, and cuDNN picks its kernels per shape; both should
+            # happen here, not inside the first burst of requests.
+            full = [Image.new("RGB", (size, size), (114, 114, 114))] * settings.detect_batch_size
+            detector.detect_batch(full, 1.0)
         return detector
 
     detector = yolox_at(settings.detector_input_size, batch=settings.detect_batch_size > 1)
     second = second_scale = tagger = None
     if settings.second_opinion and _present(settings, "nanodet_g_416"):
-        second = _timed(lambda: load_nanodet(settings.model_dir, **common))
+        second = _timed(lambda: load_nanodet(settings.model_dir, **image_models))
     if second is not None and settings.second_scale:
         second_scale = yolox_at(quality.SECOND_SCALE_SIZE)
     if settings.scene_tags and _present(settings, "efficientnet_lite0"):
-        tagger = _timed(lambda: load_tagger(settings.model_dir, **common))
+        tagger = _timed(lambda: load_tagger(settings.model_dir, **image_models))
     captioner = None
     if settings.captioner_dir is not None:
         captioner = NeuralCaptioner(settings.captioner_dir, **common)

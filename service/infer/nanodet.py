@@ -157,12 +157,17 @@ def load_nanodet(
     intra_op_threads: int = 0,
     nms_iou: float = 0.6,
     max_detections: int = 100,
+    engine_cache: Path | None = None,
 ) -> NanoDetDetector:
     """The shipped NanoDet-g detector from ``model_dir``, checksums verified."""
     model_path = resolve(model_dir, MODEL_NAME)
     names = read_lines(resolve(model_dir, "coco_classes"))
     session = load_onnx_session(
-        model_path, provider=provider, intra_op_threads=intra_op_threads, pixels=PIXELS
+        model_path,
+        provider=provider,
+        intra_op_threads=intra_op_threads,
+        pixels=PIXELS,
+        engine_cache=engine_cache,
     )
     return NanoDetDetector(
         session,

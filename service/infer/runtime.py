@@ -109,6 +109,25 @@ class OrtModelSession:
         return bound
 
 
+def session_providers(
+    providers: Sequence[str], engine_cache: Path | None
+) -> list[str | tuple[str, dict[str, Any]]]:
+    """``providers`` as ONNX Runtime takes them, TensorRT with its caches in ``engine_cache``.
+
+    Without them TensorRT would build every engine again at each start (minutes, before the
+    port is bound); the timing cache also speeds up building engines for new shapes.
+    """
+    if TENSORRT not in providers or engine_cache is None:
+        return list(providers)
+    options = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(engine_cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(engine_cache),
+    }
+    return [(name, options) if name == TENSORRT else name for name in providers]
+
+
 @functools.cache
 def load_gpu_libraries() -> None:
     """Load the CUDA and cuDNN libraries of the ``nvidia-*`` wheels, once per process.
@@ -131,6 +150,7 @@ def load_onnx_session(
     input_size: int | None = None,
     pixels: PixelInput | None = None,
     dynamic_batch: bool = False,
+    engine_cache: Path | None = None,
 ) -> OrtModelSession:
     """Open ``path`` on the chosen provider; ``intra_op_threads`` 0 lets ONNX Runtime decide.
 
@@ -138,11 +158,18 @@ def load_onnx_session(
     ``input_size``: run an image model at this square input size (``set_input_size``).
     ``pixels``: feed the image input as uint8 pixels, normalised inside the graph
     (``set_uint8_pixels``). ``dynamic_batch``: accept several images per run
-    (``set_dynamic_batch``; only for models it is known to work on).
+    (``set_dynamic_batch``; only for models it is known to work on). ``engine_cache``: where
+    TensorRT keeps the engines it builds (created if missing), when it runs.
     """
     providers = choose_providers(provider, ort.get_available_providers())
     if providers[0] != CPU:
         load_gpu_libraries()
+    if TENSORRT in providers and engine_cache is not None:
+        try:
+            engine_cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            message = f"cannot create the TensorRT engine cache {engine_cache}: {exc.strerror}"
+            raise ModelError(message) from exc
     options = ort.SessionOptions()
     if intra_op_threads > 0:
         options.intra_op_num_threads = intra_op_threads
@@ -161,7 +188,9 @@ def load_onnx_session(
             set_dynamic_batch(proto, path.name)
         model = proto.SerializeToString()
     try:
-        session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        session = ort.InferenceSession(
+            model, sess_options=options, providers=session_providers(providers, engine_cache)
+        )
     except Exception as exc:  # onnxruntime raises its own, undocumented exception types
         raise ModelError(f"cannot load model {path}: {exc}") from exc
     on_gpu = session.get_providers()[0] in (CUDA, TENSORRT)

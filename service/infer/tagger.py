@@ -116,12 +116,20 @@ class EfficientNetTagger(ManifestModel):
 
 
 def load_tagger(
-    model_dir: Path, *, provider: ProviderChoice = "auto", intra_op_threads: int = 0
+    model_dir: Path,
+    *,
+    provider: ProviderChoice = "auto",
+    intra_op_threads: int = 0,
+    engine_cache: Path | None = None,
 ) -> EfficientNetTagger:
     """The shipped EfficientNet-Lite0 tagger from ``model_dir``, checksums verified."""
     model_path = resolve(model_dir, MODEL_NAME)
     names = parse_class_names(read_lines(resolve(model_dir, CLASSES_NAME)))
     session = load_onnx_session(
-        model_path, provider=provider, intra_op_threads=intra_op_threads, pixels=PIXELS
+        model_path,
+        provider=provider,
+        intra_op_threads=intra_op_threads,
+        pixels=PIXELS,
+        engine_cache=engine_cache,
     )
     return EfficientNetTagger(session, names, model_sha256=sha256_file(model_path))

@@ -244,6 +244,7 @@ def load_yolox(
     nms_iou: float = 0.65,
     max_detections: int = 100,
     batch: bool = False,
+    engine_cache: Path | None = None,
 ) -> YoloxDetector:
     """The shipped YOLOX-nano detector from ``model_dir``, checksums verified, at
     ``input_size`` (a multiple of 32); with ``batch``, ``detect_batch`` takes any number of
@@ -259,6 +260,7 @@ def load_yolox(
         input_size=None if input_size == EXPORTED_SIZE else input_size,
         pixels=RAW_PIXELS,
         dynamic_batch=batch,
+        engine_cache=engine_cache,
     )
     return YoloxDetector(
         session,

@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import onnxruntime as ort
 import PIL.Image
 import pytest
 
 from models.export_captioner import render_test_image
+from service.infer import runtime
 from service.infer.captioner import NeuralCaptioner
 from service.infer.manifest import ModelError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captioners"
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 EXPORTS = ("vit-gpt2-tiny", "blip-tiny")
 
 
@@ -137,6 +140,16 @@ def copy_export(tmp_path: Path) -> Path:
     target = tmp_path / "export"
     shutil.copytree(FIXTURES / "blip-tiny", target)
     return target
+
+
+def test_with_tensorrt_the_captioner_runs_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its decoder's inputs change shape at every step: TensorRT would build engines inside
+    requests. On a build said to have both, CUDA is asked for (and, with no GPU here, the
+    fallback to the CPU is refused)."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, CUDA, CPU])
+    monkeypatch.setattr(runtime, "load_gpu_libraries", lambda: None)
+    with pytest.warns(UserWarning), pytest.raises(ModelError, match=f"{CUDA} was requested"):
+        NeuralCaptioner(FIXTURES / "blip-tiny", provider="tensorrt")
 
 
 def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:

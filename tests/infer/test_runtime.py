@@ -98,6 +98,41 @@ def test_a_cuda_build_that_cannot_start_cuda_is_never_silent(
     assert preloads == [None, None]
 
 
+def test_tensorrt_keeps_its_engines_in_the_cache_directory(tmp_path: Path) -> None:
+    """Without its caches TensorRT builds every engine again at each start."""
+    (name, options), *rest = runtime.session_providers([TRT, CUDA, CPU], tmp_path)
+    assert (name, rest) == (TRT, [CUDA, CPU])
+    assert options == {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(tmp_path),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(tmp_path),
+    }
+    assert runtime.session_providers([CUDA, CPU], tmp_path) == [CUDA, CPU]
+    assert runtime.session_providers([TRT, CUDA, CPU], None) == [TRT, CUDA, CPU]
+
+
+@pytest.mark.skipif(TRT in ort.get_available_providers(), reason="TensorRT is available here")
+def test_the_tensorrt_cache_is_made_before_the_session_or_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a build said to have TensorRT (this one runs the session on the CPU, which a
+    ``tensorrt`` service refuses), the cache directory is created first."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, CUDA, CPU])
+    monkeypatch.setattr(runtime, "load_gpu_libraries", lambda: None)
+    path = resolve(model_dir(), "yolox_nano")
+    cache = tmp_path / "cache" / "tensorrt"
+    with pytest.warns(UserWarning), pytest.raises(ModelError, match="fell back"):
+        load_onnx_session(path, provider="tensorrt", intra_op_threads=1, engine_cache=cache)
+    assert cache.is_dir()
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(
+        ModelError, match=r"cannot create the TensorRT engine cache .*file/x: Not a directory"
+    ):
+        load_onnx_session(path, provider="tensorrt", intra_op_threads=1, engine_cache=blocked / "x")
+
+
 def test_cpu_sessions_load_no_gpu_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
     preloads: list[None] = []
     monkeypatch.setattr(runtime, "load_gpu_libraries", lambda: preloads.append(None))

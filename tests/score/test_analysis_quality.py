@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import PIL.Image
 import pytest
@@ -143,6 +144,29 @@ def test_second_scale_is_off_by_default_and_needs_the_second_opinion(model_dir: 
         model_dir=model_dir, execution_provider="cpu", second_scale=True, second_opinion=False
     )
     assert load_models(alone).second_scale is None
+
+
+def test_a_batched_detector_is_warmed_up_at_its_largest_batch(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU, TensorRT builds engines for the batch sizes it has seen and cuDNN picks
+    kernels per shape: at load, not inside the first burst."""
+    sizes: list[int] = []
+    detect_batch = YoloxDetector.detect_batch
+
+    def recording(self: YoloxDetector, images: list[Any], min_confidence: float) -> Any:
+        sizes.append(len(images))
+        return detect_batch(self, images, min_confidence)
+
+    monkeypatch.setattr(YoloxDetector, "detect_batch", recording)
+    batched = Settings(
+        model_dir=model_dir, execution_provider="cpu", detect_batch_size=6, second_opinion=False
+    )
+    load_models(batched)
+    assert sizes == [1, 6]
+    sizes.clear()
+    load_models(Settings(model_dir=model_dir, execution_provider="cpu", second_opinion=False))
+    assert sizes == [1]
 
 
 def test_decoding_keeps_every_model_input_resolution(
