@@ -77,8 +77,9 @@ class OrtModelSession:
     """An ``onnxruntime.InferenceSession`` seen through ``ModelSession``; ``run`` is thread-safe.
 
     With ``io_binding`` (the default on GPU providers) inputs are bound from host memory and
-    outputs are allocated on the device and copied back once, instead of ONNX Runtime's
-    per-run staging; each run gets its own binding, since bindings are not thread-safe.
+    outputs are allocated on the device and copied back after the run: the same copies a plain
+    run makes, but explicit, and the place where device-resident inputs (a captioner's cache)
+    would be bound. Each run gets its own binding, since bindings are not thread-safe.
     """
 
     def __init__(self, session: Any, path: Path, *, io_binding: bool = False) -> None:
