@@ -9,16 +9,18 @@ embedded colour profile gives a second, sRGB copy for describing colours.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import io
 import math
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from service.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 
@@ -28,6 +30,21 @@ _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 _SRGB = ImageCms.createProfile("sRGB")
 _HIGH_BIT_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Pillow keeps a row pointer per row and copies the image a few times on the way to RGB: a
+# 1 x 50,000,000 PNG of 97 KB would take 3 GB. JPEG, WebP and GIF cannot be larger anyway.
+MAX_SIDE = 65_535
+# Each scan of a progressive JPEG walks every block of the image, however little it holds:
+# thousands of near-empty scans in a few hundred KB would hold a worker for minutes. Real
+# encoders write about 10 (libjpeg's default progression); mozjpeg's stay under 20.
+MAX_JPEG_SCANS = 100
+_SOS = b"\xff\xda"
+# Colour-profile transforms, by the profile's digest: real profiles recur (a camera's, Adobe
+# RGB, Display P3), and a transform takes milliseconds to build.
+_TRANSFORMS_KEPT = 32
+_MAX_PROFILE_BYTES = 4 << 20  # real ones are a few KB to a few hundred KB
+# decode_image checks the pixel cap itself, against the service's setting; Pillow's own
+# guard (89 MP) would refuse images the operator allowed, and warn on stderr below that.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +61,10 @@ class DecodedImage:
     viewed: Image.Image
 
     @property
-    def scale(self) -> float:
-        """Pixels of ``image`` per pixel of the full-resolution upright image."""
-        return self.image.width / self.width
+    def scales(self) -> tuple[float, float]:
+        """Pixels of ``image`` per pixel of the full-resolution upright image, across and
+        down (DCT scaling rounds each side up on its own: 2049 x 4000 becomes 257 x 500)."""
+        return self.image.width / self.width, self.image.height / self.height
 
 
 def decode_image(
@@ -63,8 +81,6 @@ def decode_image(
             f"the content is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
             extra={"reason": "unknown_format"},
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _too_many_pixels(None, max_pixels) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnprocessableImage(
             f"the image header is corrupt: {exc}", extra={"reason": "corrupt"}
@@ -74,12 +90,26 @@ def decode_image(
         stored_w, stored_h = image.size
         if stored_w * stored_h > max_pixels:
             raise _too_many_pixels((stored_w, stored_h), max_pixels)
-        fmt = image.format or "unknown"
+        if max(stored_w, stored_h) > MAX_SIDE:
+            raise PayloadTooLarge(
+                f"the image is {stored_w}x{stored_h} pixels; a side may have at most {MAX_SIDE:,}",
+                extra={"reason": "too_long_side", "max_side": MAX_SIDE},
+            )
+        # A JPEG that carries more pictures (an MPF preview, a stereo pair) opens as "MPO":
+        # its first picture is the photo, decoded like any JPEG.
+        is_jpeg = isinstance(image, JpegImagePlugin.JpegImageFile)
+        fmt = "JPEG" if is_jpeg else image.format or "unknown"
+        if is_jpeg and image.info.get("progressive") and _scans(data) > MAX_JPEG_SCANS:
+            raise UnprocessableImage(
+                f"the progressive JPEG has more than {MAX_JPEG_SCANS} scans; real encoders"
+                " write about 10",
+                extra={"reason": "too_many_scans", "max_scans": MAX_JPEG_SCANS},
+            )
         try:
             # Reading EXIF can decode a PNG's data (its eXIf chunk may follow it), so a broken
             # file fails here as well as in load(). Pillow raises TypeError and struct.error
             # on some malformed TIFF tags.
-            if (target_size or short_side) and image.format == "JPEG":
+            if (target_size or short_side) and is_jpeg:
                 _draft(image, target_size or 0, short_side)
             image.load()
             # Read after load: Pillow's TIFF decoder turns the image upright itself (its
@@ -91,13 +121,27 @@ def decode_image(
             rgb = _to_rgb(upright_image)
             managed = _in_srgb(upright_image)
             viewed = rgb if managed is upright_image else _to_rgb(managed)
-        except Image.DecompressionBombError:
-            raise _too_many_pixels((stored_w, stored_h), max_pixels) from None
         except (OSError, ValueError, SyntaxError, EOFError, TypeError, struct.error) as exc:
             raise UnprocessableImage(
                 f"the {fmt} image is truncated or corrupt: {exc}", extra={"reason": "corrupt"}
             ) from None
     return DecodedImage(image=rgb, width=upright[0], height=upright[1], format=fmt, viewed=viewed)
+
+
+def _scans(data: bytes) -> int:
+    """How many scans a JPEG holds: its SOS markers from the first one on. Header segments
+    (EXIF with its thumbnail, ICC profiles) are skipped by their lengths; in the scans' data
+    an 0xFF byte is always stuffed or a marker, so 0xFF 0xDA there starts a scan."""
+    position = 2  # after SOI
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xDA:
+            return data.count(_SOS, position)
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return 0
 
 
 def _draft(image: Image.Image, target_size: int, short_side: int) -> None:
@@ -125,8 +169,29 @@ def _in_srgb(image: Image.Image) -> Image.Image:
     return converted if converted is not None else image
 
 
-@functools.lru_cache(maxsize=32)
+_transforms: OrderedDict[tuple[bytes, str], ImageCms.ImageCmsTransform | None] = OrderedDict()
+_transforms_lock = threading.Lock()
+
+
 def _to_srgb(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from this profile to sRGB, None when there is nothing to do or the
+    profile cannot be read; the last few are kept by digest, never by their bytes."""
+    if len(icc) > _MAX_PROFILE_BYTES:
+        return None
+    key = (hashlib.sha256(icc).digest(), mode)
+    with _transforms_lock:
+        if key in _transforms:
+            _transforms.move_to_end(key)
+            return _transforms[key]
+    transform = _build_transform(icc, mode)
+    with _transforms_lock:
+        _transforms[key] = transform
+        if len(_transforms) > _TRANSFORMS_KEPT:
+            _transforms.popitem(last=False)
+    return transform
+
+
+def _build_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if mode == "RGB" and "srgb" in ImageCms.getProfileDescription(profile).lower():
@@ -166,9 +231,8 @@ def _grey8(values: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return np.asarray(levels, dtype=np.uint8)
 
 
-def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> PayloadTooLarge:
-    shown = f"{size[0]}x{size[1]} pixels" if size else "too many pixels"
+def _too_many_pixels(size: tuple[int, int], max_pixels: int) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"the image has {shown}; the limit is {max_pixels:,} pixels",
+        f"the image has {size[0]}x{size[1]} pixels; the limit is {max_pixels:,} pixels",
         extra={"reason": "too_many_pixels", "max_pixels": max_pixels},
     )

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
+from service.analysis import to_boxes
+from service.decode import image as image_module
 from service.decode.image import decode_image
 from service.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
+from service.infer.yolox import Detection
 from tests.support.images import encode, png_bomb
 
 CAP = 50_000_000
@@ -167,7 +170,7 @@ def test_large_jpeg_is_drafted_but_reports_full_size() -> None:
     decoded = decode_image(data, max_pixels=CAP, target_size=416)
     assert (decoded.width, decoded.height) == (2000, 1200)
     assert 416 <= decoded.image.width <= 1000  # DCT scaling by 1/2 or 1/4
-    assert decoded.scale == decoded.image.width / 2000
+    assert decoded.scales == (decoded.image.width / 2000, decoded.image.height / 1200)
 
 
 def test_small_jpeg_is_not_drafted() -> None:
@@ -182,3 +185,90 @@ def test_jpeg_is_not_drafted_below_the_short_side_asked_for() -> None:
     both = decode_image(data, max_pixels=CAP, target_size=416, short_side=256)
     assert min(both.image.size) >= 256
     assert (both.width, both.height) == (2400, 600)
+
+
+def progressive_jpeg(repeat_last_scan: int = 0) -> bytes:
+    """A progressive JPEG; its last scan repeated, as a scan bomb repeats near-empty scans."""
+    data = encode(gradient(640, 480), "JPEG", progressive=True)
+    last = data.rfind(b"\xff\xda")
+    assert data.endswith(b"\xff\xd9")
+    return data[:-2] + data[last:-2] * repeat_last_scan + b"\xff\xd9"
+
+
+def test_a_progressive_jpeg_with_scans_beyond_any_encoder_is_refused_before_decoding() -> None:
+    assert decode_image(progressive_jpeg(), max_pixels=CAP).image.size == (640, 480)
+    with pytest.raises(UnprocessableImage) as info:
+        decode_image(progressive_jpeg(repeat_last_scan=100), max_pixels=CAP)
+    assert info.value.extra == {"reason": "too_many_scans", "max_scans": 100}
+
+
+def test_scans_are_counted_after_the_header_segments() -> None:
+    """An EXIF thumbnail is a JPEG with its own scan, inside a header segment."""
+    thumbnail = encode(gradient(64, 48), "JPEG")
+    exif = Image.Exif()
+    exif[0x010E] = "x"  # ImageDescription
+    plain = encode(gradient(640, 480), "JPEG", progressive=True)
+    with_app = plain[:2] + _app1(b"Exif\0\0" + exif.tobytes() + thumbnail * 200) + plain[2:]
+    assert decode_image(with_app, max_pixels=CAP).image.size == (640, 480)
+
+
+def _app1(payload: bytes) -> bytes:
+    segments = []
+    for start in range(0, len(payload), 65_000):  # a segment holds at most 65,533 bytes
+        part = payload[start : start + 65_000]
+        segments.append(b"\xff\xe1" + (len(part) + 2).to_bytes(2, "big") + part)
+    return b"".join(segments)
+
+
+@pytest.mark.parametrize("size", [(1, 100_000), (70_000, 2)])
+def test_a_side_longer_than_any_real_photo_is_refused_before_decoding(
+    size: tuple[int, int],
+) -> None:
+    """Pillow keeps a pointer per row: 1 x 50,000,000 would take gigabytes."""
+    with pytest.raises(PayloadTooLarge) as info:
+        decode_image(png_bomb(*size), max_pixels=CAP)
+    assert info.value.extra == {"reason": "too_long_side", "max_side": 65_535}
+
+
+def test_the_pixel_cap_is_the_services_own_not_pillows() -> None:
+    """Pillow refuses 179 MP by itself; an operator who allows more gets the image decoded
+    (this PNG, a header with no pixel data, then fails as unreadable, not as too large)."""
+    header = (20_000).to_bytes(4, "big") + (10_000).to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    no_pixels = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IEND", b"")
+    with pytest.raises(PayloadTooLarge):
+        decode_image(no_pixels, max_pixels=100_000_000)
+    with pytest.raises(UnprocessableImage) as info:
+        decode_image(no_pixels, max_pixels=300_000_000)
+    assert info.value.extra == {"reason": "corrupt"}
+
+
+def test_a_jpeg_carrying_more_pictures_is_decoded_as_a_jpeg() -> None:
+    """Camera originals with an MPF preview open in Pillow as MPO."""
+    photo = gradient(2000, 1200)
+    buffer = io.BytesIO()
+    photo.save(buffer, "MPO", save_all=True, append_images=[photo.resize((500, 300))])
+    decoded = decode_image(buffer.getvalue(), max_pixels=CAP, target_size=416)
+    assert (decoded.format, decoded.width, decoded.height) == ("JPEG", 2000, 1200)
+    assert decoded.image.width <= 1000  # drafted, like any large JPEG
+
+
+def test_drafted_sides_are_scaled_each_by_its_own_ratio() -> None:
+    decoded = decode_image(encode(gradient(2049, 4000), "JPEG"), max_pixels=CAP, target_size=416)
+    assert decoded.image.size == (257, 500)  # 1/8, each side rounded up
+    detection = Detection(class_id=0, classname="person", conf=0.9, x1=0, y1=250, x2=257, y2=500)
+    [box] = to_boxes([detection], decoded)
+    assert (box.x1, box.y1, box.x2, box.y2) == (0, 2000, 2049, 4000)
+
+
+def test_colour_profiles_are_kept_by_digest_and_huge_ones_ignored(evalset_dir: Path) -> None:
+    """Never by their bytes: 32 distinct 16 MB profiles would otherwise stay in memory."""
+    with Image.open(evalset_dir / "images" / "000000269196.jpg") as tagged:  # Adobe RGB
+        adobe = bytes(tagged.info["icc_profile"])
+    transforms = image_module._transforms
+    transforms.clear()
+    first = image_module._to_srgb(adobe, "RGB")
+    assert first is not None
+    assert image_module._to_srgb(bytes(bytearray(adobe)), "RGB") is first  # another copy
+    assert [len(digest) for digest, _ in transforms] == [32]
+    assert image_module._to_srgb(b"\0" * (image_module._MAX_PROFILE_BYTES + 1), "RGB") is None
+    assert len(transforms) == 1
