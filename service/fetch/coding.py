@@ -50,9 +50,10 @@ class BodyDecoder:
     def decode(self, raw: bytes, limit: int) -> bytes:
         """The bytes ``raw`` decodes to, at most ``limit`` (> 0) of them: exactly ``limit``
         when more were due, which the caller, passing its remaining room plus one, refuses."""
-        decoded = b""
+        decoded: list[bytes] = []  # joined once: a body may hold many members
+        size = 0
         data = raw
-        while data and not self._dropping and len(decoded) < limit:
+        while data and not self._dropping and size < limit:
             if self._decoder.eof:
                 data = self._after_end + data
                 self._after_end = b""
@@ -64,16 +65,17 @@ class BodyDecoder:
                     break
                 self._decoder = zlib.decompressobj(self._wbits)
             try:
-                decoded += self._decoder.decompress(data, limit - len(decoded))
+                decoded.append(self._decoder.decompress(data, limit - size))
             except zlib.error:
                 raise UpstreamError(
                     f"{self._host} sent a body that does not match its Content-Encoding",
                     extra={"reason": "content_encoding"},
                 ) from None
+            size += len(decoded[-1])
             if self._decoder.unconsumed_tail:  # ``limit`` reached with input left
                 break
             data = self._decoder.unused_data
-        return decoded
+        return b"".join(decoded)
 
     def _starts_a_member(self, data: bytes) -> bool:
         """Whether ``data`` (after a member's end) is, or may yet be, another gzip member."""

@@ -76,3 +76,11 @@ def test_identity_needs_no_decoder_and_unknown_codings_are_refused() -> None:
     with pytest.raises(UpstreamError, match="Content-Encoding 'br'") as info:
         BodyDecoder.for_coding("br", "img.example")
     assert info.value.extra == {"reason": "content_encoding"}
+
+
+def test_a_body_of_many_members_is_decoded_whole() -> None:
+    parts = [bytes([i % 256]) * 2000 for i in range(500)]
+    body = b"".join(gzip.compress(part) for part in parts)
+    body_decoder = decoder("gzip")
+    assert body_decoder.decode(body, 1 << 20) == b"".join(parts)
+    assert body_decoder.complete
