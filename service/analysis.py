@@ -61,21 +61,21 @@ def to_boxes(
     detections: list[Detection], decoded: DecodedImage, qualities: list[float] | None = None
 ) -> list[Box]:
     """Detections on the (possibly reduced) model image -> integer full-resolution pixels."""
-    across, down = decoded.scales
+    reduction = decoded.reduction
     w, h = decoded.width, decoded.height
     per_box = qualities if qualities is not None else [None] * len(detections)
 
-    def px(value: float, scale: float, limit: int) -> int:
-        return min(max(round(value / scale), 0), limit)
+    def px(value: float, limit: int) -> int:
+        return min(max(round(value * reduction), 0), limit)
 
     return [
         Box(
             classname=d.classname,
             conf=round(d.conf, 4),
-            x1=px(d.x1, across, w),
-            y1=px(d.y1, down, h),
-            x2=px(d.x2, across, w),
-            y2=px(d.y2, down, h),
+            x1=px(d.x1, w),
+            y1=px(d.y1, h),
+            x2=px(d.x2, w),
+            y2=px(d.y2, h),
             quality=q,
         )
         for d, q in zip(detections, per_box, strict=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 import struct
 import threading
 from collections import OrderedDict
@@ -37,7 +38,11 @@ MAX_SIDE = 65_535
 # thousands of near-empty scans in a few hundred KB would hold a worker for minutes. Real
 # encoders write about 10 (libjpeg's default progression); mozjpeg's stay under 20.
 MAX_JPEG_SCANS = 100
-_SOS = b"\xff\xda"
+# A marker, as libjpeg finds one: 0xFF (any number of fill bytes), then a code that is not 0
+# (0xFF 0x00 is a stuffed data byte). Whatever lies between segments is skipped, as it skips it.
+_MARKER = re.compile(rb"\xff+([^\x00\xff])")
+_SOS, _EOI = 0xDA, 0xD9
+_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI
 # Colour-profile transforms, by the profile's digest: real profiles recur (a camera's, Adobe
 # RGB, Display P3), and a transform takes milliseconds to build.
 _TRANSFORMS_KEPT = 32
@@ -60,11 +65,9 @@ class DecodedImage:
     format: str
     viewed: Image.Image
 
-    @property
-    def scales(self) -> tuple[float, float]:
-        """Pixels of ``image`` per pixel of the full-resolution upright image, across and
-        down (DCT scaling rounds each side up on its own: 2049 x 4000 becomes 257 x 500)."""
-        return self.image.width / self.width, self.image.height / self.height
+    # Full-resolution pixels per pixel of ``image`` on both axes: the DCT scaling denominator
+    # (1, 2, 4 or 8). Not the ratio of the sides: each is rounded up (2049 becomes 257 at 1/8).
+    reduction: int = 1
 
 
 def decode_image(
@@ -109,8 +112,9 @@ def decode_image(
             # Reading EXIF can decode a PNG's data (its eXIf chunk may follow it), so a broken
             # file fails here as well as in load(). Pillow raises TypeError and struct.error
             # on some malformed TIFF tags.
+            reduction = 1
             if (target_size or short_side) and is_jpeg:
-                _draft(image, target_size or 0, short_side)
+                reduction = _draft(image, target_size or 0, short_side)
             image.load()
             # Read after load: Pillow's TIFF decoder turns the image upright itself (its
             # size is upright from the start) and then drops the tag.
@@ -125,31 +129,43 @@ def decode_image(
             raise UnprocessableImage(
                 f"the {fmt} image is truncated or corrupt: {exc}", extra={"reason": "corrupt"}
             ) from None
-    return DecodedImage(image=rgb, width=upright[0], height=upright[1], format=fmt, viewed=viewed)
+    return DecodedImage(
+        image=rgb,
+        width=upright[0],
+        height=upright[1],
+        format=fmt,
+        viewed=viewed,
+        reduction=reduction,
+    )
 
 
 def _scans(data: bytes) -> int:
-    """How many scans a JPEG holds: its SOS markers from the first one on. Header segments
-    (EXIF with its thumbnail, ICC profiles) are skipped by their lengths; in the scans' data
-    an 0xFF byte is always stuffed or a marker, so 0xFF 0xDA there starts a scan."""
-    position = 2  # after SOI
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker == 0xDA:
-            return data.count(_SOS, position)
-        if marker == 0xFF:  # fill byte
-            position += 1
+    """How many scans a JPEG holds up to its end (EOI), counted no further than one past
+    ``MAX_JPEG_SCANS``. Markers are read as libjpeg reads them: segments (EXIF with its
+    thumbnail, ICC profiles, tables between scans) skipped by their lengths, stray bytes
+    between them skipped, and in a scan's data 0xFF is a stuffed byte or a marker."""
+    scans, position = 0, 2  # after SOI
+    while scans <= MAX_JPEG_SCANS and (found := _MARKER.search(data, position)):
+        code, position = found.group(1)[0], found.end()
+        if code == _EOI:
+            break
+        if code in _NO_LENGTH:
             continue
-        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-    return 0
+        if code == _SOS:
+            scans += 1
+        position += int.from_bytes(data[position : position + 2], "big")  # then its data
+    return scans
 
 
-def _draft(image: Image.Image, target_size: int, short_side: int) -> None:
+def _draft(image: Image.Image, target_size: int, short_side: int) -> int:
+    """Ask for DCT scaling; the reduction obtained (1 for none)."""
     factor = max(target_size / max(image.size), short_side / min(image.size))
     if factor > 0.5:
-        return  # DCT scaling only pays when it can at least halve the size
+        return 1  # DCT scaling only pays when it can at least halve the size
+    full_width = image.width
     requested = (math.ceil(image.width * factor), math.ceil(image.height * factor))
-    image.draft("RGB", requested)
+    drafted = image.draft("RGB", requested)
+    return 1 if drafted is None else round(full_width / drafted[1][2])
 
 
 def _in_srgb(image: Image.Image) -> Image.Image:
