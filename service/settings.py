@@ -246,6 +246,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         checks["forwarded_allow_ips must be addresses or networks, comma-separated, or * alone"] = (
             _proxies_valid(self.forwarded_allow_ips)
         )
+        if self.second_scale:
+            from service.score.quality import SECOND_SCALE_SIZE
+
+            # At that size the detector would confirm its own boxes: every kept box matched,
+            # every near miss "seen twice" (held-out AUROC 0.69, below mean confidence).
+            checks[
+                f"second_scale needs detector_input_size below {SECOND_SCALE_SIZE}, the size"
+                " it runs the detector at"
+            ] = self.detector_input_size < SECOND_SCALE_SIZE
         if self.label_rate_per_client:
             from service.ratelimit import Rate
 
