@@ -19,6 +19,7 @@ ANALYSIS_SIDE = 256
 COLOR_THUMBNAIL = (64, 64)
 HASH_SIDE = 32
 HASH_BLOCK = 8
+FLAT_COEFFICIENT = 1e-6  # DCT coefficients below this are rounding noise (pixels step by 1)
 # ITU-R BT.601 luma, the weights PIL's convert("L") uses.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -83,6 +84,9 @@ def phash(image: Image.Image) -> str:
     coefficients = dct @ pixels @ dct.T
     # Rows and columns 0 hold the DC term and the pure horizontal/vertical averages.
     block = coefficients[1 : HASH_BLOCK + 1, 1 : HASH_BLOCK + 1].reshape(-1)
+    # A featureless image has only rounding noise there (about 1e-28), which would set bits
+    # at random: black and white 29 bits apart. Flat images all hash to 0 instead.
+    block = np.where(np.abs(block) < FLAT_COEFFICIENT, 0.0, block)
     bits = block > np.median(block)
     value = 0
     for bit in bits.tolist():
