@@ -73,9 +73,15 @@ def _proxies_valid(value: str) -> bool:
     return True
 
 
-def _user_cache() -> Path:
-    """This user's cache directory (XDG): the image's working directory is read-only."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labelsvc"
+def _user_cache(fallback: Path) -> Path:
+    """This user's cache directory (XDG): the image's working directory is read-only.
+    ``fallback`` for a user with no home directory."""
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "labelsvc"
+    try:
+        return Path.home() / ".cache" / "labelsvc"
+    except RuntimeError:  # no HOME, and no entry in the password database
+        return fallback
 
 
 def _default_workers() -> int:
@@ -100,8 +106,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Models.
     model_dir: Path = Path("var/models")
     execution_provider: Provider = "auto"
-    # Where TensorRT keeps the engines it builds (execution_provider=tensorrt only).
-    tensorrt_cache_dir: Path = msgspec.field(default_factory=lambda: _user_cache() / "tensorrt")
+    # Where TensorRT keeps the engines it builds (execution_provider=tensorrt only); unset:
+    # the user's cache directory (``engine_cache``).
+    tensorrt_cache_dir: Path | None = None
     detector_input_size: int = 416
     min_confidence: float = 0.25
     nms_iou: float = 0.65
@@ -149,6 +156,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # addresses or networks, "*" for any); empty: none, the peer address is the client.
     forwarded_allow_ips: str = ""
     page_size: int = 25
+
+    @property
+    def engine_cache(self) -> Path | None:
+        """Where TensorRT keeps its engines; None when TensorRT is not chosen."""
+        if self.execution_provider != "tensorrt":
+            return None
+        return self.tensorrt_cache_dir or _user_cache(self.data_dir / "cache") / "tensorrt"
 
     @property
     def trusted_proxies(self) -> list[str]:

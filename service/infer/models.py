@@ -63,7 +63,7 @@ def load_models(settings: Settings) -> Models:
         "provider": settings.execution_provider,
         "intra_op_threads": settings.ort_threads,
     }
-    image_models = {**common, "engine_cache": settings.tensorrt_cache_dir}
+    image_models = {**common, "engine_cache": settings.engine_cache}
 
     def yolox_at(size: int, *, batch: bool = False) -> YoloxDetector:
         detector: YoloxDetector = _timed(

@@ -160,12 +160,17 @@ def load_onnx_session(
     ``pixels``: feed the image input as uint8 pixels, normalised inside the graph
     (``set_uint8_pixels``). ``dynamic_batch``: accept several images per run
     (``set_dynamic_batch``; only for models it is known to work on). ``engine_cache``: where
-    TensorRT keeps the engines it builds (created if missing), when it runs.
+    TensorRT keeps the engines it builds (in a directory per model and input size, created if
+    missing), when it runs.
     """
     providers = choose_providers(provider, ort.get_available_providers())
     if providers[0] != CPU:
         load_gpu_libraries()
     if TENSORRT in providers and engine_cache is not None:
+        # One directory per model and input shape: engines of one must never be taken for
+        # another's (the detector runs at two sizes from one file).
+        size = "" if input_size is None else f"@{input_size}"
+        engine_cache = engine_cache / f"{Path(path).stem}{size}{'-batch' if dynamic_batch else ''}"
         try:
             engine_cache.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -235,3 +236,22 @@ def test_trusted_proxies_are_given_to_uvicorn_in_the_form_it_matches() -> None:
     assert proxies == ["172.30.250.0/24", "10.0.0.1", "fd00::/64"]
     assert Settings(forwarded_allow_ips=" * ").trusted_proxies == ["*"]
     assert Settings().trusted_proxies == []
+
+
+def test_the_tensorrt_cache_is_resolved_only_for_tensorrt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service with no home directory must start: the default is only looked up when used."""
+
+    def homeless() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", homeless)
+    assert Settings.from_env({}).engine_cache is None
+    trt = {"LABELSVC_EXECUTION_PROVIDER": "tensorrt", "LABELSVC_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(trt).engine_cache == tmp_path / "cache" / "tensorrt"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert Settings.from_env(trt).engine_cache == tmp_path / "xdg" / "labelsvc" / "tensorrt"
+    chosen = {**trt, "LABELSVC_TENSORRT_CACHE_DIR": str(tmp_path / "engines")}
+    assert Settings.from_env(chosen).engine_cache == tmp_path / "engines"

@@ -124,11 +124,12 @@ def test_the_tensorrt_cache_is_made_before_the_session_or_refused_clearly(
     cache = tmp_path / "cache" / "tensorrt"
     with pytest.warns(UserWarning), pytest.raises(ModelError, match="fell back"):
         load_onnx_session(path, provider="tensorrt", intra_op_threads=1, engine_cache=cache)
-    assert cache.is_dir()
+    assert (cache / "yolox_nano").is_dir()  # a directory per model and input size
     blocked = tmp_path / "file"
     blocked.write_text("")
     with pytest.raises(
-        ModelError, match=r"cannot create the TensorRT engine cache .*file/x: Not a directory"
+        ModelError,
+        match=r"cannot create the TensorRT engine cache .*file/x/yolox_nano: Not a directory",
     ):
         load_onnx_session(path, provider="tensorrt", intra_op_threads=1, engine_cache=blocked / "x")
 
