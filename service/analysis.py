@@ -174,7 +174,10 @@ class ImageAnalyzer:
 
     @property
     def quality_model(self) -> str:
-        """The name of the label-quality method in use."""
+        """The name of the label-quality method in use: records scored without a second
+        opinion (a weaker estimate, on confidences alone) must be told apart."""
+        if self.models.second is None:
+            return f"{QUALITY_MODEL}-confidence-only"
         scaled = self.models.scaled_second is not None
         return f"{QUALITY_MODEL}+scale{quality.SECOND_SCALE_SIZE}" if scaled else QUALITY_MODEL
 

@@ -85,6 +85,8 @@ async def test_analysis_detects_once_and_stores_only_kept_boxes(
     kept = [d for d in low if d.conf >= quality.KEPT_CONF]
     expected = quality.estimate(kept, None, [], result.properties, image.size, below=low)
     assert result.quality.score == expected.score
+    # Scored without a second opinion: a weaker estimate, which the record names as such.
+    assert result.quality.model == "expected-f1-logistic-v2-confidence-only"
     lineage = {a.name: a for a in analyzer.lineage("2024-01-01T00:00:00Z")}
     assert lineage["label_quality"].params["sub_threshold_min_confidence"] == quality.SUB_MIN_CONF
 
