@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,14 +78,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top_tags(
     probs: np.ndarray, class_names: Sequence[str], *, top_k: int, min_conf: float
 ) -> list[Tag]:
-    """The ``top_k`` most probable classes with probability >= ``min_conf``, best first."""
+    """The ``top_k`` most probable names with probability >= ``min_conf``, best first.
+
+    Classes that share a name (ImageNet has two "crane"s, a bird and a machine, and two
+    "maillot"s) are one tag, with their probabilities summed: a record never holds a tag
+    twice, and the name's probability is that of either class.
+    """
     flat = np.asarray(probs, dtype=np.float64).reshape(-1)
     if flat.shape[0] != len(class_names):
         raise ModelError(f"classifier gives {flat.shape[0]} scores for {len(class_names)} names")
     if top_k <= 0:
         return []
-    order = np.argsort(-flat, kind="stable")[:top_k]
-    return [Tag(class_names[i], float(flat[i])) for i in order.tolist() if flat[i] >= min_conf]
+    names, groups = _name_groups(tuple(class_names))
+    by_name = np.bincount(groups, weights=flat, minlength=len(names))
+    order = np.argsort(-by_name, kind="stable")[:top_k]
+    return [Tag(names[i], float(by_name[i])) for i in order.tolist() if by_name[i] >= min_conf]
+
+
+@functools.lru_cache(maxsize=4)
+def _name_groups(class_names: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+    """The distinct names in first-seen order, and each class's index among them."""
+    index: dict[str, int] = {}
+    groups = [index.setdefault(name, len(index)) for name in class_names]
+    return list(index), np.array(groups, dtype=np.intp)
 
 
 class EfficientNetTagger(ManifestModel):

@@ -9,7 +9,7 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 
-from service.infer.manifest import ModelError
+from service.infer.manifest import ModelError, read_lines
 from service.infer.tagger import (
     EfficientNetTagger,
     load_tagger,
@@ -147,3 +147,16 @@ def test_real_model_top_tag(
     [top, *_] = tagger.tag(_photo(evalset_dir, photo), top_k=1)
     assert top.name == expected
     assert top.conf > 0.8
+
+
+def test_classes_sharing_a_name_are_one_tag() -> None:
+    """ImageNet's two "crane"s (a bird, a machine): one tag, with either's probability."""
+    probs = np.array([0.3, 0.25, 0.05, 0.4])
+    tags = top_tags(probs, ["crane", "kite", "crane", "dog"], top_k=5, min_conf=0.0)
+    assert [(t.name, t.conf) for t in tags] == [("dog", 0.4), ("crane", 0.35), ("kite", 0.25)]
+
+
+def test_the_shipped_class_list_yields_distinct_tags(model_dir: Path) -> None:
+    names = parse_class_names(read_lines(model_dir / "imagenet_classes.txt"))
+    tags = top_tags(np.full(len(names), 1 / len(names)), names, top_k=1000, min_conf=0.0)
+    assert len({t.name for t in tags}) == len(tags) == len(set(names))
