@@ -38,11 +38,15 @@ MAX_SIDE = 65_535
 # thousands of near-empty scans in a few hundred KB would hold a worker for minutes. Real
 # encoders write about 10 (libjpeg's default progression); mozjpeg's stay under 20.
 MAX_JPEG_SCANS = 100
-# A marker, as libjpeg finds one: 0xFF (any number of fill bytes), then a code that is not 0
-# (0xFF 0x00 is a stuffed data byte). Whatever lies between segments is skipped, as it skips it.
-_MARKER = re.compile(rb"\xff+([^\x00\xff])")
+# A marker, as libjpeg finds one: the last 0xFF of any fill bytes, then a code that is not 0
+# (0xFF 0x00 is a stuffed data byte); whatever lies between segments is skipped, as it skips
+# it. One byte pair, no repetition: the search stays linear on any run of 0xFF ("\xff+"
+# made it quadratic, holding the GIL).
+_MARKER = re.compile(rb"\xff[^\x00\xff]")
 _SOS, _EOI = 0xDA, 0xD9
-_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI
+# Markers with no length: RSTn and SOI, and every code below SOF0 (TEM, reserved), which
+# libjpeg discards in a scan's data and reads on: a length skipped there could hide scans.
+_NO_LENGTH = frozenset({*range(0xC0), *range(0xD0, 0xD9)})
 # Colour-profile transforms, by the profile's digest: real profiles recur (a camera's, Adobe
 # RGB, Display P3), and a transform takes milliseconds to build.
 _TRANSFORMS_KEPT = 32
@@ -146,7 +150,7 @@ def _scans(data: bytes) -> int:
     between them skipped, and in a scan's data 0xFF is a stuffed byte or a marker."""
     scans, position = 0, 2  # after SOI
     while scans <= MAX_JPEG_SCANS and (found := _MARKER.search(data, position)):
-        code, position = found.group(1)[0], found.end()
+        code, position = data[found.start() + 1], found.end()
         if code == _EOI:
             break
         if code in _NO_LENGTH:

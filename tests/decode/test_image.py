@@ -287,3 +287,24 @@ def test_colour_profiles_are_kept_by_digest_and_huge_ones_ignored(evalset_dir: P
     assert [len(digest) for digest, _ in transforms] == [32]
     assert image_module._to_srgb(b"\0" * (image_module._MAX_PROFILE_BYTES + 1), "RGB") is None
     assert len(transforms) == 1
+
+
+def _scan(data: bytes = b"\x12\x34") -> bytes:
+    """An SOS segment (one component, spectral band 0-63) and some entropy-coded data."""
+    return b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + data
+
+
+def test_a_code_libjpeg_discards_hides_no_scans() -> None:
+    """In a scan's data libjpeg drops a marker below SOF0 (0xFF 0x02) and reads on; a length
+    read after it would skip the scans that follow."""
+    hidden = _scan() * 150
+    fake = b"\xff\x02" + (2 + len(hidden)).to_bytes(2, "big")
+    assert image_module._scans(b"\xff\xd8" + _scan() + fake + hidden + b"\xff\xd9") > 100
+
+
+def test_long_runs_of_fill_bytes_are_read_in_one_pass() -> None:
+    """A run of 0xFF ending in 0x00 made the marker search quadratic (and it holds the GIL);
+    fill bytes before a marker are skipped as libjpeg skips them."""
+    run = b"\xff" * 50_000
+    data = b"\xff\xd8" + (_scan(run + b"\x00") + run) * 3 + b"\xff\xd9"
+    assert image_module._scans(data) == 3
