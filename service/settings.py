@@ -153,7 +153,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Open (keyless) labeling per client address, e.g. "20/s" or "600/min"; "" turns it off.
     label_rate_per_client: str = "20/s"
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
-    # addresses or networks, "*" for any); empty: none, the peer address is the client.
+    # addresses or networks, or "*" alone for any); empty: none, the peer is the client.
     forwarded_allow_ips: str = ""
     page_size: int = 25
 
