@@ -18,7 +18,7 @@ import uvicorn
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
 from service.infer.models import load_models
-from service.listen import bind_listeners
+from service.listen import bind_listeners, url_host
 from service.observability import configure_logging
 from service.settings import Settings
 
@@ -97,5 +97,4 @@ class _Server(uvicorn.Server):
         for sock in sockets or []:
             # The address bound, with the port the system chose when configured as 0.
             host, port = sock.getsockname()[:2]
-            shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-            log.info("serving the API on http://%s:%d", shown, port)
+            log.info("serving the API on http://%s:%d", url_host(sock.family, host), port)

@@ -19,6 +19,11 @@ class ListenError(OSError):
     """The configured host and port cannot be bound."""
 
 
+def url_host(family: int, address: str) -> str:
+    """``address`` as a URL writes it: an IPv6 one in brackets."""
+    return f"[{address}]" if family == socket.AF_INET6 else address
+
+
 def bind_listeners(host: str, port: int) -> list[socket.socket]:
     """Listening TCP sockets for ``host``:``port``; uvicorn serves them once the app is up, and
     clients that connect before then wait in the backlog.
@@ -34,7 +39,6 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
     with ExitStack() as opened:
         sockets = []
         for family, kind, proto, _, address in dict.fromkeys(addresses):  # once each
-            shown = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
             try:
                 sock = opened.enter_context(socket.socket(family, kind, proto))
             except OSError:
@@ -49,6 +53,7 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
                 if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
                     continue  # IPv6 turned off here: serve the other family, as asyncio does
                 error = exc.strerror or exc
+                shown = url_host(family, str(address[0]))
                 raise ListenError(f"cannot listen on {shown}:{port}: {error}") from exc
             sockets.append(sock)
         if not sockets:
