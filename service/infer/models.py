@@ -65,26 +65,26 @@ def load_models(settings: Settings) -> Models:
     }
     image_models = {**common, "engine_cache": settings.engine_cache}
 
-    def yolox_at(size: int, *, batch: bool = False) -> YoloxDetector:
+    def yolox_at(size: int, *, max_batch: int = 1) -> YoloxDetector:
         detector: YoloxDetector = _timed(
             lambda: load_yolox(
                 settings.model_dir,
                 input_size=size,
                 nms_iou=settings.nms_iou,
                 max_detections=settings.max_detections,
-                batch=batch,
+                max_batch=max_batch,
                 **image_models,
             )
         )
-        if batch:
-            # Warm up the largest batch too: on a GPU, TensorRT builds its engine for the
-            # batch sizes it has seen, and cuDNN picks its kernels per shape; both should
-            # happen here, not inside the first burst of requests.
-            full = [Image.new("RGB", (size, size), (114, 114, 114))] * settings.detect_batch_size
+        if max_batch > 1:
+            # Warm up the full batch too (``_timed`` ran one image): on a GPU, TensorRT builds
+            # an engine and cuDNN its plans for each shape a session sees; both should happen
+            # here, not inside the first burst of requests.
+            full = [Image.new("RGB", (size, size), (114, 114, 114))] * max_batch
             detector.detect_batch(full, 1.0)
         return detector
 
-    detector = yolox_at(settings.detector_input_size, batch=settings.detect_batch_size > 1)
+    detector = yolox_at(settings.detector_input_size, max_batch=settings.detect_batch_size)
     second = second_scale = tagger = None
     if settings.second_opinion and _present(settings, "nanodet_g_416"):
         second = _timed(lambda: load_nanodet(settings.model_dir, **image_models))

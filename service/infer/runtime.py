@@ -94,7 +94,7 @@ class OrtModelSession:
         self.provider: str = session.get_providers()[0]
         self.io_binding = io_binding
         self._output_names = [o.name for o in session.get_outputs()]
-        self._device = "cuda" if self.provider in (CUDA, TENSORRT) else "cpu"
+        self._device = "cuda" if runs_on_gpu(self.provider) else "cpu"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if not self.io_binding:
@@ -108,6 +108,46 @@ class OrtModelSession:
         self._session.run_with_iobinding(binding)
         bound: list[np.ndarray] = binding.copy_outputs_to_cpu()
         return bound
+
+
+def runs_on_gpu(provider: str) -> bool:
+    """Whether a session's provider runs its graph on an NVIDIA GPU."""
+    return provider in (CUDA, TENSORRT)
+
+
+class PaddedBatchSession:
+    """A batched model run at two input shapes only: one image, or exactly ``max_batch``
+    images, a partial batch padded with zeros and the padding's outputs dropped.
+
+    On CUDA each convolution keeps the cuDNN plan of the last input shape it ran, and a run
+    at another batch size builds it again: 0.3-3 s per shape change on an H100 (measured),
+    so concurrent batches of changing sizes held the detector for minutes. Here each shape
+    has a session of its own and never sees another.
+    """
+
+    def __init__(self, single: ModelSession, batched: ModelSession, max_batch: int) -> None:
+        if max_batch < 2:
+            raise ValueError(f"a padded batch holds at least 2 images, not {max_batch}")
+        self._single = single
+        self._batched = batched
+        self.max_batch = max_batch
+        self.input_name: str = single.input_name
+        self.input_shape: tuple[int | str, ...] = single.input_shape
+        self.provider: str = single.provider
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        size = len(feeds[self.input_name])
+        if size == 1:
+            return self._single.run(feeds)
+        if size > self.max_batch:
+            raise ValueError(f"{size} inputs in one run; at most {self.max_batch}")
+        padded = {
+            name: np.concatenate([array, np.zeros_like(array[:1]).repeat(pad, axis=0)])
+            if (pad := self.max_batch - len(array))
+            else array
+            for name, array in feeds.items()
+        }
+        return [output[:size] for output in self._batched.run(padded)]
 
 
 def session_providers(
@@ -199,7 +239,7 @@ def load_onnx_session(
         )
     except Exception as exc:  # onnxruntime raises its own, undocumented exception types
         raise ModelError(f"cannot load model {path}: {exc}") from exc
-    on_gpu = session.get_providers()[0] in (CUDA, TENSORRT)
+    on_gpu = runs_on_gpu(session.get_providers()[0])
     wrapped = OrtModelSession(
         session, Path(path), io_binding=on_gpu if io_binding is None else io_binding
     )

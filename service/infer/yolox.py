@@ -14,9 +14,13 @@ from service.infer.graph_edits import RAW_PIXELS
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
 from service.infer.runtime import (
     EXPORTED_INPUT_SIZE,
+    ModelSession,
+    OrtModelSession,
+    PaddedBatchSession,
     ProviderChoice,
     SquareInputDetector,
     load_onnx_session,
+    runs_on_gpu,
 )
 
 STRIDES = (8, 16, 32)
@@ -218,8 +222,8 @@ class YoloxDetector(SquareInputDetector):
     def detect_batch(
         self, images: Sequence[PIL.Image.Image], min_confidence: float
     ) -> list[list[Detection]]:
-        """``detect`` for several images in one session run (a session loaded with
-        ``batch=True`` for more than one)."""
+        """``detect`` for several images in one session run (at most the ``max_batch`` it
+        was loaded with)."""
         prepared = [letterbox(image, self.input_size) for image in images]
         tensor = np.concatenate([t for t, _ in prepared]) if len(prepared) > 1 else prepared[0][0]
         raw = self._session.run({self._session.input_name: tensor})[0]
@@ -243,25 +247,38 @@ def load_yolox(
     input_size: int = EXPORTED_SIZE,
     nms_iou: float = 0.65,
     max_detections: int = 100,
-    batch: bool = False,
+    max_batch: int = 1,
+    fixed_shapes: bool | None = None,
     engine_cache: Path | None = None,
 ) -> YoloxDetector:
     """The shipped YOLOX-nano detector from ``model_dir``, checksums verified, at
-    ``input_size`` (a multiple of 32); with ``batch``, ``detect_batch`` takes any number of
-    images per run."""
+    ``input_size`` (a multiple of 32); ``detect_batch`` takes up to ``max_batch`` images
+    per run.
+
+    ``fixed_shapes`` (None: on a GPU): run batches at two shapes only, one image or a full
+    batch padded (``PaddedBatchSession``); on the CPU a batch runs at its own size.
+    """
     if input_size % STRIDES[-1]:
         raise ModelError(f"YOLOX input size must be a multiple of {STRIDES[-1]}, got {input_size}")
     model_path = resolve(model_dir, MODEL_NAME)
     names = read_lines(resolve(model_dir, "coco_classes"))
-    session = load_onnx_session(
-        model_path,
-        provider=provider,
-        intra_op_threads=intra_op_threads,
-        input_size=None if input_size == EXPORTED_SIZE else input_size,
-        pixels=RAW_PIXELS,
-        dynamic_batch=batch,
-        engine_cache=engine_cache,
-    )
+
+    def load(dynamic_batch: bool) -> OrtModelSession:
+        return load_onnx_session(
+            model_path,
+            provider=provider,
+            intra_op_threads=intra_op_threads,
+            input_size=None if input_size == EXPORTED_SIZE else input_size,
+            pixels=RAW_PIXELS,
+            dynamic_batch=dynamic_batch,
+            engine_cache=engine_cache,
+        )
+
+    session: ModelSession = load(max_batch > 1)
+    if fixed_shapes is None:
+        fixed_shapes = runs_on_gpu(session.provider)
+    if max_batch > 1 and fixed_shapes:
+        session = PaddedBatchSession(load(False), session, max_batch)
     return YoloxDetector(
         session,
         names,

@@ -121,7 +121,7 @@ def test_identity_normalisation_adds_only_the_cast() -> None:
 
 def test_yolox_batches_equal_its_single_runs() -> None:
     single = yolox.load_yolox(model_dir(), provider="cpu", intra_op_threads=1)
-    batched = yolox.load_yolox(model_dir(), provider="cpu", intra_op_threads=1, batch=True)
+    batched = yolox.load_yolox(model_dir(), provider="cpu", intra_op_threads=1, max_batch=3)
     assert batched.provider == single.provider
     evalset = Path(os.environ.get("LABELSVC_EVALSET_DIR") or REPO.parent / "shared" / "evalset")
     images = []

@@ -13,7 +13,7 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 
-from service.infer import manifest, runtime
+from service.infer import manifest, runtime, yolox
 from service.infer.manifest import ModelError, resolve, sha256_file, spec
 from service.infer.runtime import ProviderChoice, choose_providers, load_onnx_session
 from service.infer.yolox import Detection, YoloxDetector, load_yolox
@@ -280,3 +280,57 @@ def test_io_binding_gives_the_same_outputs_as_plain_runs() -> None:
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected, strict=True):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-4)
+
+
+class RecordingSession:
+    """A fake session: records the batch size of each run and answers with its inputs."""
+
+    def __init__(self, shape: tuple[int | str, ...]) -> None:
+        self.input_name = "images"
+        self.input_shape = shape
+        self.provider = CUDA
+        self.sizes: list[int] = []
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.sizes.append(len(feeds[self.input_name]))
+        return [feeds[self.input_name] * 2, feeds[self.input_name].sum(axis=(1, 2, 3))]
+
+
+def test_padded_batches_reach_their_session_at_one_shape() -> None:
+    single, batched = RecordingSession((1, 3, 4, 4)), RecordingSession(("batch", 3, 4, 4))
+    session = runtime.PaddedBatchSession(single, batched, max_batch=4)
+    assert (session.input_shape, session.provider) == ((1, 3, 4, 4), CUDA)
+    images = np.random.default_rng(0).integers(1, 255, (4, 3, 4, 4), dtype=np.uint8)
+    for size in (1, 3, 2, 4, 1):
+        doubled, sums = session.run({"images": images[:size]})
+        np.testing.assert_array_equal(doubled, images[:size] * 2)
+        np.testing.assert_array_equal(sums, images[:size].sum(axis=(1, 2, 3)))
+    assert single.sizes == [1, 1]
+    assert batched.sizes == [4, 4, 4]
+    with pytest.raises(ValueError, match="5 inputs in one run; at most 4"):
+        session.run({"images": np.zeros((5, 3, 4, 4), np.uint8)})
+    with pytest.raises(ValueError, match="at least 2"):
+        runtime.PaddedBatchSession(single, batched, max_batch=1)
+
+
+def test_padded_detector_equals_its_single_runs() -> None:
+    single = load_yolox(model_dir(), provider="cpu", intra_op_threads=1)
+    padded = load_yolox(
+        model_dir(), provider="cpu", intra_op_threads=1, max_batch=4, fixed_shapes=True
+    )
+    images = [load_photo(path.name) for path in sorted((evalset_dir() / "images").iterdir())[:3]]
+    expected = [single.detect(image, 0.1) for image in images]
+    assert all(expected)
+    assert padded.detect_batch(images, 0.1) == expected
+    assert padded.detect_batch(images[:1], 0.1) == expected[:1]
+
+
+@pytest.mark.parametrize(("gpu", "padded"), [(True, True), (False, False)])
+def test_batched_detectors_pad_on_a_gpu_only(
+    monkeypatch: pytest.MonkeyPatch, gpu: bool, padded: bool
+) -> None:
+    monkeypatch.setattr(yolox, "runs_on_gpu", lambda provider: gpu)
+    detector = load_yolox(model_dir(), provider="cpu", intra_op_threads=1, max_batch=2)
+    assert isinstance(detector._session, runtime.PaddedBatchSession) is padded
+    alone = load_yolox(model_dir(), provider="cpu", intra_op_threads=1)
+    assert not isinstance(alone._session, runtime.PaddedBatchSession)

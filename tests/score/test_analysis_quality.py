@@ -191,7 +191,7 @@ async def test_concurrent_analyses_share_one_batched_detector_run(
     executor: BlockingExecutor,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    batched = load_yolox(model_dir, provider="cpu", intra_op_threads=1, batch=True)
+    batched = load_yolox(model_dir, provider="cpu", intra_op_threads=1, max_batch=4)
     sizes: list[int] = []
     detect_batch = batched.detect_batch
 
