@@ -26,7 +26,7 @@ import PIL.Image
 import tokenizers
 
 from service.infer.manifest import ModelError, reading, sha256_file
-from service.infer.runtime import OrtModelSession, ProviderChoice, load_onnx_session
+from service.infer.runtime import ProviderChoice, load_onnx_session
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = (
@@ -195,11 +195,14 @@ class NeuralCaptioner:
             raise ModelError(
                 f"cannot load tokenizer {export_dir / 'tokenizer.json'}: {exc}"
             ) from exc
-        self.encoder: OrtModelSession = load_onnx_session(
-            export_dir / "encoder.onnx", provider=provider, intra_op_threads=intra_op_threads
-        )
-        self.decoder: OrtModelSession = load_onnx_session(
-            export_dir / "decoder.onnx", provider=provider, intra_op_threads=intra_op_threads
+        # Float32 throughout, also on GPUs whose CUDA provider defaults to TF32: a greedy or
+        # beam step takes the best of close logits, and TF32's rounding changed a test
+        # export's tokens on an H100. Decoding is launch-bound, so TF32 would buy little.
+        self.encoder, self.decoder = (
+            load_onnx_session(
+                export_dir / name, provider=provider, intra_op_threads=intra_op_threads, tf32=False
+            )
+            for name in ("encoder.onnx", "decoder.onnx")
         )
         self._cross_names = [
             f"cross_{kind}.{i}" for i in range(self.num_layers) for kind in ("key", "value")

@@ -151,22 +151,26 @@ class PaddedBatchSession:
 
 
 def session_providers(
-    providers: Sequence[str], engine_cache: Path | None
+    providers: Sequence[str], engine_cache: Path | None, *, tf32: bool = True
 ) -> list[str | tuple[str, dict[str, Any]]]:
     """``providers`` as ONNX Runtime takes them, TensorRT with its caches in ``engine_cache``.
 
     Without them TensorRT would build every engine again at each start (minutes, before the
     port is bound); the timing cache also speeds up building engines for new shapes.
+    ``tf32`` False: CUDA computes float32 matrix products and convolutions in float32, not
+    in the TF32 its provider uses by default on recent GPUs (10 bits of mantissa).
     """
-    if TENSORRT not in providers or engine_cache is None:
-        return list(providers)
-    options = {
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(engine_cache),
-        "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(engine_cache),
-    }
-    return [(name, options) if name == TENSORRT else name for name in providers]
+    options: dict[str, dict[str, Any]] = {}
+    if TENSORRT in providers and engine_cache is not None:
+        options[TENSORRT] = {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(engine_cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(engine_cache),
+        }
+    if not tf32:
+        options[CUDA] = {"use_tf32": "0"}
+    return [(name, options[name]) if name in options else name for name in providers]
 
 
 @functools.cache
@@ -192,6 +196,7 @@ def load_onnx_session(
     pixels: PixelInput | None = None,
     dynamic_batch: bool = False,
     engine_cache: Path | None = None,
+    tf32: bool = True,
 ) -> OrtModelSession:
     """Open ``path`` on the chosen provider; ``intra_op_threads`` 0 lets ONNX Runtime decide.
 
@@ -201,7 +206,7 @@ def load_onnx_session(
     (``set_uint8_pixels``). ``dynamic_batch``: accept several images per run
     (``set_dynamic_batch``; only for models it is known to work on). ``engine_cache``: where
     TensorRT keeps the engines it builds (in a directory per model and input size, created if
-    missing), when it runs.
+    missing), when it runs. ``tf32``: see ``session_providers``.
     """
     providers = choose_providers(provider, ort.get_available_providers())
     if providers[0] != CPU:
@@ -234,9 +239,8 @@ def load_onnx_session(
             set_dynamic_batch(proto, path.name)
         model = proto.SerializeToString()
     try:
-        session = ort.InferenceSession(
-            model, sess_options=options, providers=session_providers(providers, engine_cache)
-        )
+        chosen = session_providers(providers, engine_cache, tf32=tf32)
+        session = ort.InferenceSession(model, sess_options=options, providers=chosen)
     except Exception as exc:  # onnxruntime raises its own, undocumented exception types
         raise ModelError(f"cannot load model {path}: {exc}") from exc
     on_gpu = runs_on_gpu(session.get_providers()[0])

@@ -152,6 +152,22 @@ def test_with_tensorrt_the_captioner_runs_on_cuda(monkeypatch: pytest.MonkeyPatc
         NeuralCaptioner(FIXTURES / "blip-tiny", provider="tensorrt")
 
 
+def test_the_captioner_asks_cuda_for_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's default TF32 rounding changed a test export's greedy tokens on an H100."""
+    asked: list[Any] = []
+
+    def recording(model: Any, sess_options: Any, providers: Any) -> None:
+        asked.append(providers)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime, "load_gpu_libraries", lambda: None)
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    with pytest.raises(ModelError, match="recorded"):
+        NeuralCaptioner(FIXTURES / "blip-tiny", provider="cuda")
+    assert asked == [[(CUDA, {"use_tf32": "0"}), CPU]]
+
+
 def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         NeuralCaptioner(tmp_path / "nowhere", provider="cpu")

@@ -112,6 +112,14 @@ def test_tensorrt_keeps_its_engines_in_the_cache_directory(tmp_path: Path) -> No
     assert runtime.session_providers([TRT, CUDA, CPU], None) == [TRT, CUDA, CPU]
 
 
+def test_float32_without_tf32_is_a_cuda_option(tmp_path: Path) -> None:
+    exact = {"use_tf32": "0"}
+    assert runtime.session_providers([CUDA, CPU], None, tf32=False) == [(CUDA, exact), CPU]
+    trt, cuda, cpu = runtime.session_providers([TRT, CUDA, CPU], tmp_path, tf32=False)
+    assert (trt[0], cuda, cpu) == (TRT, (CUDA, exact), CPU)
+    assert runtime.session_providers([CPU], None, tf32=False) == [CPU]
+
+
 @pytest.mark.skipif(TRT in ort.get_available_providers(), reason="TensorRT is available here")
 def test_the_tensorrt_cache_is_made_before_the_session_or_refused_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
