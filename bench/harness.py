@@ -101,5 +101,6 @@ def service(mongodb_uri: str, **settings: str) -> ContextManager[tuple[str, Pope
         allow_private_urls="1",
         log_level="warning",
         label_rate_per_client="",
+        execution_provider="auto",  # CUDA where present, as the bare pipeline runs
         **settings,
     )

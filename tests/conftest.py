@@ -128,6 +128,9 @@ def make_settings(
             mongodb_uri=db_server.uri,
             mongodb_db=f"t_{uuid.uuid4().hex[:12]}",
             model_dir=model_dir,
+            # The models run on the CPU, as in CI, on a GPU machine too: there each app would
+            # open CUDA sessions (seconds each), and the CUDA path has its `gpu` tests.
+            execution_provider="cpu",
             allow_private_urls=True,
             bootstrap_api_key=API_KEY,
             fetch_total_timeout=5.0,

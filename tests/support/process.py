@@ -23,8 +23,13 @@ def db_server_command() -> str:
 
 
 def service_env(port: int, **settings: str) -> dict[str, str]:
-    """The environment for a service on ``port``: ``LABELSVC_<NAME>`` for each setting."""
+    """The environment for a service on ``port``: ``LABELSVC_<NAME>`` for each setting.
+
+    Its models run on the CPU unless ``execution_provider`` says otherwise (see
+    ``make_settings``).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELSVC_")}
+    env["LABELSVC_EXECUTION_PROVIDER"] = "cpu"
     env["LABELSVC_DB_SERVER"] = db_server_command()
     env["LABELSVC_MODEL_DIR"] = os.environ.get(
         "LABELSVC_MODEL_DIR", str(ROOT.parent / "shared" / "models")
