@@ -52,7 +52,8 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "labelsvc_model_batch_size",
-            "Images per model run when concurrent images are batched",
+            "Requests' images per model run when concurrent images are batched (on a GPU a "
+            "partial detector batch also runs padded to its full size)",
             ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,

@@ -342,3 +342,30 @@ def test_batched_detectors_pad_on_a_gpu_only(
     assert isinstance(detector._session, runtime.PaddedBatchSession) is padded
     alone = load_yolox(model_dir(), provider="cpu", intra_op_threads=1)
     assert not isinstance(alone._session, runtime.PaddedBatchSession)
+
+
+def same_boxes(got: list[Detection], want: list[Detection]) -> bool:
+    """The same detections up to float noise: each wanted box has a twin of its class."""
+
+    def twin(w: Detection) -> bool:
+        return any(
+            d.classname == w.classname
+            and abs(d.conf - w.conf) < 0.01
+            and max(abs(d.x1 - w.x1), abs(d.y1 - w.y1), abs(d.x2 - w.x2), abs(d.y2 - w.y2)) < 1.5
+            for d in got
+        )
+
+    return len(got) == len(want) and all(twin(w) for w in want)
+
+
+@pytest.mark.gpu
+def test_cuda_batched_detector_pads_and_matches_single_runs() -> None:
+    single = load_yolox(model_dir(), provider="cuda")
+    batched = load_yolox(model_dir(), provider="cuda", max_batch=4)
+    assert isinstance(batched._session, runtime.PaddedBatchSession)
+    images = [load_photo(path.name) for path in sorted((evalset_dir() / "images").iterdir())[:4]]
+    expected = [single.detect(image, 0.3) for image in images]
+    assert sum(map(len, expected)) >= 10  # 7, 3, 0 and 3 boxes on the CPU
+    for size in (1, 3, 2, 4):
+        got = batched.detect_batch(images[:size], 0.3)
+        assert all(same_boxes(g, w) for g, w in zip(got, expected[:size], strict=True))
