@@ -9,10 +9,12 @@ import sys
 
 from pymongo.errors import DuplicateKeyError
 
+from service.errors import DatabaseUnavailable
 from service.ratelimit import Rate
 from service.settings import Settings
 from service.store.connection import NO_DATABASE, tool_database
 from service.store.keys import ApiKeyStore
+from service.store.records import within
 
 
 def parse_limits(rate: str | None, quota: str | None) -> tuple[Rate | None, int | None]:
@@ -31,49 +33,65 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
         print(NO_DATABASE, file=sys.stderr)
         return 2
     async with tool_database(settings.mongodb_uri, settings) as database:
-        store = ApiKeyStore(database)
-        await store.ensure_indexes()
-        if args.action == "create":
-            scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
-            try:
-                rate, quota = parse_limits(args.rate, args.quota)
-                secret = await store.create(args.name, scopes, rate=rate, daily_quota=quota)
-            except ValueError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            except DuplicateKeyError:
+        store = ApiKeyStore(database, operation_timeout_ms=settings.db_operation_timeout_ms)
+        # One deadline for the whole command: a server that answers heartbeats but holds the
+        # write (a backup's lock, a write concern never met) must not hang a revocation.
+        try:
+            async with within(settings.db_operation_timeout_ms / 1000):
+                return await _keys_command(store, args)
+        except DatabaseUnavailable:
+            if args.action == "rotate":
                 print(
-                    f"error: a key named {args.name!r} exists (revoked ones too);"
-                    f" `keys rotate --name {args.name}` gives it a new secret",
+                    f"error: the rotation of {args.name!r} may have taken effect without its"
+                    " new secret being shown: rotate it again once the database answers",
                     file=sys.stderr,
                 )
-                return 2
-            shown = {
-                "name": args.name,
-                "scopes": sorted(set(scopes)),
-                "rate": str(rate) if rate else None,
-                "quota": f"{quota}/day" if quota else None,
-                "key": secret,
-            }
-            print(json.dumps(shown))
-            print("store this key now: it is not shown again")
-        elif args.action == "list":
-            for key in await store.list():
-                key.pop("_id", None)
-                print(json.dumps(key, default=str))
-        elif args.action == "rotate":
-            rotated = await store.rotate(args.name)
-            if rotated is None:
-                print(f"no key named {args.name!r}", file=sys.stderr)
-                return 1
-            print(json.dumps({"name": args.name, "key": rotated}))
+            raise
+
+
+async def _keys_command(store: ApiKeyStore, args: argparse.Namespace) -> int:
+    await store.ensure_indexes()
+    if args.action == "create":
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        try:
+            rate, quota = parse_limits(args.rate, args.quota)
+            secret = await store.create(args.name, scopes, rate=rate, daily_quota=quota)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except DuplicateKeyError:
             print(
-                "store this key now: it is not shown again; the old one stops working"
-                " within seconds"
+                f"error: a key named {args.name!r} exists (revoked ones too);"
+                f" `keys rotate --name {args.name}` gives it a new secret",
+                file=sys.stderr,
             )
-        elif args.action == "revoke":
-            if not await store.revoke(args.name):
-                print(f"no active key named {args.name!r}", file=sys.stderr)
-                return 1
-            print(f"revoked {args.name} (running services stop accepting it within seconds)")
-        return 0
+            return 2
+        shown = {
+            "name": args.name,
+            "scopes": sorted(set(scopes)),
+            "rate": str(rate) if rate else None,
+            "quota": f"{quota}/day" if quota else None,
+            "key": secret,
+        }
+        print(json.dumps(shown))
+        print("store this key now: it is not shown again", file=sys.stderr)
+    elif args.action == "list":
+        for key in await store.list():
+            key.pop("_id", None)
+            print(json.dumps(key, default=str))
+    elif args.action == "rotate":
+        rotated = await store.rotate(args.name)
+        if rotated is None:
+            print(f"no key named {args.name!r}", file=sys.stderr)
+            return 1
+        print(json.dumps({"name": args.name, "key": rotated}))
+        print(
+            "store this key now: it is not shown again; the old one stops working within seconds",
+            file=sys.stderr,
+        )
+    elif args.action == "revoke":
+        if not await store.revoke(args.name):
+            print(f"no active key named {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.name} (running services stop accepting it within seconds)")
+    return 0

@@ -20,7 +20,7 @@ from service.domain.records import new_record_id
 from service.errors import DatabaseUnavailable, RateLimited
 from service.ratelimit import Limiter, Limits, Rate
 from service.settings import Settings
-from service.store.keys import hash_key
+from service.store.keys import ApiKeyStore, hash_key
 from tests.api.test_errors import assert_problem
 from tests.conftest import ROOT, AppClient, running
 
@@ -39,7 +39,9 @@ def test_keys_from_the_command_line(
     settings = make_settings()
     create = ["create", "--name", "acme", "--scopes", "read,label"]
     assert cli([*create, "--rate", "20/s", "--quota", "100000/day"], settings, monkeypatch) == 0
-    shown = json.loads(capsys.readouterr().out.splitlines()[0])
+    output = capsys.readouterr()
+    shown = json.loads(output.out)  # stdout is the JSON alone, for `| jq -r .key`
+    assert "store this key now" in output.err
     assert shown["rate"] == "20/s" and shown["quota"] == "100000/day"
     secret = shown["key"]
     assert cli(create, settings, monkeypatch) == 2  # the name is taken
@@ -71,7 +73,7 @@ def test_keys_from_the_command_line(
     assert "keys rotate --name acme" in capsys.readouterr().err
 
     assert cli(["rotate", "--name", "acme"], settings, monkeypatch) == 0
-    rotated = json.loads(capsys.readouterr().out.splitlines()[0])["key"]
+    rotated = json.loads(capsys.readouterr().out)["key"]
     assert rotated != secret
     with MongoClient(settings.mongodb_uri) as client:
         keys = client[settings.mongodb_db]["api_keys"]
@@ -325,6 +327,31 @@ async def test_key_lookups_give_up_on_a_database_that_stops_answering(
     monkeypatch.setattr(keys._keys, "find_one", hangs)
     response = await client.get("/v1/records", headers={"X-API-Key": secret})
     assert_problem(response, 503, "database-unavailable")
+
+
+@pytest.mark.parametrize("action", ["create", "rotate", "revoke"])
+def test_key_commands_give_up_on_a_database_that_holds_the_write(
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    action: str,
+) -> None:
+    """The server answers heartbeats but holds the write (a backup's lock): an error within
+    the operation deadline, not a hang, and a rotation says it may have taken effect."""
+    settings = make_settings()
+    assert cli(["create", "--name", "held"], settings, monkeypatch) == 0
+
+    async def holds(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(ApiKeyStore, action, holds)
+    monkeypatch.setenv("LABELSVC_DB_OPERATION_TIMEOUT_MS", "300")
+    capsys.readouterr()
+    name = "other" if action == "create" else "held"
+    assert cli([action, "--name", name], settings, monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert "the database did not answer in time" in err
+    assert ("may have taken effect" in err) == (action == "rotate")
 
 
 @pytest.mark.parametrize("command", [["keys", "list"], ["backfill", "--dry-run"]])
