@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return _run(args, settings)
+    except KeyboardInterrupt:
+        resume = " (run it again, or pass --after the last_id reported)"
+        print(f"interrupted{resume if args.command == 'backfill' else ''}", file=sys.stderr)
+        return 130
     except ModelError as exc:  # a model file missing or altered, a provider this build lacks
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -11,9 +11,12 @@ from pymongo.errors import OperationFailure
 
 from service.query.bson_order import rank
 from service.settings import Settings
-from service.store.backfill import BackfillProgress, backfill_derived_fields
+from service.store.backfill import FROM_START, BackfillProgress, backfill_derived_fields
 from service.store.connection import NO_DATABASE, tool_database
 from service.store.records import RecordStore, records_collection
+
+# Records are held in memory a batch at a time (about 5 KB each as the service writes them).
+MAX_BATCH_SIZE = 10_000
 
 
 def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,12 +24,18 @@ def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "backfill",
         help="recompute classes, keywords and phash_bands of stored records (idempotent)",
     )
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=500,
+        help=f"records read and written at a time, 1 to {MAX_BATCH_SIZE:,} (default 500)",
+    )
     parser.add_argument(
         "--after",
         type=_record_id,
-        help='resume after this record id, as last reported: JSON (7, {"$oid": "..."}, "7")'
-        " or a plain string id",
+        default=FROM_START,
+        help='resume after this record id, as last reported: JSON (7, {"$oid": "..."}, "7",'
+        " null) or a plain string id",
     )
     parser.add_argument("--dry-run", action="store_true", help="count, write nothing")
 
@@ -34,9 +43,6 @@ def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
 async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> int:
     if settings.mongodb_uri is None:
         print(NO_DATABASE, file=sys.stderr)
-        return 2
-    if args.batch_size < 1:
-        print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
 
     def report(progress: BackfillProgress) -> None:
@@ -54,6 +60,7 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
             batch_size=args.batch_size,
             dry_run=args.dry_run,
             after=args.after,
+            operation_timeout=settings.db_operation_timeout_ms / 1000,
             on_batch=report,
             on_failure=refused,
         )
@@ -99,15 +106,27 @@ def _summary(progress: BackfillProgress, dry_run: bool, **more: object) -> str:
     return json_util.dumps(summary, json_options=json_util.RELAXED_JSON_OPTIONS)
 
 
+def _batch_size(text: str) -> int:
+    size = int(text)
+    if not 1 <= size <= MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and {MAX_BATCH_SIZE:,}")
+    return size
+
+
 def _record_id(text: str) -> object:
-    """An id as a progress line shows it (JSON: a number, {"$oid": ...}, a quoted string),
-    or else the plain text of a string id such as PT::..."""
+    """An id as a progress line shows it (JSON: a number, {"$oid": ...}, a quoted string,
+    null), or else the plain text of a string id such as PT::..."""
     try:
         value = json_util.loads(text)
     except ValueError:
+        # Text meant as JSON but mistyped ({'$oid': ...}) would walk from the wrong place.
+        if text.lstrip().startswith(("{", "[", '"')):
+            raise argparse.ArgumentTypeError(f"{text} is not valid JSON") from None
         return text
     except BSONError as exc:  # Extended JSON of a malformed value: {"$oid": "zz"}
         raise argparse.ArgumentTypeError(str(exc)) from None
+    except ArithmeticError:  # {"$numberDecimal": "1,5"}
+        raise argparse.ArgumentTypeError(f"{text} is not a valid id") from None
     try:
         rank(value)
     except TypeError:  # an array: never an _id

@@ -9,8 +9,10 @@ to date), and safe to interrupt: run it again, or resume after the last id it re
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, Final
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
@@ -18,10 +20,19 @@ from pymongo.errors import BulkWriteError
 
 from service.query.bson_order import types_after
 from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
-from service.store.records import Document
+from service.store.records import Document, within
 
 # Failed records named in the progress lines; all of them are counted.
 MAX_FAILED_IDS = 100
+
+
+class _Position(Enum):
+    START = "start"
+
+
+# Where a walk with no ``after`` begins. Not None: a record may have the id null (MongoDB allows
+# one), and resuming after it must not start over.
+FROM_START: Final = _Position.START
 
 
 @dataclass(slots=True)
@@ -38,7 +49,8 @@ async def backfill_derived_fields(
     *,
     batch_size: int = 500,
     dry_run: bool = False,
-    after: Any = None,
+    after: Any = FROM_START,
+    operation_timeout: float | None = None,
     on_batch: Callable[[BackfillProgress], None] | None = None,
     on_failure: Callable[[Any, str], None] | None = None,
 ) -> BackfillProgress:
@@ -46,13 +58,17 @@ async def backfill_derived_fields(
 
     A record whose rewrite the database refuses (one at the 16 MiB document limit, say) is
     counted, passed to ``on_failure`` with the database's message, and skipped: one record
-    must not stop the walk for the others."""
+    must not stop the walk for the others. ``operation_timeout``: seconds each batch's read
+    and each batch's write may take (``within``), so a database that holds them ends the
+    walk with an error instead of a hang."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     projection = dict.fromkeys((*SOURCE_FIELDS, *DERIVED_FIELDS), 1)
-    progress = BackfillProgress(last_id=after)
+    progress = BackfillProgress(last_id=None if after is FROM_START else after)
+    position = after
     while True:
-        batch = await _batch_after(records, progress.last_id, projection, batch_size)
+        async with _deadline(operation_timeout):
+            batch = await _batch_after(records, position, projection, batch_size)
         if not batch:
             return progress
         updates, ids = [], []
@@ -65,7 +81,8 @@ async def backfill_derived_fields(
         refused: list[tuple[Any, str]] = []
         if updates and not dry_run:
             try:
-                await records.bulk_write(updates, ordered=False)
+                async with _deadline(operation_timeout):
+                    await records.bulk_write(updates, ordered=False)
             except BulkWriteError as exc:
                 if exc.details.get("writeConcernErrors"):
                     raise
@@ -78,7 +95,7 @@ async def backfill_derived_fields(
                 on_failure(record_id, message)
         progress.scanned += len(batch)
         progress.updated += len(updates) - len(refused)
-        progress.last_id = batch[-1]["_id"]
+        position = progress.last_id = batch[-1]["_id"]
         if on_batch is not None:
             on_batch(progress)
 
@@ -86,17 +103,23 @@ async def backfill_derived_fields(
 async def _batch_after(
     records: AsyncCollection[Document], last_id: Any, projection: dict[str, int], size: int
 ) -> list[Document]:
-    """The next ``size`` records in ``_id`` order after ``last_id`` (from the start if None)."""
+    """The next ``size`` records in ``_id`` order after ``last_id`` (``FROM_START``: the
+    first ones)."""
 
     async def walk(query: dict[str, Any]) -> list[Document]:
         return await records.find(query, projection).sort("_id", 1).limit(size).to_list()
 
-    if last_id is None:
+    if last_id is FROM_START:
         return await walk({})
-    batch = await walk({"_id": {"$gt": last_id}})
+    # Only one record can have the id null, so nothing of its type follows it.
+    batch = await walk({"_id": {"$gt": last_id}}) if last_id is not None else []
     if batch:
         return batch
     # $gt compares within one BSON type: imported ids of a later type (ObjectIds after
     # strings) come from a query for those types.
     later = types_after(last_id, 1)
     return await walk({"_id": {"$type": later}}) if later else []
+
+
+def _deadline(seconds: float | None) -> AbstractAsyncContextManager[None]:
+    return within(seconds) if seconds is not None else nullcontext()

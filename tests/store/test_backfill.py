@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,9 +13,11 @@ from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
+import service.__main__ as cli_module
 from service.__main__ import main
 from service.query.derived import DERIVED_FIELDS, derive_from_document
 from service.settings import Settings
+from service.store import backfill as backfill_module
 
 PHASH = "9f3a04c2ffee0123"
 MAX_BSON_SIZE = 16 * 1024 * 1024  # MongoDB's limit on a document
@@ -117,11 +120,83 @@ def test_backfill_resumes_after_an_id(
     assert {"classes", "keywords", "phash_bands"} <= set(records.index_information())
 
 
+@pytest.mark.parametrize("size", ["0", "-5", "10001", str(2**63), "many"])
 def test_backfill_refuses_a_bad_batch_size(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, size: str
 ) -> None:
     monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
-    assert main(["backfill", "--batch-size", "0"]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(["backfill", "--batch-size", size])
+    assert refused.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("after", "why"),
+    [
+        ("{'$oid': '65f000000000000000000002'}", "is not valid JSON"),
+        ('{"$oid": "65f0"', "is not valid JSON"),
+        ('{"$numberDecimal": "1,5"}', "is not a valid id"),
+    ],
+)
+def test_backfill_refuses_an_after_id_meant_as_json_but_mistyped(
+    capsys: pytest.CaptureFixture[str], after: str, why: str
+) -> None:
+    """Taken as a plain string id, it would sort after every service id: the walk would skip
+    them all and report success."""
+    with pytest.raises(SystemExit) as refused:
+        main(["backfill", "--after", after])
+    assert refused.value.code == 2
+    assert why in capsys.readouterr().err
+
+
+def test_backfill_walks_past_a_null_id(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MongoDB allows one record with the id null (an import, say); it sorts first, and the
+    walk once started over after it, for ever."""
+    records.insert_many([old_record(0, "cat") | {"_id": None}, old_record(1, "cat")])
+    one_by_one = backfill(settings, monkeypatch, capsys, "--batch-size", "1", "--dry-run")
+    assert (one_by_one["scanned"], one_by_one["updated"]) == (2, 2)
+    after_null = backfill(settings, monkeypatch, capsys, "--after", "null")
+    assert (after_null["scanned"], after_null["updated"]) == (1, 1)
+    done = backfill(settings, monkeypatch, capsys)
+    assert (done["scanned"], done["updated"]) == (2, 1)
+
+
+def test_backfill_gives_up_on_a_database_that_holds_a_batch(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    records.insert_many([old_record(i, "cat") for i in range(3)])
+
+    async def holds(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(backfill_module, "_batch_after", holds)
+    monkeypatch.setenv("LABELSVC_DB_OPERATION_TIMEOUT_MS", "300")
+    monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
+    monkeypatch.setenv("LABELSVC_MONGODB_DB", settings.mongodb_db)
+    capsys.readouterr()
+    assert main(["backfill"]) == 1
+    assert "the database did not answer in time" in capsys.readouterr().err
+
+
+def test_an_interrupted_backfill_says_how_to_resume(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def interrupted(*args: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "run_backfill_command", interrupted)
+    monkeypatch.setenv("LABELSVC_MONGODB_URI", "mongodb://127.0.0.1:1/")
+    assert main(["backfill"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--after" in err and "Traceback" not in err
 
 
 def test_backfill_refuses_a_malformed_after_id(capsys: pytest.CaptureFixture[str]) -> None:
