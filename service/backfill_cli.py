@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from bson import json_util
@@ -17,6 +18,7 @@ from service.store.records import RecordStore, records_collection
 
 # Records are held in memory a batch at a time (about 5 KB each as the service writes them).
 MAX_BATCH_SIZE = 10_000
+RECORDS_PER_DEADLINE = 500  # the default batch size
 
 
 def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,12 +62,19 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
             batch_size=args.batch_size,
             dry_run=args.dry_run,
             after=args.after,
-            operation_timeout=settings.db_operation_timeout_ms / 1000,
+            operation_timeout=batch_deadline(settings, args.batch_size),
             on_batch=report,
             on_failure=refused,
         )
     print(_summary(done, args.dry_run, done=True))
     return 1 if done.failed or indexes_failed else 0
+
+
+def batch_deadline(settings: Settings, batch_size: int) -> float:
+    """Seconds a batch's read or write may take: ``db_operation_timeout_ms`` for every
+    ``RECORDS_PER_DEADLINE`` records, so a large healthy batch is not taken for a database
+    that holds it (the development server writes about 2 ms a record)."""
+    return settings.db_operation_timeout_ms / 1000 * math.ceil(batch_size / RECORDS_PER_DEADLINE)
 
 
 async def _indexes(store: RecordStore, *, dry_run: bool) -> bool:
@@ -131,4 +140,6 @@ def _record_id(text: str) -> object:
         rank(value)
     except TypeError:  # an array: never an _id
         raise argparse.ArgumentTypeError(f"{text} cannot be a record id") from None
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is past BSON's 64-bit integers") from None
     return value

@@ -4,6 +4,7 @@ database."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 
@@ -39,11 +40,11 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
         try:
             async with within(settings.db_operation_timeout_ms / 1000):
                 return await _keys_command(store, args)
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, asyncio.CancelledError):  # cancelled: Ctrl-C
             if args.action == "rotate":
                 print(
                     f"error: the rotation of {args.name!r} may have taken effect without its"
-                    " new secret being shown: rotate it again once the database answers",
+                    " new secret being shown: rotate it again",
                     file=sys.stderr,
                 )
             raise

@@ -354,6 +354,25 @@ def test_key_commands_give_up_on_a_database_that_holds_the_write(
     assert ("may have taken effect" in err) == (action == "rotate")
 
 
+def test_a_rotation_cut_short_says_it_may_have_taken_effect(
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C cancels the command: the update may already be applied, its secret unseen."""
+    settings = make_settings()
+    assert cli(["create", "--name", "held"], settings, monkeypatch) == 0
+
+    async def cancelled(*args: Any, **kwargs: Any) -> Any:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(ApiKeyStore, "rotate", cancelled)
+    capsys.readouterr()
+    with pytest.raises(asyncio.CancelledError):
+        cli(["rotate", "--name", "held"], settings, monkeypatch)
+    assert "may have taken effect" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["keys", "list"], ["backfill", "--dry-run"]])
 def test_tools_report_an_unreachable_database_without_a_traceback(command: list[str]) -> None:
     # As users run them: a process of their own (the driver's connection attempts end

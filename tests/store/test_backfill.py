@@ -15,6 +15,7 @@ from pymongo.collection import Collection
 
 import service.__main__ as cli_module
 from service.__main__ import main
+from service.backfill_cli import batch_deadline
 from service.query.derived import DERIVED_FIELDS, derive_from_document
 from service.settings import Settings
 from service.store import backfill as backfill_module
@@ -136,6 +137,9 @@ def test_backfill_refuses_a_bad_batch_size(
         ("{'$oid': '65f000000000000000000002'}", "is not valid JSON"),
         ('{"$oid": "65f0"', "is not valid JSON"),
         ('{"$numberDecimal": "1,5"}', "is not a valid id"),
+        ("99999999999999999999", "past BSON's 64-bit integers"),
+        ('{"$numberLong": "99999999999999999999"}', "past BSON's 64-bit integers"),
+        ("-9223372036854775809", "past BSON's 64-bit integers"),
     ],
 )
 def test_backfill_refuses_an_after_id_meant_as_json_but_mistyped(
@@ -164,6 +168,14 @@ def test_backfill_walks_past_a_null_id(
     assert (after_null["scanned"], after_null["updated"]) == (1, 1)
     done = backfill(settings, monkeypatch, capsys)
     assert (done["scanned"], done["updated"]) == (2, 1)
+
+
+def test_a_batch_gets_the_operation_deadline_per_500_records() -> None:
+    """A large healthy batch must not pass for a database that holds it: the development
+    server writes about 2 ms a record, 22 s for 10,000."""
+    settings = Settings(db_operation_timeout_ms=10_000)
+    deadlines = [batch_deadline(settings, size) for size in (1, 500, 501, 2000, 10_000)]
+    assert deadlines == [10, 10, 20, 40, 200]
 
 
 def test_backfill_gives_up_on_a_database_that_holds_a_batch(
