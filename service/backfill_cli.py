@@ -18,7 +18,7 @@ from service.store.records import RecordStore, records_collection
 
 # Records are held in memory a batch at a time (about 5 KB each as the service writes them).
 MAX_BATCH_SIZE = 10_000
-RECORDS_PER_DEADLINE = 500  # the default batch size
+DEFAULT_BATCH_SIZE = 500
 
 
 def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,8 +29,9 @@ def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument(
         "--batch-size",
         type=_batch_size,
-        default=500,
-        help=f"records read and written at a time, 1 to {MAX_BATCH_SIZE:,} (default 500)",
+        default=DEFAULT_BATCH_SIZE,
+        help=f"records read and written at a time, 1 to {MAX_BATCH_SIZE:,}"
+        f" (default {DEFAULT_BATCH_SIZE})",
     )
     parser.add_argument(
         "--after",
@@ -72,9 +73,9 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
 
 def batch_deadline(settings: Settings, batch_size: int) -> float:
     """Seconds a batch's read or write may take: ``db_operation_timeout_ms`` for every
-    ``RECORDS_PER_DEADLINE`` records, so a large healthy batch is not taken for a database
+    ``DEFAULT_BATCH_SIZE`` records, so a large healthy batch is not taken for a database
     that holds it (the development server writes about 2 ms a record)."""
-    return settings.db_operation_timeout_ms / 1000 * math.ceil(batch_size / RECORDS_PER_DEADLINE)
+    return settings.db_operation_timeout_ms / 1000 * math.ceil(batch_size / DEFAULT_BATCH_SIZE)
 
 
 async def _indexes(store: RecordStore, *, dry_run: bool) -> bool:
@@ -141,5 +142,5 @@ def _record_id(text: str) -> object:
     except TypeError:  # an array: never an _id
         raise argparse.ArgumentTypeError(f"{text} cannot be a record id") from None
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"{text} is past BSON's 64-bit integers") from None
+        raise argparse.ArgumentTypeError(f"{text} is past BSON's 64-bit integers")
     return value

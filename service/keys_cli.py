@@ -34,7 +34,7 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
         print(NO_DATABASE, file=sys.stderr)
         return 2
     async with tool_database(settings.mongodb_uri, settings) as database:
-        store = ApiKeyStore(database, operation_timeout_ms=settings.db_operation_timeout_ms)
+        store = ApiKeyStore(database)
         # One deadline for the whole command: a server that answers heartbeats but holds the
         # write (a backup's lock, a write concern never met) must not hang a revocation.
         try:
