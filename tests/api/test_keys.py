@@ -23,6 +23,7 @@ from service.settings import Settings
 from service.store.keys import ApiKeyStore, hash_key
 from tests.api.test_errors import assert_problem
 from tests.conftest import ROOT, AppClient, running
+from tests.support.held import never_answers
 
 
 def cli(args: list[str], settings: Settings, monkeypatch: pytest.MonkeyPatch) -> int:
@@ -318,13 +319,8 @@ async def test_key_lookups_give_up_on_a_database_that_stops_answering(
     """The server answers heartbeats but not this call (a held lock): a 503, not a hang."""
     keys = client.resources.keys
     secret = await keys.create("slow", ["read"], daily_quota=100)
-    never = asyncio.Event()
-
-    async def hangs(*args: Any, **kwargs: Any) -> Any:
-        await never.wait()
-
     monkeypatch.setattr(keys, "_operation_timeout", 0.2)
-    monkeypatch.setattr(keys._keys, "find_one", hangs)
+    monkeypatch.setattr(keys._keys, "find_one", never_answers)
     response = await client.get("/v1/records", headers={"X-API-Key": secret})
     assert_problem(response, 503, "database-unavailable")
 
@@ -340,11 +336,7 @@ def test_key_commands_give_up_on_a_database_that_holds_the_write(
     the operation deadline, not a hang, and a rotation says it may have taken effect."""
     settings = make_settings()
     assert cli(["create", "--name", "held"], settings, monkeypatch) == 0
-
-    async def holds(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(ApiKeyStore, action, holds)
+    monkeypatch.setattr(ApiKeyStore, action, never_answers)
     monkeypatch.setenv("LABELSVC_DB_OPERATION_TIMEOUT_MS", "300")
     capsys.readouterr()
     name = "other" if action == "create" else "held"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from service.backfill_cli import batch_deadline
 from service.query.derived import DERIVED_FIELDS, derive_from_document
 from service.settings import Settings
 from service.store import backfill as backfill_module
+from tests.support.held import never_answers
 
 PHASH = "9f3a04c2ffee0123"
 MAX_BSON_SIZE = 16 * 1024 * 1024  # MongoDB's limit on a document
@@ -185,11 +185,7 @@ def test_backfill_gives_up_on_a_database_that_holds_a_batch(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     records.insert_many([old_record(i, "cat") for i in range(3)])
-
-    async def holds(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(backfill_module, "_batch_after", holds)
+    monkeypatch.setattr(backfill_module, "_batch_after", never_answers)
     monkeypatch.setenv("LABELSVC_DB_OPERATION_TIMEOUT_MS", "300")
     monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
     monkeypatch.setenv("LABELSVC_MONGODB_DB", settings.mongodb_db)
