@@ -18,7 +18,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from service.errors import Forbidden, RateLimited, Unauthorized
-from service.ratelimit import Limiter, Limits
+from service.ratelimit import FailedKeyLimiter, Limiter, Limits
 from service.store.keys import BOOTSTRAP_NAME, SCOPES, ApiKeyStore, hash_key, limits_of
 
 KEY_HEADERS = ("x-api-key", "x-rapidapi-key")
@@ -42,14 +42,22 @@ class Principal:
 
 class Authenticator:
     def __init__(
-        self, keys: ApiKeyStore, bootstrap_key: str | None, *, limiter: Limiter | None = None
+        self,
+        keys: ApiKeyStore,
+        bootstrap_key: str | None,
+        *,
+        limiter: Limiter | None = None,
+        failures: FailedKeyLimiter | None = None,
     ) -> None:
         self._keys = keys
         self._bootstrap_hash = hash_key(bootstrap_key) if bootstrap_key else None
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self.limiter = limiter or Limiter(keys)
+        self._failures = failures
 
-    async def authenticate(self, secret: str | None) -> Principal:
+    async def authenticate(self, secret: str | None, *, client: str) -> Principal:
+        """The key's principal; ``client`` (the caller's address) is charged for an unknown
+        key, and refused (429) before any lookup once it has failed too often."""
         if not secret:
             raise Unauthorized(
                 f"send an API key in the {KEY_HEADERS[0]} header", extra={"reason": "missing_key"}
@@ -57,16 +65,22 @@ class Authenticator:
         digest = hash_key(secret)
         if self._bootstrap_hash and hmac.compare_digest(digest, self._bootstrap_hash):
             return Principal(name=BOOTSTRAP_NAME, scopes=frozenset(SCOPES))
-        principal = await self._lookup(digest, secret)
+        entry = self._cache.get(digest)
+        if entry is not None and entry[0] <= time.monotonic():
+            entry = None  # expired
+        if entry is not None and entry[1] is not None:
+            return entry[1]  # a key known to be good passes even from a throttled address
+        if self._failures is not None:
+            self._failures.check(client)
+        principal = None if entry is not None else await self._lookup(digest, secret)
         if principal is None:
+            if self._failures is not None:
+                self._failures.failed(client)
             raise Unauthorized("the API key is unknown or revoked", extra={"reason": "unknown_key"})
         return principal
 
     async def _lookup(self, digest: str, secret: str) -> Principal | None:
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        """The key's principal from the database (None: unknown or revoked), then cached."""
         document = await self._keys.find(secret)
         principal = (
             None
@@ -79,7 +93,7 @@ class Authenticator:
         )
         if len(self._cache) >= KEY_CACHE_SIZE:
             self._cache.clear()  # bounds memory against floods of made-up keys
-        self._cache[digest] = (now + KEY_CACHE_SECONDS, principal)
+        self._cache[digest] = (time.monotonic() + KEY_CACHE_SECONDS, principal)
         return principal
 
     def forget(self) -> None:
@@ -132,9 +146,12 @@ def requires(scope: str, *, unless_open: bool = False) -> Guard:
         # the per-client limit with its own limits, so an unchecked key would lift every limit.
         authenticator: Authenticator = resources.authenticator
         try:
-            principal = await authenticator.authenticate(secret)
+            principal = await authenticator.authenticate(secret, client=client_address(connection))
         except Unauthorized as exc:  # a client without a key, or guessing one
             resources.metrics.auth_failures.labels(exc.extra["reason"]).inc()
+            raise
+        except RateLimited as exc:  # one that guessed too often
+            resources.metrics.rejected.labels(exc.extra["reason"]).inc()
             raise
         counter = resources.metrics.api_key_requests
         if not is_open and not principal.holds(scope):

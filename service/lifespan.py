@@ -29,7 +29,7 @@ from service.infer.batching import BatchPolicy
 from service.infer.models import Models, load_models
 from service.observability import Metrics
 from service.pipeline import LabelingPipeline
-from service.ratelimit import FLUSH_SECONDS, ClientLimiter, Limiter, Rate
+from service.ratelimit import FLUSH_SECONDS, ClientLimiter, FailedKeyLimiter, Limiter, Rate
 from service.settings import Settings
 from service.store.connection import client_options
 from service.store.keys import ApiKeyStore
@@ -144,7 +144,13 @@ async def open_resources(
             database=database,
             records=records,
             keys=keys,
-            authenticator=Authenticator(keys, settings.bootstrap_api_key),
+            authenticator=Authenticator(
+                keys,
+                settings.bootstrap_api_key,
+                failures=FailedKeyLimiter(Rate.parse(settings.key_failures_per_client))
+                if settings.key_failures_per_client
+                else None,
+            ),
             pipeline=LabelingPipeline(
                 fetcher=fetcher,
                 executor=executor,

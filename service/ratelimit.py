@@ -10,6 +10,10 @@ Both are kept in the service process, so they cost no database round trip per re
   total of all processes in the same reply. A key can therefore overshoot its quota by what
   the other processes admitted within the last second; a single process enforces it exactly.
   Refused requests do not count.
+
+Per client address (``AddressBuckets``, per process): the rate of open (keyless) labeling and
+the requests one client has in progress (``ClientLimiter``), and its failed key attempts
+(``FailedKeyLimiter``).
 """
 
 from __future__ import annotations
@@ -74,18 +78,23 @@ class TokenBucket:
     updated: float
 
     @classmethod
-    def full(cls, rate: Rate, now: float) -> TokenBucket:
-        capacity = max(1.0, rate.per_second)
+    def full(cls, rate: Rate, now: float, *, burst: float | None = None) -> TokenBucket:
+        """A full bucket holding ``burst`` tokens (default: one second's worth, at least 1)."""
+        capacity = burst if burst is not None else max(1.0, rate.per_second)
         return cls(rate.per_second, capacity, capacity, now)
+
+    def wait(self, now: float) -> float:
+        """Refill; 0.0 when a token is there, else the seconds until there is one."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
 
     def take(self, now: float) -> float:
         """Take a token: 0.0 when there was one, else the seconds until there is."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1.0:
+        wait = self.wait(now)
+        if not wait:
             self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return wait
 
 
 class UsageStore(Protocol):
@@ -201,13 +210,47 @@ def client_bucket(address: str) -> str:
     return str(ip)
 
 
+class AddressBuckets:
+    """Token buckets by client address (an IPv6 client by its /64), for one ``Rate``.
+
+    The table holds at most ``max_clients`` addresses, least recently seen dropped first, so
+    a flood of distinct addresses cannot grow memory without bound. Per process.
+    """
+
+    def __init__(
+        self,
+        rate: Rate,
+        *,
+        burst: float | None = None,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self._burst = burst
+        self._max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def wait(self, client: str, *, take: bool) -> float:
+        """Seconds until the client's bucket has a token (0.0: it has one); with ``take``, one
+        is taken when there."""
+        now = self._clock()
+        client = client_bucket(client)
+        bucket = self._buckets.pop(client, None) or TokenBucket.full(
+            self.rate, now, burst=self._burst
+        )
+        self._buckets[client] = bucket
+        if len(self._buckets) > self._max_clients:
+            self._buckets.popitem(last=False)
+        return bucket.take(now) if take else bucket.wait(now)
+
+    def knows(self, client: str) -> bool:
+        return client_bucket(client) in self._buckets
+
+
 class ClientLimiter:
     """Per-client-address limits for open (keyless) labeling: a token bucket for the rate,
-    and a cap on the requests one client has in progress.
-
-    The bucket table holds at most ``max_clients`` addresses, least recently seen dropped
-    first, so a flood of distinct addresses cannot grow memory without bound. Limits are per
-    process.
+    and a cap on the requests one client has in progress. Limits are per process.
     """
 
     def __init__(
@@ -220,9 +263,7 @@ class ClientLimiter:
     ) -> None:
         self.rate = rate
         self.max_inflight = max_inflight
-        self._max_clients = max_clients
-        self._clock = clock
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._buckets = AddressBuckets(rate, max_clients=max_clients, clock=clock)
         self._inflight: Counter[str] = Counter()
 
     @contextmanager
@@ -247,13 +288,7 @@ class ClientLimiter:
                 del self._inflight[client]
 
     def admit(self, client: str) -> None:
-        now = self._clock()
-        client = client_bucket(client)
-        bucket = self._buckets.pop(client, None) or TokenBucket.full(self.rate, now)
-        self._buckets[client] = bucket
-        if len(self._buckets) > self._max_clients:
-            self._buckets.popitem(last=False)
-        wait = bucket.take(now)
+        wait = self._buckets.wait(client, take=True)
         if wait > 0:
             raise RateLimited(
                 f"labeling without an API key is limited to {self.rate} per client; "
@@ -261,3 +296,40 @@ class ClientLimiter:
                 retry_after=max(1, math.ceil(wait)),
                 extra={"reason": "client_rate_limit", "limit": str(self.rate)},
             )
+
+
+class FailedKeyLimiter:
+    """Failed API-key attempts per client address: ``rate.requests`` of them at once, then
+    as the rate refills. While an address has none left, its requests with a key the service
+    does not already hold are refused (429 ``auth_failures``) before the key is looked up,
+    so guessing keys, or flooding made-up ones at the database, gets nowhere.
+    """
+
+    def __init__(
+        self,
+        rate: Rate,
+        *,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self._buckets = AddressBuckets(
+            rate, burst=float(rate.requests), max_clients=max_clients, clock=clock
+        )
+
+    def check(self, client: str) -> None:
+        """Raise ``RateLimited`` while the client has used up its failed attempts."""
+        if not self._buckets.knows(client):  # never failed: nothing to track
+            return
+        wait = self._buckets.wait(client, take=False)
+        if wait > 0:
+            raise RateLimited(
+                f"too many requests from this address with an unknown API key (at most"
+                f" {self.rate}); retry after the delay given",
+                retry_after=max(1, math.ceil(wait)),
+                extra={"reason": "auth_failures", "limit": str(self.rate)},
+            )
+
+    def failed(self, client: str) -> None:
+        """Count one failed attempt."""
+        self._buckets.wait(client, take=True)

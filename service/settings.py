@@ -152,6 +152,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     labeling_requires_key: bool = False
     # Open (keyless) labeling per client address, e.g. "20/s" or "600/min"; "" turns it off.
     label_rate_per_client: str = "20/s"
+    # Requests with an unknown API key per client address: that many at once, then at the
+    # rate; past it, 429 before any lookup. "" turns it off.
+    key_failures_per_client: str = "60/min"
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
     # addresses or networks, or "*" alone for any); empty: none, the peer is the client.
     forwarded_allow_ips: str = ""
@@ -269,13 +272,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"second_scale needs detector_input_size below {SECOND_SCALE_SIZE}, the size"
                 " it runs the detector at"
             ] = self.detector_input_size < SECOND_SCALE_SIZE
-        if self.label_rate_per_client:
-            from service.ratelimit import Rate
+        for name in ("label_rate_per_client", "key_failures_per_client"):
+            if text := getattr(self, name):
+                from service.ratelimit import Rate
 
-            try:
-                Rate.parse(self.label_rate_per_client)
-            except ValueError as exc:
-                checks[f"label_rate_per_client: {exc}"] = False
+                try:
+                    Rate.parse(text)
+                except ValueError as exc:
+                    checks[f"{name}: {exc}"] = False
         if self.mongodb_uri is not None:
             from service.store.connection import uri_problem
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import RateLimited
-from service.ratelimit import ClientLimiter, Rate
+from service.ratelimit import ClientLimiter, FailedKeyLimiter, Rate
 from service.settings import ConfigError, Settings
 from tests.api.test_errors import assert_problem
 from tests.conftest import API_KEY, CAT_PHOTO, AppClient, running
@@ -152,6 +152,67 @@ def test_an_ipv6_client_is_metered_by_its_slash_64() -> None:
         limiter.admit("::ffff:192.0.2.1")
 
 
+async def test_guessing_keys_is_refused_before_any_lookup(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its allowance of unknown keys, an address gets 429 without the database being
+    asked; keys the service already holds still pass from it."""
+    async with running(make_settings(key_failures_per_client="3/min")) as client:
+        keys = client.resources.keys
+        reader = await keys.create("reader", ["read"])
+        looked_up = await client.get("/v1/records", headers={"X-API-Key": reader})
+        assert looked_up.status_code == 200  # now held by the service
+        unseen = await keys.create("unseen", ["read"])
+        lookups: list[str] = []
+        find = keys.find
+
+        async def counted(secret: str) -> dict[str, object] | None:
+            lookups.append(secret)
+            return await find(secret)
+
+        monkeypatch.setattr(keys, "find", counted)
+        guesses = [f"lsk_guess{i}" for i in range(5)]
+        statuses = [
+            (await client.get("/v1/records", headers={"X-API-Key": g})).status_code
+            for g in guesses[:3]
+        ]
+        assert statuses == [401, 401, 401]
+        for guess in (*guesses[3:], unseen):
+            refused = await client.get("/v1/records", headers={"X-API-Key": guess})
+            problem = assert_problem(refused, 429, "rate-limited")
+            assert (problem["reason"], problem["limit"]) == ("auth_failures", "3/min")
+            assert 1 <= int(refused.headers["retry-after"]) <= 20
+        assert lookups == guesses[:3]  # the refused ones were never looked up
+        for held in (reader, API_KEY):  # a key it holds, and the bootstrap key
+            assert (await client.get("/v1/records", headers={"X-API-Key": held})).is_success
+        labeling = await client.post("/v1/labels", json={}, headers={"X-API-Key": "lsk_guess9"})
+        assert assert_problem(labeling, 429, "rate-limited")["reason"] == "auth_failures"
+        metrics = (await client.get("/metrics")).text
+        assert 'labelsvc_rejected_requests_total{reason="auth_failures"} 4.0' in metrics
+        assert 'labelsvc_auth_failures_total{reason="unknown_key"} 3.0' in metrics
+
+
+def test_failed_key_attempts_refill_at_the_rate_per_address() -> None:
+    now = [0.0]
+    limiter = FailedKeyLimiter(Rate.parse("2/min"), max_clients=2, clock=lambda: now[0])
+    for _ in range(2):
+        limiter.check("10.0.0.1")
+        limiter.failed("10.0.0.1")
+    with pytest.raises(RateLimited) as refused:
+        limiter.check("10.0.0.1")
+    assert refused.value.retry_after == 30
+    limiter.check("10.0.0.2")  # another address is not charged
+    limiter.failed("2001:db8::1")
+    limiter.failed("2001:db8::1")
+    with pytest.raises(RateLimited):  # another address in the same /64 is the same client
+        limiter.check("2001:db8::2")
+    now[0] += 30
+    limiter.check("10.0.0.1")  # one attempt back after half a minute
+    limiter.failed("10.0.0.1")
+    with pytest.raises(RateLimited):
+        limiter.check("10.0.0.1")
+
+
 def test_bad_rate_setting_fails_fast() -> None:
     with pytest.raises(ConfigError, match="label_rate_per_client"):
         Settings.from_env({"LABELSVC_LABEL_RATE_PER_CLIENT": "lots"})
@@ -196,6 +257,7 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("MONGODB_URI", "mongodb://db/?heartbeatFrequencyMS=100", "mongodb_uri: heartbeat"),
         ("MONGODB_URI", "mongodb://db/?tls=true&tlsCAFile=/no/ca.pem", "No such file"),
         ("LABEL_RATE_PER_CLIENT", "99999999999999999999/s", "label_rate_per_client"),
+        ("KEY_FAILURES_PER_CLIENT", "60 per minute", "key_failures_per_client"),
         # A misspelt name would leave its setting at the default: here, labeling open.
         ("LABELING_REQUIRE_KEY", "1", "unknown settings: LABELSVC_LABELING_REQUIRE_KEY"),
     ],
