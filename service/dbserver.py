@@ -19,6 +19,10 @@ from types import TracebackType
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+# A port picked free can be taken by another program before the server binds it: try again
+# on a new one this many times in all.
+PORT_ATTEMPTS = 3
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -31,6 +35,10 @@ class DatabaseServerError(RuntimeError):
     """The local database server could not be started."""
 
 
+class _PortTaken(DatabaseServerError):
+    """Another program holds the port the server was to listen on."""
+
+
 class LocalDatabaseServer:
     def __init__(
         self, command: str, storage: Path, *, host: str = "127.0.0.1", port: int | None = None
@@ -39,6 +47,9 @@ class LocalDatabaseServer:
         self.storage = storage
         self.host = host
         self.port = port or free_port(host)
+        # A port this object picked may move until the first start succeeds; after that,
+        # clients hold the URI, so restarts keep it.
+        self._port_movable = port is None
         self._process: subprocess.Popen[bytes] | None = None
         self._log = self._beside("log")
         self._lock: int | None = None  # a descriptor holding the storage's lock file
@@ -61,6 +72,26 @@ class LocalDatabaseServer:
             ) from None
         self._take_lock()
         self._stop_left_over()
+        attempt = 1
+        try:
+            while True:
+                try:
+                    self._launch()
+                    self._wait_until_answering(timeout)
+                    break
+                except _PortTaken as exc:
+                    if not self._port_movable or attempt == PORT_ATTEMPTS:
+                        raise DatabaseServerError(str(exc)) from None
+                    self._end_process()
+                    self.port = free_port(self.host)
+                    attempt += 1
+        except BaseException:
+            self.stop()  # nothing left running, and the storage free for the next try
+            raise
+        self._port_movable = False
+        return self.uri
+
+    def _launch(self) -> None:
         args = [
             *shlex.split(self.command),
             "--host",
@@ -83,8 +114,6 @@ class LocalDatabaseServer:
                     " LABELSVC_DB_SERVER (or LABELSVC_MONGODB_URI for an existing server)"
                 ) from None
         self._pidfile.write_text(str(self._process.pid))
-        self._wait_until_answering(timeout)
-        return self.uri
 
     def _beside(self, suffix: str) -> Path:
         """The server's log, pid file and lock file sit beside its storage directory."""
@@ -142,6 +171,8 @@ class LocalDatabaseServer:
         with MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
             while time.monotonic() < deadline:
                 if self._process is not None and self._process.poll() is not None:
+                    if self._port_in_use():
+                        raise _PortTaken(f"port {self.port} is in use by another program")
                     raise DatabaseServerError(f"database server exited early; see {self._log}")
                 try:
                     client.admin.command("ping")
@@ -153,19 +184,27 @@ class LocalDatabaseServer:
             f"database server did not answer within {timeout:.0f}s; see {self._log}"
         )
 
+    def _port_in_use(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            return sock.connect_ex((self.host, self.port)) == 0
+
     def stop(self, timeout: float = 15.0) -> None:
-        process, self._process = self._process, None
         try:
-            if process is None or process.poll() is not None:
-                return
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            self._end_process(timeout)
         finally:
             self._release_lock()
+
+    def _end_process(self, timeout: float = 15.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
     def kill(self) -> None:
         """Stop abruptly (for fault tests)."""
