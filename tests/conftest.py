@@ -27,6 +27,7 @@ from service.settings import Settings
 from tests.support import image_server as routes
 from tests.support.image_server import ImageServer
 from tests.support.images import png_bomb
+from tests.support.process import db_server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -72,8 +73,7 @@ def evalset_dir() -> Path:
 @contextmanager
 def database_server(storage: Path) -> Iterator[LocalDatabaseServer]:
     """The development database server, on a free port, storing under ``storage``."""
-    command = os.environ.get("LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py"))
-    server = LocalDatabaseServer(command, storage)
+    server = LocalDatabaseServer(db_server_command(), storage)
     server.start()
     try:
         yield server

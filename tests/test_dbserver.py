@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +11,7 @@ from pymongo import MongoClient
 
 from service import dbserver
 from service.dbserver import DatabaseServerError, LocalDatabaseServer, free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def db_command() -> str:
-    return os.environ.get("LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py"))
+from tests.support.process import db_server_command
 
 
 @pytest.fixture
@@ -34,7 +28,7 @@ def test_a_picked_port_taken_before_the_server_binds_it_is_given_up(
 ) -> None:
     picks = iter([taken_port])
     monkeypatch.setattr(dbserver, "free_port", lambda host: next(picks, None) or free_port(host))
-    server = LocalDatabaseServer(db_command(), tmp_path / "db")
+    server = LocalDatabaseServer(db_server_command(), tmp_path / "db")
     assert server.port == taken_port
     with server:
         assert server.port != taken_port
@@ -48,10 +42,10 @@ def test_a_picked_port_taken_before_the_server_binds_it_is_given_up(
 
 
 def test_a_port_given_explicitly_is_not_moved(tmp_path: Path, taken_port: int) -> None:
-    server = LocalDatabaseServer(db_command(), tmp_path / "db", port=taken_port)
+    server = LocalDatabaseServer(db_server_command(), tmp_path / "db", port=taken_port)
     with pytest.raises(DatabaseServerError, match=f"port {taken_port} is in use"):
         server.start()
     assert server.port == taken_port
     # Nothing is left holding the storage: another server can have it at once.
-    with LocalDatabaseServer(db_command(), tmp_path / "db") as again:
+    with LocalDatabaseServer(db_server_command(), tmp_path / "db") as again:
         assert again.port != taken_port

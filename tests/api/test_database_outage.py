@@ -16,12 +16,9 @@ from service.app import create_app
 from service.dbserver import LocalDatabaseServer, free_port
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
-from tests.conftest import CAT_PHOTO, ROOT, AppClient, running
+from tests.conftest import CAT_PHOTO, AppClient, running
 from tests.support.image_server import ImageServer
-
-
-def db_command() -> str:
-    return os.environ.get("LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py"))
+from tests.support.process import db_server_command
 
 
 async def test_outage_answers_503_and_recovers_by_itself(
@@ -30,7 +27,7 @@ async def test_outage_answers_503_and_recovers_by_itself(
     image_server: ImageServer,
     auth: dict[str, str],
 ) -> None:
-    db = LocalDatabaseServer(db_command(), tmp_path / "db")
+    db = LocalDatabaseServer(db_server_command(), tmp_path / "db")
     db.start()
     try:
         settings = make_settings(mongodb_uri=db.uri, db_timeout_ms=1000)
@@ -77,7 +74,7 @@ async def test_hung_database_answers_503_within_the_deadline(
 ) -> None:
     """A database that keeps its connections open but stops answering (here: SIGSTOP)
     must not hold labeling requests forever."""
-    db = LocalDatabaseServer(db_command(), tmp_path / "db")
+    db = LocalDatabaseServer(db_server_command(), tmp_path / "db")
     db.start()
     assert db.pid is not None
     try:
