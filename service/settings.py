@@ -34,6 +34,8 @@ MAX_DB_TIMEOUT_MS = 999_999_999
 MAX_FETCH_SECONDS = 3600.0
 MAX_BATCH_WAIT_MS = 1000.0
 MAX_INPUT_SIZE = 2048
+# The request bodies' cap on a URL or id (service.api.schemas); max_url_length stays within it.
+MAX_URL_LENGTH = 8192
 
 
 class ConfigError(ValueError):
@@ -229,10 +231,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             f"db_timeout_ms and db_operation_timeout_ms must be in [1, {MAX_DB_TIMEOUT_MS}]": (
                 _within(1, MAX_DB_TIMEOUT_MS, self.db_timeout_ms, self.db_operation_timeout_ms)
             ),
-            "max_image_bytes, max_pixels and max_url_length must be >= 1": min(
-                self.max_image_bytes, self.max_pixels, self.max_url_length
+            "max_image_bytes and max_pixels must be >= 1": min(
+                self.max_image_bytes, self.max_pixels
             )
             >= 1,
+            f"max_url_length must be in [1, {MAX_URL_LENGTH}]": _within(
+                1, MAX_URL_LENGTH, self.max_url_length
+            ),
             f"fetch timeouts must be in [0.001, {MAX_FETCH_SECONDS:g}] seconds": _within(
                 0.001,
                 MAX_FETCH_SECONDS,

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 import msgspec
 
 from service.domain.records import Record, StoredDocument
+from service.settings import MAX_URL_LENGTH
 
-UrlOrId = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+UrlOrId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URL_LENGTH)]
 
 
 class LabelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -239,6 +239,8 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("FORWARDED_ALLOW_IPS", "10.0.0.1, *", "or * alone"),
         ("MAX_IMAGE_BYTES", "-1", "max_image_bytes"),
         ("MAX_PIXELS", "0", "max_pixels"),
+        # A longer URL would be refused by the request schema before the setting is read.
+        ("MAX_URL_LENGTH", "8193", "max_url_length must be in [1, 8192]"),
         ("FETCH_TOTAL_TIMEOUT", "0", "fetch timeouts"),
         ("DB_OPERATION_TIMEOUT_MS", "0", "db_operation_timeout_ms"),
         ("DETECTOR_INPUT_SIZE", "0", "detector_input_size"),
