@@ -54,8 +54,9 @@ def serve(settings: Settings) -> int:
     try:
         if settings.mongodb_uri is None:
             database = LocalDatabaseServer(settings.db_server, settings.data_dir.resolve() / "db")
-            log.info("starting the local database server on %s", database.uri)
+            log.info("starting the local database server (storage %s)", database.storage)
             settings = msgspec.structs.replace(settings, mongodb_uri=database.start())
+            log.info("the local database server is on %s", database.uri)
         if received:  # stopped while the database was starting
             return 0
         config = uvicorn.Config(
