@@ -56,8 +56,8 @@ class Authenticator:
         self._failures = failures
 
     async def authenticate(self, secret: str | None, *, client: str) -> Principal:
-        """The key's principal; ``client`` (the caller's address) is charged for an unknown
-        key, and refused (429) before any lookup once it has failed too often."""
+        """The key's principal. A lookup that finds no key is charged to ``client`` (the
+        caller's address), which gets 429 instead of a lookup once it has run out."""
         if not secret:
             raise Unauthorized(
                 f"send an API key in the {KEY_HEADERS[0]} header", extra={"reason": "missing_key"}
@@ -66,17 +66,27 @@ class Authenticator:
         if self._bootstrap_hash and hmac.compare_digest(digest, self._bootstrap_hash):
             return Principal(name=BOOTSTRAP_NAME, scopes=frozenset(SCOPES))
         entry = self._cache.get(digest)
-        if entry is not None and entry[0] <= time.monotonic():
-            entry = None  # expired
-        if entry is not None and entry[1] is not None:
-            return entry[1]  # a key known to be good passes even from a throttled address
-        if self._failures is not None:
-            self._failures.check(client)
-        principal = None if entry is not None else await self._lookup(digest, secret)
+        if entry is not None and entry[0] > time.monotonic():
+            principal = entry[1]  # known either way: no lookup, nothing to charge
+        else:
+            principal = await self._charged_lookup(digest, secret, client)
         if principal is None:
-            if self._failures is not None:
-                self._failures.failed(client)
             raise Unauthorized("the API key is unknown or revoked", extra={"reason": "unknown_key"})
+        return principal
+
+    async def _charged_lookup(self, digest: str, secret: str, client: str) -> Principal | None:
+        """``_lookup``, charged to ``client`` unless it finds a key or fails (a database error
+        is no guess)."""
+        if self._failures is None:
+            return await self._lookup(digest, secret)
+        self._failures.reserve(client)
+        unknown = False
+        try:
+            principal = await self._lookup(digest, secret)
+            unknown = principal is None
+        finally:
+            if not unknown:
+                self._failures.refund(client)
         return principal
 
     async def _lookup(self, digest: str, secret: str) -> Principal | None:

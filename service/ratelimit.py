@@ -196,13 +196,19 @@ class Limiter:
             state.flushed_at = self.clock()
 
 
+# Every client whose address does not parse is metered as this one: a name a client could
+# choose (through a proxy trusted with "*" that appends to X-Forwarded-For, say) would be a
+# fresh bucket per request, and a string of any length kept in the table.
+UNPARSED_ADDRESS = "(not an address)"
+
+
 def client_bucket(address: str) -> str:
     """What a client address is metered as: an IPv6 client by its /64, since one host is
     routinely given a whole /64 (2^64 addresses, each a fresh bucket otherwise)."""
     try:
         ip = ipaddress.ip_address(address)
-    except ValueError:  # not an address (a test client, a unix socket)
-        return address
+    except ValueError:  # not an address (a test client, a unix socket, a forged header)
+        return UNPARSED_ADDRESS
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
@@ -213,8 +219,10 @@ def client_bucket(address: str) -> str:
 class AddressBuckets:
     """Token buckets by client address (an IPv6 client by its /64), for one ``Rate``.
 
-    The table holds at most ``max_clients`` addresses, least recently seen dropped first, so
-    a flood of distinct addresses cannot grow memory without bound. Per process.
+    The table holds at most ``max_clients`` addresses, so a flood of distinct addresses
+    cannot grow memory without bound. When it is over, buckets that have refilled are dropped
+    first (they hold nothing a fresh one would not), and only then the least recently seen:
+    other addresses' traffic does not reset a client that has used up its tokens. Per process.
     """
 
     def __init__(
@@ -231,21 +239,37 @@ class AddressBuckets:
         self._clock = clock
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def wait(self, client: str, *, take: bool) -> float:
-        """Seconds until the client's bucket has a token (0.0: it has one); with ``take``, one
-        is taken when there."""
+    def take(self, client: str) -> float:
+        """Take a token from the client's bucket: 0.0 when there was one, else the seconds
+        until there is."""
         now = self._clock()
         client = client_bucket(client)
         bucket = self._buckets.pop(client, None) or TokenBucket.full(
             self.rate, now, burst=self._burst
         )
         self._buckets[client] = bucket
+        wait = bucket.take(now)
         if len(self._buckets) > self._max_clients:
-            self._buckets.popitem(last=False)
-        return bucket.take(now) if take else bucket.wait(now)
+            self._make_room(now)
+        return wait
 
-    def knows(self, client: str) -> bool:
-        return client_bucket(client) in self._buckets
+    def give_back(self, client: str) -> None:
+        """Return a token taken by ``take``; a bucket full again is forgotten."""
+        client = client_bucket(client)
+        bucket = self._buckets.get(client)
+        if bucket is not None:
+            bucket.tokens = min(bucket.capacity, bucket.tokens + 1.0)
+            if bucket.tokens >= bucket.capacity:
+                del self._buckets[client]
+
+    def _make_room(self, now: float) -> None:
+        for name, bucket in list(self._buckets.items()):
+            bucket.wait(now)
+            if bucket.tokens >= bucket.capacity:
+                del self._buckets[name]
+        # Sweep again only after a tenth of the table has come in, not on every request.
+        while len(self._buckets) > self._max_clients * 9 // 10:
+            self._buckets.popitem(last=False)
 
 
 class ClientLimiter:
@@ -288,7 +312,7 @@ class ClientLimiter:
                 del self._inflight[client]
 
     def admit(self, client: str) -> None:
-        wait = self._buckets.wait(client, take=True)
+        wait = self._buckets.take(client)
         if wait > 0:
             raise RateLimited(
                 f"labeling without an API key is limited to {self.rate} per client; "
@@ -299,10 +323,11 @@ class ClientLimiter:
 
 
 class FailedKeyLimiter:
-    """Failed API-key attempts per client address: ``rate.requests`` of them at once, then
-    as the rate refills. While an address has none left, its requests with a key the service
-    does not already hold are refused (429 ``auth_failures``) before the key is looked up,
-    so guessing keys, or flooding made-up ones at the database, gets nowhere.
+    """Key lookups that find no key, per client address: ``rate.requests`` of them at once,
+    then as the rate refills. A lookup takes a token before it is sent and gives it back when
+    it finds a key, so concurrent guesses cannot run ahead of the count; an address with none
+    left gets 429 ``auth_failures`` instead of a lookup. A key already known to be unknown
+    (cached) costs no lookup and no token: a client retrying a revoked key wears nothing down.
     """
 
     def __init__(
@@ -317,11 +342,9 @@ class FailedKeyLimiter:
             rate, burst=float(rate.requests), max_clients=max_clients, clock=clock
         )
 
-    def check(self, client: str) -> None:
-        """Raise ``RateLimited`` while the client has used up its failed attempts."""
-        if not self._buckets.knows(client):  # never failed: nothing to track
-            return
-        wait = self._buckets.wait(client, take=False)
+    def reserve(self, client: str) -> None:
+        """Take a token for one lookup, or raise ``RateLimited`` when the client has none."""
+        wait = self._buckets.take(client)
         if wait > 0:
             raise RateLimited(
                 f"too many requests from this address with an unknown API key (at most"
@@ -330,6 +353,6 @@ class FailedKeyLimiter:
                 extra={"reason": "auth_failures", "limit": str(self.rate)},
             )
 
-    def failed(self, client: str) -> None:
-        """Count one failed attempt."""
-        self._buckets.wait(client, take=True)
+    def refund(self, client: str) -> None:
+        """The lookup found a key (or failed for another reason): its token comes back."""
+        self._buckets.give_back(client)

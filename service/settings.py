@@ -154,8 +154,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     labeling_requires_key: bool = False
     # Open (keyless) labeling per client address, e.g. "20/s" or "600/min"; "" turns it off.
     label_rate_per_client: str = "20/s"
-    # Requests with an unknown API key per client address: that many at once, then at the
-    # rate; past it, 429 before any lookup. "" turns it off.
+    # Key lookups that find no key, per client address: that many at once, then at the rate;
+    # past it, 429 instead of a lookup. "" turns it off.
     key_failures_per_client: str = "60/min"
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
     # addresses or networks, or "*" alone for any); empty: none, the peer is the client.

@@ -185,32 +185,87 @@ async def test_guessing_keys_is_refused_before_any_lookup(
         assert lookups == guesses[:3]  # the refused ones were never looked up
         for held in (reader, API_KEY):  # a key it holds, and the bootstrap key
             assert (await client.get("/v1/records", headers={"X-API-Key": held})).is_success
+        # A key already found unknown costs no lookup, so repeating it (a client still using
+        # a revoked key, say) is answered 401 and wears nothing down.
+        repeated = await client.get("/v1/records", headers={"X-API-Key": guesses[0]})
+        assert assert_problem(repeated, 401, "unauthorized")["reason"] == "unknown_key"
+        assert lookups == guesses[:3]
         labeling = await client.post("/v1/labels", json={}, headers={"X-API-Key": "lsk_guess9"})
         assert assert_problem(labeling, 429, "rate-limited")["reason"] == "auth_failures"
         metrics = (await client.get("/metrics")).text
         assert 'labelsvc_rejected_requests_total{reason="auth_failures"} 4.0' in metrics
-        assert 'labelsvc_auth_failures_total{reason="unknown_key"} 3.0' in metrics
+        assert 'labelsvc_auth_failures_total{reason="unknown_key"} 4.0' in metrics
 
 
-def test_failed_key_attempts_refill_at_the_rate_per_address() -> None:
+async def test_concurrent_guesses_cannot_run_ahead_of_the_count(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lookups are counted when they start: a burst of made-up keys against a slow database
+    gets the allowance's worth of lookups, not one each."""
+    async with running(make_settings(key_failures_per_client="3/min")) as client:
+        keys = client.resources.keys
+        find = keys.find
+        lookups: list[str] = []
+
+        async def slow(secret: str) -> dict[str, object] | None:
+            lookups.append(secret)
+            await asyncio.sleep(0.3)
+            return await find(secret)
+
+        monkeypatch.setattr(keys, "find", slow)
+        answers = await asyncio.gather(
+            *(client.get("/v1/records", headers={"X-API-Key": f"lsk_burst{i}"}) for i in range(10))
+        )
+        assert sorted(a.status_code for a in answers) == [401] * 3 + [429] * 7
+        assert len(lookups) == 3
+
+
+def test_failed_key_lookups_refill_at_the_rate_per_address() -> None:
     now = [0.0]
-    limiter = FailedKeyLimiter(Rate.parse("2/min"), max_clients=2, clock=lambda: now[0])
+    limiter = FailedKeyLimiter(Rate.parse("2/min"), clock=lambda: now[0])
     for _ in range(2):
-        limiter.check("10.0.0.1")
-        limiter.failed("10.0.0.1")
+        limiter.reserve("10.0.0.1")  # two lookups in flight: both are counted before they end
     with pytest.raises(RateLimited) as refused:
-        limiter.check("10.0.0.1")
+        limiter.reserve("10.0.0.1")
     assert refused.value.retry_after == 30
-    limiter.check("10.0.0.2")  # another address is not charged
-    limiter.failed("2001:db8::1")
-    limiter.failed("2001:db8::1")
+    limiter.reserve("10.0.0.2")  # another address is not charged
+    limiter.refund("10.0.0.2")  # its lookup found a key
+    for _ in range(5):  # so it can look up as many good keys as it likes
+        limiter.reserve("10.0.0.2")
+        limiter.refund("10.0.0.2")
+    limiter.reserve("2001:db8::1")
+    limiter.reserve("2001:db8::1")
     with pytest.raises(RateLimited):  # another address in the same /64 is the same client
-        limiter.check("2001:db8::2")
+        limiter.reserve("2001:db8::2")
     now[0] += 30
-    limiter.check("10.0.0.1")  # one attempt back after half a minute
-    limiter.failed("10.0.0.1")
+    limiter.reserve("10.0.0.1")  # one lookup back after half a minute
     with pytest.raises(RateLimited):
-        limiter.check("10.0.0.1")
+        limiter.reserve("10.0.0.1")
+
+
+def test_other_addresses_do_not_reset_a_throttled_one() -> None:
+    """The table drops buckets that have refilled before it drops an address that is still
+    throttled, even the least recently seen."""
+    now = [0.0]
+    limiter = FailedKeyLimiter(Rate.parse("2/hour"), max_clients=5, clock=lambda: now[0])
+    limiter.reserve("10.0.0.1")
+    limiter.reserve("10.0.0.1")
+    for i in range(2, 6):
+        limiter.reserve(f"10.0.0.{i}")
+    now[0] += 1800  # each has one token back: the others are full again, 10.0.0.1 is not
+    limiter.reserve("10.0.0.9")  # one address too many
+    limiter.reserve("10.0.0.1")
+    with pytest.raises(RateLimited):
+        limiter.reserve("10.0.0.1")
+
+
+def test_clients_without_a_parsable_address_share_one_bucket() -> None:
+    """A name a client could choose (a forged X-Forwarded-For behind a proxy trusted with "*")
+    is neither a fresh bucket nor kept at its own length."""
+    limiter = ClientLimiter(Rate.parse("1/min"), clock=lambda: 0.0)
+    limiter.admit("x" * 100_000)
+    with pytest.raises(RateLimited):
+        limiter.admit("not-an-address")
 
 
 def test_bad_rate_setting_fails_fast() -> None:
