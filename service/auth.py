@@ -8,6 +8,7 @@ command line stops working within that time.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,7 @@ class Authenticator:
         self._keys = keys
         self._bootstrap_hash = hash_key(bootstrap_key) if bootstrap_key else None
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._pending: dict[str, asyncio.Task[Principal | None]] = {}
         self.limiter = limiter or Limiter(keys)
         self._failures = failures
 
@@ -69,23 +71,37 @@ class Authenticator:
         if entry is not None and entry[0] > time.monotonic():
             principal = entry[1]  # known either way: no lookup, nothing to charge
         else:
-            principal = await self._charged_lookup(digest, secret, client)
+            principal = await self._lookup_once(digest, secret, client)
         if principal is None:
             raise Unauthorized("the API key is unknown or revoked", extra={"reason": "unknown_key"})
         return principal
 
+    async def _lookup_once(self, digest: str, secret: str, client: str) -> Principal | None:
+        """One lookup per key at a time: concurrent requests with a key that is not cached
+        share the first one's lookup, and its charge."""
+        task = self._pending.get(digest)
+        if task is None:
+            if self._failures is not None:
+                self._failures.reserve(client)
+            task = asyncio.create_task(self._charged_lookup(digest, secret, client))
+            self._pending[digest] = task
+            task.add_done_callback(lambda done: self._settled(digest, done))
+        return await asyncio.shield(task)
+
+    def _settled(self, digest: str, task: asyncio.Task[Principal | None]) -> None:
+        self._pending.pop(digest, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone (cancelled requests)
+
     async def _charged_lookup(self, digest: str, secret: str, client: str) -> Principal | None:
-        """``_lookup``, charged to ``client`` unless it finds a key or fails (a database error
-        is no guess)."""
-        if self._failures is None:
-            return await self._lookup(digest, secret)
-        self._failures.reserve(client)
+        """``_lookup``, charged to ``client`` (its token taken by the caller) unless it finds a
+        key or fails (a database error is no guess)."""
         unknown = False
         try:
             principal = await self._lookup(digest, secret)
             unknown = principal is None
         finally:
-            if not unknown:
+            if not unknown and self._failures is not None:
                 self._failures.refund(client)
         return principal
 

@@ -220,9 +220,8 @@ class AddressBuckets:
     """Token buckets by client address (an IPv6 client by its /64), for one ``Rate``.
 
     The table holds at most ``max_clients`` addresses, so a flood of distinct addresses
-    cannot grow memory without bound. When it is over, buckets that have refilled are dropped
-    first (they hold nothing a fresh one would not), and only then the least recently seen:
-    other addresses' traffic does not reset a client that has used up its tokens. Per process.
+    cannot grow memory without bound; the fullest buckets are dropped first, so other
+    addresses' traffic does not reset a client that has used up its tokens. Per process.
     """
 
     def __init__(
@@ -263,13 +262,16 @@ class AddressBuckets:
                 del self._buckets[client]
 
     def _make_room(self, now: float) -> None:
-        for name, bucket in list(self._buckets.items()):
+        """Down to 90% of the bound (so this runs once per tenth of the table coming in, not on
+        every request), dropping the buckets that hold the most tokens first: a full one holds
+        nothing a fresh one would not, and a drained one is a client being limited. Among
+        equals, the least recently seen goes first (the sort is stable)."""
+        for bucket in self._buckets.values():
             bucket.wait(now)
-            if bucket.tokens >= bucket.capacity:
-                del self._buckets[name]
-        # Sweep again only after a tenth of the table has come in, not on every request.
-        while len(self._buckets) > self._max_clients * 9 // 10:
-            self._buckets.popitem(last=False)
+        keep = self._max_clients * 9 // 10
+        fullest = sorted(self._buckets, key=lambda name: -self._buckets[name].tokens)
+        for name in fullest[: len(self._buckets) - keep]:
+            del self._buckets[name]
 
 
 class ClientLimiter:

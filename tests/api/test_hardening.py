@@ -220,6 +220,37 @@ async def test_concurrent_guesses_cannot_run_ahead_of_the_count(
         assert len(lookups) == 3
 
 
+async def test_concurrent_requests_with_one_key_share_its_lookup(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many requests with a key that is not cached (a busy client after the cache expired, or
+    one still retrying a revoked key) make one lookup between them and are charged once."""
+    async with running(make_settings(key_failures_per_client="3/min")) as client:
+        keys = client.resources.keys
+        good = await keys.create("good", ["read"])
+        find = keys.find
+        lookups: list[str] = []
+
+        async def slow(secret: str) -> dict[str, object] | None:
+            lookups.append(secret)
+            await asyncio.sleep(0.3)
+            return await find(secret)
+
+        monkeypatch.setattr(keys, "find", slow)
+        for key, status in ((good, 200), ("lsk_revoked", 401)):
+            answers = await asyncio.gather(
+                *(client.get("/v1/records", headers={"X-API-Key": key}) for _ in range(20))
+            )
+            assert {a.status_code for a in answers} == {status}
+        assert lookups == [good, "lsk_revoked"]
+        # The made-up key cost one of the three lookups the address may fail: two are left.
+        guesses = [
+            (await client.get("/v1/records", headers={"X-API-Key": f"lsk_g{i}"})).status_code
+            for i in range(3)
+        ]
+        assert guesses == [401, 401, 429]
+
+
 def test_failed_key_lookups_refill_at_the_rate_per_address() -> None:
     now = [0.0]
     limiter = FailedKeyLimiter(Rate.parse("2/min"), clock=lambda: now[0])
@@ -244,17 +275,13 @@ def test_failed_key_lookups_refill_at_the_rate_per_address() -> None:
 
 
 def test_other_addresses_do_not_reset_a_throttled_one() -> None:
-    """The table drops buckets that have refilled before it drops an address that is still
-    throttled, even the least recently seen."""
-    now = [0.0]
-    limiter = FailedKeyLimiter(Rate.parse("2/hour"), max_clients=5, clock=lambda: now[0])
+    """When the table is over its bound it drops the fullest buckets first: a flood of other
+    addresses, each failing once, does not push out the one that has used up its lookups."""
+    limiter = FailedKeyLimiter(Rate.parse("2/hour"), max_clients=5, clock=lambda: 0.0)
     limiter.reserve("10.0.0.1")
     limiter.reserve("10.0.0.1")
-    for i in range(2, 6):
-        limiter.reserve(f"10.0.0.{i}")
-    now[0] += 1800  # each has one token back: the others are full again, 10.0.0.1 is not
-    limiter.reserve("10.0.0.9")  # one address too many
-    limiter.reserve("10.0.0.1")
+    for i in range(2, 50):
+        limiter.reserve(f"10.0.0.{i}")  # one token left each, one more than 10.0.0.1
     with pytest.raises(RateLimited):
         limiter.reserve("10.0.0.1")
 
