@@ -53,7 +53,7 @@ class Authenticator:
         self._keys = keys
         self._bootstrap_hash = hash_key(bootstrap_key) if bootstrap_key else None
         self._cache: dict[str, tuple[float, Principal | None]] = {}
-        self._pending: dict[str, asyncio.Task[Principal | None]] = {}
+        self._pending: dict[str, tuple[float, asyncio.Task[Principal | None]]] = {}
         self.limiter = limiter or Limiter(keys)
         self._failures = failures
 
@@ -78,35 +78,42 @@ class Authenticator:
 
     async def _lookup_once(self, digest: str, secret: str, client: str) -> Principal | None:
         """One lookup per key at a time: concurrent requests with a key that is not cached
-        share the first one's lookup, and its charge."""
-        task = self._pending.get(digest)
-        if task is None:
+        share a lookup sent within the last ``KEY_CACHE_SECONDS``, and its charge. Its answer
+        is dated from when it was sent, so a revoked key stops working within that time
+        however slowly the database answers."""
+        now = time.monotonic()
+        pending = self._pending.get(digest)
+        if pending is None or pending[0] + KEY_CACHE_SECONDS <= now:
             if self._failures is not None:
                 self._failures.reserve(client)
-            task = asyncio.create_task(self._charged_lookup(digest, secret, client))
-            self._pending[digest] = task
+            task = asyncio.create_task(self._charged_lookup(digest, secret, client, sent=now))
+            pending = self._pending[digest] = (now, task)
             task.add_done_callback(lambda done: self._settled(digest, done))
-        return await asyncio.shield(task)
+        return await asyncio.shield(pending[1])
 
     def _settled(self, digest: str, task: asyncio.Task[Principal | None]) -> None:
-        self._pending.pop(digest, None)
+        if (pending := self._pending.get(digest)) is not None and pending[1] is task:
+            del self._pending[digest]  # unless a newer lookup of the key took its place
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have gone (cancelled requests)
 
-    async def _charged_lookup(self, digest: str, secret: str, client: str) -> Principal | None:
+    async def _charged_lookup(
+        self, digest: str, secret: str, client: str, *, sent: float
+    ) -> Principal | None:
         """``_lookup``, charged to ``client`` (its token taken by the caller) unless it finds a
         key or fails (a database error is no guess)."""
         unknown = False
         try:
-            principal = await self._lookup(digest, secret)
+            principal = await self._lookup(digest, secret, sent=sent)
             unknown = principal is None
         finally:
             if not unknown and self._failures is not None:
                 self._failures.refund(client)
         return principal
 
-    async def _lookup(self, digest: str, secret: str) -> Principal | None:
-        """The key's principal from the database (None: unknown or revoked), then cached."""
+    async def _lookup(self, digest: str, secret: str, *, sent: float) -> Principal | None:
+        """The key's principal from the database (None: unknown or revoked), cached until
+        ``KEY_CACHE_SECONDS`` after ``sent``."""
         document = await self._keys.find(secret)
         principal = (
             None
@@ -119,7 +126,7 @@ class Authenticator:
         )
         if len(self._cache) >= KEY_CACHE_SIZE:
             self._cache.clear()  # bounds memory against floods of made-up keys
-        self._cache[digest] = (time.monotonic() + KEY_CACHE_SECONDS, principal)
+        self._cache[digest] = (sent + KEY_CACHE_SECONDS, principal)
         return principal
 
     def forget(self) -> None:

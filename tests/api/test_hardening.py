@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from service import auth
 from service.errors import RateLimited
 from service.ratelimit import ClientLimiter, FailedKeyLimiter, Rate
 from service.settings import ConfigError, Settings
@@ -249,6 +250,34 @@ async def test_concurrent_requests_with_one_key_share_its_lookup(
             for i in range(3)
         ]
         assert guesses == [401, 401, 429]
+
+
+async def test_a_key_revoked_during_a_slow_lookup_stops_within_the_cache_time(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup's answer counts from when it was sent, and requests join only a lookup sent
+    within the cache time: a slow database does not stretch the revocation window."""
+    monkeypatch.setattr(auth, "KEY_CACHE_SECONDS", 0.5)
+    async with running(make_settings()) as client:
+        keys = client.resources.keys
+        secret = await keys.create("leaked", ["read"])
+        find = keys.find
+
+        async def read_now_answer_late(key: str) -> dict[str, object] | None:
+            document = await find(key)
+            await asyncio.sleep(1.0)
+            return document
+
+        monkeypatch.setattr(keys, "find", read_now_answer_late)
+        first = asyncio.create_task(client.get("/v1/records", headers={"X-API-Key": secret}))
+        await asyncio.sleep(0.1)
+        assert await keys.revoke("leaked")
+        await asyncio.sleep(0.6)  # past the cache time, the first lookup still in flight
+        after = await client.get("/v1/records", headers={"X-API-Key": secret})
+        assert assert_problem(after, 401, "unauthorized")["reason"] == "unknown_key"
+        assert (await first).status_code == 200  # read before the revocation
+        again = await client.get("/v1/records", headers={"X-API-Key": secret})
+        assert again.status_code == 401  # the first answer was never cached past its time
 
 
 def test_failed_key_lookups_refill_at_the_rate_per_address() -> None:
