@@ -15,6 +15,7 @@ from service import auth
 from service.errors import RateLimited
 from service.ratelimit import ClientLimiter, FailedKeyLimiter, Rate
 from service.settings import ConfigError, Settings
+from service.store.keys import ApiKeyStore
 from tests.api.test_errors import assert_problem
 from tests.conftest import API_KEY, CAT_PHOTO, AppClient, running
 from tests.support.image_server import ImageServer
@@ -153,6 +154,23 @@ def test_an_ipv6_client_is_metered_by_its_slash_64() -> None:
         limiter.admit("::ffff:192.0.2.1")
 
 
+def count_lookups(
+    keys: ApiKeyStore, monkeypatch: pytest.MonkeyPatch, *, delay: float = 0.0
+) -> list[str]:
+    """The secrets the service looks up in the database from now on, each answered after
+    ``delay`` seconds (a slow database)."""
+    find = keys.find
+    lookups: list[str] = []
+
+    async def counted(secret: str) -> dict[str, object] | None:
+        lookups.append(secret)
+        await asyncio.sleep(delay)
+        return await find(secret)
+
+    monkeypatch.setattr(keys, "find", counted)
+    return lookups
+
+
 async def test_guessing_keys_is_refused_before_any_lookup(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,14 +182,7 @@ async def test_guessing_keys_is_refused_before_any_lookup(
         looked_up = await client.get("/v1/records", headers={"X-API-Key": reader})
         assert looked_up.status_code == 200  # now held by the service
         unseen = await keys.create("unseen", ["read"])
-        lookups: list[str] = []
-        find = keys.find
-
-        async def counted(secret: str) -> dict[str, object] | None:
-            lookups.append(secret)
-            return await find(secret)
-
-        monkeypatch.setattr(keys, "find", counted)
+        lookups = count_lookups(keys, monkeypatch)
         guesses = [f"lsk_guess{i}" for i in range(5)]
         statuses = [
             (await client.get("/v1/records", headers={"X-API-Key": g})).status_code
@@ -205,15 +216,7 @@ async def test_concurrent_guesses_cannot_run_ahead_of_the_count(
     gets the allowance's worth of lookups, not one each."""
     async with running(make_settings(key_failures_per_client="3/min")) as client:
         keys = client.resources.keys
-        find = keys.find
-        lookups: list[str] = []
-
-        async def slow(secret: str) -> dict[str, object] | None:
-            lookups.append(secret)
-            await asyncio.sleep(0.3)
-            return await find(secret)
-
-        monkeypatch.setattr(keys, "find", slow)
+        lookups = count_lookups(keys, monkeypatch, delay=0.3)
         answers = await asyncio.gather(
             *(client.get("/v1/records", headers={"X-API-Key": f"lsk_burst{i}"}) for i in range(10))
         )
@@ -229,15 +232,7 @@ async def test_concurrent_requests_with_one_key_share_its_lookup(
     async with running(make_settings(key_failures_per_client="3/min")) as client:
         keys = client.resources.keys
         good = await keys.create("good", ["read"])
-        find = keys.find
-        lookups: list[str] = []
-
-        async def slow(secret: str) -> dict[str, object] | None:
-            lookups.append(secret)
-            await asyncio.sleep(0.3)
-            return await find(secret)
-
-        monkeypatch.setattr(keys, "find", slow)
+        lookups = count_lookups(keys, monkeypatch, delay=0.3)
         for key, status in ((good, 200), ("lsk_revoked", 401)):
             answers = await asyncio.gather(
                 *(client.get("/v1/records", headers={"X-API-Key": key}) for _ in range(20))
