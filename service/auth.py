@@ -168,12 +168,7 @@ def requires(scope: str, *, unless_open: bool = False) -> Guard:
         secret = presented_key(connection)
         is_open = unless_open and not resources.settings.labeling_requires_key
         if is_open and secret is None:
-            if resources.client_limiter is not None:
-                try:
-                    resources.client_limiter.admit(client_address(connection))
-                except RateLimited as exc:
-                    resources.metrics.rejected.labels(exc.extra["reason"]).inc()
-                    raise
+            meter_client(connection)
             return
         # On an open route a key is optional, but one that is sent must be valid: it replaces
         # the per-client limit with its own limits, so an unchecked key would lift every limit.
@@ -186,16 +181,44 @@ def requires(scope: str, *, unless_open: bool = False) -> Guard:
         except RateLimited as exc:  # one that guessed too often
             resources.metrics.rejected.labels(exc.extra["reason"]).inc()
             raise
-        counter = resources.metrics.api_key_requests
         if not is_open and not principal.holds(scope):
-            counter.labels(principal.name, "forbidden").inc()
+            resources.metrics.api_key_requests.labels(principal.name, "forbidden").inc()
             raise Forbidden(f"this API key lacks the {scope!r} scope")
-        try:
-            await authenticator.limiter.admit(principal.name, principal.limits)
-        except RateLimited as exc:
-            counter.labels(principal.name, exc.extra["reason"]).inc()
-            raise
-        counter.labels(principal.name, "admitted").inc()
+        await meter_key(connection, principal)
         connection.scope["state"]["principal"] = principal
 
     return guard
+
+
+async def meter_again(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Count one more unit of work against the limits the guard admitted this request under
+    (its key's, or its client address's): each item of a batch after the first."""
+    principal = principal_of(connection)
+    if principal is None:
+        meter_client(connection)
+    else:
+        await meter_key(connection, principal)
+
+
+def meter_client(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Keyless labeling, against the per-client-address rate; ``RateLimited`` past it."""
+    resources = connection.app.state.resources
+    if resources.client_limiter is None:
+        return
+    try:
+        resources.client_limiter.admit(client_address(connection))
+    except RateLimited as exc:
+        resources.metrics.rejected.labels(exc.extra["reason"]).inc()
+        raise
+
+
+async def meter_key(connection: ASGIConnection[Any, Any, Any, Any], principal: Principal) -> None:
+    """A request of an authenticated key, against its rate and daily quota."""
+    resources = connection.app.state.resources
+    counter = resources.metrics.api_key_requests
+    try:
+        await resources.authenticator.limiter.admit(principal.name, principal.limits)
+    except RateLimited as exc:
+        counter.labels(principal.name, exc.extra["reason"]).inc()
+        raise
+    counter.labels(principal.name, "admitted").inc()
