@@ -42,6 +42,7 @@ import httpx
 
 from bench.detection_map import model_dir
 from bench.harness import bare_analyzer, database, photo_server, photos, service
+from service.api.schemas import MAX_BATCH_ITEMS
 from service.decode.image import decode_image
 from service.executor import BlockingExecutor, start_request
 from service.settings import Settings
@@ -49,6 +50,7 @@ from service.settings import Settings
 CONCURRENCY = (1, 4, 16)
 # Further alternating runs of the service and the bare pipeline at their best concurrency.
 REPEATS = 2
+BATCH_ITEMS = MAX_BATCH_ITEMS
 
 
 def bare_images_per_second(
@@ -143,6 +145,25 @@ async def post_all(base: str, urls: list[str], concurrency: int) -> tuple[float,
 
         start = time.perf_counter()
         await asyncio.gather(*(one(url) for url in urls))
+        return len(urls) / (time.perf_counter() - start), latencies
+
+
+async def post_batches(base: str, urls: list[str], size: int) -> tuple[float, list[float]]:
+    """POST the URLs ``size`` at a time to ``/v1/labels/batch``, one batch after another:
+    images/s and latencies per batch."""
+    latencies: list[float] = []
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(base, timeout=timeout) as client:
+        start = time.perf_counter()
+        for first in range(0, len(urls), size):
+            items = [{"url": url} for url in urls[first : first + size]]
+            sent = time.perf_counter()
+            async with client.post("/v1/labels/batch", json={"items": items}) as response:
+                body = await response.json()
+            latencies.append(time.perf_counter() - sent)
+            statuses = {result["status"] for result in body["results"]}
+            if response.status != 200 or statuses != {201}:
+                raise RuntimeError(f"batch at {first}: {response.status} {statuses}")
         return len(urls) / (time.perf_counter() - start), latencies
 
 
@@ -271,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                 "p95_ms": round(1000 * percentile(latencies, 95), 1),
                 "cpu_ms_per_image": cpu,
             }
+        # The batch endpoint: 16 images a request, one request at a time.
+        with service(db.uri, mongodb_db="ingest_batch", **batching) as (base, _):
+            batch_rate, batch_latencies = asyncio.run(post_batches(base, urls, BATCH_ITEMS))
         best = max(levels, key=lambda c: levels[c]["images_per_s"])
         best_bare = max(bare_runs, key=lambda c: bare_runs[c][0])
         service_rates = [levels[best]["images_per_s"]]
@@ -313,6 +337,19 @@ def main(argv: list[str] | None = None) -> int:
                 "workers": settings.workers,
                 "detect_batch_size": settings.detect_batch_size,
                 "provider": provider,
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "name": "ingest_batch",
+                "ratio": round(batch_rate / bare, 3),
+                "images_per_s": round(batch_rate, 2),
+                "bare_images_per_s": round(bare, 2),
+                "single_requests_at_16_images_per_s": at16["images_per_s"],
+                "items_per_batch": BATCH_ITEMS,
+                "p50_ms_per_batch": round(1000 * statistics.median(batch_latencies), 1),
             }
         )
     )

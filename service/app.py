@@ -36,6 +36,7 @@ from service.settings import Settings
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 ROUTES = [
     labels.create_label,
+    labels.label_batch,
     labels.upload,
     records.list_records,
     records.get_labeled_data,

@@ -75,6 +75,12 @@ class Metrics:
         self.fetch_failures = Counter(
             "labelsvc_fetch_failures", "Image fetch failures by reason", ["reason"], registry=r
         )
+        self.batch_items = Counter(
+            "labelsvc_batch_items",
+            "Items of POST /v1/labels/batch, by the status each would have had alone",
+            ["status"],
+            registry=r,
+        )
         self.rejected = Counter(
             "labelsvc_rejected_requests",
             "Requests refused for load or limits, by reason",

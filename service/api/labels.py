@@ -1,8 +1,12 @@
-"""Labeling endpoints: ``POST /v1/labels`` and the Cortex-compatible ``POST /upload``."""
+"""Labeling endpoints: ``POST /v1/labels``, its batch form ``POST /v1/labels/batch``, and the
+Cortex-compatible ``POST /upload``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
@@ -17,14 +21,22 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.api.deps import ResourcesDep, provide_ready_resources
-from service.api.problems import problem_responses
-from service.api.schemas import LabelRequest, UploadRequest
-from service.auth import KEY_HEADERS, client_address, principal_of, requires
+from service.api.problems import item_problem, problem_responses
+from service.api.schemas import BatchLabelRequest, BatchLabelResponse, LabelRequest, UploadRequest
+from service.auth import KEY_HEADERS, client_address, meter_again, principal_of, requires
 from service.domain.records import Record, StoredDocument
-from service.errors import BadRequest, Forbidden, RateLimited, Unauthorized, UnsupportedBody
+from service.errors import (
+    BadRequest,
+    Forbidden,
+    RateLimited,
+    Unauthorized,
+    UnsupportedBody,
+)
 from service.lifespan import Resources
 from service.pipeline import LabelOutcome, names_record
 
+# 16 URLs of the longest length allowed, with room for JSON escapes.
+BATCH_MAX_BODY_BYTES = 256 * 1024
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
 
 
@@ -79,22 +91,101 @@ PROBLEMS = problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 5
 async def create_label(
     data: JSONBody[LabelRequest], resources: ResourcesDep, request: Request[Any, Any, Any]
 ) -> Response[Record | StoredDocument]:
-    if (data.url is None) == (data.id is None):
-        raise BadRequest('give exactly one of "url" and "id"')
-    pipeline = resources.pipeline
-    if data.id is not None:
-        require_reader(request, resources)
-        return Response((await pipeline.label_id(data.id)).record, status_code=HTTP_200_OK)
-    assert data.url is not None
-    url = data.url
-    outcome = await in_client_slot(request, resources, lambda: pipeline.label_url(url))
+    outcome, record = await label_request(data, request, resources)
     if not outcome.created:
-        return Response(shown_to(request, outcome, data.url), status_code=HTTP_200_OK)
+        return Response(record, status_code=HTTP_200_OK)
     return Response(
-        outcome.record,
+        record,
         status_code=HTTP_201_CREATED,
         headers={"Location": f"/v1/records/{outcome.record_id}"},
     )
+
+
+@post(
+    "/v1/labels/batch",
+    dependencies=DEPENDENCIES,
+    guards=GUARDS,
+    status_code=HTTP_200_OK,
+    request_max_body_size=BATCH_MAX_BODY_BYTES,
+    summary="Label up to 16 images in one request",
+    description=(
+        "Each item is what the body of POST /v1/labels would be, and its result is what that"
+        " request would have answered: status 201 or 200 with the record, or an error status"
+        " with its problem (a 429 or 503 one says in retry_after when to send that item"
+        " again). The items run concurrently and their results come back in their order."
+        " Every item counts against the key's (or the client's) rate and daily quota."
+    ),
+    tags=["labels"],
+    security=SECURITY,
+    responses={
+        HTTP_200_OK: ResponseSpec(
+            data_container=BatchLabelResponse,
+            description="Each item's outcome, in order",
+            generate_examples=False,
+        ),
+        **problem_responses(400, 401, 403, 413, 415, 429, 503),
+    },
+)
+async def label_batch(
+    data: JSONBody[BatchLabelRequest], resources: ResourcesDep, request: Request[Any, Any, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    # The guard admitted the request as its first item; the others are metered here, before
+    # any runs, so that a client learns at once which of them its limits refused.
+    refused: list[RateLimited | None] = [None]
+    for _ in data.items[1:]:
+        try:
+            await meter_again(request)
+        except RateLimited as exc:
+            refused.append(exc)
+        else:
+            refused.append(None)
+    slots = _batch_slots(request, resources)
+    instance = request.url.path
+
+    async def result(item: LabelRequest, refusal: RateLimited | None) -> dict[str, Any]:
+        if refusal is not None:
+            return {"status": refusal.status, "problem": item_problem(refusal, instance)}
+        async with slots:
+            try:
+                outcome, record = await label_request(item, request, resources)
+            except Exception as exc:  # each item answers for itself, as its own request would
+                problem = item_problem(exc, instance)
+                return {"status": problem["status"], "problem": problem}
+        return {"status": HTTP_201_CREATED if outcome.created else HTTP_200_OK, "record": record}
+
+    results = await asyncio.gather(*map(result, data.items, refused))
+    for one in results:
+        resources.metrics.batch_items.labels(str(one["status"])).inc()
+    return {"results": results}
+
+
+def _batch_slots(
+    request: Request[Any, Any, Any], resources: Resources
+) -> AbstractAsyncContextManager[Any]:
+    """A caller without a key may have only so many labelings in progress: its batch runs
+    that many items at a time rather than have the rest refused."""
+    limiter = resources.client_limiter
+    if limiter is None or principal_of(request) is not None:
+        return contextlib.nullcontext()
+    return asyncio.Semaphore(limiter.max_inflight)
+
+
+async def label_request(
+    item: LabelRequest, request: Request[Any, Any, Any], resources: Resources
+) -> tuple[LabelOutcome, Record | StoredDocument]:
+    """Label one ``POST /v1/labels`` body: the outcome, and the record as this caller may
+    see it."""
+    if (item.url is None) == (item.id is None):
+        raise BadRequest('give exactly one of "url" and "id"')
+    pipeline = resources.pipeline
+    if item.id is not None:
+        require_reader(request, resources)
+        outcome = await pipeline.label_id(item.id)
+        return outcome, outcome.record
+    url = item.url
+    assert url is not None
+    outcome = await in_client_slot(request, resources, lambda: pipeline.label_url(url))
+    return outcome, shown_to(request, outcome, url)
 
 
 @post(

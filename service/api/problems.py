@@ -64,6 +64,20 @@ def problem(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def item_problem(exc: Exception, instance: str) -> dict[str, Any]:
+    """The problem of one item of a batch, as its own request would have had it; the
+    Retry-After header such a request would carry becomes the member ``retry_after``."""
+    if not isinstance(exc, ServiceError):
+        log.error("unhandled error on an item of %s", instance, exc_info=exc)
+        return problem_document(500, "internal", "Internal error", "internal error", instance)
+    if exc.status >= 500:
+        log.warning("an item of %s -> %d %s", instance, exc.status, exc.type)
+    extra = dict(exc.extra or {})
+    if exc.retry_after is not None:
+        extra["retry_after"] = exc.retry_after
+    return problem_document(exc.status, exc.type, exc.title, exc.detail, instance, extra)
+
+
 def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[Any]:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
     if exc.status == 401:

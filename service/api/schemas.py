@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from service.api.problems import Problem
 from service.domain.records import Record, StoredDocument
 from service.settings import MAX_URL_LENGTH
 
@@ -17,6 +18,32 @@ class LabelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     url: UrlOrId | None = None
     id: UrlOrId | None = None
+
+
+# As many images as one batch of Google Cloud Vision's images:annotate takes.
+MAX_BATCH_ITEMS = 16
+
+
+class BatchLabelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Up to 16 labeling requests, each as the body of ``POST /v1/labels`` would be."""
+
+    items: Annotated[list[LabelRequest], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ITEMS)]
+
+
+class BatchItemResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One item's outcome: ``status`` as ``POST /v1/labels`` would have answered it (201 new
+    record, 200 labeled before, or an error status), with the ``record`` or the ``problem``.
+    A 429 or 503 problem carries ``retry_after`` (seconds)."""
+
+    status: int
+    record: Record | msgspec.UnsetType = msgspec.UNSET
+    problem: Problem | msgspec.UnsetType = msgspec.UNSET
+
+
+class BatchLabelResponse(msgspec.Struct, frozen=True):
+    """The items' outcomes, in the order of the request's items."""
+
+    results: list[BatchItemResult]
 
 
 class UploadRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
