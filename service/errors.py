@@ -18,6 +18,7 @@ never leaks: anything that is not a ``ServiceError`` becomes a generic 500 and i
     ├── UnsupportedMediaType       415  the bytes are not an image format we decode
     ├── UnprocessableImage         422  an image format we know, but broken (truncated, corrupt)
     ├── RateLimited                429  per-key or per-client limits (Retry-After)
+    ├── ClientClosedRequest        499  the client left first (for logs and metrics: unread)
     ├── UpstreamError              502  the image host failed: connect error, bad status, loops
     ├── ServiceUnavailable         503  overloaded, not ready, database down (Retry-After)
     │   ├── Overloaded             503
@@ -118,6 +119,15 @@ class RateLimited(ServiceError):
     status = 429
     type = "rate-limited"
     title = "Too many requests"
+
+
+class ClientClosedRequest(ServiceError):
+    """Not an answer anyone reads: what a request whose client disconnected is recorded as
+    (nginx's 499), so that the work given up on shows in the metrics."""
+
+    status = 499
+    type = "client-closed-request"
+    title = "Client closed request"
 
 
 class UpstreamError(ServiceError):

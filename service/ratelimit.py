@@ -297,19 +297,27 @@ class ClientLimiter:
         """One of the client's requests in progress. Without this cap, a client within its
         rate could hold every labeling slot with image hosts that never answer: eviction of
         slow downloads frees slots more slowly than such a client can take them."""
+        with self.sharing(client, 1):
+            yield
+
+    @contextmanager
+    def sharing(self, client: str, wanted: int) -> Iterator[int]:
+        """Up to ``wanted`` of the client's free slots, held together (by a batch, say):
+        how many were taken. ``RateLimited`` when none is free."""
         client = client_bucket(client)
-        if self._inflight[client] >= self.max_inflight:
+        taken = min(wanted, self.max_inflight - self._inflight[client])
+        if taken < 1:
             raise RateLimited(
                 f"at most {self.max_inflight} labeling requests without an API key may be in"
                 " progress per client; retry when one has finished, or use an API key",
                 retry_after=1,
                 extra={"reason": "client_inflight", "limit": str(self.max_inflight)},
             )
-        self._inflight[client] += 1
+        self._inflight[client] += taken
         try:
-            yield
+            yield taken
         finally:
-            self._inflight[client] -= 1
+            self._inflight[client] -= taken
             if not self._inflight[client]:
                 del self._inflight[client]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, post
@@ -27,6 +26,7 @@ from service.auth import KEY_HEADERS, client_address, meter_again, principal_of,
 from service.domain.records import Record, StoredDocument
 from service.errors import (
     BadRequest,
+    ClientClosedRequest,
     Forbidden,
     RateLimited,
     Unauthorized,
@@ -35,6 +35,7 @@ from service.errors import (
 from service.lifespan import Resources
 from service.pipeline import LabelOutcome, names_record
 
+T = TypeVar("T")
 # 16 URLs of the longest length allowed, with room for JSON escapes.
 BATCH_MAX_BODY_BYTES = 256 * 1024
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
@@ -76,7 +77,9 @@ PROBLEMS = problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 5
     security=SECURITY,
     responses={
         HTTP_200_OK: ResponseSpec(
-            data_container=Record, description="The bytes or the id were labeled before"
+            data_container=Record | StoredDocument,  # type: ignore[arg-type]
+            description="The bytes or the id were labeled before",
+            generate_examples=False,
         ),
         **PROBLEMS,
     },
@@ -129,52 +132,93 @@ async def create_label(
 async def label_batch(
     data: JSONBody[BatchLabelRequest], resources: ResourcesDep, request: Request[Any, Any, Any]
 ) -> dict[str, list[dict[str, Any]]]:
-    # The guard admitted the request as its first item; the others are metered here, before
-    # any runs, so that a client learns at once which of them its limits refused.
-    refused: list[RateLimited | None] = [None]
-    for _ in data.items[1:]:
-        try:
-            await meter_again(request)
-        except RateLimited as exc:
-            refused.append(exc)
-        else:
-            refused.append(None)
-    slots = _batch_slots(request, resources)
-    instance = request.url.path
-
-    async def result(item: LabelRequest, refusal: RateLimited | None) -> dict[str, Any]:
-        if refusal is not None:
-            return {"status": refusal.status, "problem": item_problem(refusal, instance)}
-        async with slots:
+    with _client_share(request, resources, len(data.items)) as share:
+        # The guard admitted the request as its first item; the others are metered here,
+        # before any runs, so that a client learns at once which of them its limits refused.
+        refused: list[RateLimited | None] = [None]
+        for _ in data.items[1:]:
             try:
-                outcome, record = await label_request(item, request, resources)
-            except Exception as exc:  # each item answers for itself, as its own request would
-                problem = item_problem(exc, instance)
-                return {"status": problem["status"], "problem": problem}
-        return {"status": HTTP_201_CREATED if outcome.created else HTTP_200_OK, "record": record}
+                await meter_again(request)
+            except RateLimited as exc:
+                refused.append(exc)
+            else:
+                refused.append(None)
+        slots = contextlib.nullcontext() if share is None else asyncio.Semaphore(share)
+        instance = request.url.path
 
-    results = await asyncio.gather(*map(result, data.items, refused))
+        async def result(item: LabelRequest, refusal: RateLimited | None) -> dict[str, Any]:
+            if refusal is not None:
+                return {"status": refusal.status, "problem": item_problem(refusal, instance)}
+            async with slots:
+                try:
+                    outcome, record = await label_request(
+                        item, request, resources, slot_held=share is not None
+                    )
+                except Exception as exc:  # each item answers for itself, as alone it would
+                    problem = item_problem(exc, instance)
+                    return {"status": problem["status"], "problem": problem}
+            status = HTTP_201_CREATED if outcome.created else HTTP_200_OK
+            return {"status": status, "record": record}
+
+        results = await _unless_client_leaves(
+            request, asyncio.gather(*map(result, data.items, refused))
+        )
     for one in results:
         resources.metrics.batch_items.labels(str(one["status"])).inc()
     return {"results": results}
 
 
-def _batch_slots(
-    request: Request[Any, Any, Any], resources: Resources
-) -> AbstractAsyncContextManager[Any]:
-    """A caller without a key may have only so many labelings in progress: its batch runs
-    that many items at a time rather than have the rest refused."""
+@contextlib.contextmanager
+def _client_share(
+    request: Request[Any, Any, Any], resources: Resources, items: int
+) -> Iterator[int | None]:
+    """For a caller without a key, up to ``items`` of its client's free labeling slots, held
+    by the batch until it answers (its items take turns in them); 429 when none is free, as
+    for a single request. None for a caller whose key meters it."""
     limiter = resources.client_limiter
     if limiter is None or principal_of(request) is not None:
-        return contextlib.nullcontext()
-    return asyncio.Semaphore(limiter.max_inflight)
+        yield None
+        return
+    try:
+        with limiter.sharing(client_address(request), items) as taken:
+            yield taken
+    except RateLimited as exc:
+        resources.metrics.rejected.labels(exc.extra["reason"]).inc()
+        raise
+
+
+async def _unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """``work``'s result; cancelled (and 499) when the client disconnects first, so that a
+    batch starts nothing more for nobody. Analyses already running are stored all the same."""
+    running = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait([running, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not running.done():
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        raise ClientClosedRequest("the client disconnected before the batch was answered")
+    return running.result()
+
+
+async def _disconnect(request: Request[Any, Any, Any]) -> None:
+    """Returns when the client has gone: with the body read, that is all ``receive`` brings."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def label_request(
-    item: LabelRequest, request: Request[Any, Any, Any], resources: Resources
+    item: LabelRequest,
+    request: Request[Any, Any, Any],
+    resources: Resources,
+    *,
+    slot_held: bool = False,
 ) -> tuple[LabelOutcome, Record | StoredDocument]:
     """Label one ``POST /v1/labels`` body: the outcome, and the record as this caller may
-    see it."""
+    see it. With ``slot_held``, the caller already holds a client slot for it."""
     if (item.url is None) == (item.id is None):
         raise BadRequest('give exactly one of "url" and "id"')
     pipeline = resources.pipeline
@@ -184,7 +228,10 @@ async def label_request(
         return outcome, outcome.record
     url = item.url
     assert url is not None
-    outcome = await in_client_slot(request, resources, lambda: pipeline.label_url(url))
+    if slot_held:
+        outcome = await pipeline.label_url(url)
+    else:
+        outcome = await in_client_slot(request, resources, lambda: pipeline.label_url(url))
     return outcome, shown_to(request, outcome, url)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import msgspec
 
@@ -30,17 +30,23 @@ class BatchLabelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
     items: Annotated[list[LabelRequest], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ITEMS)]
 
 
-class BatchItemResult(msgspec.Struct, frozen=True, kw_only=True):
+class _ItemStatus(TypedDict):
+    status: int
+
+
+# TypedDicts, not Structs: a record may be a stored document that does not fit ``Record``,
+# and msgspec unions take one object type only. (``total=False``, as ``NotRequired`` is not
+# seen under postponed annotations.)
+class BatchItemResult(_ItemStatus, total=False):
     """One item's outcome: ``status`` as ``POST /v1/labels`` would have answered it (201 new
     record, 200 labeled before, or an error status), with the ``record`` or the ``problem``.
     A 429 or 503 problem carries ``retry_after`` (seconds)."""
 
-    status: int
-    record: Record | msgspec.UnsetType = msgspec.UNSET
-    problem: Problem | msgspec.UnsetType = msgspec.UNSET
+    record: Record | StoredDocument
+    problem: Problem
 
 
-class BatchLabelResponse(msgspec.Struct, frozen=True):
+class BatchLabelResponse(TypedDict):
     """The items' outcomes, in the order of the request's items."""
 
     results: list[BatchItemResult]

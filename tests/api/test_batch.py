@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import schemathesis
+from bson import ObjectId
 
 from service.api.schemas import MAX_BATCH_ITEMS
 from service.ratelimit import Rate
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
-from tests.conftest import API_KEY, CAT_PHOTO, EMPTY_PHOTO, AppClient, running
+from tests.api.test_records import fake_record
+from tests.conftest import API_KEY, CAT_PHOTO, EMPTY_PHOTO, ROOT, AppClient, running
 from tests.support.image_server import ImageServer
 
 BATCH = "/v1/labels/batch"
 KEY = {"X-API-Key": API_KEY}
+CONTRACT = schemathesis.openapi.from_path(ROOT / "openapi" / "openapi.json")
 
 
 def item_problem(result: dict[str, Any], status: int, type_suffix: str) -> dict[str, Any]:
@@ -154,6 +160,22 @@ async def test_each_item_counts_against_the_keys_limits(
     assert item_problem(results[1], 429, "rate-limited")["reason"] == "rate_limit"
 
 
+async def test_an_imported_record_keeps_the_documented_shape(client: AppClient) -> None:
+    """A record imported from a Cortex export is served as stored, in a batch as alone, and
+    both answers are what the OpenAPI document says they may be."""
+    imported = {**fake_record(7, ["cat"], 640), "_id": ObjectId(), "face_analysis": []}
+    del imported["object_analysis_processed"]  # no longer a Record: served as stored
+    await client.resources.database["records"].insert_one(imported)
+    item = {"id": str(imported["_id"])}
+
+    alone = await client.post("/v1/labels", json=item, headers=KEY)
+    assert alone.status_code == 200 and alone.json()["face_analysis"] == []
+    CONTRACT["/v1/labels"]["POST"].validate_response(alone)
+    batched = await client.post(BATCH, json={"items": [item]}, headers=KEY)
+    assert batched.json()["results"] == [{"status": 200, "record": alone.json()}]
+    CONTRACT[BATCH]["POST"].validate_response(batched)
+
+
 async def test_a_keyless_batch_runs_within_the_clients_share_of_slots(
     make_settings: Callable[..., Settings], image_server: ImageServer
 ) -> None:
@@ -164,6 +186,96 @@ async def test_a_keyless_batch_runs_within_the_clients_share_of_slots(
         urls = [{"url": image_server.photo_url(CAT_PHOTO, alias=str(i))} for i in range(3)]
         results = await batch(client, *urls)
         assert [r["status"] for r in results] == [201, 200, 200]
+
+
+async def test_a_keyless_batch_shares_its_clients_slots_with_its_other_requests(
+    make_settings: Callable[..., Settings], image_server: ImageServer
+) -> None:
+    """Its items take turns in the slots the client has free; with none free, the batch is
+    refused as a single request would be."""
+    settings = make_settings(label_rate_per_client="1000/s", max_inflight=8)  # 2 a client
+    async with running(settings) as client:
+        pipeline = client.resources.pipeline
+        slow: list[asyncio.Task[Any]] = []
+
+        async def one_more_slow_request() -> None:
+            url = image_server.url(f"/drip?share={len(slow)}")
+            slow.append(asyncio.create_task(client.post("/v1/labels", json={"url": url})))
+            async with asyncio.timeout(10):
+                while pipeline.admitted < len(slow):  # noqa: ASYNC110 (no event marks it)
+                    await asyncio.sleep(0.01)
+
+        await one_more_slow_request()
+        urls = [{"url": image_server.photo_url(CAT_PHOTO, alias=f"s{i}")} for i in range(3)]
+        results = await batch(client, *urls)  # beside one slow request: in the other slot
+        assert [r["status"] for r in results] == [201, 200, 200]
+
+        await one_more_slow_request()
+        refused = await client.post(BATCH, json={"items": urls})
+        assert assert_problem(refused, 429, "rate-limited")["reason"] == "client_inflight"
+        for task in slow:
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        metrics = (await client.get("/metrics")).text
+        assert 'labelsvc_rejected_requests_total{reason="client_inflight"} 1.0' in metrics
+
+
+async def test_a_batch_whose_client_leaves_starts_nothing_more(
+    make_settings: Callable[..., Settings], image_server: ImageServer
+) -> None:
+    """The client disconnects while its first item downloads: the other two never start,
+    and its slot is free again at once."""
+    settings = make_settings(label_rate_per_client="1000/s", max_inflight=4)  # 1 a client
+    async with running(settings) as client:
+        items = [{"url": image_server.url(f"/drip?leaves={i}")} for i in range(3)]
+        body = json.dumps({"items": items}).encode()
+        sent: list[dict[str, Any]] = []
+        leave = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            if not sent:
+                sent.append({})
+                return {"type": "http.request", "body": body, "more_body": False}
+            await leave.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": BATCH,
+            "raw_path": BATCH.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"testserver"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        answering = asyncio.create_task(client.app(scope, receive, send))  # type: ignore[arg-type]
+
+        def started() -> list[str]:
+            return [path for path, _ in image_server.requests if "leaves=" in path]
+
+        async with asyncio.timeout(10):
+            while not started():  # noqa: ASYNC110 (the image server marks nothing)
+                await asyncio.sleep(0.01)
+        leave.set()
+        async with asyncio.timeout(3):  # the download is cut short, not waited for
+            await answering
+        assert sent[1]["status"] == 499
+        await asyncio.sleep(0.5)
+        assert started() == ["/drip?leaves=0"]
+        again = await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
+        assert again.status_code == 201
 
 
 async def test_items_over_the_services_capacity_get_503_with_retry_after(
