@@ -15,7 +15,9 @@ the client spends is taken from the service, and httpx costs about 1 ms more per
 
 Prints JSON lines: ``ingest`` (ratio = service / bare images/s at the best concurrency, with
 the CPU milliseconds per image of each process involved: the service's event loop and its
-blocking work, the database, the photo host, the HTTP client), ``ingest_components`` (mean
+blocking work, the database, the photo host, the HTTP client), ``ingest_batch`` (the same
+photos 16 to a ``POST /v1/labels/batch`` request, one request at a time, against the same
+bare figure), ``ingest_components`` (mean
 ms per stage inside the service), ``cold_start``, ``second_scale_cost`` (throughput and latency
 with ``LABELSVC_SECOND_SCALE=1``, against the default), ``labeling_latency`` (median latency at
 concurrency 1 with every analysis on, over the same service running detection only) and
@@ -293,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_ms_per_image": cpu,
             }
         # The batch endpoint: 16 images a request, one request at a time.
-        with service(db.uri, mongodb_db="ingest_batch", **batching) as (base, _):
+        with service(db.uri, mongodb_db="ingest_batch", **batching) as (base, proc):
+            meter = CpuMeter(proc.pid, db.pid, server.pid)
             batch_rate, batch_latencies = asyncio.run(post_batches(base, urls, BATCH_ITEMS))
+            batch_cpu = meter.per_image_ms(len(urls))
         best = max(levels, key=lambda c: levels[c]["images_per_s"])
         best_bare = max(bare_runs, key=lambda c: bare_runs[c][0])
         service_rates = [levels[best]["images_per_s"]]
@@ -350,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 "single_requests_at_16_images_per_s": at16["images_per_s"],
                 "items_per_batch": BATCH_ITEMS,
                 "p50_ms_per_batch": round(1000 * statistics.median(batch_latencies), 1),
+                "cpu_ms_per_image": batch_cpu,
             }
         )
     )
