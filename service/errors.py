@@ -18,7 +18,7 @@ never leaks: anything that is not a ``ServiceError`` becomes a generic 500 and i
     ├── UnsupportedMediaType       415  the bytes are not an image format we decode
     ├── UnprocessableImage         422  an image format we know, but broken (truncated, corrupt)
     ├── RateLimited                429  per-key or per-client limits (Retry-After)
-    ├── ClientClosedRequest        499  the client left first (for logs and metrics: unread)
+    ├── ClientClosedRequest        499  the client left first (for the metrics: nobody reads it)
     ├── UpstreamError              502  the image host failed: connect error, bad status, loops
     ├── ServiceUnavailable         503  overloaded, not ready, database down (Retry-After)
     │   ├── Overloaded             503
@@ -123,7 +123,7 @@ class RateLimited(ServiceError):
 
 class ClientClosedRequest(ServiceError):
     """Not an answer anyone reads: what a request whose client disconnected is recorded as
-    (nginx's 499), so that the work given up on shows in the metrics."""
+    (nginx's 499) in the HTTP metrics, so that the work given up on shows there."""
 
     status = 499
     type = "client-closed-request"

@@ -132,17 +132,18 @@ async def create_label(
 async def label_batch(
     data: JSONBody[BatchLabelRequest], resources: ResourcesDep, request: Request[Any, Any, Any]
 ) -> dict[str, list[dict[str, Any]]]:
-    with _client_share(request, resources, len(data.items)) as share:
-        # The guard admitted the request as its first item; the others are metered here,
-        # before any runs, so that a client learns at once which of them its limits refused.
-        refused: list[RateLimited | None] = [None]
-        for _ in data.items[1:]:
-            try:
-                await meter_again(request)
-            except RateLimited as exc:
-                refused.append(exc)
-            else:
-                refused.append(None)
+    # The guard admitted the request as its first item; the others are metered here, before
+    # any runs, so that a client learns at once which of them its limits refused.
+    refused: list[RateLimited | None] = [None]
+    for _ in data.items[1:]:
+        try:
+            await meter_again(request)
+        except RateLimited as exc:
+            refused.append(exc)
+        else:
+            refused.append(None)
+    downloads = sum(1 for i, r in zip(data.items, refused, strict=True) if i.url and r is None)
+    with _client_share(request, resources, downloads) as share:
         slots = contextlib.nullcontext() if share is None else asyncio.Semaphore(share)
         instance = request.url.path
 
@@ -170,36 +171,40 @@ async def label_batch(
 
 @contextlib.contextmanager
 def _client_share(
-    request: Request[Any, Any, Any], resources: Resources, items: int
+    request: Request[Any, Any, Any], resources: Resources, downloads: int
 ) -> Iterator[int | None]:
-    """For a caller without a key, up to ``items`` of its client's free labeling slots, held
-    by the batch until it answers (its items take turns in them); 429 when none is free, as
-    for a single request. None for a caller whose key meters it."""
+    """For a caller without a key, up to ``downloads`` of its client's free labeling slots,
+    held by the batch until it answers (its items take turns in them); 429 when none is free,
+    as for a single request. None for a caller whose key meters it, or with nothing to fetch."""
     limiter = resources.client_limiter
-    if limiter is None or principal_of(request) is not None:
+    if limiter is None or principal_of(request) is not None or not downloads:
         yield None
         return
-    try:
-        with limiter.sharing(client_address(request), items) as taken:
-            yield taken
-    except RateLimited as exc:
-        resources.metrics.rejected.labels(exc.extra["reason"]).inc()
-        raise
+    with contextlib.ExitStack() as held:
+        try:
+            taken = held.enter_context(limiter.sharing(client_address(request), downloads))
+        except RateLimited as exc:
+            resources.metrics.rejected.labels(exc.extra["reason"]).inc()
+            raise
+        yield taken
 
 
 async def _unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
     """``work``'s result; cancelled (and 499) when the client disconnects first, so that a
-    batch starts nothing more for nobody. Analyses already running are stored all the same."""
+    batch starts nothing more for nobody. Analyses already running are stored all the same.
+    Cancelled with the request too (at the end of a graceful shutdown, say)."""
     running = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnect(request))
     try:
         await asyncio.wait([running, gone], return_when=asyncio.FIRST_COMPLETED)
+        left = not running.done()
     finally:
         gone.cancel()
-    if not running.done():
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running  # its items give their slots back before the batch does
+    if left:
         raise ClientClosedRequest("the client disconnected before the batch was answered")
     return running.result()
 

@@ -220,14 +220,16 @@ async def test_a_keyless_batch_shares_its_clients_slots_with_its_other_requests(
         assert 'labelsvc_rejected_requests_total{reason="client_inflight"} 1.0' in metrics
 
 
-async def test_a_batch_whose_client_leaves_starts_nothing_more(
-    make_settings: Callable[..., Settings], image_server: ImageServer
+@pytest.mark.parametrize(("ending", "status"), [("client_leaves", 499), ("server_cancels", 503)])
+async def test_a_batch_cut_short_starts_nothing_more(
+    make_settings: Callable[..., Settings], image_server: ImageServer, ending: str, status: int
 ) -> None:
-    """The client disconnects while its first item downloads: the other two never start,
-    and its slot is free again at once."""
+    """The client disconnects, or the server cancels the request (at the end of a graceful
+    shutdown), while the first item downloads: the other two never start, and the client's
+    slot is free again at once."""
     settings = make_settings(label_rate_per_client="1000/s", max_inflight=4)  # 1 a client
     async with running(settings) as client:
-        items = [{"url": image_server.url(f"/drip?leaves={i}")} for i in range(3)]
+        items = [{"url": image_server.url(f"/drip?{ending}={i}")} for i in range(3)]
         body = json.dumps({"items": items}).encode()
         sent: list[dict[str, Any]] = []
         leave = asyncio.Event()
@@ -263,19 +265,45 @@ async def test_a_batch_whose_client_leaves_starts_nothing_more(
         answering = asyncio.create_task(client.app(scope, receive, send))  # type: ignore[arg-type]
 
         def started() -> list[str]:
-            return [path for path, _ in image_server.requests if "leaves=" in path]
+            return [path for path, _ in image_server.requests if f"{ending}=" in path]
 
         async with asyncio.timeout(10):
             while not started():  # noqa: ASYNC110 (the image server marks nothing)
                 await asyncio.sleep(0.01)
-        leave.set()
+        if ending == "client_leaves":
+            leave.set()
+        else:
+            answering.cancel()
         async with asyncio.timeout(3):  # the download is cut short, not waited for
             await answering
-        assert sent[1]["status"] == 499
+        assert sent[1]["status"] == status, sent
         await asyncio.sleep(0.5)
-        assert started() == ["/drip?leaves=0"]
+        assert started() == [f"/drip?{ending}=0"]
+        assert client.resources.pipeline.admitted == 0
         again = await client.post("/v1/labels", json={"url": image_server.photo_url(CAT_PHOTO)})
         assert again.status_code == 201
+
+
+async def test_items_refused_by_the_rate_hold_no_slot(
+    make_settings: Callable[..., Settings], image_server: ImageServer
+) -> None:
+    """Items over the client's rate, and lookups by id, take none of its slots: the refused
+    item sent again once the rate allows finds one free."""
+    settings = make_settings(label_rate_per_client="1/s", max_inflight=8)  # 2 a client
+    async with running(settings) as client:
+        cat = {"url": image_server.photo_url(CAT_PHOTO)}
+        slow = asyncio.create_task(
+            client.post(BATCH, json={"items": [{"url": image_server.url("/drip?rate=0")}, cat]})
+        )
+        async with asyncio.timeout(10):
+            while client.resources.pipeline.admitted < 1:  # noqa: ASYNC110 (no event marks it)
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(1.1)  # a token again
+        again = await client.post("/v1/labels", json=cat)
+        assert again.status_code == 201, again.text
+        results = (await slow).json()["results"]
+        assert results[0]["status"] == 504  # the drip outlasts the test's fetch deadline
+        assert item_problem(results[1], 429, "rate-limited")["reason"] == "client_rate_limit"
 
 
 async def test_items_over_the_services_capacity_get_503_with_retry_after(
