@@ -21,7 +21,13 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.api.deps import ResourcesDep, provide_ready_resources
 from service.api.problems import item_problem, problem_responses
-from service.api.schemas import BatchLabelRequest, BatchLabelResponse, LabelRequest, UploadRequest
+from service.api.schemas import (
+    RECORD_AS_SERVED,
+    BatchLabelRequest,
+    BatchLabelResponse,
+    LabelRequest,
+    UploadRequest,
+)
 from service.auth import KEY_HEADERS, client_address, meter_again, principal_of, requires
 from service.domain.records import Record, StoredDocument
 from service.errors import (
@@ -77,7 +83,7 @@ PROBLEMS = problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 5
     security=SECURITY,
     responses={
         HTTP_200_OK: ResponseSpec(
-            data_container=Record | StoredDocument,  # type: ignore[arg-type]
+            data_container=RECORD_AS_SERVED,
             description="The bytes or the id were labeled before",
             generate_examples=False,
         ),

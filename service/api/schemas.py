@@ -20,6 +20,10 @@ class LabelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     id: UrlOrId | None = None
 
 
+# A record as the API serves it: a ``Record``, or a stored document that does not fit one
+# (an import, say). Typed as Any: an OpenAPI response type, not a class.
+RECORD_AS_SERVED: Any = Record | StoredDocument
+
 # As many images as one batch of Google Cloud Vision's images:annotate takes.
 MAX_BATCH_ITEMS = 16
 
