@@ -293,17 +293,12 @@ class ClientLimiter:
         self._inflight: Counter[str] = Counter()
 
     @contextmanager
-    def holding(self, client: str) -> Iterator[None]:
-        """One of the client's requests in progress. Without this cap, a client within its
-        rate could hold every labeling slot with image hosts that never answer: eviction of
-        slow downloads frees slots more slowly than such a client can take them."""
-        with self.sharing(client, 1):
-            yield
-
-    @contextmanager
     def sharing(self, client: str, wanted: int) -> Iterator[int]:
-        """Up to ``wanted`` of the client's free slots, held together (by a batch, say):
-        how many were taken. ``RateLimited`` when none is free."""
+        """Up to ``wanted`` of the client's free slots (one per request in progress; a batch
+        takes several), held together: how many were taken. ``RateLimited`` when none is
+        free. Without this cap, a client within its rate could hold every labeling slot with
+        image hosts that never answer: eviction of slow downloads frees slots more slowly
+        than such a client can take them."""
         client = client_bucket(client)
         taken = min(wanted, self.max_inflight - self._inflight[client])
         if taken < 1:

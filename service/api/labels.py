@@ -148,7 +148,11 @@ async def label_batch(
             refused.append(exc)
         else:
             refused.append(None)
-    downloads = sum(1 for i, r in zip(data.items, refused, strict=True) if i.url and r is None)
+    downloads = sum(
+        1
+        for item, refusal in zip(data.items, refused, strict=True)
+        if item.url is not None and item.id is None and refusal is None
+    )
     with _client_share(request, resources, downloads) as share:
         slots = contextlib.nullcontext() if share is None else asyncio.Semaphore(share)
         instance = request.url.path
@@ -180,8 +184,8 @@ def _client_share(
     request: Request[Any, Any, Any], resources: Resources, downloads: int
 ) -> Iterator[int | None]:
     """For a caller without a key, up to ``downloads`` of its client's free labeling slots,
-    held by the batch until it answers (its items take turns in them); 429 when none is free,
-    as for a single request. None for a caller whose key meters it, or with nothing to fetch."""
+    held until the request answers (a batch's items take turns in them); 429 when none is
+    free. None for a caller whose key meters it, or with nothing to fetch."""
     limiter = resources.client_limiter
     if limiter is None or principal_of(request) is not None or not downloads:
         yield None
@@ -276,15 +280,8 @@ async def in_client_slot(
     labeling: Callable[[], Awaitable[LabelOutcome]],
 ) -> LabelOutcome:
     """Run ``labeling``; a caller without a key holds one of its client's slots meanwhile."""
-    limiter = resources.client_limiter
-    if limiter is None or principal_of(request) is not None:
+    with _client_share(request, resources, 1):
         return await labeling()
-    try:
-        with limiter.holding(client_address(request)):
-            return await labeling()
-    except RateLimited as exc:
-        resources.metrics.rejected.labels(exc.extra["reason"]).inc()
-        raise
 
 
 def _may_read(request: Request[Any, Any, Any]) -> bool:
