@@ -52,7 +52,6 @@ from service.settings import Settings
 CONCURRENCY = (1, 4, 16)
 # Further alternating runs of the service and the bare pipeline at their best concurrency.
 REPEATS = 2
-BATCH_ITEMS = MAX_BATCH_ITEMS
 
 
 def bare_images_per_second(
@@ -297,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         # The batch endpoint: 16 images a request, one request at a time.
         with service(db.uri, mongodb_db="ingest_batch", **batching) as (base, proc):
             meter = CpuMeter(proc.pid, db.pid, server.pid)
-            batch_rate, batch_latencies = asyncio.run(post_batches(base, urls, BATCH_ITEMS))
+            batch_rate, batch_latencies = asyncio.run(post_batches(base, urls, MAX_BATCH_ITEMS))
             batch_cpu = meter.per_image_ms(len(urls))
         best = max(levels, key=lambda c: levels[c]["images_per_s"])
         best_bare = max(bare_runs, key=lambda c: bare_runs[c][0])
@@ -352,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 "images_per_s": round(batch_rate, 2),
                 "bare_images_per_s": round(bare, 2),
                 "single_requests_at_16_images_per_s": at16["images_per_s"],
-                "items_per_batch": BATCH_ITEMS,
+                "items_per_batch": MAX_BATCH_ITEMS,
                 "p50_ms_per_batch": round(1000 * statistics.median(batch_latencies), 1),
                 "cpu_ms_per_image": batch_cpu,
             }
