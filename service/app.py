@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from bson import Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp, json_util
-from litestar import Litestar
+from litestar import Litestar, Response, Router
 from litestar.enums import ScopeType
+from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, Schema, SecurityScheme
@@ -58,7 +59,12 @@ def openapi_config() -> OpenAPIConfig:
             "Image labeling: POST an image URL, get detections, structural attributes and a"
             " label-quality estimate, stored for querying with MongoDB filters."
         ),
-        path="/docs",
+        openapi_router=Router(
+            path="/docs",
+            route_handlers=[],
+            after_request=_docs_not_found,
+            include_in_schema=False,
+        ),
         render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
         components=Components(
             security_schemes={
@@ -68,6 +74,14 @@ def openapi_config() -> OpenAPIConfig:
             }
         ),
     )
+
+
+def _docs_not_found(response: Response[Any]) -> Response[Any]:
+    """Unknown paths under /docs as problems like any other 404: the framework answers them
+    with an HTML page of its own."""
+    if response.status_code == 404:
+        raise NotFoundException()
+    return response
 
 
 # Imported records may hold BSON types JSON lacks. An ObjectId is shown as its hex digits, the

@@ -90,6 +90,14 @@ async def test_interactive_docs_are_served(client: AppClient) -> None:
     assert schema.json()["paths"]["/v1/labels"]["post"]
 
 
+async def test_unknown_docs_pages_are_problems(client: AppClient) -> None:
+    for path in ("/docs/nope", "/docs/openapi.yaml", "/docs/swagger/x"):
+        missing = await client.get(path)
+        assert missing.status_code == 404, path
+        assert missing.headers["content-type"] == "application/problem+json", path
+        assert missing.json()["instance"] == path
+
+
 def test_committed_openapi_document_is_current() -> None:
     generated = create_app(Settings()).openapi_schema.to_schema()
     committed = json.loads((ROOT / "openapi" / "openapi.json").read_text())
