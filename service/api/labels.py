@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -40,6 +41,8 @@ from service.errors import (
 )
 from service.lifespan import Resources
 from service.pipeline import LabelOutcome, names_record
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # 16 URLs of the longest length allowed, with room for JSON escapes.
@@ -215,6 +218,7 @@ async def _unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable
             with contextlib.suppress(asyncio.CancelledError):
                 await running  # its items give their slots back before the batch does
     if left:
+        log.info("%s: the client left; items not yet started are dropped", request.url.path)
         raise ClientClosedRequest("the client disconnected before the batch was answered")
     return running.result()
 

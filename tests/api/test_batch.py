@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -222,11 +223,16 @@ async def test_a_keyless_batch_shares_its_clients_slots_with_its_other_requests(
 
 @pytest.mark.parametrize(("ending", "status"), [("client_leaves", 499), ("server_cancels", 503)])
 async def test_a_batch_cut_short_starts_nothing_more(
-    make_settings: Callable[..., Settings], image_server: ImageServer, ending: str, status: int
+    make_settings: Callable[..., Settings],
+    image_server: ImageServer,
+    ending: str,
+    status: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The client disconnects, or the server cancels the request (at the end of a graceful
     shutdown), while the first item downloads: the other two never start, and the client's
     slot is free again at once."""
+    caplog.set_level(logging.INFO, logger="service.api.labels")
     settings = make_settings(label_rate_per_client="1000/s", max_inflight=4)  # 1 a client
     async with running(settings) as client:
         items = [{"url": image_server.url(f"/drip?{ending}={i}")} for i in range(3)]
@@ -277,6 +283,8 @@ async def test_a_batch_cut_short_starts_nothing_more(
         async with asyncio.timeout(3):  # the download is cut short, not waited for
             await answering
         assert sent[1]["status"] == status, sent
+        left = [r for r in caplog.records if "the client left" in r.getMessage()]
+        assert len(left) == (ending == "client_leaves")
         await asyncio.sleep(0.5)
         assert started() == [f"/drip?{ending}=0"]
         assert client.resources.pipeline.admitted == 0
