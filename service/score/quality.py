@@ -284,7 +284,8 @@ def estimate(
     score = float(_sigmoid(np.array(model.intercept + model.slope * _logit(f1))))
     components: dict[str, float] = {
         "expected_f1": f1,
-        "expected_precision": float(np.mean(quality)) if quality else 0.0,
+        # no labels, none wrong: an empty set is precise (its F1 turns on the misses alone)
+        "expected_precision": float(np.mean(quality)) if quality else 1.0,
         "expected_missed": float(np.sum(missed)),
         **confidence_profile(primary),
         "sub_threshold_count": float(len(sub_threshold(below))),

@@ -204,6 +204,8 @@ class TestEstimate:
         faint = estimate([], None, None, None, SIZE, below=[det(PERSON, 0.2, 0, 0, 100, 200)])
         assert empty.components["expected_f1"] == 1.0
         assert faint.components["expected_f1"] < 1.0
+        assert empty.components["expected_precision"] == faint.components["expected_precision"]
+        assert faint.components["expected_precision"] == 1.0  # nothing claimed, nothing wrong
         assert faint.score < empty.score
 
     def test_without_a_second_opinion_uses_the_fallback(self) -> None:
