@@ -33,6 +33,9 @@ MAX_TIME_MS = 2**31 - 1
 MAX_DB_TIMEOUT_MS = 999_999_999
 MAX_FETCH_SECONDS = 3600.0
 MAX_BATCH_WAIT_MS = 1000.0
+# A detector batch is warmed up at its full size at start (and on a GPU every batch runs
+# padded to it): a mistyped size must be an error, not a start that runs out of memory.
+MAX_BATCH_SIZE = 64
 MAX_INPUT_SIZE = 2048
 # The request bodies' cap on a URL or id (service.api.schemas); max_url_length stays within it.
 MAX_URL_LENGTH = 8192
@@ -215,8 +218,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "max_pending must be >= 1": self.max_pending >= 1,
             "max_inflight must be >= 1": self.max_inflight >= 1,
             "caption_beams must be >= 1": self.caption_beams >= 1,
-            "caption_batch_size must be >= 1": self.caption_batch_size >= 1,
-            "detect_batch_size must be >= 1": self.detect_batch_size >= 1,
+            f"caption_batch_size and detect_batch_size must be in [1, {MAX_BATCH_SIZE}]": _within(
+                1, MAX_BATCH_SIZE, self.caption_batch_size, self.detect_batch_size
+            ),
             f"detect_batch_wait_ms must be in [0, {MAX_BATCH_WAIT_MS:g}]": _within(
                 0, MAX_BATCH_WAIT_MS, self.detect_batch_wait_ms
             ),

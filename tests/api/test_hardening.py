@@ -327,6 +327,11 @@ def test_bad_rate_setting_fails_fast() -> None:
 def test_bad_detect_batch_settings_fail_fast() -> None:
     with pytest.raises(ConfigError, match="detect_batch_size"):
         Settings.from_env({"LABELSVC_DETECT_BATCH_SIZE": "0"})
+    with pytest.raises(ConfigError, match=r"detect_batch_size must be in \[1, 64\]"):
+        Settings.from_env({"LABELSVC_DETECT_BATCH_SIZE": "10000"})  # a full batch at start
+    with pytest.raises(ConfigError, match="caption_batch_size"):
+        Settings.from_env({"LABELSVC_CAPTION_BATCH_SIZE": "65"})
+    assert Settings.from_env({"LABELSVC_DETECT_BATCH_SIZE": "64"}).detect_batch_size == 64
     with pytest.raises(ConfigError, match="detect_batch_wait_ms"):
         Settings.from_env({"LABELSVC_DETECT_BATCH_WAIT_MS": "-1"})
 
