@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from bson import Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp, json_util
 from litestar import Litestar, Response, Router
+from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
@@ -123,7 +124,7 @@ class LabelingApp(Litestar):
         super().__init__(**config)
         methods = {r.path_format: r.methods for r in self.routes if isinstance(r, HTTPRoute)}
         self._http = timed_requests(
-            metrics, unavailable_when_cancelled(head_as_get(super().__call__, methods))
+            metrics, unavailable_when_cancelled(metrics, head_as_get(super().__call__, methods))
         )
 
     async def __call__(
@@ -149,6 +150,7 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[security_headers_middleware],
         openapi_config=openapi_config(),
+        state=State({"metrics": metrics}),  # problems are counted where they are made
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         type_encoders=BSON_ENCODERS,
         logging_config=None,  # configured once, by the launcher

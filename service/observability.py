@@ -81,6 +81,12 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.problems = Counter(
+            "labelsvc_problems",
+            "Error answers by status and problem type (each item of a batch counts as its own)",
+            ["status", "type"],
+            registry=r,
+        )
         self.rejected = Counter(
             "labelsvc_rejected_requests",
             "Requests refused for load or limits, by reason",

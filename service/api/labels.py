@@ -21,7 +21,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.api.deps import ResourcesDep, provide_ready_resources
-from service.api.problems import item_problem, problem_responses
+from service.api.problems import TYPE_BASE, item_problem, problem_responses
 from service.api.schemas import (
     RECORD_AS_SERVED,
     BatchLabelRequest,
@@ -178,7 +178,11 @@ async def label_batch(
             request, asyncio.gather(*map(result, data.items, refused))
         )
     for one in results:
-        resources.metrics.batch_items.labels(str(one["status"])).inc()
+        status = str(one["status"])
+        resources.metrics.batch_items.labels(status).inc()
+        if "problem" in one:
+            type_ = one["problem"]["type"].removeprefix(TYPE_BASE)
+            resources.metrics.problems.labels(status, type_).inc()
     return {"results": results}
 
 

@@ -14,6 +14,7 @@ from litestar.types import ExceptionHandlersMap
 
 from service.api.headers import security_headers
 from service.errors import BadRequest, NotFound, ServiceError
+from service.observability import Metrics
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://labelsvc.dev/problems/"
@@ -60,6 +61,9 @@ def problem(
     extra: dict[str, Any] | None = None,
 ) -> Response[dict[str, Any]]:
     body = problem_document(status, type_, title, detail, request.url.path, extra)
+    metrics: Metrics | None = request.app.state.get("metrics")
+    if metrics is not None:
+        metrics.problems.labels(str(status), type_).inc()
     headers = security_headers(request.url.path) | (headers or {})
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 

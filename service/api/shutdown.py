@@ -18,9 +18,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.headers import security_headers
 from service.api.problems import PROBLEM_JSON, problem_document
 from service.errors import ServiceUnavailable
+from service.observability import Metrics
 
 
-def unavailable_when_cancelled(app: ASGIApp) -> ASGIApp:
+def unavailable_when_cancelled(metrics: Metrics, app: ASGIApp) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
@@ -38,6 +39,7 @@ def unavailable_when_cancelled(app: ASGIApp) -> ASGIApp:
             if started:
                 raise
             # The request task ends here: nothing awaits it after the server cancelled it.
+            metrics.problems.labels(str(ServiceUnavailable.status), ServiceUnavailable.type).inc()
             await _send_unavailable(scope["path"], tracking)
 
     return wrapped

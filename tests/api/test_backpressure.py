@@ -120,3 +120,4 @@ async def test_a_request_cancelled_at_shutdown_gets_503_not_500(
     assert response.headers["x-content-type-options"] == "nosniff"
     text = (await client.get("/metrics")).text
     assert 'route="/v1/labels",status="503"' in text
+    assert 'labelsvc_problems_total{status="503",type="unavailable"} 1.0' in text

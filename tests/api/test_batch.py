@@ -82,6 +82,13 @@ async def test_each_item_is_answered_as_its_own_request_would_be(
     metrics = (await client.get("/metrics")).text
     for status, count in (("201", 1), ("200", 2), ("400", 2), ("401", 1), ("502", 1)):
         assert f'labelsvc_batch_items_total{{status="{status}"}} {count}.0' in metrics
+    for status, type_, count in (
+        ("400", "url-rejected", 1),
+        ("400", "bad-request", 1),
+        ("401", "unauthorized", 1),
+        ("502", "upstream-error", 1),
+    ):
+        assert f'labelsvc_problems_total{{status="{status}",type="{type_}"}} {count}.0' in metrics
 
 
 async def test_a_reader_key_sees_records_by_id(

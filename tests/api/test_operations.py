@@ -53,6 +53,7 @@ async def test_metrics_cover_requests_stages_models_and_records(
     again = (await client.get("/metrics")).text
     assert "labelsvc_records_deduplicated_total 2.0" in again  # by id, and by the same bytes
     assert 'labelsvc_fetch_failures_total{reason="upstream_status"} 1.0' in text
+    assert 'labelsvc_problems_total{status="502",type="upstream-error"} 1.0' in text
     assert 'labelsvc_model_info{model="yolox_nano"' in text
     assert "labelsvc_labeling_admitted 0.0" in text
     assert "labelsvc_executor_queue_wait_seconds_count 0.0" not in text  # decode, models
@@ -78,6 +79,8 @@ async def test_metrics_count_requests_the_router_answers_itself(client: AppClien
     count = "labelsvc_http_request_duration_seconds_count"
     assert f'{count}{{method="GET",route="unmatched",status="404"}} 1.0' in text
     assert f'{count}{{method="other",route="unmatched",status="404"}} 1.0' in text
+    assert 'labelsvc_problems_total{status="404",type="not-found"} 2.0' in text
+    assert 'labelsvc_problems_total{status="405",type="method-not-allowed"} 1.0' in text
     assert f'{count}{{method="DELETE",route="unmatched",status="405"}} 1.0' in text
     assert f'{count}{{method="HEAD",route="/healthz",status="200"}} 1.0' in text
     assert "PROPFIND" not in text
