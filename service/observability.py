@@ -81,6 +81,8 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        for status in ("200", "201"):  # present from the start, for rates that divide by it
+            self.batch_items.labels(status)
         self.problems = Counter(
             "labelsvc_problems",
             "Error answers by status and problem type (each item of a batch counts as its own)",
