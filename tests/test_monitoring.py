@@ -1,12 +1,13 @@
-"""The Prometheus set-up in deploy/prometheus: a valid configuration, alerting rules that pass
-their unit tests, and rules about series the service really exports, as a real Prometheus
-scrapes them from the running service.
+"""The monitoring set-up in deploy/: a valid Prometheus configuration, alerting rules that pass
+their unit tests, and rules and dashboard panels about series the service really exports, as a
+real Prometheus scrapes them from the running service.
 
 ``promtool`` and ``prometheus`` come from ``make test`` (``PROMTOOL_BIN``, ``PROMETHEUS_BIN``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from service.app import ROUTES
@@ -30,7 +32,11 @@ from tests.support.process import live_service
 
 RULES_DIR = ROOT / "deploy" / "prometheus"
 ALERTS = RULES_DIR / "alerts.yaml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "labelsvc.json"
+# What Grafana puts in place of the dashboard's variables.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
 SELECTOR = re.compile(r"\b(up|labelsvc_\w+)\{([^}]*)\}")
+LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 # Label values the alerts select that this test does not provoke; each is checked against
 # the code instead.
@@ -152,11 +158,14 @@ def series(api: httpx.Client, name: str) -> list[dict[str, str]]:
     return found
 
 
-def test_alerts_select_series_the_service_exports(
-    db_server: LocalDatabaseServer, image_server: ImageServer, tmp_path: Path
-) -> None:
-    """Scraped by a real Prometheus, every metric an alert names exists, with every label it
-    matches on and every value it selects; the scrape has no error and every rule evaluates."""
+@pytest.fixture(scope="module")
+def scraped(
+    db_server: LocalDatabaseServer,
+    image_server: ImageServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[httpx.Client]:
+    """The API of a Prometheus that has scraped the running service after
+    ``provoke_every_series`` and evaluated the alerting rules on that scrape."""
     settings = {
         "mongodb_uri": db_server.uri,
         "mongodb_db": "monitoring",
@@ -169,31 +178,95 @@ def test_alerts_select_series_the_service_exports(
     }
     with live_service(**settings) as (base, _):
         provoke_every_series(base, image_server)
-        with prometheus(tmp_path, base.removeprefix("http://")) as api:
+        target = base.removeprefix("http://")
+        with prometheus(tmp_path_factory.mktemp("prometheus"), target) as api:
             deadline = time.monotonic() + 30
-            while not query(api, 'labelsvc_auth_failures_total{reason="unknown_key"}'):
+            # two scrapes after the traffic, for the rates
+            while _scrapes_of(api, 'labelsvc_auth_failures_total{reason="unknown_key"}') < 2:
                 assert time.monotonic() < deadline, "the service's metrics were not scraped"
                 time.sleep(0.2)
-            (target,) = api.get("/api/v1/targets").json()["data"]["activeTargets"]
-            assert target["health"] == "up" and target["lastError"] == "", target
-            time.sleep(1.5)  # a rule evaluation after that scrape
-            groups = api.get("/api/v1/rules").json()["data"]["groups"]
-            for rule in (rule for group in groups for rule in group["rules"]):
-                assert rule["health"] == "ok", rule
+            time.sleep(1.5)  # a rule evaluation after those scrapes
+            yield api
 
-            routes = {path for handler in ROUTES for path in handler.paths}
-            for rule in alert_rules():
-                for name, matchers in SELECTOR.findall(rule["expr"]):
-                    found = series(api, name)
-                    assert found, f"{rule['alert']}: no series {name}"
-                    for label, operator, value in MATCHER.findall(matchers):
-                        seen = {s[label] for s in found if label in s}
-                        assert seen, f"{rule['alert']}: {name} has no label {label}"
-                        wanted = value.split("|") if operator == "=~" else [value]
-                        for one in wanted:
-                            if label == "route":
-                                assert one in routes, f"{rule['alert']}: no route {one}"
-                            if (label, one) in NOT_PROVOKED:
-                                assert NOT_PROVOKED[label, one] == one
-                            else:
-                                assert one in seen, f"{rule['alert']}: no {name}{{{label}={one}}}"
+
+def _scrapes_of(api: httpx.Client, selector: str) -> int:
+    found = query(api, f"count_over_time({selector}[1m])")
+    return int(found[0]["value"][1]) if found else 0
+
+
+def test_the_scrape_parses_and_every_rule_evaluates(scraped: httpx.Client) -> None:
+    (target,) = scraped.get("/api/v1/targets").json()["data"]["activeTargets"]
+    assert target["health"] == "up" and target["lastError"] == "", target
+    groups = scraped.get("/api/v1/rules").json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) == len(alert_rules())
+    for rule in rules:
+        assert rule["health"] == "ok", rule
+
+
+def test_alerts_select_series_the_service_exports(scraped: httpx.Client) -> None:
+    """Every metric an alert names exists, with every label it matches on and every value it
+    selects."""
+    routes = {path for handler in ROUTES for path in handler.paths}
+    for rule in alert_rules():
+        for name, matchers in SELECTOR.findall(rule["expr"]):
+            found = series(scraped, name)
+            assert found, f"{rule['alert']}: no series {name}"
+            for label, operator, value in MATCHER.findall(matchers):
+                seen = {s[label] for s in found if label in s}
+                assert seen, f"{rule['alert']}: {name} has no label {label}"
+                for one in value.split("|") if operator == "=~" else [value]:
+                    if label == "route":
+                        assert one in routes, f"{rule['alert']}: no route {one}"
+                    if (label, one) in NOT_PROVOKED:
+                        assert NOT_PROVOKED[label, one] == one
+                    else:
+                        assert one in seen, f"{rule['alert']}: no {name}{{{label}={one}}}"
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = json.loads(DASHBOARD.read_text())["panels"]
+    return panels
+
+
+def test_dashboard_is_well_formed() -> None:
+    """Unique panel ids, panels inside Grafana's 24-column grid and not overlapping, and every
+    query on the dashboard's data source variable."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert 8 <= len(dashboard["uid"]) <= 40
+    panels = dashboard_panels()
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        covered = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not covered & cells, f"{panel['title']} overlaps another panel"
+        cells |= covered
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert target["refId"] and target["expr"], panel["title"]
+    names = {variable["name"] for variable in dashboard["templating"]["list"]}
+    assert names == {"datasource", "instance"}
+
+
+def test_every_dashboard_query_shows_data(scraped: httpx.Client) -> None:
+    """Each query of each panel, its variables filled in as Grafana fills them, returns series
+    from the running service (and the instance picker finds it)."""
+    for panel in dashboard_panels():
+        for target in panel.get("targets", []):
+            promql = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                promql = promql.replace(variable, value)
+            assert "$" not in promql, f"{panel['title']}: a variable left in {promql}"
+            found = query(scraped, promql)
+            assert found, f"{panel['title']}: no data for {promql}"
+            for label in LEGEND_LABEL.findall(target.get("legendFormat", "")):
+                for one in found:  # the legend names each series by labels it has
+                    assert label in one["metric"], f"{panel['title']}: no {label} in {one}"
+    (info, *_) = query(scraped, 'labelsvc_model_info{job="labelsvc"}')
+    assert info["metric"]["instance"]
