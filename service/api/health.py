@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.api.deps import ResourcesDep, provide_resources
 from service.api.problems import problem_responses
 from service.api.schemas import Health, ModelStatus, Readiness
-from service.errors import ServiceUnavailable
+from service.errors import DatabaseUnavailable, ServiceUnavailable
 
 DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
 
@@ -38,7 +38,7 @@ async def readyz(resources: ResourcesDep) -> Readiness:
             extra={"database": "indexes"},
         )
     if not await resources.database_ready():
-        raise ServiceUnavailable(
+        raise DatabaseUnavailable(
             "the database is not answering", retry_after=2, extra={"database": "unavailable"}
         )
     return Readiness(status="ready", database="ok", models=models)

@@ -40,7 +40,7 @@ async def test_outage_answers_503_and_recovers_by_itself(
 
             db.kill()  # abrupt, like a crash
             started = time.monotonic()
-            assert_problem(await client.get("/readyz"), 503)
+            assert_problem(await client.get("/readyz"), 503, "database-unavailable")
             labeling = await client.post(
                 "/v1/labels", json={"url": image_server.photo_url("000000403817.jpg")}
             )
