@@ -11,10 +11,13 @@ LABELSVC_MODEL_DIR ?= $(if $(wildcard $(SHARED)/models),$(SHARED)/models,$(abspa
 LABELSVC_EVALSET_DIR ?= $(SHARED)/evalset
 export LABELSVC_MODEL_DIR LABELSVC_EVALSET_DIR
 export LABELSVC_DB_SERVER := $(abspath $(DBVENV)/bin/secantusd-py)
+# promtool and prometheus for the monitoring tests: the ones given, else unpacked into .tools.
 TOOLS := .tools
-export PROMTOOL_BIN := $(abspath $(TOOLS)/promtool)
-export PROMETHEUS_BIN := $(abspath $(TOOLS)/prometheus)
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+PROMTOOL_BIN ?= $(abspath $(TOOLS)/promtool)
+PROMETHEUS_BIN ?= $(abspath $(TOOLS)/prometheus)
+export PROMTOOL_BIN PROMETHEUS_BIN
+MONITORING_TOOLS := $(if $(filter $(abspath $(TOOLS))/%,$(PROMTOOL_BIN) $(PROMETHEUS_BIN)),$(TOOLS)/.installed)
+SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
 # ONNX Runtime build: cpu, or gpu (onnxruntime-gpu with CUDA 13 and cuDNN 9 as pip wheels;
 # needs an NVIDIA driver >= 580), e.g. `make run RUNTIME=gpu`, `make bench RUNTIME=gpu`.
@@ -50,13 +53,14 @@ $(DBVENV)/.installed: requirements/db-constraints.txt
 	$(DBVENV)/bin/python -m pip install --quiet -c requirements/db-constraints.txt 'secantusdb==0.7.0b3'
 	touch $@
 
-# promtool and prometheus, unpacked from Debian's prometheus package rather than installed (which
-# would start a system-wide server): the tests check and unit-test deploy/prometheus with them,
-# and scrape the running service with a real Prometheus.
+# Unpacked from the distribution's prometheus package (Debian, Ubuntu) rather than installed,
+# which would start a system-wide server: the tests check and unit-test deploy/prometheus with
+# them, and scrape the running service with a real Prometheus.
 $(TOOLS)/.installed:
 	rm -rf $(TOOLS) && mkdir -p $(TOOLS)/deb
-	cd $(TOOLS)/deb && { apt-get download prometheus 2>/dev/null \
-	  || { $(SUDO) apt-get update -qq && apt-get download prometheus; }; }
+	cd $(TOOLS)/deb && { apt-get download prometheus || { \
+	  echo "fetching the package lists (apt-get update) for the prometheus package"; \
+	  $(SUDO) apt-get update -qq && apt-get download prometheus; }; }
 	dpkg-deb -x $(TOOLS)/deb/prometheus_*.deb $(TOOLS)/deb/root
 	mv $(TOOLS)/deb/root/usr/bin/promtool $(TOOLS)/deb/root/usr/bin/prometheus $(TOOLS)/
 	rm -rf $(TOOLS)/deb
@@ -75,7 +79,7 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy
 
-pytest: install $(TOOLS)/.installed
+pytest: install $(MONITORING_TOOLS)
 	$(PY) -m pytest
 
 test: lint typecheck pytest
