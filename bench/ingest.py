@@ -32,8 +32,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -44,6 +42,7 @@ import httpx
 
 from bench.detection_map import model_dir
 from bench.harness import bare_analyzer, database, photo_server, photos, service
+from bench.usage import CpuMeter, peak_rss_mb, process_cpu_seconds
 from service.api.schemas import MAX_BATCH_ITEMS
 from service.decode.image import decode_image
 from service.executor import BlockingExecutor, start_request
@@ -174,50 +173,6 @@ def service_images_per_second(
     """A fresh service on a fresh database labeling every URL: images/s."""
     with service(db_uri, mongodb_db=f"ingest_{concurrency}_{run}", **settings) as (base, _):
         return asyncio.run(post_all(base, urls, concurrency))[0]
-
-
-def process_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """User + system CPU of a process (all its threads), or of one of its threads."""
-    path = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
-    fields = path.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU per labeled image of everything the service run uses on this machine.
-
-    The bare baseline has none of the database, the photo host or the HTTP client, and on a
-    2-core machine every millisecond they take is taken from the models.
-    """
-
-    def __init__(self, service_pid: int, database_pid: int, host_pid: int) -> None:
-        self._read = {
-            "service_event_loop": lambda: cpu_seconds(service_pid, thread=service_pid),
-            "service_total": lambda: cpu_seconds(service_pid),
-            "database": lambda: cpu_seconds(database_pid),
-            "photo_host": lambda: cpu_seconds(host_pid),
-            "http_client": process_cpu_seconds,
-        }
-        self._start = {name: read() for name, read in self._read.items()}
-
-    def per_image_ms(self, images: int) -> dict[str, float]:
-        spent = {name: read() - self._start[name] for name, read in self._read.items()}
-        spent["service_blocking_work"] = spent["service_total"] - spent["service_event_loop"]
-        processes = ("service_total", "database", "photo_host", "http_client")
-        spent["total"] = sum(spent[name] for name in processes)
-        return {name: round(1000 * value / images, 1) for name, value in spent.items()}
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def stage_means_ms(metrics_text: str) -> dict[str, float]:

@@ -3,23 +3,15 @@ bombs are refused from their header, in a real service process."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 
+from bench.usage import peak_rss_mb
 from service.dbserver import LocalDatabaseServer
 from tests.support.image_server import ImageServer
 from tests.support.process import live_service
 
 CAP = 20_000_000
 ROUNDS = 6
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 def test_hostile_bodies_keep_memory_bounded(
