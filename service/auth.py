@@ -152,6 +152,8 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return connection.client.host if connection.client else "unknown"
 
 
+# Where the metering leaves the limits' standing for the response's RateLimit fields.
+RATE_LIMITS = "rate_limits"
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
@@ -203,22 +205,30 @@ async def meter_again(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
 def meter_client(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     """Keyless labeling, against the per-client-address rate; ``RateLimited`` past it."""
     resources = connection.app.state.resources
-    if resources.client_limiter is None:
+    limiter = resources.client_limiter
+    if limiter is None:
         return
+    client = client_address(connection)
     try:
-        resources.client_limiter.admit(client_address(connection))
+        limiter.admit(client)
     except RateLimited as exc:
         resources.metrics.rejected.labels(exc.extra["reason"]).inc()
         raise
+    finally:
+        connection.scope["state"][RATE_LIMITS] = [limiter.standing(client)]
 
 
 async def meter_key(connection: ASGIConnection[Any, Any, Any, Any], principal: Principal) -> None:
     """A request of an authenticated key, against its rate and daily quota."""
     resources = connection.app.state.resources
     counter = resources.metrics.api_key_requests
+    limiter = resources.authenticator.limiter
     try:
-        await resources.authenticator.limiter.admit(principal.name, principal.limits)
+        await limiter.admit(principal.name, principal.limits)
     except RateLimited as exc:
         counter.labels(principal.name, exc.extra["reason"]).inc()
         raise
+    finally:
+        standings = limiter.standing(principal.name, principal.limits)
+        connection.scope["state"][RATE_LIMITS] = standings
     counter.labels(principal.name, "admitted").inc()

@@ -24,7 +24,7 @@ import math
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -70,6 +70,29 @@ class Rate:
         return f"{self.requests}/{unit}" if unit else f"{self.requests}/{self.seconds}s"
 
 
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where one limit stands after a request, for the ``RateLimit-Policy`` and ``RateLimit``
+    response fields (IETF draft-ietf-httpapi-ratelimit-headers): ``quota`` requests a
+    ``window`` of seconds; ``remaining`` of them now, all again in ``reset`` seconds."""
+
+    name: str
+    quota: int
+    window: int
+    remaining: int
+    reset: int
+
+
+def rate_limit_fields(standings: Sequence[Standing]) -> dict[str, str]:
+    """The two response fields for these limits (none when there are none)."""
+    if not standings:
+        return {}
+    return {
+        "RateLimit-Policy": ", ".join(f'"{s.name}";q={s.quota};w={s.window}' for s in standings),
+        "RateLimit": ", ".join(f'"{s.name}";r={s.remaining};t={s.reset}' for s in standings),
+    }
+
+
 @dataclass(slots=True)
 class TokenBucket:
     rate: float  # tokens a second
@@ -95,6 +118,19 @@ class TokenBucket:
         if not wait:
             self.tokens -= 1.0
         return wait
+
+    def standing(self, name: str, now: float) -> Standing:
+        """A full bucket is the quota; it refills from empty in the window. (Clock arithmetic
+        leaves 16.999... tokens where 17 are due: counted to a millionth of one.)"""
+        self.wait(now)
+        missing = max(0.0, self.capacity - self.tokens - 1e-6)
+        return Standing(
+            name,
+            quota=math.floor(self.capacity),
+            window=math.ceil(self.capacity / self.rate),
+            remaining=math.floor(self.tokens + 1e-6),
+            reset=math.ceil(missing / self.rate),
+        )
 
 
 class UsageStore(Protocol):
@@ -136,6 +172,27 @@ class Limiter:
         if limits.daily_quota is not None:
             await self._count(name, limits.daily_quota)
 
+    def standing(self, name: str, limits: Limits) -> list[Standing]:
+        """Where key ``name`` stands against its limits, as ``admit`` left it."""
+        standings = []
+        held = self._buckets.get(name)
+        if limits.rate is not None and held is not None and held[0] == limits.rate:
+            standings.append(held[1].standing("rate", self.clock()))
+        state = self._days.get(name)
+        if limits.daily_quota is not None and state is not None and state.loaded:
+            now = self.today()
+            quota, used = limits.daily_quota, state.known + state.sending + state.pending
+            standings.append(
+                Standing(
+                    "daily",
+                    quota=quota,
+                    window=86400,
+                    remaining=max(0, quota - used),
+                    reset=max(1, math.ceil((_midnight_after(now) - now).total_seconds())),
+                )
+            )
+        return standings
+
     def _take_token(self, name: str, rate: Rate) -> None:
         now = self.clock()
         held = self._buckets.get(name)
@@ -164,10 +221,9 @@ class Limiter:
             state.known = max(state.known, await self.usage.usage(name, day))
             state.loaded = True
         if state.known + state.sending + state.pending >= quota:
-            midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
             raise RateLimited(
                 f"this API key has used its daily quota of {quota} requests (UTC days)",
-                retry_after=max(1, math.ceil((midnight - now).total_seconds())),
+                retry_after=max(1, math.ceil((_midnight_after(now) - now).total_seconds())),
                 extra={"reason": "quota", "limit": f"{quota}/day"},
             )
         state.pending += 1
@@ -194,6 +250,11 @@ class Limiter:
         finally:
             state.sending = 0
             state.flushed_at = self.clock()
+
+
+def _midnight_after(now: datetime) -> datetime:
+    """The start of the next UTC day, when daily quotas start again."""
+    return datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
 
 
 # Every client whose address does not parse is metered as this one: a name a client could
@@ -251,6 +312,14 @@ class AddressBuckets:
         if len(self._buckets) > self._max_clients:
             self._make_room(now)
         return wait
+
+    def standing(self, name: str, client: str) -> Standing:
+        """Where the client stands (a client without a bucket has a full one)."""
+        now = self._clock()
+        bucket = self._buckets.get(client_bucket(client))
+        if bucket is None:
+            bucket = TokenBucket.full(self.rate, now, burst=self._burst)
+        return bucket.standing(name, now)
 
     def give_back(self, client: str) -> None:
         """Return a token taken by ``take``; a bucket full again is forgotten."""
@@ -315,6 +384,9 @@ class ClientLimiter:
             self._inflight[client] -= taken
             if not self._inflight[client]:
                 del self._inflight[client]
+
+    def standing(self, client: str) -> Standing:
+        return self._buckets.standing("client_rate", client)
 
     def admit(self, client: str) -> None:
         wait = self._buckets.take(client)

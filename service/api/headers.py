@@ -1,8 +1,12 @@
-"""Security headers on every HTTP response.
+"""Headers on every HTTP response of a route: security headers, and the rate-limit fields.
 
 API responses are data, never documents: no sniffing, no framing, no referrer, nothing
 cached by shared caches. The interactive docs pages load their scripts from a CDN, so the
 strict content-security policy applies to everything else.
+
+A request metered against limits (a key's rate and daily quota, or the per-client rate of
+open labeling) is told where it stands in ``RateLimit-Policy`` and ``RateLimit``, its 429 too,
+so that clients can pace themselves instead of running into refusals.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.auth import RATE_LIMITS
+from service.ratelimit import rate_limit_fields
 
 COMMON = {
     "X-Content-Type-Options": "nosniff",
@@ -37,12 +44,13 @@ def security_headers_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        extra = security_headers(scope["path"])
+        security = security_headers(scope["path"])
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableScopeHeaders.from_message(message)
-                for name, value in extra.items():
+                limits = rate_limit_fields(scope["state"].get(RATE_LIMITS, ()))
+                for name, value in (security | limits).items():
                     if name not in headers:
                         headers[name] = value
             await send(message)

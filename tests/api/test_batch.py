@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -144,8 +145,13 @@ async def test_each_item_counts_against_the_clients_rate(
             assert problem["reason"] == "client_rate_limit" and problem["retry_after"] >= 1
         metrics = (await client.get("/metrics")).text
         assert 'labelsvc_rejected_requests_total{reason="client_rate_limit"} 2.0' in metrics
-        # The request itself is refused when even its first item is over the rate.
-        assert_problem(await client.post(BATCH, json={"items": [cat]}), 429, "rate-limited")
+        # The request itself is refused when even its first item is over the rate; the
+        # client learns from the RateLimit fields when its one request is back.
+        refused = await client.post(BATCH, json={"items": [cat]})
+        assert_problem(refused, 429, "rate-limited")
+        assert refused.headers["ratelimit-policy"] == '"client_rate";q=1;w=30'
+        back = re.fullmatch(r'"client_rate";r=0;t=(\d+)', refused.headers["ratelimit"])
+        assert back and 20 <= int(back[1]) <= 30, refused.headers["ratelimit"]
 
 
 async def test_each_item_counts_against_the_keys_limits(

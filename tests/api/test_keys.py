@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pymongo import MongoClient
 from service.__main__ import main
 from service.domain.records import new_record_id
 from service.errors import DatabaseUnavailable, RateLimited
-from service.ratelimit import Limiter, Limits, Rate
+from service.ratelimit import ClientLimiter, Limiter, Limits, Rate, Standing, rate_limit_fields
 from service.settings import Settings
 from service.store.keys import ApiKeyStore, hash_key
 from tests.api.test_errors import assert_problem
@@ -121,11 +122,17 @@ async def test_scopes_are_enforced(make_settings: Callable[..., Settings]) -> No
 async def test_rate_limit_answers_429_with_retry_after(client: AppClient) -> None:
     # Three a minute: the bucket holds one request (one second's worth, at least one).
     headers = await _key(client, "slow", ["read"], rate=Rate(3, 60))
-    assert (await client.get("/v1/records", headers=headers)).status_code == 200
+    admitted = await client.get("/v1/records", headers=headers)
+    assert admitted.status_code == 200
+    # One request a bucket, refilled in 20 s: none left now, all again in 20 s.
+    assert admitted.headers["ratelimit-policy"] == '"rate";q=1;w=20'
+    assert admitted.headers["ratelimit"] == '"rate";r=0;t=20'
     refused = await client.get("/v1/records", headers=headers)
     body = assert_problem(refused, 429, "rate-limited")
     assert body["reason"] == "rate_limit" and body["limit"] == "3/min"
     assert refused.headers["retry-after"] == "20"
+    back = re.fullmatch(r'"rate";r=0;t=(\d+)', refused.headers["ratelimit"])
+    assert back and 15 <= int(back[1]) <= 20, refused.headers["ratelimit"]
     other = await _key(client, "other", ["read"], rate=Rate(3, 60))
     assert (await client.get("/v1/records", headers=other)).status_code == 200  # per key
 
@@ -140,12 +147,17 @@ async def test_daily_quota_is_summed_in_the_database(client: AppClient) -> None:
     headers = await _key(client, "metered", ["read"], daily_quota=6)
     today = datetime.now(UTC).date().isoformat()
     await keys.add_usage("metered", today, 4)  # what other processes already counted
-    assert (await client.get("/v1/records", headers=headers)).status_code == 200
+    first = await client.get("/v1/records", headers=headers)
+    assert first.status_code == 200
+    assert first.headers["ratelimit-policy"] == '"daily";q=6;w=86400'
+    remaining, until = re.fullmatch(r'"daily";r=(\d+);t=(\d+)', first.headers["ratelimit"]).groups()
+    assert remaining == "1" and 1 <= int(until) <= 86400
     assert (await client.get("/v1/records", headers=headers)).status_code == 200
     refused = await client.get("/v1/records", headers=headers)
     body = assert_problem(refused, 429, "rate-limited")
     assert body["reason"] == "quota" and body["limit"] == "6/day"
     assert 1 <= int(refused.headers["retry-after"]) <= 86400
+    assert refused.headers["ratelimit"].startswith('"daily";r=0;t=')
     assert await keys.usage("metered", today) >= 5  # flushed at least once, never over
     assert await keys.usage("metered", today) <= 6
     assert await keys.usage("someone-else", today) == 0
@@ -226,6 +238,29 @@ async def test_token_bucket_refills_at_the_rate() -> None:
         await limiter.admit("k", rate)
     await limiter.admit("other", rate)  # buckets are per key
     await limiter.admit("k", Limits(rate=Rate(10, 1)))  # a changed rate starts a full bucket
+
+
+async def test_standing_reports_rate_and_quota_together() -> None:
+    clock = Clock()
+    limiter = Limiter(Usage(), clock=clock, today=lambda: clock.day)
+    limits = Limits(rate=Rate(20, 1), daily_quota=100)
+    assert limiter.standing("k", limits) == []  # nothing metered yet
+    for _ in range(5):
+        await limiter.admit("k", limits)
+    clock.now += 0.1  # two tokens back
+    assert rate_limit_fields(limiter.standing("k", limits)) == {
+        "RateLimit-Policy": '"rate";q=20;w=1, "daily";q=100;w=86400',
+        # 17 of 20 tokens, full in 0.15 s; 95 of 100 today, 1 s before midnight
+        "RateLimit": '"rate";r=17;t=1, "daily";r=95;t=1',
+    }
+    assert limiter.standing("k", Limits()) == []  # a key without limits
+
+
+def test_a_client_without_a_bucket_stands_full() -> None:
+    limiter = ClientLimiter(Rate(120, 60), clock=lambda: 0.0)
+    assert limiter.standing("10.0.0.1") == Standing("client_rate", 2, 1, 2, 0)
+    limiter.admit("10.0.0.1")
+    assert limiter.standing("10.0.0.1") == Standing("client_rate", 2, 1, 1, 1)
 
 
 async def test_quota_flushes_on_day_change_and_survives_a_failed_flush() -> None:
