@@ -13,6 +13,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -152,7 +153,8 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return connection.client.host if connection.client else "unknown"
 
 
-# Where the metering leaves the limits' standing for the response's RateLimit fields.
+# Where the metering leaves how to read its limits' standing, for the response's RateLimit
+# fields: read when the response starts, not when the request was metered.
 RATE_LIMITS = "rate_limits"
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
@@ -215,7 +217,7 @@ def meter_client(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
         resources.metrics.rejected.labels(exc.extra["reason"]).inc()
         raise
     finally:
-        connection.scope["state"][RATE_LIMITS] = [limiter.standing(client)]
+        connection.scope["state"][RATE_LIMITS] = lambda: [limiter.standing(client)]
 
 
 async def meter_key(connection: ASGIConnection[Any, Any, Any, Any], principal: Principal) -> None:
@@ -229,6 +231,6 @@ async def meter_key(connection: ASGIConnection[Any, Any, Any, Any], principal: P
         counter.labels(principal.name, exc.extra["reason"]).inc()
         raise
     finally:
-        standings = limiter.standing(principal.name, principal.limits)
-        connection.scope["state"][RATE_LIMITS] = standings
+        standing = partial(limiter.standing, principal.name, principal.limits)
+        connection.scope["state"][RATE_LIMITS] = standing
     counter.labels(principal.name, "admitted").inc()

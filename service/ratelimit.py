@@ -121,14 +121,14 @@ class TokenBucket:
 
     def standing(self, name: str, now: float) -> Standing:
         """A full bucket is the quota; it refills from empty in the window. (Clock arithmetic
-        leaves 16.999... tokens where 17 are due: counted to a millionth of one.)"""
+        leaves 16.999... tokens where 17 are due: counted to a billionth of one.)"""
         self.wait(now)
-        missing = max(0.0, self.capacity - self.tokens - 1e-6)
+        missing = max(0.0, self.capacity - self.tokens - 1e-9)
         return Standing(
             name,
             quota=math.floor(self.capacity),
             window=math.ceil(self.capacity / self.rate),
-            remaining=math.floor(self.tokens + 1e-6),
+            remaining=math.floor(self.tokens + 1e-9),
             reset=math.ceil(missing / self.rate),
         )
 
@@ -173,14 +173,20 @@ class Limiter:
             await self._count(name, limits.daily_quota)
 
     def standing(self, name: str, limits: Limits) -> list[Standing]:
-        """Where key ``name`` stands against its limits, as ``admit`` left it."""
+        """Where key ``name`` stands against its limits now. The day's usage is known once a
+        request of this UTC day has been counted (one refused by the rate is not)."""
         standings = []
         held = self._buckets.get(name)
         if limits.rate is not None and held is not None and held[0] == limits.rate:
             standings.append(held[1].standing("rate", self.clock()))
         state = self._days.get(name)
-        if limits.daily_quota is not None and state is not None and state.loaded:
-            now = self.today()
+        now = self.today()
+        if (
+            limits.daily_quota is not None
+            and state is not None
+            and state.loaded
+            and state.day == now.date().isoformat()
+        ):
             quota, used = limits.daily_quota, state.known + state.sending + state.pending
             standings.append(
                 Standing(

@@ -49,7 +49,8 @@ def security_headers_middleware(app: ASGIApp) -> ASGIApp:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableScopeHeaders.from_message(message)
-                limits = rate_limit_fields(scope["state"].get(RATE_LIMITS, ()))
+                standing = scope["state"].get(RATE_LIMITS)
+                limits = rate_limit_fields(standing()) if standing is not None else {}
                 for name, value in (security | limits).items():
                     if name not in headers:
                         headers[name] = value

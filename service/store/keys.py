@@ -45,7 +45,8 @@ def limits_of(document: Document) -> Limits:
     rate = document.get("rate_limit")
     return Limits(
         rate=Rate(int(rate["requests"]), int(rate["seconds"])) if rate else None,
-        daily_quota=document.get("daily_quota"),
+        # int(): a quota edited in mongosh is stored as a double
+        daily_quota=int(quota) if (quota := document.get("daily_quota")) is not None else None,
     )
 
 

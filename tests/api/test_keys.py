@@ -21,7 +21,7 @@ from service.domain.records import new_record_id
 from service.errors import DatabaseUnavailable, RateLimited
 from service.ratelimit import ClientLimiter, Limiter, Limits, Rate, Standing, rate_limit_fields
 from service.settings import Settings
-from service.store.keys import ApiKeyStore, hash_key
+from service.store.keys import ApiKeyStore, hash_key, limits_of
 from tests.api.test_errors import assert_problem
 from tests.conftest import ROOT, AppClient, running
 from tests.support.held import never_answers
@@ -254,6 +254,29 @@ async def test_standing_reports_rate_and_quota_together() -> None:
         "RateLimit": '"rate";r=17;t=1, "daily";r=95;t=1',
     }
     assert limiter.standing("k", Limits()) == []  # a key without limits
+
+
+async def test_standing_leaves_out_a_day_not_yet_counted() -> None:
+    """Just after midnight UTC a request refused by the rate is not counted on the new day:
+    its 429 must not report yesterday's used-up quota as today's."""
+    clock = Clock()
+    limiter = Limiter(Usage(), clock=clock, today=lambda: clock.day)
+    limits = Limits(rate=Rate(1, 3600), daily_quota=1)
+    clock.day = datetime(2026, 11, 22, 23, 30, tzinfo=UTC)
+    await limiter.admit("k", limits)
+    assert [s.name for s in limiter.standing("k", limits)] == ["rate", "daily"]
+    clock.day = datetime(2026, 11, 23, 0, 10, tzinfo=UTC)
+    clock.now += 2400  # 40 minutes: the hourly bucket is not full again
+    with pytest.raises(RateLimited):
+        await limiter.admit("k", limits)
+    assert [s.name for s in limiter.standing("k", limits)] == ["rate"]
+
+
+def test_a_quota_stored_as_a_double_is_an_integer() -> None:
+    """mongosh stores numbers as doubles: the quota must still read as 1000, not 1000.0."""
+    quota = limits_of({"daily_quota": 1000.0}).daily_quota
+    assert quota == 1000 and isinstance(quota, int)  # RateLimit-Policy: q=1000, not q=1000.0
+    assert limits_of({}).daily_quota is None
 
 
 def test_a_client_without_a_bucket_stands_full() -> None:
