@@ -27,7 +27,7 @@ from litestar.types import (
 from service import __version__
 from service.api import health, labels, records, search
 from service.api.head import head_as_get
-from service.api.headers import security_headers_middleware
+from service.api.headers import document_rate_limit_headers, security_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.shutdown import unavailable_when_cancelled
 from service.infer.models import Models
@@ -155,5 +155,7 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
         type_encoders=BSON_ENCODERS,
         logging_config=None,  # configured once, by the launcher
     )
-    unions_as_any_of(app.openapi_schema)  # built once, here, before it is first served
+    # The document is built once, here, before it is first served.
+    unions_as_any_of(app.openapi_schema)
+    document_rate_limit_headers(app.openapi_schema)
     return app

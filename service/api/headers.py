@@ -13,6 +13,15 @@ from __future__ import annotations
 
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
+from litestar.openapi.spec import (
+    Components,
+    OpenAPI,
+    OpenAPIHeader,
+    OpenAPIResponse,
+    OpenAPIType,
+    Reference,
+    Schema,
+)
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import RATE_LIMITS
@@ -59,3 +68,36 @@ def security_headers_middleware(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, with_headers)
 
     return wrapped
+
+
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": "The limits this request was metered against: a quoted name (rate,"
+    " daily, client_rate) with q, the requests allowed, and w, their window in seconds, e.g."
+    ' `"rate";q=20;w=1, "daily";q=100000;w=86400`',
+    "RateLimit": "Where each stands: r requests left, all back in t seconds,"
+    ' e.g. `"rate";r=19;t=1`',
+}
+
+
+def document_rate_limit_headers(schema: OpenAPI) -> None:
+    """Every operation metered against limits (the ones an API key can be sent to) may
+    answer with the rate-limit fields: say so on each of its responses, by reference to the
+    fields' one description."""
+    components = schema.components if isinstance(schema.components, Components) else None
+    if components is None:
+        return
+    components.headers = {
+        **(components.headers or {}),
+        **{
+            name: OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description=text)
+            for name, text in RATE_LIMIT_HEADERS.items()
+        },
+    }
+    refs = {name: Reference(ref=f"#/components/headers/{name}") for name in RATE_LIMIT_HEADERS}
+    for path in (schema.paths or {}).values():
+        for operation in (path.get, path.post, path.put, path.patch, path.delete):
+            if operation is None or not any("ApiKey" in s for s in operation.security or []):
+                continue
+            for response in (operation.responses or {}).values():
+                if isinstance(response, OpenAPIResponse):
+                    response.headers = {**(response.headers or {}), **refs}

@@ -101,6 +101,17 @@ async def test_unknown_docs_pages_are_problems(client: AppClient) -> None:
         assert missing.json()["instance"] == path
 
 
+def test_metered_operations_document_the_rate_limit_fields() -> None:
+    document = create_app(Settings()).openapi_schema.to_schema()
+    assert set(document["components"]["headers"]) == {"RateLimit", "RateLimit-Policy"}
+    ref = {"$ref": "#/components/headers/RateLimit"}
+    for path, method in (("/v1/records", "get"), ("/v1/labels", "post"), ("/upload", "post")):
+        for status, response in document["paths"][path][method]["responses"].items():
+            assert response["headers"]["RateLimit"] == ref, (path, status)
+    health = document["paths"]["/healthz"]["get"]["responses"]["200"]
+    assert "RateLimit" not in health.get("headers", {})
+
+
 def test_committed_openapi_document_is_current() -> None:
     generated = create_app(Settings()).openapi_schema.to_schema()
     committed = json.loads((ROOT / "openapi" / "openapi.json").read_text())
