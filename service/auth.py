@@ -19,8 +19,9 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from service.address_limits import FailedKeyLimiter
 from service.errors import Forbidden, RateLimited, Unauthorized
-from service.ratelimit import FailedKeyLimiter, Limiter, Limits
+from service.ratelimit import Limiter, Limits
 from service.store.keys import BOOTSTRAP_NAME, SCOPES, ApiKeyStore, hash_key, limits_of
 
 KEY_HEADERS = ("x-api-key", "x-rapidapi-key")

@@ -19,6 +19,7 @@ from litestar import Litestar
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from service.address_limits import ClientLimiter, FailedKeyLimiter
 from service.analysis import ImageAnalyzer, caption_batcher
 from service.auth import Authenticator
 from service.errors import DatabaseUnavailable
@@ -29,7 +30,7 @@ from service.infer.batching import BatchPolicy
 from service.infer.models import Models, load_models
 from service.observability import Metrics
 from service.pipeline import LabelingPipeline
-from service.ratelimit import FLUSH_SECONDS, ClientLimiter, FailedKeyLimiter, Limiter, Rate
+from service.ratelimit import FLUSH_SECONDS, Limiter, Rate
 from service.settings import Settings
 from service.store.connection import client_options
 from service.store.keys import ApiKeyStore

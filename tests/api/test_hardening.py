@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from service import auth
+from service.address_limits import ClientLimiter, FailedKeyLimiter
 from service.errors import RateLimited
-from service.ratelimit import ClientLimiter, FailedKeyLimiter, Rate
+from service.ratelimit import Rate
 from service.settings import ConfigError, Settings
 from service.store.keys import ApiKeyStore
 from tests.api.test_errors import assert_problem

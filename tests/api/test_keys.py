@@ -17,9 +17,10 @@ import pytest
 from pymongo import MongoClient
 
 from service.__main__ import main
+from service.address_limits import ClientLimiter
 from service.domain.records import new_record_id
 from service.errors import DatabaseUnavailable, RateLimited
-from service.ratelimit import ClientLimiter, Limiter, Limits, Rate, Standing, rate_limit_fields
+from service.ratelimit import Limiter, Limits, Rate, Standing, rate_limit_fields
 from service.settings import Settings
 from service.store.keys import ApiKeyStore, hash_key, limits_of
 from tests.api.test_errors import assert_problem
