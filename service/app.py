@@ -27,7 +27,7 @@ from litestar.types import (
 from service import __version__
 from service.api import health, labels, records, search
 from service.api.head import head_as_get
-from service.api.headers import document_rate_limit_headers, security_headers_middleware
+from service.api.headers import document_rate_limit_headers, response_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.shutdown import unavailable_when_cancelled
 from service.infer.models import Models
@@ -148,7 +148,7 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
         route_handlers=ROUTES,
         lifespan=[hook],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[security_headers_middleware],
+        middleware=[response_headers_middleware],
         openapi_config=openapi_config(),
         state=State({"metrics": metrics}),  # problems are counted where they are made
         request_max_body_size=MAX_REQUEST_BODY_BYTES,

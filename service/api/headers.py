@@ -45,9 +45,10 @@ def security_headers(path: str) -> dict[str, str]:
     return COMMON if path.startswith(DOCS_PREFIX) else COMMON | API_ONLY
 
 
-def security_headers_middleware(app: ASGIApp) -> ASGIApp:
-    """Adds them to every response of a route. The router answers unknown paths (404) and
-    methods (405) before any route runs, so error responses carry them too (``problem``)."""
+def response_headers_middleware(app: ASGIApp) -> ASGIApp:
+    """Adds the security headers, and the rate-limit fields of a metered request, to every
+    response of a route. The router answers unknown paths (404) and methods (405) before any
+    route runs, so error responses carry the security headers too (``problem``)."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
