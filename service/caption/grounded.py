@@ -10,6 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.caption.english import (
+    MASS_NOUNS,
+    PAIRED_NOUNS,
+    article,
+    cap,
+    colour_name,
+    count_phrase,
+    display_name,
+    join_and,
+    plural,
+    word_count,
+)
+from service.caption.layout import area, relation
 from service.domain.records import Caption, ImageProperties
 from service.infer.tagger import Tag
 from service.infer.yolox import Detection
@@ -38,69 +51,6 @@ SOFT_SHARPNESS = 50.0
 CRISP_SHARPNESS = 300.0
 MIN_PALETTE_FRACTION = 0.1
 
-DISPLAY_NAMES = {
-    "tvmonitor": "tv",
-    "diningtable": "dining table",
-    "pottedplant": "potted plant",
-    "motorbike": "motorcycle",
-    "aeroplane": "airplane",
-    "sofa": "couch",
-}
-_IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives"}
-_UNCHANGED_PLURALS = frozenset({"sheep", "fish", "deer"})
-_MASS_NOUNS = frozenset({"broccoli"})
-_PAIRED_NOUNS = frozenset({"skis", "scissors"})
-_NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
-# Things another object can plausibly rest "on"; elsewhere "on" is never claimed.
-_SUPPORTS = frozenset(
-    {
-        "bed",
-        "bench",
-        "bicycle",
-        "boat",
-        "bus",
-        "car",
-        "chair",
-        "couch",
-        "cow",
-        "dining table",
-        "elephant",
-        "horse",
-        "motorcycle",
-        "refrigerator",
-        "skateboard",
-        "surfboard",
-        "toilet",
-        "train",
-        "truck",
-    }
-)
-# Several anchors may share a name so that, e.g., navy and light blue both read as blue.
-_PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
-    ("black", (0, 0, 0)),
-    ("black", (30, 30, 35)),
-    ("grey", (96, 96, 96)),
-    ("grey", (160, 160, 160)),
-    ("white", (255, 255, 255)),
-    ("white", (230, 230, 235)),
-    ("red", (200, 30, 30)),
-    ("red", (130, 20, 25)),
-    ("orange", (240, 140, 20)),
-    ("yellow", (240, 220, 40)),
-    ("green", (50, 150, 50)),
-    ("green", (30, 80, 30)),
-    ("green", (120, 130, 50)),
-    ("teal", (0, 128, 128)),
-    ("blue", (40, 80, 200)),
-    ("blue", (20, 30, 100)),
-    ("blue", (120, 170, 220)),
-    ("purple", (120, 50, 150)),
-    ("pink", (240, 150, 180)),
-    ("brown", (120, 70, 30)),
-    ("brown", (80, 50, 30)),
-    ("beige", (215, 195, 155)),
-)
-
 
 @dataclass(frozen=True, slots=True)
 class _Kind:
@@ -116,66 +66,6 @@ class _Kind:
     @property
     def largest(self) -> Detection:
         return self.boxes[0]
-
-
-def display_name(classname: str) -> str:
-    """Human-readable name of a detector class (``sofa`` -> ``couch``)."""
-    return DISPLAY_NAMES.get(classname, classname.replace("_", " "))
-
-
-def plural(name: str) -> str:
-    """English plural of a (possibly multi-word) object name."""
-    head, _, last = name.rpartition(" ")
-    prefix = f"{head} " if head else ""
-    if last in _IRREGULAR_PLURALS:
-        return prefix + _IRREGULAR_PLURALS[last]
-    if last in _UNCHANGED_PLURALS or last in _PAIRED_NOUNS or last in _MASS_NOUNS:
-        return name
-    if last.endswith(("s", "sh", "ch", "x", "z")):
-        return f"{name}es"
-    if len(last) > 1 and last.endswith("y") and last[-2] not in "aeiou":
-        return f"{name[:-1]}ies"
-    return f"{name}s"
-
-
-def article(name: str) -> str:
-    """``a`` or ``an`` for a noun phrase, by its first letter with common exceptions."""
-    lower = name.lower()
-    if lower[:1] in ("a", "e", "i", "o", "u") and not lower.startswith(("uni", "use", "eu", "one")):
-        return "an"
-    return "a"
-
-
-def count_phrase(name: str, count: int) -> str:
-    """``a cat``, ``two dogs``, ``three people``, ``a group of 7 people``."""
-    if name in _MASS_NOUNS:
-        return f"some {name}"
-    if name in _PAIRED_NOUNS:
-        if count == 1:
-            return f"a pair of {name}"
-        return f"{_NUMBER_WORDS.get(count, str(count))} pairs of {name}"
-    if count == 1:
-        return f"{article(name)} {name}"
-    if name == "person" and count >= 6:
-        return f"a group of {count} people"
-    return f"{_NUMBER_WORDS.get(count, str(count))} {plural(name)}"
-
-
-def colour_name(hex_colour: str) -> str | None:
-    """Nearest name in a small fixed palette for ``#rrggbb``; None when unparsable."""
-    digits = hex_colour.strip().removeprefix("#")
-    if len(digits) != 6:
-        return None
-    try:
-        rgb = (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))
-    except ValueError:
-        return None
-    best_name, best_distance = "grey", float("inf")
-    for name, anchor in _PALETTE:
-        distance = sum((c - a) ** 2 for c, a in zip(rgb, anchor, strict=True))
-        if distance < best_distance:
-            best_name, best_distance = name, distance
-    return best_name
 
 
 def framing(fraction: float) -> str:
@@ -197,31 +87,9 @@ def orientation(width: int, height: int) -> str:
     return "square"
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-def _join(items: Sequence[str]) -> str:
-    if len(items) <= 1:
-        return "".join(items)
-    return f"{', '.join(items[:-1])} and {items[-1]}"
-
-
-def _area(box: Detection) -> float:
-    return max(0.0, box.x2 - box.x1) * max(0.0, box.y2 - box.y1)
-
-
-def _overlap(a1: float, a2: float, b1: float, b2: float) -> float:
-    return max(0.0, min(a2, b2) - max(a1, b1))
-
-
 def _kinds(detections: Sequence[Detection]) -> list[_Kind]:
-    confident = [d for d in detections if d.conf >= MIN_DETECTION_CONF and _area(d) > 0.0]
-    confident.sort(key=lambda d: (-_area(d), -d.conf, d.classname, d.x1, d.y1))
+    confident = [d for d in detections if d.conf >= MIN_DETECTION_CONF and area(d) > 0.0]
+    confident.sort(key=lambda d: (-area(d), -d.conf, d.classname, d.x1, d.y1))
     groups: dict[str, list[Detection]] = {}
     for box in confident:
         groups.setdefault(display_name(box.classname), []).append(box)
@@ -233,47 +101,6 @@ def _usable_tags(tags: Sequence[Tag]) -> list[Tag]:
     usable = [t for t in tags if t.conf >= MIN_TAG_CONF and t.name.strip()]
     usable.sort(key=lambda t: (-t.conf, t.name))
     return [Tag(t.name.strip().replace("_", " "), t.conf) for t in usable]
-
-
-def relation(a: Detection, b: Detection) -> str | None:
-    """How box ``a`` sits relative to box ``b``, or None when nothing safe can be said.
-
-    ``on``: ``b`` can support things, ``a`` is smaller, mostly over ``b`` horizontally,
-    and its bottom edge lies between just above ``b``'s top and ``b``'s middle.
-    ``in front of``: ``a`` is at most half ``b``'s size, mostly inside it, and reaches
-    down to ``b``'s bottom. ``above``/``below``: horizontally overlapping, vertically
-    apart. ``next to``: vertically aligned and horizontally close without much overlap.
-    """
-    aw, ah = a.x2 - a.x1, a.y2 - a.y1
-    bw, bh = b.x2 - b.x1, b.y2 - b.y1
-    if min(aw, ah, bw, bh) <= 0.0:
-        return None
-    a_area, b_area = aw * ah, bw * bh
-    x_overlap = _overlap(a.x1, a.x2, b.x1, b.x2)
-    y_overlap = _overlap(a.y1, a.y2, b.y1, b.y2)
-    intersection = x_overlap * y_overlap
-    if (
-        display_name(b.classname) in _SUPPORTS
-        and a_area < b_area
-        and x_overlap >= 0.5 * aw
-        and b.y1 - 0.1 * bh <= a.y2 <= b.y1 + 0.6 * bh
-        and (a.y1 + a.y2) < (b.y1 + b.y2)
-    ):
-        return "on"
-    if a_area <= 0.5 * b_area and intersection >= 0.6 * a_area and a.y2 >= b.y2 - 0.15 * bh:
-        return "in front of"
-    tolerance = 0.05 * min(ah, bh)
-    if x_overlap >= 0.3 * min(aw, bw):
-        if a.y2 <= b.y1 + tolerance:
-            return "above"
-        if a.y1 >= b.y2 - tolerance:
-            return "below"
-    if y_overlap >= 0.5 * min(ah, bh) and intersection <= 0.3 * min(a_area, b_area):
-        gap = max(b.x1 - a.x2, a.x1 - b.x2)
-        ratio = a_area / b_area
-        if gap <= 0.5 * max(aw, bw) and 1 / 8 <= ratio <= 8:
-            return "next to"
-    return None
 
 
 def _kind_relation(first: _Kind, second: _Kind, wanted: Sequence[str]) -> str | None:
@@ -310,14 +137,14 @@ def _pair_phrase(kinds: Sequence[_Kind]) -> str | None:
 def _objects_phrase(kinds: Sequence[_Kind]) -> str:
     pair = _pair_phrase(kinds)
     if pair is None:
-        return _join([count_phrase(k.name, k.count) for k in kinds[:MAX_KINDS]])
+        return join_and([count_phrase(k.name, k.count) for k in kinds[:MAX_KINDS]])
     if len(kinds) > 2:
         return f"{pair}, along with {count_phrase(kinds[2].name, kinds[2].count)}"
     return pair
 
 
 def _definite(kind: _Kind) -> str:
-    if kind.count == 1 or kind.name in _MASS_NOUNS or kind.name in _PAIRED_NOUNS:
+    if kind.count == 1 or kind.name in MASS_NOUNS or kind.name in PAIRED_NOUNS:
         return f"the {kind.name}"
     return f"the {plural(kind.name)}"
 
@@ -390,11 +217,11 @@ def _palette_phrase(props: ImageProperties, *, long: bool) -> str:
     if not names:
         return f"a {saturation} palette"
     if long:
-        text = f"a {saturation} palette dominated by {_join(names[:2])}"
+        text = f"a {saturation} palette dominated by {join_and(names[:2])}"
         if len(names) > 2:
             text += f", with touches of {names[2]}"
         return text
-    return f"a {saturation} palette of {_join(names[:2])}"
+    return f"a {saturation} palette of {join_and(names[:2])}"
 
 
 def _light_sentence(props: ImageProperties) -> str:
@@ -425,7 +252,7 @@ def _title(kinds: Sequence[_Kind], tags: Sequence[Tag]) -> str:
         if pair is not None:
             candidates.append(pair)
         phrases = [count_phrase(k.name, k.count) for k in kinds]
-        candidates += [_join(phrases[:3]), _join(phrases[:2]), phrases[0]]
+        candidates += [join_and(phrases[:3]), join_and(phrases[:2]), phrases[0]]
         candidates.append(f"{article(kinds[0].name)} {kinds[0].name}")
     elif tags:
         top = tags[0]
@@ -436,9 +263,9 @@ def _title(kinds: Sequence[_Kind], tags: Sequence[Tag]) -> str:
     else:
         candidates.append("A photograph with no clearly identified objects")
     for candidate in candidates:
-        if low <= _words(candidate) <= high:
-            return _cap(candidate)
-    return _cap(_fit(candidates[-1], low, high).rstrip("."))
+        if low <= word_count(candidate) <= high:
+            return cap(candidate)
+    return cap(_fit(candidates[-1], low, high).rstrip("."))
 
 
 def _description(
@@ -467,8 +294,8 @@ def _description(
         )
     else:
         first = f"No objects could be identified with confidence in this {shape} image."
-    text = f"{_cap(first)} {light}"
-    if _words(text) < DESCRIPTION_MIN_WORDS:
+    text = f"{cap(first)} {light}"
+    if word_count(text) < DESCRIPTION_MIN_WORDS:
         text += f" The frame measures {props.width} by {props.height} pixels."
     return text
 
@@ -478,7 +305,7 @@ def _scene_analysis(kinds: Sequence[_Kind], props: ImageProperties, shape: str) 
     if kinds:
         main = kinds[0]
         box = main.largest
-        fraction = _area(box) / max(props.width * props.height, 1)
+        fraction = area(box) / max(props.width * props.height, 1)
         subject = f"the {main.name}" if main.count == 1 else f"the most prominent {main.name}"
         shot = {
             "close-up": "Close-up framing",
@@ -494,17 +321,17 @@ def _scene_analysis(kinds: Sequence[_Kind], props: ImageProperties, shape: str) 
         )
     else:
         framing_variants = (
-            f"{_cap(shape)} frame with no located subject, "
+            f"{cap(shape)} frame with no located subject, "
             "so the composition rests on tone and colour.",
-            f"{_cap(shape)} frame with no located subject.",
+            f"{cap(shape)} frame with no located subject.",
         )
     exposure = {"low-key": "Low-key", "bright": "Bright, high-key", "balanced": "Balanced"}[
         _exposure(props.brightness)
     ]
     light_variants = (f"{exposure} exposure with {_contrast(props.contrast)} contrast.",) * 2
     colour_variants = (
-        _cap(_palette_phrase(props, long=True)) + ".",
-        _cap(_palette_phrase(props, long=False)) + ".",
+        cap(_palette_phrase(props, long=True)) + ".",
+        cap(_palette_phrase(props, long=False)) + ".",
     )
     if props.sharpness < SOFT_SHARPNESS:
         sharp_variants = (
@@ -525,7 +352,7 @@ def _scene_analysis(kinds: Sequence[_Kind], props: ImageProperties, shape: str) 
     chosen = [0, 0, 0, 0]
     # Shorten the least informative parts first: colour detail, sharpness, then framing.
     for index in (2, 3, 0):
-        if _words(" ".join(p[c] for p, c in zip(parts, chosen, strict=True))) <= high:
+        if word_count(" ".join(p[c] for p, c in zip(parts, chosen, strict=True))) <= high:
             break
         chosen[index] = 1
     text = " ".join(p[c] for p, c in zip(parts, chosen, strict=True))
@@ -535,7 +362,7 @@ def _scene_analysis(kinds: Sequence[_Kind], props: ImageProperties, shape: str) 
         "No further cues are available.",
     )
     for pad in pads:
-        if _words(text) >= low:
+        if word_count(text) >= low:
             break
         text = f"{text} {pad}"
     return _fit(text, low, high)

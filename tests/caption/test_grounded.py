@@ -11,18 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from service.caption.english import colour_name, count_phrase, display_name
 from service.caption.grounded import (
     MIN_DETECTION_CONF,
     MIN_TAG_CONF,
     Caption,
-    colour_name,
-    count_phrase,
-    display_name,
     framing,
     grounded_caption,
     orientation,
-    relation,
 )
+from service.caption.layout import relation
 from service.domain.records import Color, ImageProperties
 from service.infer.tagger import Tag, parse_class_names
 from service.infer.yolox import Detection
