@@ -189,7 +189,7 @@ class Limiter:
                     quota=quota,
                     window=86400,
                     remaining=max(0, quota - used),
-                    reset=max(1, math.ceil((_midnight_after(now) - now).total_seconds())),
+                    reset=_seconds_to_midnight(now),
                 )
             )
         return standings
@@ -224,7 +224,7 @@ class Limiter:
         if state.known + state.sending + state.pending >= quota:
             raise RateLimited(
                 f"this API key has used its daily quota of {quota} requests (UTC days)",
-                retry_after=max(1, math.ceil((_midnight_after(now) - now).total_seconds())),
+                retry_after=_seconds_to_midnight(now),
                 extra={"reason": "quota", "limit": f"{quota}/day"},
             )
         state.pending += 1
@@ -253,6 +253,7 @@ class Limiter:
             state.flushed_at = self.clock()
 
 
-def _midnight_after(now: datetime) -> datetime:
-    """The start of the next UTC day, when daily quotas start again."""
-    return datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+def _seconds_to_midnight(now: datetime) -> int:
+    """Whole seconds (at least 1) until the next UTC day, when daily quotas start again."""
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    return max(1, math.ceil((midnight - now).total_seconds()))
