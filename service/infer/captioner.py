@@ -10,21 +10,22 @@ An export directory (written by ``python -m models.export_captioner``) holds:
 * ``captioner.json`` (name, layer count, sha256 of every file), ``preprocessor.json``,
   ``generation.json`` and ``tokenizer.json``.
 
-Greedy decoding and beam search reproduce transformers' ``generate()`` token for token
-(same end-of-sequence, length-penalty and early-stopping rules).
+Greedy decoding and beam search (``service.infer.decoding``) reproduce transformers'
+``generate()`` token for token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import msgspec
 import numpy as np
 import PIL.Image
 import tokenizers
 
+from service.infer.decoding import FloatArray, Generation, beam_search, greedy
 from service.infer.manifest import ModelError, reading, sha256_file
 from service.infer.runtime import ProviderChoice, load_onnx_session
 
@@ -45,10 +46,6 @@ _RESAMPLE = {
     "box": PIL.Image.Resampling.BOX,
     "hamming": PIL.Image.Resampling.HAMMING,
 }
-# transformers marks impossible beams with this score rather than -inf.
-_NEG = np.float32(-1.0e9)
-
-FloatArray = np.ndarray
 _T = TypeVar("_T")
 
 
@@ -77,47 +74,11 @@ class Preprocessing(msgspec.Struct, frozen=True, kw_only=True):
     std: tuple[float, float, float]
 
 
-class Generation(msgspec.Struct, frozen=True, kw_only=True):
-    """``generation.json``: the special tokens and the length and beam-search rules."""
-
-    decoder_start_token_id: int
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int
-    max_length: int
-    min_length: int = 0
-    length_penalty: float = 1.0
-    early_stopping: bool | Literal["never"] = False
-
-
 def _read_json(path: Path, kind: type[_T]) -> _T:
     try:
         return msgspec.json.decode(path.read_bytes(), type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ModelError(f"captioner file {path} is not valid: {exc}") from exc
-
-
-def _log_softmax(logits: FloatArray) -> FloatArray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    result: FloatArray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return result
-
-
-def _top_k(scores: FloatArray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest scores per row, best first (ties: lower index first)."""
-    rows = np.arange(scores.shape[0])[:, None]
-    if k < scores.shape[1]:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    order = np.lexsort((part, -scores[rows, part]), axis=1)
-    result: np.ndarray = part[rows, order]
-    return result
-
-
-def _pick(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """``array[b, indices[b, j], ...]`` for a (batch, beams, ...) array."""
-    result: np.ndarray = array[np.arange(array.shape[0])[:, None], indices]
-    return result
 
 
 def verify_export(export_dir: Path) -> CaptionerInfo:
@@ -273,19 +234,6 @@ class NeuralCaptioner:
         logits = np.asarray(outputs[0][:, -1, :], dtype=np.float32)
         return logits, outputs[1:]
 
-    def _empty_past(self, cross: list[np.ndarray], rows: int) -> list[np.ndarray]:
-        _, heads, _, head_dim = cross[0].shape
-        return [np.zeros((rows, heads, 0, head_dim), dtype=cross[0].dtype) for _ in cross]
-
-    def _eos_mask(self, vocab: int) -> np.ndarray:
-        mask = np.zeros(vocab, dtype=bool)
-        mask[[t for t in self.generation.eos_token_ids if 0 <= t < vocab]] = True
-        return mask
-
-    def _suppress_eos(self, scores: FloatArray, length: int) -> None:
-        if length < self.generation.min_length:
-            scores[:, list(self.generation.eos_token_ids)] = -np.inf
-
     def generate_ids(
         self,
         images: Sequence[PIL.Image.Image],
@@ -307,139 +255,11 @@ class NeuralCaptioner:
             return []
         cross = self.encode(images)
         if num_beams == 1:
-            return self._greedy(cross, limit)
-        return self._beam_search(cross, num_beams, limit)
+            return greedy(self._step, cross, self.generation, limit)
+        return beam_search(self._step, cross, self.generation, num_beams, limit)
 
     def caption(self, images: Sequence[PIL.Image.Image], *, num_beams: int = 1) -> list[str]:
         """One caption per image (special tokens dropped, surrounding spaces trimmed)."""
         ids = self.generate_ids(images, num_beams=num_beams)
         texts = self.tokenizer.decode_batch(ids, skip_special_tokens=True)
         return [text.strip() for text in texts]
-
-    def _greedy(self, cross: list[np.ndarray], max_length: int) -> list[list[int]]:
-        gen = self.generation
-        batch = cross[0].shape[0]
-        results = [[gen.decoder_start_token_id] for _ in range(batch)]
-        live = np.arange(batch)  # images still generating; finished ones leave the batch
-        tokens = np.full(batch, gen.decoder_start_token_id, dtype=np.int64)
-        past = self._empty_past(cross, batch)
-        length = 1
-        while live.size and length < max_length:
-            scores, past = self._step(tokens, cross, past)
-            self._suppress_eos(scores, length)
-            tokens = scores.argmax(axis=-1)
-            for row, image in enumerate(live):
-                results[image].append(int(tokens[row]))
-            length += 1
-            keep = ~self._eos_mask(scores.shape[-1])[tokens]
-            if not keep.all():
-                live, tokens = live[keep], tokens[keep]
-                cross = [array[keep] for array in cross]
-                past = [array[keep] for array in past]
-        return results
-
-    def _beam_search(
-        self, cross: list[np.ndarray], num_beams: int, max_length: int
-    ) -> list[list[int]]:
-        """transformers' vectorised beam search (``GenerationMixin._beam_search``), in numpy."""
-        gen = self.generation
-        beams = num_beams
-        batch = cross[0].shape[0]
-        # Twice the beams (more with several EOS ids), so that `beams` candidates survive
-        # even when the best ones all end.
-        keep = max(2, 1 + len(gen.eos_token_ids)) * beams
-        is_eos: np.ndarray | None = None
-        is_top = np.arange(keep) < beams
-        prompt = 1
-        penalty = gen.length_penalty
-        early = gen.early_stopping
-
-        running = np.full((batch, beams, max_length), gen.pad_token_id, dtype=np.int64)
-        running[:, :, 0] = gen.decoder_start_token_id
-        running_scores = np.zeros((batch, beams), dtype=np.float32)
-        running_scores[:, 1:] = _NEG  # only the first beam may expand on the first step
-        finished_seqs = running.copy()
-        finished_scores = np.full((batch, beams), _NEG, dtype=np.float32)
-        finished_lens = np.ones((batch, beams), dtype=np.int64)
-        is_finished = np.zeros((batch, beams), dtype=bool)
-        improvable = np.ones(batch, dtype=bool)
-
-        results: list[list[int]] = [[] for _ in range(batch)]
-        live = np.arange(batch)
-        cross = [np.repeat(array, beams, axis=0) for array in cross]
-        past = self._empty_past(cross, batch * beams)
-        tokens = running[:, :, 0].reshape(-1)
-        length = 1
-        while True:
-            logits, past = self._step(tokens, cross, past)
-            n = live.size
-            log_probs = _log_softmax(logits)
-            self._suppress_eos(log_probs, length)
-            vocab = log_probs.shape[-1]
-            totals = (log_probs.reshape(n, beams, vocab) + running_scores[:, :, None]).reshape(
-                n, beams * vocab
-            )
-
-            top = _top_k(totals, keep)
-            top_scores = _pick(totals, top)
-            source = top // vocab
-            top_tokens = top % vocab
-            top_seqs = _pick(running, source)
-            top_seqs[:, :, length] = top_tokens
-            if is_eos is None:
-                is_eos = self._eos_mask(vocab)
-            hits = is_eos[top_tokens] | (length + 1 >= max_length)
-
-            # The best `beams` unfinished continuations run on.
-            alive_scores = top_scores + hits.astype(np.float32) * _NEG
-            chosen = _top_k(alive_scores, beams)
-            running = _pick(top_seqs, chosen)
-            running_scores = _pick(alive_scores, chosen)
-            running_source = _pick(source, chosen)
-
-            # Finished continuations among the top `beams` compete for the final slots.
-            just_finished = hits & is_top[None, :]
-            candidate = top_scores / np.float32((length + 1 - prompt) ** penalty)
-            if early is True:
-                candidate += is_finished.all(axis=1, keepdims=True).astype(np.float32) * _NEG
-            candidate += (~improvable)[:, None].astype(np.float32) * _NEG
-            candidate += (~just_finished).astype(np.float32) * _NEG
-            merged_scores = np.concatenate([finished_scores, candidate], axis=1)
-            best = _top_k(merged_scores, beams)
-            finished_scores = _pick(merged_scores, best)
-            finished_seqs = _pick(np.concatenate([finished_seqs, top_seqs], axis=1), best)
-            candidate_lens = np.full((n, keep), length + 1, dtype=np.int64)
-            finished_lens = _pick(np.concatenate([finished_lens, candidate_lens], axis=1), best)
-            is_finished = _pick(np.concatenate([is_finished, just_finished], axis=1), best)
-
-            length += 1
-            if early == "never" and penalty > 0.0:
-                hypothetical = max_length - prompt
-            else:
-                hypothetical = length - prompt
-            best_running = running_scores[:, :1] / np.float32(hypothetical**penalty)
-            worst_finished = np.where(is_finished, finished_scores.min(axis=1, keepdims=True), _NEG)
-            improvable = improvable & (best_running > worst_finished).any(axis=1)
-
-            done = ~improvable | hits.all(axis=1)
-            if early is True:
-                done |= is_finished.all(axis=1)
-            for row in np.flatnonzero(done):
-                size = int(finished_lens[row, 0])
-                results[live[row]] = [int(t) for t in finished_seqs[row, 0, :size]]
-            if done.all():
-                return results
-            if done.any():
-                stay = ~done
-                live, running, running_scores = live[stay], running[stay], running_scores[stay]
-                running_source = running_source[stay]
-                finished_seqs, finished_scores = finished_seqs[stay], finished_scores[stay]
-                finished_lens, is_finished = finished_lens[stay], is_finished[stay]
-                improvable = improvable[stay]
-                rows = np.repeat(stay, beams)
-                cross = [array[rows] for array in cross]
-                past = [array[rows] for array in past]
-            # Reorder the self-attention cache to follow the surviving beams.
-            flat_source = (running_source + np.arange(live.size)[:, None] * beams).reshape(-1)
-            past = [array[flat_source] for array in past]
-            tokens = running[:, :, length - 1].reshape(-1)
