@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from service.analysis import ImageAnalysis, ImageAnalyzer
 from service.domain.records import (
@@ -68,6 +69,16 @@ def names_record(url_or_id: str) -> bool:
     """Whether a Cortex ``url_or_id`` names a stored record rather than an image to fetch."""
     value = url_or_id.strip()
     return is_record_id(value) or is_object_id_hex(value)
+
+
+def _log_unstored(digest: str, task: asyncio.Task[LabelOutcome]) -> None:
+    """Say so when an analysis ends without a stored record: its requests answer with the
+    error, but nobody hears it when every client has left (or was cut short at shutdown)."""
+    exc = None if task.cancelled() else task.exception()
+    if isinstance(exc, ServiceError):
+        log.warning("the analysis of sha256 %s was not stored: %s", digest, exc.detail)
+    elif exc is not None:
+        log.error("the analysis of sha256 %s failed", digest, exc_info=exc)
 
 
 def utc_now() -> str:
@@ -185,6 +196,7 @@ class LabelingPipeline:
                 task = asyncio.create_task(self._create(fetched, url, digest))
                 self._analyses_by_hash[digest] = task
                 task.add_done_callback(lambda _: self._analyses_by_hash.pop(digest, None))
+                task.add_done_callback(partial(_log_unstored, digest))
             outcome = await asyncio.shield(task)
             if url in outcome.urls:
                 # Another request created the record, or another process stored these bytes
@@ -216,7 +228,13 @@ class LabelingPipeline:
         make room: hosts that drip bytes, or never answer, must not hold every slot while
         fast images wait. False when no download is that slow."""
         now = time.monotonic()
-        slow = [(started, task) for task, started in self._fetching.items() if not task.done()]
+        # A download already picked has not stopped yet (its cancellation lands on a later
+        # turn of the loop): picking it again would admit a second request for one slot.
+        slow = [
+            (started, task)
+            for task, started in self._fetching.items()
+            if not task.done() and task not in self._evicted
+        ]
         started, task = min(slow, default=(now, None), key=lambda item: item[0])
         if task is None or now - started < SLOW_FETCH_SECONDS:
             return False

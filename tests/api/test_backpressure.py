@@ -12,7 +12,7 @@ import pytest
 from service import pipeline
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
-from tests.conftest import CAT_PHOTO, AppClient, running
+from tests.conftest import API_KEY, CAT_PHOTO, AppClient, running
 from tests.support.image_server import ImageServer
 
 
@@ -101,6 +101,47 @@ async def test_slow_downloads_give_their_slots_to_new_requests_at_capacity(
             task.cancel()
         metrics = (await client.get("/metrics")).text
         assert 'labelsvc_fetch_failures_total{reason="evicted"} 1.0' in metrics
+
+
+async def test_each_slow_download_gives_its_slot_to_one_request_only(
+    make_settings: Callable[..., Settings],
+    image_server: ImageServer,
+    evalset_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keyed batch starts its items in one turn of the event loop, before a cancelled
+    download has stopped: each slow download must still admit one item, not all of them."""
+    monkeypatch.setattr(pipeline, "SLOW_FETCH_SECONDS", 0.3)
+    async with running(make_settings(max_inflight=2)) as client:
+        slow = [
+            asyncio.create_task(client.post("/v1/labels", json={"url": image_server.url(path)}))
+            for path in ("/drip?one-slot-a", "/drip?one-slot-b")
+        ]
+        await asyncio.sleep(0.6)  # both admitted and past SLOW_FETCH_SECONDS
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, client.resources.pipeline.admitted)
+                await asyncio.sleep(0.002)
+
+        watching = asyncio.create_task(watch())
+        names = photo_names(evalset_dir, 16)
+        items = [{"url": image_server.photo_url(n, alias="one-slot")} for n in names]
+        response = await client.post(
+            "/v1/labels/batch", json={"items": items}, headers={"X-API-Key": API_KEY}
+        )
+        watching.cancel()
+        statuses = [result["status"] for result in response.json()["results"]]
+        assert statuses.count(201) == 2 and statuses.count(503) == 14, statuses
+        # The two evicted downloads count until their cancellation lands.
+        assert peak <= 4, peak
+        evicted = await asyncio.gather(*slow)
+        assert [assert_problem(r, 504, "upstream-timeout")["reason"] for r in evicted] == [
+            "evicted",
+            "evicted",
+        ]
 
 
 async def test_a_request_cancelled_at_shutdown_gets_503_not_500(

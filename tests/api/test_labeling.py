@@ -15,6 +15,7 @@ from PIL import Image
 from pymongo import MongoClient
 
 from service.decode.image import decode_image
+from service.errors import DatabaseUnavailable
 from service.settings import Settings
 from service.store import records
 from tests.api.test_errors import assert_problem
@@ -277,6 +278,36 @@ async def test_a_failing_captioner_leaves_the_grounded_caption(
         assert record["caption"]["model"] == "grounded-v1" and record["object_analysis"][0]
         metrics = (await client.get("/metrics")).text
     assert "labelsvc_caption_failures_total 1.0" in metrics
+
+
+async def test_an_abandoned_analysis_that_cannot_be_stored_is_logged(
+    client: AppClient,
+    image_server: ImageServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When every client of an analysis has left, nobody is answered with its failure to
+    store: the log must still say that the analysis was lost."""
+    pipeline = client.resources.pipeline
+    stored = asyncio.Event()
+
+    async def unavailable(document: dict[str, Any]) -> dict[str, Any]:
+        stored.set()
+        raise DatabaseUnavailable("the database did not answer within 5 s")
+
+    monkeypatch.setattr(pipeline._store, "insert", unavailable)
+    url = image_server.photo_url(CAT_PHOTO, alias="abandoned-unstored")
+    request = asyncio.create_task(client.post("/v1/labels", json={"url": url}))
+    for _ in range(400):
+        if pipeline._analyses_by_hash:
+            break
+        await asyncio.sleep(0.005)
+    request.cancel()  # the client leaves while its image is analysed
+    await pipeline.drain()
+    assert stored.is_set()
+    (line,) = [r for r in caplog.records if "was not stored" in r.getMessage()]
+    assert line.levelname == "WARNING"
+    assert "did not answer within 5 s" in line.getMessage()
 
 
 async def test_shutdown_lets_an_abandoned_analysis_store_its_record(
