@@ -34,6 +34,8 @@ from service.executor import BlockingExecutor
 from service.infer.batching import BatchPolicy, MicroBatcher, Runner
 from service.infer.models import Models
 from service.infer.nanodet import NanoDetDetector
+from service.infer.tagger import EfficientNetTagger
+from service.infer.tagger import Tag as TaggerTag
 from service.infer.yolox import Detection, YoloxDetector
 from service.observability import Metrics
 from service.score import quality
@@ -127,11 +129,18 @@ class ImageAnalyzer:
             if self._detections is not None
             else run(self._detect, image)
         )
+        # A model that is not loaded gets no job: each job takes a place in the executor's
+        # queue and a trip through a worker.
+        m = self.models
         found, second, scaled, tags, props = await asyncio.gather(
             detected,
-            run(self._second_look, "second_opinion", self.models.second, image),
-            run(self._second_look, "second_scale", self.models.scaled_second, image),
-            run(self._tag, image),
+            run(self._second_look, m.second, "second_opinion", image)
+            if m.second is not None
+            else _none(),
+            run(self._second_look, m.scaled_second, "second_scale", image)
+            if m.scaled_second is not None
+            else _none(),
+            run(self._tag, m.tagger, image) if m.tagger is not None else _no_tags(),
             run(self._describe, decoded),
         )
         model = None
@@ -257,19 +266,13 @@ class ImageAnalyzer:
         return min(self.min_confidence, quality.SUB_MIN_CONF)
 
     def _second_look(
-        self, stage: str, model: NanoDetDetector | YoloxDetector | None, image: Image.Image
-    ) -> list[Detection] | None:
-        """A detector the quality estimate consults (NanoDet, or YOLOX at a second scale);
-        ``None`` when that model is not in use."""
-        if model is None:
-            return None
+        self, model: NanoDetDetector | YoloxDetector, stage: str, image: Image.Image
+    ) -> list[Detection]:
+        """A detector the quality estimate consults (NanoDet, or YOLOX at a second scale)."""
         with self._stage(stage, model):
             return model.detect(image, quality.SECOND_MIN_CONF)
 
-    def _tag(self, image: Image.Image) -> list[Any]:
-        tagger = self.models.tagger
-        if tagger is None:
-            return []
+    def _tag(self, tagger: EfficientNetTagger, image: Image.Image) -> list[TaggerTag]:
         with self._stage("tag", tagger):
             return tagger.tag(image, top_k=TAG_TOP_K, min_conf=TAG_MIN_CONF)
 
@@ -312,6 +315,14 @@ def caption_batcher(
         return texts
 
     return MicroBatcher(run, executor.run_admitted, batch)
+
+
+async def _none() -> None:
+    return None
+
+
+async def _no_tags() -> list[TaggerTag]:
+    return []
 
 
 def with_neural_text(grounded: Caption, text: str, analyzer: ImageAnalyzer) -> Caption:

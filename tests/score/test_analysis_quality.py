@@ -66,6 +66,14 @@ async def test_analysis_detects_once_and_stores_only_kept_boxes(
         return detect(image, min_confidence)
 
     monkeypatch.setattr(detector, "detect", recording)
+    jobs: list[str] = []
+    run_admitted = executor.run_admitted
+
+    def counting(call: Any, *args: Any) -> Any:
+        jobs.append(call.__name__)
+        return run_admitted(call, *args)
+
+    monkeypatch.setattr(executor, "run_admitted", counting)
     analyzer = ImageAnalyzer(
         Models(detector=detector, second=None, tagger=None), min_confidence=0.3, max_pixels=10**8
     )
@@ -73,6 +81,8 @@ async def test_analysis_detects_once_and_stores_only_kept_boxes(
     result = await analyzer.analyze(data, executor)
 
     assert calls == [quality.SUB_MIN_CONF]  # one pass, at the lower threshold
+    # Models that are not loaded take no place in the executor's queue.
+    assert sorted(jobs) == ["_decode", "_describe", "_detect"]
     image = result.decoded.image
     at_threshold = detect(image, 0.3)
     assert [(b.classname, b.conf) for b in result.boxes] == [
