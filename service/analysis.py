@@ -190,8 +190,11 @@ class ImageAnalyzer:
         scaled = self.models.scaled_second is not None
         return f"{QUALITY_MODEL}+scale{quality.SECOND_SCALE_SIZE}" if scaled else QUALITY_MODEL
 
-    def lineage(self, processed_at: str) -> list[Analysis]:
-        """One entry per analysis that ran: which model, which weights, which settings."""
+    def lineage(self, processed_at: str, *, caption_by: str = GROUNDED) -> list[Analysis]:
+        """One entry per analysis that ran: which model, which weights, which settings.
+
+        ``caption_by`` is the record's ``caption.model``: the neural captioner is listed when
+        its text is in the record, the grounded one when it failed or wrote nothing."""
         models = self.models
         entries = [
             _model_entry("object_detection", models.detector, processed_at, self._detect_params()),
@@ -222,7 +225,7 @@ class ImageAnalyzer:
             ),
         ]
         captioner = models.captioner
-        if captioner is not None:
+        if captioner is not None and caption_by == captioner.name:
             params = {"num_beams": self._caption_beams}
             entries.append(_model_entry("caption", captioner, processed_at, params))
         else:

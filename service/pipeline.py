@@ -306,7 +306,7 @@ class LabelingPipeline:
             caption=caption,
             image_properties=analysis.properties,
             dominant_colors=analysis.properties.dominant_colors,
-            analyses=self._analyzer.lineage(now),
+            analyses=self._analyzer.lineage(now, caption_by=caption.model),
             keywords=derived["keywords"],
             phash_bands=derived["phash_bands"],
         )
