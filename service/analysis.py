@@ -120,10 +120,11 @@ class ImageAnalyzer:
             self._detections = MicroBatcher(self._detect_batch, batch_runner, detect_batch)
 
     async def analyze(self, data: bytes, executor: BlockingExecutor) -> ImageAnalysis:
-        """Decoding is admitted by the executor's bound; the model stages that follow are not
-        refused once it is (see ``BlockingExecutor.run_admitted``)."""
-        decoded = await executor.run(self._decode, data)
-        image, run = decoded.image, executor.run_admitted
+        """No stage is refused: admission to the executor is the caller's, before the image
+        was downloaded (``BlockingExecutor.admit``)."""
+        run = executor.run_admitted
+        decoded = await run(self._decode, data)
+        image = decoded.image
         detected = (
             self._detections.submit(image)
             if self._detections is not None

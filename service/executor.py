@@ -1,8 +1,9 @@
 """One sized executor for all blocking work (decode, inference), with a bounded queue.
 
-Work is admitted only while fewer than ``max_pending`` items are queued or running; past
-that the caller gets ``Overloaded`` (503 with Retry-After) at once instead of waiting
-behind an unbounded queue.
+``admit`` (and ``run``, which calls it) let work in only while fewer than ``max_pending``
+jobs are queued or running; past that the caller gets ``Overloaded`` (503 with Retry-After)
+at once instead of waiting behind an unbounded queue. A labeling request is admitted once,
+before its download, and its jobs then go through ``run_admitted``, never refused.
 
 Queued work is served oldest request first, not in the order tasks were submitted. A
 labeling request submits its decode, then its model runs; in plain FIFO order those model
@@ -126,13 +127,18 @@ class BlockingExecutor:
         """Jobs queued or running, whether or not their callers still wait for them."""
         return self._pending
 
-    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def admit(self) -> None:
+        """Raise ``Overloaded`` (reason ``queue_full``) when ``max_pending`` jobs are queued or
+        running: new work is turned away at once rather than queued without bound."""
         if self._pending >= self.max_pending:
             raise Overloaded(
                 f"{self._pending} tasks are already waiting for a worker; retry shortly",
                 retry_after=1,
                 extra={"reason": "queue_full"},
             )
+
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        self.admit()
         return await self.run_admitted(fn, *args, **kwargs)
 
     async def run_admitted(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:

@@ -162,24 +162,29 @@ class LabelingPipeline:
         log.info("record %s deleted with key %s", record_id, key)
 
     async def label_url(self, url: str) -> LabelOutcome:
-        # Admission before the download: a burst must not turn into unbounded concurrent
-        # fetches (each up to max_image_bytes in memory) queued behind the workers.
-        if self._admitted >= self._max_inflight and not self._evict_a_slow_fetch():
-            self._metrics.rejected.labels("inflight").inc()
-            raise Overloaded(
-                f"{self._admitted} images are being labeled; retry shortly",
-                retry_after=1,
-                extra={"reason": "inflight"},
-            )
+        self._admit()
         self._admitted += 1
         start_request()  # its blocking work goes before that of requests admitted later
         try:
             return await self._label_url(url)
-        except Overloaded as exc:  # the executor's queue was full
-            self._metrics.rejected.labels(exc.extra.get("reason", "overloaded")).inc()
-            raise
         finally:
             self._admitted -= 1
+
+    def _admit(self) -> None:
+        """Admission, once and before the download: a burst must not turn into unbounded
+        concurrent fetches (each up to max_image_bytes in memory) queued behind the workers,
+        and a request let in is not turned away after its download."""
+        try:
+            self._executor.admit()  # first, so that a full queue evicts no download
+            if self._admitted >= self._max_inflight and not self._evict_a_slow_fetch():
+                raise Overloaded(
+                    f"{self._admitted} images are being labeled; retry shortly",
+                    retry_after=1,
+                    extra={"reason": "inflight"},
+                )
+        except Overloaded as exc:
+            self._metrics.rejected.labels(exc.extra["reason"]).inc()
+            raise
 
     async def _label_url(self, url: str) -> LabelOutcome:
         fetched = await self._fetch(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,33 @@ async def test_burst_beyond_the_bound_gets_503_then_recovers(
             assert retry.status_code == 201
         metrics = (await client.get("/metrics")).text
         assert 'labelsvc_rejected_requests_total{reason="inflight"}' in metrics
+
+
+async def test_a_full_queue_refuses_before_the_download_and_never_after(
+    make_settings: Callable[..., Settings], image_server: ImageServer, evalset_dir: Path
+) -> None:
+    """Each image queues several jobs (decode, then its models), so the queue passes its
+    bound long before the in-flight limit is reached: a request let in must not be refused
+    once its bytes are in, and one turned away must be turned away before its download."""
+    async with running(make_settings(workers=1, max_pending=3, max_inflight=16)) as client:
+        urls = [image_server.photo_url(n, alias="queue") for n in photo_names(evalset_dir, 16)]
+        responses = await asyncio.gather(
+            *(client.post("/v1/labels", json={"url": u}) for u in urls)
+        )
+        assert [r.status_code for r in responses] == [201] * 16
+
+        executor = client.resources.executor
+        release = threading.Event()
+        blockers = [asyncio.create_task(executor.run(release.wait, 10)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        try:
+            url = image_server.photo_url(CAT_PHOTO, alias="queue-full")
+            refused = await client.post("/v1/labels", json={"url": url})
+            assert assert_problem(refused, 503, "overloaded")["reason"] == "queue_full"
+            assert url.removeprefix(image_server.base) not in {p for p, _ in image_server.requests}
+        finally:
+            release.set()
+            await asyncio.gather(*blockers)
 
 
 async def test_event_loop_stays_responsive_while_inference_runs(
