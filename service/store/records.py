@@ -8,6 +8,7 @@ in case the server does not answer at all, a client-side deadline a little longe
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -27,6 +28,8 @@ from pymongo.errors import (
 
 from service.errors import DatabaseUnavailable, InvalidQuery, ServiceUnavailable
 from service.query.plan import IndexedFields
+
+log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
 DURABLE = WriteConcern(j=True)
@@ -60,7 +63,8 @@ INDEXED = IndexedFields(
 MAX_URLS = 100
 # Server errors that mean the query itself is wrong (400): BadValue, FailedToParse,
 # TypeMismatch, and a regular expression the server's PCRE cannot compile.
-QUERY_ERRORS = frozenset({2, 9, 14, 51091})
+BAD_VALUE = 2
+QUERY_ERRORS = frozenset({BAD_VALUE, 9, 14, 51091})
 # Beyond the server-side limit, how long the client waits for a reply before giving up.
 CLIENT_GRACE_SECONDS = 2.0
 SCAN_BATCH_SIZE = 5_000
@@ -261,12 +265,20 @@ class RecordStore:
         """Add ``url`` to the record with this content hash, unless it holds ``MAX_URLS``
         already; returns the record."""
         async with self._labeling():
-            document = await self._records.find_one_and_update(
-                {"hash": digest, f"urls.{MAX_URLS - 1}": {"$exists": False}},
-                {"$addToSet": {"urls": url}},
-                return_document=ReturnDocument.AFTER,
-            )
-            if document is None:  # full (or deleted)
+            try:
+                document = await self._records.find_one_and_update(
+                    {"hash": digest, f"urls.{MAX_URLS - 1}": {"$exists": False}},
+                    {"$addToSet": {"urls": url}},
+                    return_document=ReturnDocument.AFTER,
+                )
+            except OperationFailure as exc:
+                if exc.code != BAD_VALUE:
+                    raise
+                # An imported record whose urls is not an array: $addToSet cannot add to it.
+                # Its labels are served all the same; the URL is not kept.
+                log.warning("record with sha256 %s: urls is not an array, no URL added", digest)
+                document = None
+            if document is None:  # full, not an array, or deleted
                 document = await self._records.find_one({"hash": digest})
             return document
 

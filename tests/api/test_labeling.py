@@ -285,6 +285,26 @@ async def test_a_failing_captioner_leaves_the_grounded_caption(
     assert "labelsvc_caption_failures_total 1.0" in metrics
 
 
+@pytest.mark.parametrize("urls", [None, "http://old.example/cat.jpg"])
+async def test_an_imported_record_whose_urls_is_not_a_list_is_found_by_its_bytes(
+    client: AppClient, image_server: ImageServer, evalset_dir: Path, urls: Any
+) -> None:
+    """MongoDB cannot add to a field that is not an array: the stored record is the answer
+    all the same (200), not a 400 about a query the client never sent."""
+    digest = hashlib.sha256((evalset_dir / "images" / CAT_PHOTO).read_bytes()).hexdigest()
+    imported = {"_id": f"imported-{digest[:8]}", "url": "http://old.example/cat.jpg"}
+    await client.resources.database["records"].insert_one(
+        {**imported, "urls": urls, "hash": digest, "width": 640, "height": 480}
+    )
+    try:
+        url = image_server.photo_url(CAT_PHOTO, alias="imported-urls")
+        response = await client.post("/v1/labels", json={"url": url})
+        assert response.status_code == 200, response.text
+        assert response.json()["_id"] == imported["_id"]
+    finally:
+        await client.resources.database["records"].delete_one({"_id": imported["_id"]})
+
+
 async def test_an_abandoned_analysis_that_cannot_be_stored_is_logged(
     client: AppClient,
     image_server: ImageServer,
