@@ -299,9 +299,11 @@ class ImageFetcher:
                 pass
             except httpx.TransportError as exc:
                 raise _transport_error(exc, target, self._policy) from None
-            except httpx.InvalidURL:
+            except (httpx.InvalidURL, ValueError):
                 # httpx resolves a redirect's Location even when not following it, and
-                # fails on one with a scheme but no host (mailto:, data:, http:a.jpg).
+                # fails on one with a scheme but no host (mailto:, data:, http:a.jpg), an
+                # invalid IDNA label (http://xn--zz.com/: UnicodeError) or a broken IPv6
+                # literal (ValueError).
                 raise UpstreamError(
                     f"{target.host} redirected to a URL that cannot be fetched",
                     extra={"reason": "bad_redirect"},

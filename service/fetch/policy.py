@@ -126,16 +126,16 @@ def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
     if len(parts) > 4:
         raise _reject(f"host {host!r} is not a valid IPv4 address", "host")
     numbers: list[int] = []
-    for part in parts:
-        if part[:2].lower() == "0x":
-            numbers.append(int(part[2:] or "0", 16))
-        elif len(part) > 1 and part.startswith("0"):
-            try:
+    try:  # an octal part with an 8 or 9, or decimal digits past Python's 4300-digit limit
+        for part in parts:
+            if part[:2].lower() == "0x":
+                numbers.append(int(part[2:] or "0", 16))
+            elif len(part) > 1 and part.startswith("0"):
                 numbers.append(int(part, 8))
-            except ValueError:
-                raise _reject(f"host {host!r} is not a valid IPv4 address", "host") from None
-        else:
-            numbers.append(int(part))
+            else:
+                numbers.append(int(part))
+    except ValueError:
+        raise _reject(f"host {host!r} is not a valid IPv4 address", "host") from None
     *leading, last = numbers
     # The last part fills every byte the earlier parts left: 127.1 is 127.0.0.1.
     if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):

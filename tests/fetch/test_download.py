@@ -244,7 +244,18 @@ async def test_redirect_targets_go_through_the_policy(
 
 
 @pytest.mark.parametrize(
-    "location", ["http://a]/", "//a[b]/", "mailto:x@y", "data:,x", "http:a.jpg", "urn:isbn:1"]
+    "location",
+    [
+        "http://a]/",
+        "//a[b]/",
+        "mailto:x@y",
+        "data:,x",
+        "http:a.jpg",
+        "urn:isbn:1",
+        "http://xn--zz.com/",  # not a valid IDNA label
+        "http://xn--/",
+        ":https://]https://https://[",  # a broken IPv6 literal once joined
+    ],
 )
 async def test_malformed_redirect_is_the_hosts_error(
     fetcher: ImageFetcher, server: Server, location: str

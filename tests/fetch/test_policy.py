@@ -131,6 +131,15 @@ def test_refuses_bad_shapes(url: str, reason: str, message: str) -> None:
     assert message in info.value.detail
 
 
+def test_a_decimal_host_longer_than_python_converts_is_refused() -> None:
+    # int() refuses decimal strings over 4300 digits; a long URL limit lets one through.
+    url = "http://" + "9" * 4400 + "/"
+    with pytest.raises(UrlRejected) as info:
+        parse_target(url, FetchPolicy(max_url_length=8192))
+    assert info.value.extra["reason"] == "host"
+    assert "not a valid IPv4" in info.value.detail
+
+
 def test_url_length_comes_from_the_policy() -> None:
     url = "http://example.com/" + "a" * 20
     parse_target(url, DEFAULT)
