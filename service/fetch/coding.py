@@ -10,6 +10,10 @@ from service.errors import UpstreamError
 # static gzip file, say): gzip with its header and trailer, deflate as zlib data.
 CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 15}
 GZIP_MAGIC = b"\x1f\x8b"
+# An empty gzip member is 20 bytes: without a bound, a body within the byte cap could hold a
+# million of them, each a new decompressor on the event loop (seconds of CPU for 0 bytes).
+# Blocked gzip (64 KiB members) fills 64 MiB with this many.
+MAX_MEMBERS = 1024
 
 
 class BodyDecoder:
@@ -27,6 +31,7 @@ class BodyDecoder:
         self._decoder = zlib.decompressobj(wbits)
         self._after_end = b""  # the start of what follows a member, too short to tell yet
         self._dropping = False
+        self._members = 1
 
     @classmethod
     def for_coding(cls, coding: str | None, host: str) -> BodyDecoder | None:
@@ -63,6 +68,12 @@ class BodyDecoder:
                 if len(data) < len(GZIP_MAGIC):
                     self._after_end = data
                     break
+                self._members += 1
+                if self._members > MAX_MEMBERS:
+                    raise UpstreamError(
+                        f"{self._host} sent a gzip body of more than {MAX_MEMBERS} members",
+                        extra={"reason": "content_encoding"},
+                    )
                 self._decoder = zlib.decompressobj(self._wbits)
             try:
                 decoded.append(self._decoder.decompress(data, limit - size))

@@ -38,6 +38,11 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Keep-alive: how long idle connections are kept, and for how many host names.
 KEEPALIVE_SECONDS = 5.0
 MAX_POOLED_HOSTS = 64
+# A body in pieces (HTTP chunks, reads) this small on average, past this many of them, is
+# refused: each piece costs the event loop a few microseconds, so a host sending 1-byte
+# chunks (or chunk extensions) would otherwise hold it busy until the total deadline.
+MANY_PIECES = 4096
+MIN_MEAN_PIECE_BYTES = 256
 RESOLVER_THREADS = 32  # the service passes its bound on labeling requests in flight
 
 
@@ -338,12 +343,20 @@ class ImageFetcher:
         # more than the cap, and an accepted one is copied once (no growing buffer).
         decoder = BodyDecoder.for_coding(response.headers.get("content-encoding"), target.host)
         chunks: list[bytes] = []
-        size = received = 0
+        size = received = pieces = 0
         digest = hashlib.sha256()
         async for raw in response.aiter_raw():
+            received += len(raw)
+            pieces += 1
+            if pieces > MANY_PIECES and received < pieces * MIN_MEAN_PIECE_BYTES:
+                raise UpstreamError(
+                    f"{target.host} sent the body in over {MANY_PIECES} pieces of under"
+                    f" {MIN_MEAN_PIECE_BYTES} bytes on average",
+                    extra={"reason": "protocol"},
+                )
             chunk = raw
             if decoder is not None:  # the cap holds for the decoded bytes: no zip bombs
-                received += len(raw)  # and for the compressed ones (empty blocks decode to 0)
+                # and for the compressed ones (empty blocks decode to nothing)
                 chunk = decoder.decode(raw, policy.max_bytes - size + 1)
                 if received > policy.max_bytes:
                     raise too_large

@@ -97,9 +97,12 @@ class _Body(httpx.AsyncByteStream):
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Each HTTP chunk of a chunked body as a piece of its own (or less): the downloader
+        bounds how many tiny pieces it takes."""
         with _as_httpx_errors(self._request):
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+            async for chunk, _ in self._response.content.iter_chunks():
+                if chunk:
+                    yield chunk
 
     async def aclose(self) -> None:
         # Back to the pool when the body was read to its end; closed otherwise.

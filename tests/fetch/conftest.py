@@ -155,6 +155,18 @@ class _Handler(BaseHTTPRequestHandler):
             chunk = b"x" * 4096
             while not stopping.is_set():
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        elif path == "/chunked":  # ?size=N: the image in chunks of N bytes
+            size = int(parse_qs(parts.query)["size"][0])
+            self._head(200, {"Content-Type": "image/jpeg", "Transfer-Encoding": "chunked"})
+            for start in range(0, len(JPEG), size):
+                piece = JPEG[start : start + size]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        elif path == "/tiny-chunks":  # 1-byte chunks, flushed a few at a time, never ending
+            self._head(200, {"Content-Type": "image/jpeg", "Transfer-Encoding": "chunked"})
+            while not stopping.is_set():
+                self.wfile.write(b"1\r\nx\r\n" * 64)
+                self.wfile.flush()
         elif path == "/endless-close":
             self._head(200, {"Content-Type": "image/jpeg"})  # close-delimited body
             while not stopping.is_set():

@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from service.errors import UpstreamError
-from service.fetch.coding import BodyDecoder
+from service.fetch.coding import MAX_MEMBERS, BodyDecoder
 
 PLAIN = bytes(range(256)) * 40
 
@@ -84,3 +84,14 @@ def test_a_body_of_many_members_is_decoded_whole() -> None:
     body_decoder = decoder("gzip")
     assert body_decoder.decode(body, 1 << 20) == b"".join(parts)
     assert body_decoder.complete
+
+
+def test_a_body_of_too_many_members_is_refused() -> None:
+    """Empty members cost a decompressor each and decode to nothing: a body of a million
+    of them fits the byte cap, so their number is bounded."""
+    empty = gzip.compress(b"")
+    body_decoder = decoder("gzip")
+    assert body_decoder.decode(empty * MAX_MEMBERS, 1 << 20) == b""
+    with pytest.raises(UpstreamError, match=f"more than {MAX_MEMBERS} members") as info:
+        body_decoder.decode(empty, 1 << 20)
+    assert info.value.extra == {"reason": "content_encoding"}

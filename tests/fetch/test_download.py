@@ -326,6 +326,25 @@ async def test_streamed_body_stops_at_cap(fetcher: ImageFetcher, server: Server,
     assert time.monotonic() - started < 2
 
 
+async def test_a_body_in_a_flood_of_tiny_chunks_is_refused(
+    fetcher: ImageFetcher, server: Server
+) -> None:
+    """Each chunk costs the event loop a few microseconds and 1-byte chunks never reach the
+    byte cap: the number of tiny pieces is bounded instead of the total deadline."""
+    started = time.monotonic()
+    with pytest.raises(UpstreamError, match="pieces") as info:
+        await fetcher.fetch(server.url("/tiny-chunks"))
+    assert info.value.extra == {"reason": "protocol"}
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("size", [1, 256, 100_000])
+async def test_a_chunked_body_is_read_whole(
+    fetcher: ImageFetcher, server: Server, size: int
+) -> None:
+    assert (await fetcher.fetch(server.url(f"/chunked?size={size}"))).data == JPEG
+
+
 async def test_exact_cap_is_allowed(make_fetcher: MakeFetcher, server: Server) -> None:
     assert (await make_fetcher(max_bytes=len(JPEG)).fetch(server.url("/ok.jpg"))).data == JPEG
     with pytest.raises(PayloadTooLarge):
