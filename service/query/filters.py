@@ -336,7 +336,7 @@ class _Validator:
 
     def operators(self, doc: Mapping[str, Any], path: str, depth: int) -> dict[str, Any]:
         self.enter(depth, path, len(doc))
-        extended = False
+        options = ""
         if "$options" in doc:
             if "$regex" not in doc:
                 raise InvalidQuery(f"$options is only allowed alongside $regex{_at(path)}")
@@ -344,7 +344,6 @@ class _Validator:
             if not isinstance(options, str) or not set(options) <= _REGEX_OPTIONS:
                 shown = _show(options) if isinstance(options, str) else _kind(options)
                 raise InvalidQuery(f"$options takes letters from 'imsx', got {shown!r}{_at(path)}")
-            extended = "x" in options
         out: dict[str, Any] = {}
         for op, arg in doc.items():
             where = _join(path, op)
@@ -355,10 +354,10 @@ class _Validator:
                 )
             if op not in _FIELD_OPERATORS:
                 self.refuse_operator(op, path)
-            out[op] = self.operator(op, arg, where, depth + 1, extended)
+            out[op] = self.operator(op, arg, where, depth + 1, options)
         return out
 
-    def operator(self, op: str, arg: Any, path: str, depth: int, extended: bool) -> Any:
+    def operator(self, op: str, arg: Any, path: str, depth: int, options: str) -> Any:
         where = _at(path)
         if op in ("$eq", "$ne"):
             return self.literal(arg, path, depth)
@@ -391,7 +390,7 @@ class _Validator:
         if op == "$regex":
             if not isinstance(arg, str):
                 raise InvalidQuery(f"$regex takes a string{where}, got {_kind(arg)}")
-            self.regex(arg, path, extended)
+            self.regex(arg, path, options)
             return arg
         return arg  # $options, checked by operators()
 
@@ -504,7 +503,7 @@ class _Validator:
         if not encodable(value):
             raise InvalidQuery(f"{what} is not valid Unicode{_at(path)}")
 
-    def regex(self, pattern: str, path: str, extended: bool) -> None:
+    def regex(self, pattern: str, path: str, options: str) -> None:
         where = _at(path)
         shown = _show(pattern, 40)
         if len(pattern) > self.limits.max_regex_length:
@@ -516,6 +515,6 @@ class _Validator:
             raise InvalidQuery(f"$regex must not contain a NUL character{where}")
         self.text(pattern, path, "$regex")
         try:
-            check_regex_shape(pattern, extended)
+            check_regex_shape(pattern, options)
         except RegexRefused as exc:
             raise InvalidQuery(f"$regex {shown!r} is not allowed{where}: {exc}") from None

@@ -17,10 +17,11 @@ class RegexRefused(Exception):
     """The pattern's shape is not allowed; the message says why."""
 
 
-def check_regex_shape(pattern: str, extended: bool) -> None:
+def check_regex_shape(pattern: str, options: str = "") -> None:
     """Raise ``RegexRefused`` unless ``pattern`` has a shape that cannot backtrack
-    catastrophically (``extended``: the ``x`` option, where white space is ignored)."""
-    _RegexShape.check(pattern, extended)
+    catastrophically under ``options`` (``$options`` letters: with ``x`` white space is
+    ignored, with ``m`` a leading ``^`` anchors every line)."""
+    _RegexShape.check(pattern, options)
 
 
 def printable(text: str, limit: int = 60) -> str:
@@ -33,10 +34,16 @@ _UNBOUNDED = -1
 _QUANTIFIER_BRACES = re.compile(r"\{[ \t]*(\d*)[ \t]*(?:(,)[ \t]*(\d*)[ \t]*)?\}")
 _EXTENDED_SPACE = frozenset(" \t\n\r\f\v")
 # Worst-case backtracking grows like `branches * n ** degree` for a subject of length n,
-# where degree counts variable-length repetitions that can run one after another and
-# branches multiplies the choices of alternations and optional items in sequence.
-_MAX_REGEX_DEGREE = 3
-_MAX_REGEX_BRANCHES = 1024
+# where degree counts variable-length repetitions that can run one after another, plus one
+# for an unanchored pattern (tried again from every position), and branches multiplies the
+# choices of alternations and optional items in sequence. One document's match cannot be
+# interrupted by the query's time limit, so on a 2000-character URL degree 2 is about 2 ms
+# (``a*[#@]``), degree 3 over a second and degree 4 minutes.
+_MAX_REGEX_DEGREE = 2
+_MAX_REGEX_BRANCHES = 64
+_MAX_BRANCHES_AT_MAX_DEGREE = 4
+# A bounded repetition of at most this many choices ({2,3}) is counted as branches.
+_MAX_BOUNDED_CHOICES = 16
 
 
 @dataclass(slots=True)
@@ -45,6 +52,7 @@ class _Shape:
     branches: int = 1
     quantified: bool = False  # contains a variable-length quantifier
     alternation: bool = False  # contains |
+    top_level_branches: int = 1  # the |-separated branches of this (sub)pattern itself
 
 
 class _RegexShape:
@@ -55,9 +63,10 @@ class _RegexShape:
     backreferences and subroutine calls; lookahead and lookbehind; every ``(?...)``
     group except ``(?:...)`` (inline flags could switch on extended mode and hide
     structure in comments); ``(*VERB)``s, which can raise the engine's match limits;
-    ``\\Q...\\E``; more than ``_MAX_REGEX_DEGREE`` non-possessive repetitions in sequence or
-    ``_MAX_REGEX_BRANCHES`` combined alternatives; unbalanced or unterminated syntax.
-    The reader is conservative: whatever it cannot tell is safe is refused.
+    ``\\Q...\\E``; unbalanced or unterminated syntax; and a pattern whose degree (above) passes
+    ``_MAX_REGEX_DEGREE``, or whose branches pass ``_MAX_REGEX_BRANCHES``
+    (``_MAX_BRANCHES_AT_MAX_DEGREE`` at the highest degree). The reader is conservative:
+    whatever it cannot tell is safe is refused.
     """
 
     def __init__(self, pattern: str, extended: bool) -> None:
@@ -66,18 +75,27 @@ class _RegexShape:
         self.extended = extended
 
     @classmethod
-    def check(cls, pattern: str, extended: bool) -> None:
-        reader = cls(pattern, extended)
+    def check(cls, pattern: str, options: str) -> None:
+        reader = cls(pattern, "x" in options)
+        reader.skip_ignored()
+        # Only a ^ (or \A) before everything, in every branch, saves the retry at each
+        # position; with m, ^ matches after every newline.
+        anchored = pattern.startswith(("^", "\\A"), reader.i) and "m" not in options
         shape = reader.alternation()
         if reader.i < len(pattern):
             raise RegexRefused("unbalanced parenthesis")
-        if shape.degree > _MAX_REGEX_DEGREE:
+        if anchored and shape.top_level_branches > 1:
+            anchored = False
+        degree = shape.degree + (0 if anchored else 1)
+        if degree > _MAX_REGEX_DEGREE:
             raise RegexRefused(
-                f"more than {_MAX_REGEX_DEGREE} repetitions in sequence can backtrack "
-                "heavily (a leading or trailing .* is never needed; a possessive "
-                "quantifier such as [^/]++ does not backtrack)"
+                "repetitions in sequence can backtrack heavily: at most one unbounded "
+                "repetition (*, +, {n,}) that gives characters back, two after a leading ^ "
+                "(a leading or trailing .* is never needed; a possessive quantifier such as "
+                "[^/]*+ gives nothing back)"
             )
-        if shape.branches > _MAX_REGEX_BRANCHES:
+        most = _MAX_BRANCHES_AT_MAX_DEGREE if degree == _MAX_REGEX_DEGREE else _MAX_REGEX_BRANCHES
+        if shape.branches > most:
             raise RegexRefused("too many combined alternatives and optional parts")
 
     def peek(self) -> str:
@@ -108,6 +126,7 @@ class _RegexShape:
             branches=min(sum(b.branches for b in branches), _MAX_REGEX_BRANCHES + 1),
             quantified=any(b.quantified for b in branches),
             alternation=True,
+            top_level_branches=len(branches),
         )
 
     def sequence(self) -> _Shape:
@@ -259,6 +278,13 @@ class _RegexShape:
             )
         if low == high:  # exact count: no choice to backtrack over
             return item
+        if repeating and high != _UNBOUNDED and high - low < _MAX_BOUNDED_CHOICES:
+            # A few counts to choose from (c{2,3}): a factor, not another power of n.
+            return _Shape(
+                degree=item.degree,
+                branches=min(item.branches * (high - low + 1), _MAX_REGEX_BRANCHES + 1),
+                quantified=True,
+            )
         if repeating:
             # A possessive repetition never gives characters back, so it adds no degree;
             # it still counts as a quantifier for the nesting rule above.

@@ -88,6 +88,15 @@ REFUSED: list[Any] = [
     pytest.param(_regex(r"\Q(a+)+\E"), ["$regex", "\\\\Q"], id="regex-quoting"),
     pytest.param(_regex(".*a.*b.*c.*d"), ["$regex", "repetitions"], id="regex-polynomial"),
     pytest.param(_regex("(a|b)" * 11), ["$regex", "alternatives"], id="regex-exponential-seq"),
+    # Unanchored, each start position is tried again: two repetitions in sequence are a
+    # third power of the length (minutes on a 2000-character URL in PCRE2).
+    pytest.param(_regex("a*a*[#@]"), ["$regex", "repetitions"], id="regex-unanchored-two"),
+    pytest.param(_regex("[^#@]*[^#@]*[#@]"), ["$regex", "repetitions"], id="regex-two-classes"),
+    pytest.param(_regex(".{0,300}.{0,300}#"), ["$regex", "repetitions"], id="regex-long-bounds"),
+    pytest.param(_regex("^a*a*a*x"), ["$regex", "repetitions"], id="regex-anchored-three"),
+    pytest.param(_regex("^a*a*x", "m"), ["$regex", "repetitions"], id="regex-anchor-per-line"),
+    pytest.param(_regex("^a*a*x|b"), ["$regex", "repetitions"], id="regex-anchor-one-branch"),
+    pytest.param(_regex("(a|b)(a|b)(a|b)a*x"), ["$regex", "alternatives"], id="regex-branchy-scan"),
     pytest.param(_regex("(ab"), ["$regex", "unbalanced"], id="regex-unbalanced"),
     pytest.param(_regex("[ab"), ["$regex", "character class"], id="regex-unterminated-class"),
     pytest.param(_regex("+a"), ["$regex", "nothing to repeat"], id="regex-bare-quantifier"),
@@ -195,7 +204,12 @@ VALID: list[Any] = [
     ),
     pytest.param({"url": {"$regex": "^(jpg|png)?$|\\p{L}+[[:alpha:]]\\d{4}"}}, id="regex-misc"),
     pytest.param({"url": {"$regex": "a b  # comment\n c", "$options": "x"}}, id="regex-extended"),
-    pytest.param({"url": {"$regex": "x{,5}a{x}[\\]\\[]+"}}, id="regex-braces-and-class"),
+    pytest.param({"url": {"$regex": "^x{,5}a{x}[\\]\\[]+"}}, id="regex-braces-and-class"),
+    pytest.param({"url": {"$regex": "cat.*dog"}}, id="regex-one-repetition"),
+    pytest.param({"url": {"$regex": "^https://.*/.*\\.jpg$"}}, id="regex-anchored-two"),
+    pytest.param({"url": {"$regex": "\\Aimg.*x.*y"}}, id="regex-anchored-by-A"),
+    pytest.param({"url": {"$regex": "[^/]*+/[^/]*+/.*\\.png"}}, id="regex-possessive"),
+    pytest.param({"url": {"$regex": "a{2,3}b{1,2}.*c"}}, id="regex-small-bounds"),
     pytest.param({}, id="empty"),
 ]
 
