@@ -41,7 +41,7 @@ __all__ = ["FilterLimits", "parse_filter", "validate_filter"]
 class FilterLimits:
     max_depth: int = 12  # nesting depth of objects/arrays in the filter
     max_nodes: int = 500  # total number of dict keys + list items
-    max_list_length: int = 1000  # for $in/$nin/$all
+    max_list_length: int = 500  # for $in/$nin/$all/$type (items count as nodes too)
     max_regex_length: int = 256
     max_bytes: int = 16_384  # of the raw JSON text
 

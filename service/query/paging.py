@@ -199,13 +199,14 @@ def decode_cursor(token: str, order: SortOrder) -> Position:
         raise _refuse("not a cursor this service issued")
     if payload["k"] != order.key or payload["d"] != order.direction:
         raise _refuse("it was issued for another sort order")
+    # RecursionError: a cursor of objects nested hundreds deep (the length allows it).
     try:
         record_id = _from_json(payload["i"])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _refuse("bad record id") from None
     try:
         value = None if payload["v"] is None else _from_json(payload["v"])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _refuse("bad sort value") from None
     if order.key == "_id":
         value = record_id

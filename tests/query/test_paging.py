@@ -99,6 +99,9 @@ def _token(payload: Any) -> str:
         base64.urlsafe_b64encode(  # nested deeper than the decoder's recursion limit
             b'{"k":"_id","d":1,"v":' + b"[" * 2900 + b"]" * 2900 + b',"i":"a"}'
         ).decode(),
+        _token(  # objects 300 deep: within the length, past the value check's recursion
+            {"k": "_id", "d": 1, "v": None, "i": json.loads('{"a":' * 300 + "1" + "}" * 300)}
+        ),
         _token({"k": "_id", "d": 1, "v": None, "i": "\ud800"}),  # cannot be stored or sent
         _token({"k": "_id", "d": 1, "v": "\udfff", "i": "PT::1"}),
         _token({"k": "_id", "d": 1, "v": {"$gt": 1}, "i": "PT::1"}),
