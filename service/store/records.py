@@ -64,6 +64,7 @@ MAX_URLS = 100
 # Server errors that mean the query itself is wrong (400): BadValue, FailedToParse,
 # TypeMismatch, and a regular expression the server's PCRE cannot compile.
 BAD_VALUE = 2
+BSON_OBJECT_TOO_LARGE = 10334
 QUERY_ERRORS = frozenset({BAD_VALUE, 9, 14, 51091})
 # Beyond the server-side limit, how long the client waits for a reply before giving up.
 CLIENT_GRACE_SECONDS = 2.0
@@ -71,6 +72,11 @@ SCAN_BATCH_SIZE = 5_000
 COUNT_CACHE_SIZE = 1024
 PING_SECONDS = 2.0
 INSERT_ATTEMPTS = 3
+
+
+class ResultTooLarge(Exception):
+    """An aggregation's result document would pass MongoDB's 16 MiB limit (a ``$facet`` of
+    large records); the caller reads the same in smaller pieces."""
 
 
 class QueryTimedOut(ServiceUnavailable):
@@ -376,10 +382,15 @@ class RecordStore:
                 counted: int | None = await self._records.count_documents(filt, maxTimeMS=budget)
             except ExecutionTimeout:
                 counted = None
+        self.note_count(filt, counted)
+        return counted
+
+    def note_count(self, filt: Mapping[str, Any], counted: int | None) -> None:
+        """Remember the number of matches of ``filt``, however it was counted, for
+        ``count``'s ``max_age``."""
         if len(self._counts) >= COUNT_CACHE_SIZE:
             self._counts.clear()
-        self._counts[key] = (time.monotonic(), counted)
-        return counted
+        self._counts[bson.encode(filt)] = (time.monotonic(), counted)
 
     async def estimated_count(self) -> int:
         """The collection's size from its metadata: no scan."""
@@ -390,8 +401,13 @@ class RecordStore:
         self, pipeline: Sequence[Mapping[str, Any]], *, max_time_ms: int | None = None
     ) -> list[Document]:
         async with self._reading(max_time_ms) as budget:
-            cursor = await self._records.aggregate(list(pipeline), maxTimeMS=budget)
-            return await cursor.to_list()
+            try:
+                cursor = await self._records.aggregate(list(pipeline), maxTimeMS=budget)
+                return await cursor.to_list()
+            except OperationFailure as exc:
+                if exc.code == BSON_OBJECT_TOO_LARGE:
+                    raise ResultTooLarge(str(exc.details or {})) from None
+                raise
 
 
 async def ping(database: AsyncDatabase[Document]) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo.errors import OperationFailure
 
 from service.domain.records import new_record_id
 from service.errors import DatabaseUnavailable
@@ -668,6 +669,46 @@ async def test_slow_count_gives_an_estimate_not_an_error(
             assert response.status_code == 200 and len(page["output"]) == 5
             assert page["length_is_estimate"] is True
             assert page["length"] == 600  # the collection's size: an upper bound
+
+
+async def test_a_page_too_large_for_one_facet_document_is_read_as_page_and_count(
+    client: AppClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MongoDB fails a $facet whose one result document would pass 16 MiB (a page of
+    records with many long URLs) with BSONObjectTooLarge; the development server has no
+    such limit, so its answer is simulated here."""
+    await _seed(client, 30)
+    collection = client.resources.records._records
+
+    async def too_large(*args: Any, **kwargs: Any) -> Any:
+        raise OperationFailure("BSONObj size: 16793600 is invalid", code=10334)
+
+    monkeypatch.setattr(collection, "aggregate", too_large)
+    q = '{"width": {"$gte": 0}}'
+    page = (await client.get("/v1/records", params={"q": q, "per_page": 5}, headers=auth)).json()
+    expected = await client.resources.database["records"].count_documents({"width": {"$gte": 0}})
+    assert len(page["output"]) == 5
+    assert page["length"] == expected and page["length_is_estimate"] is False
+
+
+async def test_a_walk_counts_once_from_its_first_page(
+    client: AppClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first page counts inside its $facet; the pages after it reuse that count."""
+    await _seed(client, 30)
+    collection = client.resources.records._records
+    counts = 0
+    count_documents = collection.count_documents
+
+    async def counting(*args: Any, **kwargs: Any) -> int:
+        nonlocal counts
+        counts += 1
+        return await count_documents(*args, **kwargs)
+
+    monkeypatch.setattr(collection, "count_documents", counting)
+    params = {"q": '{"width": {"$gte": 0}}', "per_page": 5}
+    walked = await _walk(client, auth, params, lambda _: asyncio.sleep(0))
+    assert len(walked) == 30 and counts == 0
 
 
 async def test_slow_query_answers_503_problem(
