@@ -91,6 +91,15 @@ def _timeouts(policy: FetchPolicy) -> httpx.Timeout:
 def _transport_error(
     exc: httpx.TransportError, target: Target, policy: FetchPolicy
 ) -> ServiceError:
+    if isinstance(exc, httpx.WriteTimeout):
+        return UpstreamTimeout(
+            f"{target.host} took in nothing of the request for {policy.read_timeout:g} s",
+            extra={"reason": "timeout"},
+        )
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return UpstreamTimeout(
+            f"connecting to {target.host} timed out", extra={"reason": "timeout"}
+        )
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(
             f"{target.host} sent nothing for {policy.read_timeout:g} s",

@@ -530,3 +530,19 @@ async def test_a_burst_to_one_host_reuses_its_connections(
         )
         assert all(result.data == JPEG for result in results)
     assert server.connections <= burst
+
+
+@pytest.mark.parametrize(
+    ("error", "detail"),
+    [
+        (httpx.ReadTimeout, "img.example sent nothing for 10 s"),
+        (httpx.WriteTimeout, "img.example took in nothing of the request for 10 s"),
+        (httpx.ConnectTimeout, "connecting to img.example timed out"),
+        (httpx.PoolTimeout, "connecting to img.example timed out"),
+    ],
+)
+def test_each_timeout_says_what_timed_out(error: type[httpx.TimeoutException], detail: str) -> None:
+    target = parse_target("http://img.example/a.jpg", FetchPolicy())
+    mapped = download._transport_error(error("timed out"), target, FetchPolicy())
+    assert mapped.status == 504 and mapped.detail == detail
+    assert mapped.extra == {"reason": "timeout"}
