@@ -14,8 +14,8 @@ from service.errors import DatabaseUnavailable
 from service.ratelimit import Rate
 from service.settings import Settings
 from service.store.connection import NO_DATABASE, tool_database
+from service.store.errors import within
 from service.store.keys import ApiKeyStore
-from service.store.records import within
 
 
 def parse_limits(rate: str | None, quota: str | None) -> tuple[Rate | None, int | None]:

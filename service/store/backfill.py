@@ -20,7 +20,8 @@ from pymongo.errors import BulkWriteError
 
 from service.query.bson_order import types_after
 from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
-from service.store.records import Document, within
+from service.store.errors import within
+from service.store.records import Document
 
 # Failed records named in the progress lines; all of them are counted.
 MAX_FAILED_IDS = 100

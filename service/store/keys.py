@@ -17,7 +17,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.ratelimit import Limits, Rate
-from service.store.records import Document, database_errors, within
+from service.store.errors import database_errors, within
+from service.store.records import Document
 
 KEY_PREFIX = "lsk_"
 SCOPES = ("label", "read", "delete", "admin")

@@ -1,7 +1,7 @@
 """The records collection, over pymongo's native async client.
 
-Database failures become ``DatabaseUnavailable`` (503) and time limits ``QueryTimedOut``
-(503) here, so callers never see driver exceptions. Every read runs under ``maxTimeMS`` and,
+Database failures become the service's errors here (``service.store.errors``), so callers
+never see driver exceptions. Every read runs under ``maxTimeMS`` and,
 in case the server does not answer at all, a client-side deadline a little longer.
 """
 
@@ -19,15 +19,22 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
-    ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
     OperationFailure,
     PyMongoError,
 )
 
-from service.errors import DatabaseUnavailable, InvalidQuery, ServiceUnavailable
+from service.errors import ServiceUnavailable
 from service.query.plan import IndexedFields
+from service.store.errors import (
+    BAD_VALUE,
+    BSON_OBJECT_TOO_LARGE,
+    ResultTooLarge,
+    database_errors,
+    query_timeout,
+    within,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,77 +68,12 @@ INDEXED = IndexedFields(
 # The URLs kept per record: anyone can serve the same bytes from new URLs (a query string
 # is enough), and without a bound the list would grow to the 16 MiB document limit.
 MAX_URLS = 100
-# Server errors that mean the query itself is wrong (400): BadValue, FailedToParse,
-# TypeMismatch, and a regular expression the server's PCRE cannot compile.
-BAD_VALUE = 2
-BSON_OBJECT_TOO_LARGE = 10334
-QUERY_ERRORS = frozenset({BAD_VALUE, 9, 14, 51091})
 # Beyond the server-side limit, how long the client waits for a reply before giving up.
 CLIENT_GRACE_SECONDS = 2.0
 SCAN_BATCH_SIZE = 5_000
 COUNT_CACHE_SIZE = 1024
 PING_SECONDS = 2.0
 INSERT_ATTEMPTS = 3
-
-
-class ResultTooLarge(Exception):
-    """An aggregation's result document would pass MongoDB's 16 MiB limit (a ``$facet`` of
-    large records); the caller reads the same in smaller pieces."""
-
-
-class QueryTimedOut(ServiceUnavailable):
-    """A read ran past its time limit (503 with Retry-After)."""
-
-
-def query_timeout() -> QueryTimedOut:
-    return QueryTimedOut(
-        "the query took longer than the server-side time limit; narrow the filter",
-        retry_after=1,
-        extra={"reason": "query_timeout"},
-    )
-
-
-@asynccontextmanager
-async def database_errors() -> AsyncIterator[None]:
-    """Translate driver failures into the service's errors."""
-    try:
-        yield
-    except ExecutionTimeout:
-        raise query_timeout() from None
-    except ConnectionFailure:
-        raise DatabaseUnavailable(
-            "the database is not reachable", retry_after=2, extra={"reason": "database"}
-        ) from None
-    except OperationFailure as exc:
-        if exc.code in QUERY_ERRORS:
-            # The server's message only: its full reply holds cluster-time signatures.
-            message = (exc.details or {}).get("errmsg") or "no reason given"
-            raise InvalidQuery(f"the database refused the query: {message}") from None
-        if exc.timeout:
-            raise _unresponsive() from None
-        raise
-    except PyMongoError as exc:
-        if exc.timeout:  # the client's operation deadline (timeoutMS) passed
-            raise _unresponsive() from None
-        raise
-
-
-def _unresponsive() -> DatabaseUnavailable:
-    return DatabaseUnavailable(
-        "the database did not answer in time", retry_after=2, extra={"reason": "database"}
-    )
-
-
-@asynccontextmanager
-async def within(seconds: float) -> AsyncIterator[None]:
-    """An operation on a request's path: a server that stops answering it (a held lock, a
-    write concern never met) must not hold the request, and its slot, forever. The driver
-    drops a connection whose call is cancelled."""
-    try:
-        async with asyncio.timeout(seconds), database_errors():
-            yield
-    except TimeoutError:
-        raise _unresponsive() from None
 
 
 def id_filter(record_id: str) -> dict[str, Any]:
