@@ -107,6 +107,15 @@ async def record_page(store: RecordStore, request: PageRequest, budget: Budget) 
     async def fetch() -> list[Document]:
         return await _find(store, filt, order, position, skip, limit, projection, budget)
 
+    async def page_then_count() -> tuple[list[Document], int | None]:
+        documents = await fetch()
+        length = _end_of(documents, skip, limit)
+        if length is None and not filt:
+            length = await store.estimated_count()
+        elif length is None:
+            length = await store.count(filt, max_time_ms=budget.count_ms)
+        return documents, length
+
     length: int | None
     if position is not None:
         # A walk: the page by its keys (an index range on any server), and the count the
@@ -124,21 +133,13 @@ async def record_page(store: RecordStore, request: PageRequest, budget: Budget) 
         except QueryTimedOut:
             documents = await fetch()
             length = _end_of(documents, skip, limit)
-        except ResultTooLarge:  # a page of large records: the page, then its count
-            documents = await fetch()
-            length = _end_of(documents, skip, limit)
-            if length is None:
-                length = await store.count(filt, max_time_ms=budget.count_ms)
+        except ResultTooLarge:  # a page of large records: read as page and count instead
+            documents, length = await page_then_count()
         else:
             documents, length = facet["page"], _facet_count(facet)
             store.note_count(filt, length)  # for the walk this page may start
     else:
-        documents = await fetch()
-        length = _end_of(documents, skip, limit)
-        if length is None and not filt:
-            length = await store.estimated_count()
-        elif length is None:
-            length = await store.count(filt, max_time_ms=budget.count_ms)
+        documents, length = await page_then_count()
     if length is None:
         return _page(documents, request, order, await store.estimated_count(), True)
     return _page(documents, request, order, length, False)
