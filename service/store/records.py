@@ -348,7 +348,7 @@ class RecordStore:
                 return await cursor.to_list()
             except OperationFailure as exc:
                 if exc.code == BSON_OBJECT_TOO_LARGE:
-                    raise ResultTooLarge(str(exc.details or {})) from None
+                    raise ResultTooLarge((exc.details or {}).get("errmsg", "")) from None
                 raise
 
 
