@@ -305,6 +305,16 @@ async def test_an_imported_record_whose_urls_is_not_a_list_is_found_by_its_bytes
         await client.resources.database["records"].delete_one({"_id": imported["_id"]})
 
 
+async def leave_during_the_analysis(client: AppClient, url: str) -> None:
+    """Send a labeling request for ``url`` and go away once its analysis has started."""
+    request = asyncio.create_task(client.post("/v1/labels", json={"url": url}))
+    for _ in range(400):
+        if client.resources.pipeline._analyses_by_hash:
+            break
+        await asyncio.sleep(0.005)
+    request.cancel()
+
+
 async def test_an_abandoned_analysis_that_cannot_be_stored_is_logged(
     client: AppClient,
     image_server: ImageServer,
@@ -322,12 +332,7 @@ async def test_an_abandoned_analysis_that_cannot_be_stored_is_logged(
 
     monkeypatch.setattr(pipeline._store, "insert", unavailable)
     url = image_server.photo_url(CAT_PHOTO, alias="abandoned-unstored")
-    request = asyncio.create_task(client.post("/v1/labels", json={"url": url}))
-    for _ in range(400):
-        if pipeline._analyses_by_hash:
-            break
-        await asyncio.sleep(0.005)
-    request.cancel()  # the client leaves while its image is analysed
+    await leave_during_the_analysis(client, url)
     await pipeline.drain()
     assert stored.is_set()
     (line,) = [r for r in caplog.records if "was not stored" in r.getMessage()]
@@ -343,13 +348,7 @@ async def test_shutdown_lets_an_abandoned_analysis_store_its_record(
     settings = make_settings()
     url = image_server.photo_url(CAT_PHOTO, alias="abandoned")
     async with running(settings) as client:
-        request = asyncio.create_task(client.post("/v1/labels", json={"url": url}))
-        pipeline = client.resources.pipeline
-        for _ in range(200):
-            if pipeline._analyses_by_hash:
-                break
-            await asyncio.sleep(0.005)
-        request.cancel()  # the client goes away while its image is analysed
+        await leave_during_the_analysis(client, url)
     with MongoClient(settings.mongodb_uri) as mongo:
         assert mongo[settings.mongodb_db]["records"].find_one({"url": url}) is not None
 
