@@ -11,15 +11,19 @@ import logging
 import signal
 import socket
 from types import FrameType
+from typing import Any
 
 import msgspec
 import uvicorn
 
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
+from service.infer import yolox
+from service.infer.manifest import resolve
 from service.infer.models import load_models
 from service.listen import bind_listeners, url_host
 from service.observability import configure_logging
+from service.processes import serve_processes
 from service.settings import Settings
 
 log = logging.getLogger("service.launcher")
@@ -45,8 +49,12 @@ def serve(settings: Settings) -> int:
 
     # Loaded (verified, and warmed up) here rather than at application startup, where a
     # missing or altered file, an absent provider or a model the runtime refuses would be a
-    # traceback, after the database started.
-    models = load_models(settings)
+    # traceback, after the database started. Several serving processes load their own: the
+    # detector every one of them needs is at least checked here.
+    models = load_models(settings) if settings.processes == 1 else None
+    if models is None:
+        resolve(settings.model_dir, yolox.MODEL_NAME)
+        resolve(settings.model_dir, yolox.CLASS_NAMES)
     if received:
         return 0
     listeners = bind_listeners(settings.host, settings.port)
@@ -59,23 +67,28 @@ def serve(settings: Settings) -> int:
             log.info("the local database server is on %s", database.uri)
         if received:  # stopped while the database was starting
             return 0
-        config = uvicorn.Config(
-            create_app(settings, models),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
+        options: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port,
+            "log_level": settings.log_level,
+            "lifespan": "on",
+            "timeout_graceful_shutdown": 10,
             # uvicorn believes X-Forwarded-For from loopback unless told otherwise: behind a
             # same-host proxy that passes the client's header through, clients would choose
             # their own address (and rate-limit bucket). Only configured proxies are believed.
-            proxy_headers=bool(settings.trusted_proxies),
-            forwarded_allow_ips=settings.trusted_proxies or None,
+            "proxy_headers": bool(settings.trusted_proxies),
+            "forwarded_allow_ips": settings.trusted_proxies or None,
             # Room for a filter of 8,192 characters, percent-encoded, in the request line, should
             # uvicorn parse with h11 (httptools, installed with it here, has no such limit).
-            h11_max_incomplete_event_size=128 * 1024,
-        )
-        server = _Server(config)
+            "h11_max_incomplete_event_size": 128 * 1024,
+        }
+        if models is None:
+            for sock in listeners:
+                host, port = sock.getsockname()[:2]
+                where = f"http://{url_host(sock.family, host)}:{port}"
+                log.info("starting %d serving processes on %s", settings.processes, where)
+            return serve_processes(settings, listeners, **options)
+        server = _Server(uvicorn.Config(create_app(settings, models), **options))
         if received:  # stopped while the app was being built
             return 0
         server.run(sockets=listeners)

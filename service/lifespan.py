@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 INDEX_RETRY_SECONDS = 2.0
 INDEX_CHECK_SECONDS = 30.0
 DRAIN_SECONDS = 10.0
+LOAD_GAUGE_SECONDS = 1.0
 
 
 @dataclass
@@ -59,6 +60,10 @@ class Resources:
 
     async def database_ready(self) -> bool:
         return self.indexes_ready.is_set() and await ping(self.database)
+
+    def update_load_gauges(self) -> None:
+        self.metrics.executor_pending.set(self.executor.pending)
+        self.metrics.labeling_admitted.set(self.pipeline.admitted)
 
 
 async def _ensure_indexes(resources: Resources) -> None:
@@ -83,6 +88,14 @@ async def _ensure_indexes(resources: Resources) -> None:
             resources.index_error = None
             resources.indexes_ready.set()
             await asyncio.sleep(INDEX_CHECK_SECONDS)
+
+
+async def _share_load(resources: Resources) -> None:
+    """With several processes, any one of them answers a scrape with all their gauges: each
+    keeps its own current, not only when it is the one scraped."""
+    while True:
+        resources.update_load_gauges()
+        await asyncio.sleep(LOAD_GAUGE_SECONDS)
 
 
 async def _record_usage(limiter: Limiter) -> None:
@@ -183,11 +196,14 @@ async def open_resources(
         indexer = asyncio.create_task(_ensure_indexes(resources))
         limiter = resources.authenticator.limiter
         usage = asyncio.create_task(_record_usage(limiter))
+        background = [indexer, usage]
+        if metrics.shared_dir is not None:
+            background.append(asyncio.create_task(_share_load(resources)))
         try:
             yield resources
         finally:
-            indexer.cancel()
-            usage.cancel()
+            for task in background:
+                task.cancel()
             # Analyses whose client went away still run to their stored record; let them
             # finish before the executor and the database client close under them.
             with contextlib.suppress(TimeoutError):
@@ -205,6 +221,13 @@ def lifespan(settings: Settings, metrics: Metrics, models: Models | None = None)
     async def hook(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(settings, metrics, models) as resources:
             app.state.resources = resources
+            if settings.processes > 1:
+                # /readyz answers for whichever process accepts the probe's connection: one
+                # starts accepting only once its database is ready too (or, if the database
+                # is down, after this wait, reporting not ready like a single process).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(settings.db_timeout_ms / 1000):
+                        await resources.indexes_ready.wait()
             yield
 
     return hook

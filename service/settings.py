@@ -36,6 +36,7 @@ MAX_BATCH_WAIT_MS = 1000.0
 # A detector batch is warmed up at its full size at start (and on a GPU every batch runs
 # padded to it): a mistyped size must be an error, not a start that runs out of memory.
 MAX_BATCH_SIZE = 64
+MAX_PROCESSES = 64
 MAX_INPUT_SIZE = 2048
 # The request bodies' cap on a URL or id (service.api.schemas); max_url_length stays within it.
 MAX_URL_LENGTH = 8192
@@ -133,7 +134,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     detect_batch_size: int = 1
     detect_batch_wait_ms: float = 2.0
 
-    # Blocking work: one executor for decode and inference, bounded.
+    # Serving processes, each with its own models, executor and event loop, sharing the port:
+    # the way past one interpreter's lock where the models are fast (a GPU).
+    processes: int = 1
+    # Blocking work: one executor per process for decode and inference, bounded.
     workers: int = msgspec.field(default_factory=_default_workers)
     intra_op_threads: int = 0  # 0: cores divided among the executor's workers
     max_pending: int = 64  # blocking tasks queued or running
@@ -181,7 +185,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def ort_threads(self) -> int:
         if self.intra_op_threads > 0:
             return self.intra_op_threads
-        return max(1, usable_cpus() // self.workers)
+        return max(1, usable_cpus() // (self.workers * self.processes))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -215,6 +219,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "min_confidence must be in [0, 1]": 0.0 <= self.min_confidence <= 1.0,
             "nms_iou must be in (0, 1]": 0.0 < self.nms_iou <= 1.0,
             "workers must be >= 1": self.workers >= 1,
+            f"processes must be in [1, {MAX_PROCESSES}]": _within(1, MAX_PROCESSES, self.processes),
             "max_pending must be >= 1": self.max_pending >= 1,
             "max_inflight must be >= 1": self.max_inflight >= 1,
             "caption_beams must be >= 1": self.caption_beams >= 1,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import MediaType, Response, get
 from litestar.di import Provide
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.deps import ResourcesDep, provide_resources
 from service.api.problems import problem_responses
@@ -52,9 +52,8 @@ async def readyz(resources: ResourcesDep) -> Readiness:
     media_type=MediaType.TEXT,
 )
 async def metrics(resources: ResourcesDep) -> Response[bytes]:
-    resources.metrics.executor_pending.set(resources.executor.pending)
-    resources.metrics.labeling_admitted.set(resources.pipeline.admitted)
+    resources.update_load_gauges()
     # The framework adds the charset to text types; the exposition format's own media type
     # carries one already.
     media_type = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
-    return Response(generate_latest(resources.metrics.registry), media_type=media_type)
+    return Response(resources.metrics.exposition(), media_type=media_type)

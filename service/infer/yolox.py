@@ -27,6 +27,7 @@ STRIDES = (8, 16, 32)
 PAD_VALUE = 114
 REDUCING_GAP = 2.0
 MODEL_NAME = "yolox_nano"
+CLASS_NAMES = "coco_classes"
 EXPORTED_SIZE = EXPORTED_INPUT_SIZE  # other multiples of 32 run the same weights
 
 
@@ -261,7 +262,7 @@ def load_yolox(
     if input_size % STRIDES[-1]:
         raise ModelError(f"YOLOX input size must be a multiple of {STRIDES[-1]}, got {input_size}")
     model_path = resolve(model_dir, MODEL_NAME)
-    names = read_lines(resolve(model_dir, "coco_classes"))
+    names = read_lines(resolve(model_dir, CLASS_NAMES))
 
     def load(dynamic_batch: bool) -> OrtModelSession:
         return load_onnx_session(

@@ -1,0 +1,189 @@
+"""Several serving processes behind one port (``LABELSVC_PROCESSES``), run as users run them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.dbserver import free_port
+from service.settings import ConfigError, Settings
+from tests.support.image_server import ImageServer
+from tests.support.process import ROOT, service_env, start_service, stop, wait_ready
+from tests.test_service_process import CAPTIONERS, assert_stopped_cleanly
+
+
+def serving_processes(pid: int) -> set[int]:
+    """The serving processes the service ``pid`` started (not its database or helpers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    serving = set()
+    for child in map(int, children):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                serving.add(child)
+        except FileNotFoundError:  # gone meanwhile
+            pass
+    return serving
+
+
+def wait_for(condition: object, timeout: float = 60) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def metrics_dirs() -> set[Path]:
+    """The directories where serving processes share their metrics."""
+    return set(Path(tempfile.gettempdir()).glob("labelsvc-metrics-*"))
+
+
+def records_created(base: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    found = re.search(r"^labelsvc_records_created_total (\S+)$", text, re.MULTILINE)
+    assert found, text
+    return float(found.group(1))
+
+
+def test_processes_share_the_port_and_the_metrics_and_one_that_dies_is_replaced(
+    tmp_path: Path, model_dir: Path, evalset_dir: Path, image_server: ImageServer
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(
+        port,
+        data_dir=str(tmp_path / "var"),
+        model_dir=str(model_dir),
+        allow_private_urls="1",
+        processes="2",
+    )
+    photos = sorted(p.name for p in (evalset_dir / "images").glob("*.jpg"))[:7]
+    urls = [image_server.photo_url(name) for name in photos]
+
+    def label(url: str) -> int:
+        return httpx.post(base + "/v1/labels", json={"url": url}, timeout=60).status_code
+
+    shared_before = metrics_dirs()
+    with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        try:
+            wait_ready(base, process)
+            assert len(metrics_dirs() - shared_before) == 1
+            wait_for(lambda: len(serving_processes(process.pid)) == 2)
+            with ThreadPoolExecutor(6) as pool:
+                assert list(pool.map(label, urls[:6])) == [201] * 6
+            # Whichever process answers the scrape counts what every process did.
+            assert [records_created(base) for _ in range(4)] == [6.0] * 4
+
+            first = serving_processes(process.pid)
+            os.kill(min(first), signal.SIGKILL)
+            wait_for(lambda: len(serving_processes(process.pid) - first) == 1)
+            wait_ready(base, process)
+            assert label(urls[6]) == 201
+            # The killed process's counts stay in the totals.
+            assert [records_created(base) for _ in range(4)] == [7.0] * 4
+            survivors = serving_processes(process.pid)
+        finally:
+            assert stop(process) == 0
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+    assert_stopped_cleanly(output)
+    assert f"starting 2 serving processes on http://127.0.0.1:{port}\n" in output
+    for pid in survivors:
+        assert not Path(f"/proc/{pid}").exists()
+    assert metrics_dirs() == shared_before
+
+
+def test_a_process_that_fails_to_start_stops_the_service(tmp_path: Path, model_dir: Path) -> None:
+    """A captioner whose files check out but that the runtime refuses: only the serving
+    processes load it, so it fails there, and every restart would fail the same way."""
+    export = tmp_path / "captioner"
+    export.mkdir()
+    for source in (CAPTIONERS / "vit-gpt2-tiny").iterdir():
+        (export / source.name).write_bytes(source.read_bytes())
+    broken = b"not an onnx graph"
+    (export / "decoder.onnx").write_bytes(broken)
+    info = json.loads((export / "captioner.json").read_text())
+    info["files"]["decoder.onnx"] = hashlib.sha256(broken).hexdigest()
+    (export / "captioner.json").write_text(json.dumps(info))
+    env = service_env(
+        free_port(),
+        data_dir=str(tmp_path / "var"),
+        model_dir=str(model_dir),
+        captioner_dir=str(export),
+        processes="2",
+    )
+    refused = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "a serving process failed to start" in refused.stderr
+    assert f"cannot load model {export / 'decoder.onnx'}" in refused.stderr
+    assert_stopped_cleanly(refused.stderr)
+
+
+def test_a_missing_detector_is_one_line_before_any_process_starts(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env=service_env(
+            free_port(), data_dir=str(tmp_path / "var"), model_dir=str(tmp_path), processes="2"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("configuration error: model file yolox_nano.onnx not found")
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_process_count_is_checked_and_shares_the_cores() -> None:
+    for bad in ("0", "65"):
+        with pytest.raises(ConfigError, match=r"processes must be in \[1, 64\]"):
+            Settings.from_env({"LABELSVC_PROCESSES": bad})
+    one = Settings(workers=1, processes=1)
+    two = Settings(workers=1, processes=2)
+    assert two.ort_threads == max(1, one.ort_threads // 2)
+
+
+async def test_with_several_processes_one_serves_once_its_database_is_ready(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # /readyz is answered by whichever process accepts: none may take requests (and answer
+    # 503) just after another one reported ready.
+    app = create_app(make_settings(processes=2))
+    async with app.lifespan():
+        assert app.state.resources.indexes_ready.is_set()
+
+
+async def test_with_several_processes_a_database_down_delays_serving_a_little(
+    make_settings: Callable[..., Settings],
+) -> None:
+    down = make_settings(
+        processes=2, mongodb_uri=f"mongodb://127.0.0.1:{free_port()}/", db_timeout_ms=300
+    )
+    app = create_app(down)
+    started = time.monotonic()
+    async with app.lifespan():
+        assert not app.state.resources.indexes_ready.is_set()
+        assert time.monotonic() - started < 10
