@@ -199,10 +199,28 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="LABELSVC_DETECT_BATCH_SIZE for the service and the bare pipeline alike",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=Settings().workers,
+        help="LABELSVC_WORKERS (executor threads) for the service and the bare pipeline alike",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="LABELSVC_PROCESSES for the service (the bare pipeline stays one process)",
+    )
     args = parser.parse_args(argv)
     files = photos()
-    settings = Settings(model_dir=model_dir(), detect_batch_size=args.detect_batch_size)
-    batching = {"detect_batch_size": str(args.detect_batch_size)}
+    settings = Settings(
+        model_dir=model_dir(), detect_batch_size=args.detect_batch_size, workers=args.workers
+    )
+    serving = {
+        "detect_batch_size": str(args.detect_batch_size),
+        "workers": str(args.workers),
+        "processes": str(args.processes),
+    }
     bare_runs = {c: bare_images_per_second(files, settings, c) for c in CONCURRENCY}
     detect_rate, detect_provider = detection_alone_images_per_second(files, settings, 16)
     provider = ""
@@ -216,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         urls = [server.photo_url(f.name) for f in files]
         for concurrency in CONCURRENCY:
             started = time.perf_counter()
-            with service(db.uri, mongodb_db=f"ingest_{concurrency}", **batching) as (base, proc):
+            with service(db.uri, mongodb_db=f"ingest_{concurrency}", **serving) as (base, proc):
                 cold_start = cold_start or time.perf_counter() - started
                 provider = provider or service_provider(base)
                 meter = CpuMeter(proc.pid, db.pid, server.pid)
@@ -231,15 +249,15 @@ def main(argv: list[str] | None = None) -> int:
                     "second_opinion": "0",
                     "scene_tags": "0",
                 }
-                with service(db.uri, **only, **batching) as (base, _):
+                with service(db.uri, **only, **serving) as (base, _):
                     _, detect_latencies = asyncio.run(post_all(base, urls, 1))
                 detect_ms = statistics.median(detect_latencies) * 1000
                 # The optional second scale for the label-quality estimate: what it costs.
                 scaled = {"mongodb_db": "ingest_second_scale", "second_scale": "1"}
-                with service(db.uri, **scaled, **batching) as (base, _):
+                with service(db.uri, **scaled, **serving) as (base, _):
                     _, scaled_latencies = asyncio.run(post_all(base, urls[:64], 1))
                 scaled["mongodb_db"] = "ingest_second_scale_16"
-                with service(db.uri, **scaled, **batching) as (base, _):
+                with service(db.uri, **scaled, **serving) as (base, _):
                     scaled_rate, _ = asyncio.run(post_all(base, urls, 16))
                 scaled_ms = statistics.median(scaled_latencies) * 1000
             levels[concurrency] = {
@@ -249,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_ms_per_image": cpu,
             }
         # The batch endpoint: 16 images a request, one request at a time.
-        with service(db.uri, mongodb_db="ingest_batch", **batching) as (base, proc):
+        with service(db.uri, mongodb_db="ingest_batch", **serving) as (base, proc):
             meter = CpuMeter(proc.pid, db.pid, server.pid)
             batch_rate, batch_latencies = asyncio.run(post_batches(base, urls, MAX_BATCH_ITEMS))
             batch_cpu = meter.per_image_ms(len(urls))
@@ -260,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(REPEATS):
             bare_samples.append(bare_images_per_second(files, settings, best_bare))
             service_rates.append(
-                service_images_per_second(db.uri, urls, best, f"again_{repeat}", **batching)
+                service_images_per_second(db.uri, urls, best, f"again_{repeat}", **serving)
             )
     service_rate = statistics.median(service_rates)
     bare = statistics.median(rate for rate, _ in bare_samples)
@@ -293,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_rss_mb": round(rss, 1),
                 "images": len(files),
                 "workers": settings.workers,
+                "processes": args.processes,
                 "detect_batch_size": settings.detect_batch_size,
                 "provider": provider,
             }

@@ -3,6 +3,7 @@ memory, read from /proc (Linux)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from pathlib import Path
@@ -20,6 +21,25 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (a service with several serving processes)."""
+    tree = [pid]
+    for process in tree:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # gone meanwhile
+            for task in Path(f"/proc/{process}/task").iterdir():
+                tree.extend(int(child) for child in (task / "children").read_text().split())
+    return tree
+
+
+def _tree_cpu_seconds(pid: int, *, main_threads: bool = False) -> float:
+    """CPU of a process tree; with ``main_threads``, of each process's main thread only."""
+    total = 0.0
+    for process in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # gone meanwhile
+            total += cpu_seconds(process, thread=process if main_threads else None)
+    return total
+
+
 class CpuMeter:
     """CPU per labeled image of everything the service run uses on this machine.
 
@@ -29,8 +49,8 @@ class CpuMeter:
 
     def __init__(self, service_pid: int, database_pid: int, host_pid: int) -> None:
         self._read = {
-            "service_event_loop": lambda: cpu_seconds(service_pid, thread=service_pid),
-            "service_total": lambda: cpu_seconds(service_pid),
+            "service_event_loop": lambda: _tree_cpu_seconds(service_pid, main_threads=True),
+            "service_total": lambda: _tree_cpu_seconds(service_pid),
             "database": lambda: cpu_seconds(database_pid),
             "photo_host": lambda: cpu_seconds(host_pid),
             "http_client": process_cpu_seconds,
@@ -46,6 +66,11 @@ class CpuMeter:
 
 
 def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a process and its descendants, summed."""
+    return sum(_peak_rss_mb(process) for process in process_tree(pid))
+
+
+def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
