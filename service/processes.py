@@ -7,9 +7,9 @@ once and every process accepts on them, so the kernel hands each connection to o
 
 uvicorn's supervisor runs them: spawned, never forked (CUDA does not survive a fork),
 restarted when one dies or stops answering its health check, and all stopped when one fails
-to start (its models, say), since every restart would fail the same way. SIGHUP replaces them
-one by one. Their metrics are written to a directory of files that any of them reads back
-whole when scraped.
+to start (its models, say), since every restart would fail the same way. A hangup stops
+them all, as it stops one process. Their metrics are written to a directory of files that any
+of them reads back whole when scraped.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -41,6 +42,10 @@ def serving_app(settings: Settings) -> Litestar:
     from service.app import create_app
 
     configure_logging(settings.log_level)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        # A closed terminal hangs up every process of `make run`: stop gracefully, as the
+        # launcher does, rather than at once (the default).
+        signal.signal(signal.SIGHUP, lambda *_: signal.raise_signal(signal.SIGTERM))
     return create_app(settings)
 
 
@@ -49,9 +54,17 @@ class Supervisor(Multiprocess):
     remembers whether one failed to start."""
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], metrics: str):
+        hangups_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
         super().__init__(config, sockets)
+        if hangups_ignored:  # under nohup: so do the processes, which inherit it
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.metrics = metrics
         self.failed_to_start = False
+
+    def handle_hup(self) -> None:
+        # Stop, as with one process, rather than uvicorn's one-by-one replacement.
+        log.info("hangup: stopping the serving processes")
+        self.should_exit.set()
 
     def keep_subprocess_alive(self) -> None:
         with self._forgetting_the_gone():

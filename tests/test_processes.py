@@ -187,3 +187,43 @@ async def test_with_several_processes_a_database_down_delays_serving_a_little(
     async with app.lifespan():
         assert not app.state.resources.indexes_ready.is_set()
         assert time.monotonic() - started < 10
+
+
+def test_a_hangup_stops_every_process_unless_under_nohup(tmp_path: Path, model_dir: Path) -> None:
+    # The terminal of `make run` closing hangs up its whole process group.
+    def ignore_hangups() -> None:  # what nohup does before it runs the command
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    for nohup in (True, False):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = service_env(
+            port, data_dir=str(tmp_path / f"var{nohup}"), model_dir=str(model_dir), processes="2"
+        )
+        with start_service(
+            env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=ignore_hangups if nohup else None,
+        ) as process:
+            try:
+                wait_ready(base, process)
+                wait_for(lambda: len(serving_processes(process.pid)) == 2)
+                serving = serving_processes(process.pid)
+                os.killpg(process.pid, signal.SIGHUP)
+                if nohup:
+                    time.sleep(2)
+                    assert serving_processes(process.pid) == serving
+                    assert httpx.get(base + "/readyz", timeout=10).status_code == 200
+                    assert stop(process) == 0
+                else:
+                    assert process.wait(timeout=60) == 0
+            finally:
+                if process.poll() is None:  # failed: leave nothing running
+                    os.killpg(process.pid, signal.SIGKILL)
+            assert process.stdout is not None
+            output = process.stdout.read().decode()
+        assert_stopped_cleanly(output)
+        assert "Traceback" not in output
+        assert not [pid for pid in serving if Path(f"/proc/{pid}").exists()]
