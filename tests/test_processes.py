@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,8 +19,8 @@ from service.app import create_app
 from service.dbserver import free_port
 from service.settings import ConfigError, Settings
 from tests.support.image_server import ImageServer
-from tests.support.process import ROOT, service_env, start_service, stop, wait_ready
-from tests.test_service_process import CAPTIONERS, assert_stopped_cleanly
+from tests.support.process import serve_until_exit, service_env, start_service, stop, wait_ready
+from tests.test_service_process import assert_stopped_cleanly, captioner_the_runtime_refuses
 
 
 def serving_processes(pid: int) -> set[int]:
@@ -110,15 +107,7 @@ def test_processes_share_the_port_and_the_metrics_and_one_that_dies_is_replaced(
 def test_a_process_that_fails_to_start_stops_the_service(tmp_path: Path, model_dir: Path) -> None:
     """A captioner whose files check out but that the runtime refuses: only the serving
     processes load it, so it fails there, and every restart would fail the same way."""
-    export = tmp_path / "captioner"
-    export.mkdir()
-    for source in (CAPTIONERS / "vit-gpt2-tiny").iterdir():
-        (export / source.name).write_bytes(source.read_bytes())
-    broken = b"not an onnx graph"
-    (export / "decoder.onnx").write_bytes(broken)
-    info = json.loads((export / "captioner.json").read_text())
-    info["files"]["decoder.onnx"] = hashlib.sha256(broken).hexdigest()
-    (export / "captioner.json").write_text(json.dumps(info))
+    export = captioner_the_runtime_refuses(tmp_path)
     env = service_env(
         free_port(),
         data_dir=str(tmp_path / "var"),
@@ -126,14 +115,7 @@ def test_a_process_that_fails_to_start_stops_the_service(tmp_path: Path, model_d
         captioner_dir=str(export),
         processes="2",
     )
-    refused = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = serve_until_exit(env, timeout=120)
     assert refused.returncode == 1, refused.stderr[-3000:]
     assert "a serving process failed to start" in refused.stderr
     assert f"cannot load model {export / 'decoder.onnx'}" in refused.stderr
@@ -141,15 +123,10 @@ def test_a_process_that_fails_to_start_stops_the_service(tmp_path: Path, model_d
 
 
 def test_a_missing_detector_is_one_line_before_any_process_starts(tmp_path: Path) -> None:
-    refused = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=ROOT,
-        env=service_env(
+    refused = serve_until_exit(
+        service_env(
             free_port(), data_dir=str(tmp_path / "var"), model_dir=str(tmp_path), processes="2"
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
+        )
     )
     assert refused.returncode == 2
     assert refused.stderr.startswith("configuration error: model file yolox_nano.onnx not found")

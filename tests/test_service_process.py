@@ -22,6 +22,7 @@ from tests.support.image_server import ImageServer
 from tests.support.process import (
     ROOT,
     live_service,
+    serve_until_exit,
     service_env,
     start_service,
     stop,
@@ -147,16 +148,9 @@ def test_a_second_start_on_the_same_storage_is_refused(tmp_path: Path, model_dir
     with start_service(service_env(first_port, data_dir=data_dir, model_dir=str(model_dir))) as a:
         try:
             wait_ready(base, a)
-            second = subprocess.run(
-                [sys.executable, "-m", "service", "serve"],
-                cwd=ROOT,
-                # Port 0: a port picked here, unbound, could meanwhile go to the first
-                # service's database, and the refusal would then be for the port.
-                env=service_env(0, data_dir=data_dir, model_dir=str(model_dir)),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            # Port 0: a port picked here, unbound, could meanwhile go to the first
+            # service's database, and the refusal would then be for the port.
+            second = serve_until_exit(service_env(0, data_dir=data_dir, model_dir=str(model_dir)))
             assert second.returncode == 1
             assert "another service is running on the database storage" in second.stderr
             assert httpx.get(base + "/readyz", timeout=10).status_code == 200
@@ -184,13 +178,8 @@ def test_a_service_started_under_nohup_outlives_a_hangup(tmp_path: Path, model_d
 
 
 def test_a_missing_model_is_one_line_before_anything_starts(tmp_path: Path) -> None:
-    refused = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=ROOT,
-        env=service_env(free_port(), data_dir=str(tmp_path / "var"), model_dir=str(tmp_path)),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    refused = serve_until_exit(
+        service_env(free_port(), data_dir=str(tmp_path / "var"), model_dir=str(tmp_path))
     )
     assert refused.returncode == 2
     assert refused.stderr.startswith("configuration error: model file yolox_nano.onnx not found")
@@ -239,13 +228,8 @@ def test_a_port_in_use_is_one_line_before_the_database_starts(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        refused = subprocess.run(
-            [sys.executable, "-m", "service", "serve"],
-            cwd=ROOT,
-            env=service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir)),
-            capture_output=True,
-            text=True,
-            timeout=60,
+        refused = serve_until_exit(
+            service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir))
         )
     assert refused.returncode == 1, refused.stderr[-2000:]
     errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
@@ -253,10 +237,9 @@ def test_a_port_in_use_is_one_line_before_the_database_starts(
     assert not (tmp_path / "var").exists()  # no database was started
 
 
-def test_a_captioner_the_runtime_refuses_is_one_line_before_the_database_starts(
-    tmp_path: Path, model_dir: Path
-) -> None:
-    """Its files are all there with the right digests, so only loading can tell."""
+def captioner_the_runtime_refuses(tmp_path: Path) -> Path:
+    """A captioner export whose files are all there with the right digests, so only loading
+    can tell."""
     export = tmp_path / "captioner"
     shutil.copytree(CAPTIONERS / "vit-gpt2-tiny", export)
     broken = b"not an onnx graph"
@@ -264,20 +247,20 @@ def test_a_captioner_the_runtime_refuses_is_one_line_before_the_database_starts(
     info = json.loads((export / "captioner.json").read_text())
     info["files"]["decoder.onnx"] = hashlib.sha256(broken).hexdigest()
     (export / "captioner.json").write_text(json.dumps(info))
+    return export
+
+
+def test_a_captioner_the_runtime_refuses_is_one_line_before_the_database_starts(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    export = captioner_the_runtime_refuses(tmp_path)
     env = service_env(
         free_port(),
         data_dir=str(tmp_path / "var"),
         model_dir=str(model_dir),
         captioner_dir=str(export),
     )
-    refused = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = serve_until_exit(env)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "Traceback" not in refused.stderr, refused.stderr[-2000:]
     errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]

@@ -45,6 +45,18 @@ def start_service(env: dict[str, str], **popen: object) -> subprocess.Popen[byte
     )
 
 
+def serve_until_exit(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m service serve`` expected to exit by itself (a refused start): its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 90) -> float:
     """Seconds until ``/readyz`` answered 200; fails if the process exits first."""
     start = time.monotonic()
