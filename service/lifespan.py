@@ -204,6 +204,8 @@ async def open_resources(
         finally:
             for task in background:
                 task.cancel()
+            # A usage flush cancelled in flight puts its count back for the final one below.
+            await asyncio.wait(background)
             # Analyses whose client went away still run to their stored record; let them
             # finish before the executor and the database client close under them.
             with contextlib.suppress(TimeoutError):

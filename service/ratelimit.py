@@ -159,6 +159,8 @@ class Limiter:
     today: Callable[[], datetime] = lambda: datetime.now(UTC)
     _buckets: dict[str, tuple[Rate, TokenBucket]] = field(default_factory=dict)
     _days: dict[str, _Day] = field(default_factory=dict)
+    # Earlier days' counts not yet recorded (their flush at midnight failed).
+    _earlier: list[tuple[str, _Day]] = field(default_factory=list)
 
     async def admit(self, name: str, limits: Limits) -> None:
         """Count one request of key ``name``, or raise ``RateLimited`` (429)."""
@@ -217,6 +219,7 @@ class Limiter:
             yesterday, state = state, _Day(day)
             self._days[name] = state
             if yesterday is not None and yesterday.pending:
+                self._earlier.append((name, yesterday))
                 await self._flush(name, yesterday)
         if not state.loaded:
             state.known = max(state.known, await self.usage.usage(name, day))
@@ -234,17 +237,25 @@ class Limiter:
     async def flush(self) -> None:
         """Record every key's pending usage: run about once a second, and at shutdown, so that
         a burst's last requests count for the other processes and survive a restart."""
-        for name, state in list(self._days.items()):
+        for name, state in [*self._earlier, *self._days.items()]:
             if state.pending and not state.sending:
                 await self._flush(name, state)
+        self._earlier = [(name, day) for name, day in self._earlier if day.pending or day.sending]
 
     async def _flush(self, name: str, state: _Day) -> None:
         count, state.pending, state.sending = state.pending, 0, state.pending
         try:
             total = await self.usage.add_usage(name, state.day, count)
-        except ServiceError as exc:  # the request is admitted; the count waits for next time
+        except BaseException as exc:
+            # Not recorded, as far as is known: the count waits for the next flush (counted
+            # twice if the database applied it after all). The request stays admitted.
             state.pending += count
-            log.warning("recording API key usage failed (%s)", exc.type)
+            if isinstance(exc, ServiceError):
+                log.warning("recording API key usage failed (%s)", exc.type)
+            elif isinstance(exc, Exception):
+                log.exception("recording API key usage failed")
+            else:  # cancelled (at shutdown): the final flush records it
+                raise
         else:
             # The total includes this count; requests admitted meanwhile are still pending.
             state.known = max(state.known, total)

@@ -346,6 +346,69 @@ async def test_a_bursts_usage_is_recorded_without_a_later_request() -> None:
     assert usage.counts[("k", "2026-11-22")] == 7
 
 
+class StalledUsage(Usage):
+    """A usage store whose writes hang until released, or fail with a driver error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = False
+        self.broken = False
+
+    async def add_usage(self, name: str, day: str, count: int) -> int:
+        if self.broken:
+            raise RuntimeError("not authorized on labelsvc to execute command")
+        if self.stalled:
+            await asyncio.sleep(3600)
+        return await super().add_usage(name, day, count)
+
+
+async def test_a_usage_flush_cancelled_in_flight_leaves_its_count_for_the_next() -> None:
+    """At shutdown the periodic flush is cancelled, perhaps during its write; the final flush
+    must still record every admitted request."""
+    clock, usage = Clock(), StalledUsage()
+    limiter = Limiter(usage, clock=clock, today=lambda: clock.day)
+    for _ in range(6):
+        await limiter.admit("k", Limits(daily_quota=100))
+    usage.stalled = True
+    flushing = asyncio.create_task(limiter.flush())
+    await asyncio.sleep(0.01)
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    usage.stalled = False
+    await limiter.flush()
+    assert usage.counts[("k", "2026-11-22")] == 6
+
+
+async def test_a_usage_write_failing_with_another_error_keeps_the_request_and_its_count() -> None:
+    clock, usage = Clock(), StalledUsage()
+    limiter = Limiter(usage, clock=clock, today=lambda: clock.day)
+    usage.broken = True
+    for _ in range(4):  # the first one flushes inline: admitted all the same
+        await limiter.admit("k", Limits(daily_quota=100))
+    await limiter.flush()
+    usage.broken = False
+    await limiter.flush()
+    assert usage.counts[("k", "2026-11-22")] == 4
+
+
+async def test_a_failed_flush_at_midnight_is_recorded_by_a_later_flush() -> None:
+    clock, usage = Clock(), Usage()
+    limiter = Limiter(usage, clock=clock, today=lambda: clock.day)
+    for _ in range(5):  # one written at once, four pending
+        await limiter.admit("k", Limits(daily_quota=100))
+    usage.down = True
+    clock.day = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC)
+    clock.now += 2
+    await limiter.admit("k", Limits(daily_quota=100))  # yesterday's four fail to be written
+    usage.down = False
+    await limiter.flush()
+    assert usage.counts[("k", "2026-11-22")] == 5
+    assert usage.counts[("k", "2026-11-23")] == 1
+    await limiter.flush()  # recorded once
+    assert usage.counts[("k", "2026-11-22")] == 5
+
+
 async def test_usage_is_recorded_at_shutdown(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     async with running(settings) as client:
