@@ -9,6 +9,7 @@ types on that side, which any index on the field answers.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -62,3 +63,21 @@ def types_after(value: Any, direction: int, *, skip_null: bool = False) -> list[
     here = rank(value)
     ranks = RANKS[here + 1 :] if direction == 1 else RANKS[:here]
     return [alias for group in ranks if not (skip_null and group == ("null",)) for alias in group]
+
+
+def beyond(value: Any, op: str) -> dict[str, Any]:
+    """The comparison matching the values of ``value``'s type after it in sort order, for
+    ``op`` ``$gt`` (ascending) or ``$lt`` (descending).
+
+    NaN sorts before every other number but compares false with all of them, so what follows
+    it ascending is every number that is not NaN (imported data can hold NaN ids or values).
+    """
+    if op == "$gt" and _is_nan(value):
+        return {"$gte": -math.inf}
+    return {op: value}
+
+
+def _is_nan(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, Decimal128) and value.to_decimal().is_nan()

@@ -24,7 +24,7 @@ from typing import Any
 from bson import Binary, Decimal128, ObjectId, json_util
 
 from service.errors import InvalidQuery
-from service.query.bson_order import types_after
+from service.query.bson_order import beyond, types_after
 from service.query.filters import encodable
 
 # Sort keys with an index on (key, _id): the order a walk follows without an in-memory sort.
@@ -224,15 +224,15 @@ def after_filters(order: SortOrder, position: Position) -> list[dict[str, Any]]:
     id_types = types_after(position.id, direction)
     later_ids = [{"_id": {"$type": id_types}}] if id_types else []
     if key == "_id":
-        return [{"_id": {op: position.id}}, *later_ids]
-    ties = [{key: position.value, "_id": {op: position.id}}]
+        return [{"_id": beyond(position.id, op)}, *later_ids]
+    ties = [{key: position.value, "_id": beyond(position.id, op)}]
     ties += [{key: position.value, **later} for later in later_ids]
     # Missing (and null) values sort before all others: first in ascending order, last in
     # descending order, and no comparison operator matches them.
     if position.value is None:
         return [*ties, {key: {"$ne": None}}] if direction == 1 else ties
     value_types = types_after(position.value, direction, skip_null=True)
-    rest = [*ties, {key: {op: position.value}}]
+    rest = [*ties, {key: beyond(position.value, op)}]
     rest += [{key: {"$type": value_types}}] if value_types else []
     return rest if direction == 1 else [*rest, {key: None}]
 

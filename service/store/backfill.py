@@ -18,7 +18,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-from service.query.bson_order import types_after
+from service.query.bson_order import beyond, types_after
 from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
 from service.store.errors import within
 from service.store.records import Document
@@ -113,7 +113,7 @@ async def _batch_after(
     if last_id is FROM_START:
         return await walk({})
     # Only one record can have the id null, so nothing of its type follows it.
-    batch = await walk({"_id": {"$gt": last_id}}) if last_id is not None else []
+    batch = await walk({"_id": beyond(last_id, "$gt")}) if last_id is not None else []
     if batch:
         return batch
     # $gt compares within one BSON type: imported ids of a later type (ObjectIds after

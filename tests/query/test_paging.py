@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from datetime import datetime
 from typing import Any
 
 import pytest
-from bson import MaxKey, ObjectId
+from bson import Decimal128, MaxKey, ObjectId
 
 from service.errors import InvalidQuery
 from service.query.bson_order import types_after
@@ -177,3 +178,13 @@ def test_types_after_follow_the_bson_sort_order(
 
 def test_types_after_can_leave_null_out() -> None:
     assert types_after(3, -1, skip_null=True) == ["minKey"]
+
+
+def test_after_a_nan_come_the_other_numbers() -> None:
+    """NaN sorts before every number, but no number compares greater than it."""
+    ascending, descending = SortOrder("width", 1), SortOrder("width", -1)
+    nan = Position(value=float("nan"), id="PT::5")
+    assert after_filters(ascending, nan)[-2] == {"width": {"$gte": -math.inf}}
+    assert {"width": {"$lt": nan.value}} in after_filters(descending, nan)
+    by_id = after_filters(SortOrder("_id", 1), Position(value=None, id=Decimal128("NaN")))
+    assert by_id[0] == {"_id": {"$gte": -math.inf}}

@@ -299,3 +299,21 @@ def test_backfill_walks_ids_of_every_type(
     assert resumed["scanned"] == 0
     middle = json.dumps({"$oid": str(imported[0]["_id"])})
     assert backfill(settings, monkeypatch, capsys, "--after", middle)["scanned"] == 2
+
+
+@pytest.mark.parametrize("nan", [float("nan"), bson.Decimal128("NaN")])
+def test_backfill_walks_past_a_nan_id(
+    nan: object,
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # NaN sorts before every other number, yet no number is $gt it: imported NaN ids must
+    # not hide the numbers after them.
+    ids = [nan, -1.5, 0, 2, "PT::a"]
+    records.insert_many([old_record(i, "dog") | {"_id": id_} for i, id_ in enumerate(ids)])
+    walked = backfill(settings, monkeypatch, capsys, "--batch-size", "1", "--dry-run")
+    assert walked["scanned"] == 5
+    after = backfill(settings, monkeypatch, capsys, "--after", "NaN", "--dry-run")
+    assert after["scanned"] == 4
