@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import NamedTuple
 
 from pymongo.errors import DuplicateKeyError
 
@@ -15,15 +16,16 @@ from service.ratelimit import Rate
 from service.settings import Settings
 from service.store.connection import NO_DATABASE, tool_database
 from service.store.errors import within
-from service.store.keys import ApiKeyStore
+from service.store.keys import ApiKeyStore, KeyChangedMeanwhile, new_key
+from service.store.records import Document
 
 
 def parse_limits(rate: str | None, quota: str | None) -> tuple[Rate | None, int | None]:
     """``--rate 20/s`` and ``--quota 100000/day`` (a quota is per day only)."""
     daily = None
     if quota is not None:
-        parsed = Rate.parse(quota)
-        if parsed.seconds != 86400:
+        parsed = Rate.parse(quota) if "/" in quota else None
+        if parsed is None or parsed.seconds != 86400:
             raise ValueError(f"a quota is a number of requests per day, like 100000/day: {quota!r}")
         daily = parsed.requests
     return (Rate.parse(rate) if rate is not None else None), daily
@@ -33,33 +35,37 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
     if settings.mongodb_uri is None:
         print(NO_DATABASE, file=sys.stderr)
         return 2
+    created = None
+    if args.action == "create":  # checked before the database is reached
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        try:
+            rate, quota = parse_limits(args.rate, args.quota)
+            created = NewKey(rate, quota, *new_key(args.name, scopes, rate=rate, daily_quota=quota))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     async with tool_database(settings.mongodb_uri, settings) as database:
         store = ApiKeyStore(database)
         # One deadline for the whole command: a server that answers heartbeats but holds the
         # write (a backup's lock, a write concern never met) must not hang a revocation.
-        try:
-            async with within(settings.db_operation_timeout_ms / 1000):
-                return await _keys_command(store, args)
-        except (DatabaseUnavailable, asyncio.CancelledError):  # cancelled: Ctrl-C
-            if args.action == "rotate":
-                print(
-                    f"error: the rotation of {args.name!r} may have taken effect without its"
-                    " new secret being shown: rotate it again",
-                    file=sys.stderr,
-                )
-            raise
+        async with within(settings.db_operation_timeout_ms / 1000):
+            return await _keys_command(store, args, created)
 
 
-async def _keys_command(store: ApiKeyStore, args: argparse.Namespace) -> int:
+class NewKey(NamedTuple):
+    rate: Rate | None
+    quota: int | None
+    secret: str
+    document: Document
+
+
+async def _keys_command(
+    store: ApiKeyStore, args: argparse.Namespace, created: NewKey | None
+) -> int:
     await store.ensure_indexes()
-    if args.action == "create":
-        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    if created is not None:
         try:
-            rate, quota = parse_limits(args.rate, args.quota)
-            secret = await store.create(args.name, scopes, rate=rate, daily_quota=quota)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            await store.add(created.document)
         except DuplicateKeyError:
             print(
                 f"error: a key named {args.name!r} exists (revoked ones too);"
@@ -69,10 +75,10 @@ async def _keys_command(store: ApiKeyStore, args: argparse.Namespace) -> int:
             return 2
         shown = {
             "name": args.name,
-            "scopes": sorted(set(scopes)),
-            "rate": str(rate) if rate else None,
-            "quota": f"{quota}/day" if quota else None,
-            "key": secret,
+            "scopes": created.document["scopes"],
+            "rate": str(created.rate) if created.rate else None,
+            "quota": f"{created.quota}/day" if created.quota else None,
+            "key": created.secret,
         }
         print(json.dumps(shown))
         print("store this key now: it is not shown again", file=sys.stderr)
@@ -81,7 +87,21 @@ async def _keys_command(store: ApiKeyStore, args: argparse.Namespace) -> int:
             key.pop("_id", None)
             print(json.dumps(key, default=str))
     elif args.action == "rotate":
-        rotated = await store.rotate(args.name)
+        try:
+            rotated = await store.rotate(args.name)
+        except KeyChangedMeanwhile:
+            print(
+                f"error: {args.name!r} was rotated or revoked meanwhile: run it again",
+                file=sys.stderr,
+            )
+            return 1
+        except (DatabaseUnavailable, asyncio.CancelledError):  # cancelled: the deadline, Ctrl-C
+            print(
+                f"error: the rotation of {args.name!r} may have taken effect without its"
+                " new secret being shown: rotate it again",
+                file=sys.stderr,
+            )
+            raise
         if rotated is None:
             print(f"no key named {args.name!r}", file=sys.stderr)
             return 1

@@ -41,9 +41,7 @@ def uri_problem(uri: str, settings: Settings) -> str | None:
 @asynccontextmanager
 async def tool_database(uri: str, settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
     """The service's database at ``uri``, closed on exit."""
-    client: AsyncMongoClient[Document] = AsyncMongoClient(
-        uri, serverSelectionTimeoutMS=settings.db_timeout_ms
-    )
+    client: AsyncMongoClient[Document] = AsyncMongoClient(uri, **client_options(settings))
     try:
         yield client[settings.mongodb_db]
     finally:

@@ -51,6 +51,40 @@ def limits_of(document: Document) -> Limits:
     )
 
 
+class KeyChangedMeanwhile(Exception):
+    """The key was rotated or revoked by someone else while this rotation ran."""
+
+
+def new_key(
+    name: str, scopes: list[str], *, rate: Rate | None = None, daily_quota: int | None = None
+) -> tuple[str, Document]:
+    """A new key's secret and its document, checked (``ValueError``); nothing is stored."""
+    if not KEY_NAME.fullmatch(name):
+        raise ValueError("a key name is 1-64 letters, digits, '_', '.' or '-'")
+    if name.lower() == BOOTSTRAP_NAME:
+        raise ValueError(f"{name!r} is the bootstrap key's name in metrics and logs")
+    if not scopes:
+        raise ValueError(f"a key needs at least one scope of {list(SCOPES)}")
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
+    if daily_quota is not None and daily_quota < 1:
+        raise ValueError("a daily quota is at least 1 request")
+    secret = new_secret()
+    document: Document = {
+        "name": name,
+        "key_hash": hash_key(secret),
+        "scopes": sorted(set(scopes)),
+        "created_at": datetime.now(UTC),
+        "revoked": False,
+    }
+    if rate is not None:
+        document["rate_limit"] = {"requests": rate.requests, "seconds": rate.seconds}
+    if daily_quota is not None:
+        document["daily_quota"] = daily_quota
+    return secret, document
+
+
 class ApiKeyStore:
     def __init__(
         self, database: AsyncDatabase[Document], *, operation_timeout_ms: int = 10_000
@@ -73,30 +107,14 @@ class ApiKeyStore:
         daily_quota: int | None = None,
     ) -> str:
         """Store a new key; returns its secret, which is not kept."""
-        if not KEY_NAME.fullmatch(name):
-            raise ValueError("a key name is 1-64 letters, digits, '_', '.' or '-'")
-        if name.lower() == BOOTSTRAP_NAME:
-            raise ValueError(f"{name!r} is the bootstrap key's name in metrics and logs")
-        unknown = sorted(set(scopes) - set(SCOPES))
-        if unknown or not scopes:
-            raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
-        if daily_quota is not None and daily_quota < 1:
-            raise ValueError("a daily quota is at least 1 request")
-        secret = new_secret()
-        document: Document = {
-            "name": name,
-            "key_hash": hash_key(secret),
-            "scopes": sorted(set(scopes)),
-            "created_at": datetime.now(UTC),
-            "revoked": False,
-        }
-        if rate is not None:
-            document["rate_limit"] = {"requests": rate.requests, "seconds": rate.seconds}
-        if daily_quota is not None:
-            document["daily_quota"] = daily_quota
+        secret, document = new_key(name, scopes, rate=rate, daily_quota=daily_quota)
+        await self.add(document)
+        return secret
+
+    async def add(self, document: Document) -> None:
+        """Store a key made by ``new_key`` (``DuplicateKeyError`` if its name is taken)."""
         async with database_errors():
             await self._keys.insert_one(document)
-        return secret
 
     async def find(self, secret: str) -> Document | None:
         async with within(self._operation_timeout):
@@ -118,8 +136,18 @@ class ApiKeyStore:
         stops working, and a revoked key is active again. ``None`` when no key has that name."""
         secret = new_secret()
         async with database_errors():
+            current = await self._keys.find_one({"name": name}, {"key_hash": 1, "revoked": 1})
+            if current is None:
+                return None
+            # Only the key as read: of two rotations at once, one would otherwise print a
+            # secret that the other had already replaced.
             result = await self._keys.update_one(
-                {"name": name},
+                # (.get: a field missing, in a document edited by hand, matches as null)
+                {
+                    "name": name,
+                    "key_hash": current.get("key_hash"),
+                    "revoked": current.get("revoked"),
+                },
                 {
                     "$set": {
                         "key_hash": hash_key(secret),
@@ -128,7 +156,9 @@ class ApiKeyStore:
                     }
                 },
             )
-        return secret if result.matched_count == 1 else None
+        if result.matched_count != 1:
+            raise KeyChangedMeanwhile(name)
+        return secret
 
     async def usage(self, name: str, day: str) -> int:
         """Requests counted for key ``name`` on UTC ``day`` (ISO date)."""

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,11 +19,12 @@ from pymongo import MongoClient
 
 from service.__main__ import main
 from service.address_limits import ClientLimiter
+from service.dbserver import free_port
 from service.domain.records import new_record_id
 from service.errors import DatabaseUnavailable, RateLimited
 from service.ratelimit import Limiter, Limits, Rate, Standing, rate_limit_fields
 from service.settings import Settings
-from service.store.keys import ApiKeyStore, hash_key, limits_of
+from service.store.keys import ApiKeyStore, KeyChangedMeanwhile, hash_key, limits_of
 from tests.api.test_errors import assert_problem
 from tests.conftest import ROOT, AppClient, running
 from tests.support.held import never_answers
@@ -63,6 +65,7 @@ def test_keys_from_the_command_line(
     (acme,) = [json.loads(line) for line in listed.splitlines()]
     assert acme["rate_limit"] == {"requests": 20, "seconds": 1}
     assert acme["daily_quota"] == 100000 and acme["scopes"] == ["label", "read"]
+    assert acme["created_at"].endswith("+00:00")  # read as the service reads: UTC, not naive
 
     with MongoClient(settings.mongodb_uri) as client:
         stored = client[settings.mongodb_db]["api_keys"].find_one({"name": "acme"})
@@ -85,6 +88,38 @@ def test_keys_from_the_command_line(
     assert active is not None and active["name"] == "acme"
     assert active["daily_quota"] == 100000 and active["scopes"] == ["label", "read"]
     assert cli(["rotate", "--name", "nobody"], settings, monkeypatch) == 1
+
+
+def test_a_bad_key_command_is_refused_before_the_database_is_reached(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LABELSVC_DB_TIMEOUT_MS", "5000")
+    nowhere = Settings(mongodb_uri=f"mongodb://127.0.0.1:{free_port()}/")
+    for bad, message in (
+        (["--rate", "bogus"], "'bogus' is not a rate like 20/s"),
+        (["--quota", "100"], "a quota is a number of requests per day, like 100000/day"),
+        (["--scopes", ""], "a key needs at least one scope of"),
+        (["--scopes", "root"], "unknown scopes ['root']"),
+    ):
+        started = time.monotonic()
+        assert cli(["create", "--name", "x", *bad], nowhere, monkeypatch) == 2
+        assert message in capsys.readouterr().err
+        assert time.monotonic() - started < 2  # not after the 5 s server selection
+
+
+async def test_of_two_rotations_at_once_only_the_one_that_took_effect_shows_a_secret(
+    client: AppClient,
+) -> None:
+    keys = client.resources.keys
+    await keys.create("raced", ["read"])
+    results = await asyncio.gather(
+        *(keys.rotate("raced") for _ in range(8)), return_exceptions=True
+    )
+    shown = [result for result in results if isinstance(result, str)]
+    assert all(isinstance(r, KeyChangedMeanwhile) for r in results if not isinstance(r, str))
+    assert 1 <= len(shown) < 8
+    working = [secret for secret in shown if await keys.find(secret) is not None]
+    assert working == shown[-1:]
 
 
 async def _key(client: AppClient, name: str, scopes: list[str], **limits: Any) -> dict[str, str]:
@@ -458,7 +493,7 @@ def test_key_commands_give_up_on_a_database_that_holds_the_write(
     the operation deadline, not a hang, and a rotation says it may have taken effect."""
     settings = make_settings()
     assert cli(["create", "--name", "held"], settings, monkeypatch) == 0
-    monkeypatch.setattr(ApiKeyStore, action, never_answers)
+    monkeypatch.setattr(ApiKeyStore, "add" if action == "create" else action, never_answers)
     monkeypatch.setenv("LABELSVC_DB_OPERATION_TIMEOUT_MS", "300")
     capsys.readouterr()
     name = "other" if action == "create" else "held"
