@@ -15,9 +15,32 @@ DISPLAY_NAMES = {
 }
 IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives"}
 UNCHANGED_PLURALS = frozenset({"sheep", "fish", "deer"})
-MASS_NOUNS = frozenset({"broccoli"})
+# Uncountable: "some hay", never "a hay" (the COCO name and the ImageNet tags that are).
+MASS_NOUNS = frozenset(
+    {
+        "broccoli",
+        "chain mail",
+        "velvet",
+        "wool",
+        "guacamole",
+        "consomme",
+        "trifle",
+        "ice cream",
+        "mashed potato",
+        "hay",
+        "carbonara",
+        "chocolate sauce",
+        "dough",
+        "meat loaf",
+        "red wine",
+        "espresso",
+        "eggnog",
+    }
+)
 PAIRED_NOUNS = frozenset({"skis", "scissors"})
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+# Colours whose channels differ by less than this are black, grey or white.
+NEUTRAL_CHROMA = 24
 # Several anchors may share a name so that, e.g., navy and light blue both read as blue.
 PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("black", (0, 0, 0)),
@@ -70,6 +93,8 @@ def article(name: str) -> str:
     lower = name.lower()
     if lower[:1] in ("a", "e", "i", "o", "u") and not lower.startswith(("uni", "use", "eu", "one")):
         return "an"
+    if lower.startswith(("hour", "honest", "honor", "honour", "heir")):  # a silent h
+        return "an"
     return "a"
 
 
@@ -97,6 +122,11 @@ def colour_name(hex_colour: str) -> str | None:
         rgb = (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))
     except ValueError:
         return None
+    if max(rgb) - min(rgb) < NEUTRAL_CHROMA:
+        # Greys by lightness alone: in plain RGB distance a dark grey lies nearer to the brown
+        # anchors and a light grey nearer to beige than to any grey.
+        lightness = sum(rgb) / 3
+        return "black" if lightness < 50 else "white" if lightness >= 205 else "grey"
     best_name, best_distance = "grey", float("inf")
     for name, anchor in PALETTE:
         distance = sum((c - a) ** 2 for c, a in zip(rgb, anchor, strict=True))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from service.caption.english import (
     MASS_NOUNS,
     PAIRED_NOUNS,
-    article,
     cap,
     colour_name,
     count_phrase,
@@ -253,10 +252,10 @@ def _title(kinds: Sequence[_Kind], tags: Sequence[Tag]) -> str:
             candidates.append(pair)
         phrases = [count_phrase(k.name, k.count) for k in kinds]
         candidates += [join_and(phrases[:3]), join_and(phrases[:2]), phrases[0]]
-        candidates.append(f"{article(kinds[0].name)} {kinds[0].name}")
+        candidates.append(count_phrase(kinds[0].name, 1))
     elif tags:
         top = tags[0]
-        a_name = f"{article(top.name)} {top.name}"
+        a_name = count_phrase(top.name, 1)
         if top.conf >= 0.5:
             candidates.append(f"A photo of {a_name}")
         candidates += [f"Possibly {a_name}", a_name]
@@ -279,14 +278,14 @@ def _description(
             detected_words = {w for k in kinds for w in k.name.lower().split()}
             for tag in tags:
                 if not detected_words & set(tag.name.lower().split()):
-                    extra = f"; the overall look also suggests {article(tag.name)} {tag.name}"
+                    extra = f"; the overall look also suggests {count_phrase(tag.name, 1)}"
                     break
         first = (
             f"The photograph shows {_objects_phrase(kinds)}, with "
             f"{_definite(main)} {_position(main, props.width)}{extra}."
         )
     elif tags:
-        guesses = [f"{article(t.name)} {t.name}" for t in tags[:2]]
+        guesses = [count_phrase(t.name, 1) for t in tags[:2]]
         alternative = f", or possibly {guesses[1]}" if len(guesses) > 1 else ""
         first = (
             f"The image most likely shows {guesses[0]}{alternative}, "

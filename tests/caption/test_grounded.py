@@ -209,6 +209,9 @@ def test_counting_and_plurals() -> None:
         ("skis", 2, "two pairs of skis"),
         ("broccoli", 3, "some broccoli"),
         ("cake", 8, "8 cakes"),
+        ("hourglass", 1, "an hourglass"),
+        ("hay", 1, "some hay"),
+        ("red wine", 1, "some red wine"),
     ],
 )
 def test_count_phrase(name: str, count: int, expected: str) -> None:
@@ -317,6 +320,20 @@ def test_orientation() -> None:
 )
 def test_colour_name(hex_colour: str, expected: str | None) -> None:
     assert colour_name(hex_colour) == expected
+
+
+def test_an_uncountable_tag_reads_as_such() -> None:
+    assert grounded_caption([], [Tag("hay", 0.6)], _props()).title == "A photo of some hay"
+
+
+def test_greys_are_never_named_as_colours() -> None:
+    """A black-and-white photo's palette is black, grey and white: in plain RGB distance
+    dark greys lay nearer to brown and light greys nearer to beige."""
+    names = {v: colour_name(f"#{v:02x}{v:02x}{v:02x}") for v in range(256)}
+    assert set(names.values()) == {"black", "grey", "white"}
+    assert names[53] == names[69] == names[186] == names[202] == "grey"
+    assert colour_name("#6e645a") == "grey"  # a warm grey, channels 20 apart
+    assert colour_name("#78461e") == "brown"
 
 
 def test_light_and_sharpness_wording() -> None:
