@@ -153,7 +153,13 @@ class ImageAnalyzer:
             detections = [d for d in found if d.conf >= self.min_confidence]
             kept = [d for d in found if d.conf >= quality.KEPT_CONF]
             estimate = quality.estimate(
-                kept, second, tags, props, image.size, below=found, model=model
+                kept,
+                second,
+                tags if m.tagger is not None else None,  # no tagger: no tag components
+                props,
+                image.size,
+                below=found,
+                model=model,
             )
             per_box = quality.box_quality(detections, second, model=model)
             # The boxes are in the analysed image's pixels (a large JPEG is decoded reduced):

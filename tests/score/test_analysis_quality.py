@@ -93,8 +93,10 @@ async def test_analysis_detects_once_and_stores_only_kept_boxes(
     components = result.quality.components
     assert components["sub_threshold_count"] == len(quality.sub_threshold(low)) > 0
     kept = [d for d in low if d.conf >= quality.KEPT_CONF]
-    expected = quality.estimate(kept, None, [], result.properties, image.size, below=low)
+    expected = quality.estimate(kept, None, None, result.properties, image.size, below=low)
     assert result.quality.score == expected.score
+    # No tagger loaded: no tag components, rather than a tagger that backed nothing.
+    assert "tag_support" not in components and "tag_missing" not in components
     # Scored without a second opinion: a weaker estimate, which the record names as such.
     assert result.quality.model == "expected-f1-logistic-v2-confidence-only"
     lineage = {a.name: a for a in analyzer.lineage("2024-01-01T00:00:00Z")}
