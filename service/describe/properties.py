@@ -94,11 +94,6 @@ def phash(image: Image.Image) -> str:
     return f"{value:016x}"
 
 
-def hamming(hash_a: str, hash_b: str) -> int:
-    """The number of differing bits between two hex hashes of equal length."""
-    return (int(hash_a, 16) ^ int(hash_b, 16)).bit_count()
-
-
 def _laplacian_variance(grey: np.ndarray) -> float:
     """Variance of the 4-neighbour Laplacian over the interior pixels."""
     lap = (

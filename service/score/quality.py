@@ -88,7 +88,7 @@ class QualityModel:
 
 
 @dataclass(frozen=True, slots=True)
-class LabelQuality:
+class QualityEstimate:
     """The estimate: ``score`` in [0, 1], the signals behind it, one quality per kept box."""
 
     score: float
@@ -262,7 +262,7 @@ def estimate(
     *,
     below: Sequence[Detection],
     model: QualityModel | None = None,
-) -> LabelQuality:
+) -> QualityEstimate:
     """The label-quality estimate of one image.
 
     ``primary``: the kept detections (conf >= ``KEPT_CONF``) being judged. ``below``: the
@@ -302,7 +302,7 @@ def estimate(
         components.update(tag_consistency(primary, tags))
     if props is not None:
         components.update(image_quality(props))
-    return LabelQuality(
+    return QualityEstimate(
         score=round(score, 4),
         components={k: round(v, 4) for k, v in components.items()},
         box_quality=quality,

@@ -17,10 +17,10 @@ from service.describe.properties import (
     ImageProperties,
     _dct_matrix,
     dominant_colors,
-    hamming,
     image_properties,
     phash,
 )
+from service.query.similar import hamming
 
 PHOTOS = ["000000555705.jpg", "000000244592.jpg", "000000286994.jpg", "000000407574.jpg"]
 
