@@ -2,7 +2,9 @@
 
 SIGTERM, SIGINT or SIGHUP stops uvicorn gracefully, then the database server this process
 started. Settings are checked, models loaded and the API's port bound before anything starts,
-so an operator's mistake is one line of error, not a half-started service.
+so an operator's mistake is one line of error, not a half-started service. With several
+serving processes (service.processes) each loads its own models: here only the detector's
+files are checked, and another model that fails to load stops the service after its start.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def serve(settings: Settings) -> int:
                 host, port = sock.getsockname()[:2]
                 where = f"http://{url_host(sock.family, host)}:{port}"
                 log.info("starting %d serving processes on %s", settings.processes, where)
-            return serve_processes(settings, listeners, **options)
+            return serve_processes(settings, listeners, lambda: bool(received), **options)
         server = _Server(uvicorn.Config(create_app(settings, models), **options))
         if received:  # stopped while the app was being built
             return 0

@@ -14,15 +14,18 @@ of them reads back whole when scraped.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -35,13 +38,16 @@ from service.observability import SHARED_DIR_VARIABLE, configure_logging
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def serving_app(settings: Settings) -> Litestar:
-    """The app of one serving process; its models load (and warm up) in its lifespan."""
+def serving_app(settings: Settings, launcher: int) -> Litestar:
+    """The app of one serving process; its models load (and warm up) in its lifespan.
+    ``launcher``: the pid of the process that started it."""
     from service.app import create_app
 
     configure_logging(settings.log_level)
+    _stop_with_the_launcher(launcher)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         # A closed terminal hangs up every process of `make run`: stop gracefully, as the
         # launcher does, rather than at once (the default).
@@ -49,30 +55,56 @@ def serving_app(settings: Settings) -> Litestar:
     return create_app(settings)
 
 
+def _stop_with_the_launcher(launcher: int) -> None:
+    """SIGTERM this process when the launcher dies (SIGKILL, the OOM killer): its processes
+    would otherwise go on holding the port, and the next start could not bind it."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("cannot tie this process to the launcher: errno %d", ctypes.get_errno())
+    elif os.getppid() != launcher:  # it died before the tie was made
+        signal.raise_signal(signal.SIGTERM)
+
+
 class Supervisor(Multiprocess):
     """uvicorn's supervisor, which also forgets the gauges of each process that is gone and
     remembers whether one failed to start."""
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], metrics: str):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sockets: list[socket.socket],
+        metrics: str,
+        *,
+        stopped: bool = False,
+    ):
         hangups_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
         super().__init__(config, sockets)
-        if hangups_ignored:  # under nohup: so do the processes, which inherit it
+        # A stop takes effect at once, not at the next round of health checks (up to
+        # seconds), when processes killed by the same signal would be replaced first. A
+        # hangup stops too, as with one process, rather than uvicorn's one-by-one
+        # replacement; under nohup it is ignored, here and in the processes.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signum != signal.SIGHUP or not hangups_ignored:
+                signal.signal(signum, self._stop)
+        if hangups_ignored:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.metrics = metrics
         self.failed_to_start = False
+        if stopped:  # a stop signal came in before this supervisor existed
+            self.should_exit.set()
+
+    def _stop(self, signum: int, _: FrameType | None) -> None:
+        self.should_exit.set()
+        self.signal_queue.append(signum)  # logged by uvicorn's handler
 
     def handle_hup(self) -> None:
-        # Stop, as with one process, rather than uvicorn's one-by-one replacement.
         log.info("hangup: stopping the serving processes")
-        self.should_exit.set()
 
     def keep_subprocess_alive(self) -> None:
         with self._forgetting_the_gone():
             super().keep_subprocess_alive()
-
-    def restart_all(self) -> None:
-        with self._forgetting_the_gone():
-            super().restart_all()
 
     def handle_ttou(self) -> None:
         with self._forgetting_the_gone():
@@ -89,21 +121,24 @@ class Supervisor(Multiprocess):
 
 
 def serve_processes(
-    settings: Settings, listeners: list[socket.socket], **uvicorn_options: Any
+    settings: Settings,
+    listeners: list[socket.socket],
+    stopped: Callable[[], bool],
+    **uvicorn_options: Any,
 ) -> int:
     """Serve with ``settings.processes`` processes until stopped: 0, or 1 when one of them
-    failed to start."""
+    failed to start. ``stopped``: whether a stop signal has come in already."""
     metrics = tempfile.mkdtemp(prefix="labelsvc-metrics-")
     # Read by prometheus_client as the processes import it, so set before they start.
     os.environ[SHARED_DIR_VARIABLE] = metrics
     try:
         config = uvicorn.Config(
-            functools.partial(serving_app, settings),
+            functools.partial(serving_app, settings, os.getpid()),
             factory=True,
             workers=settings.processes,
             **uvicorn_options,
         )
-        supervisor = Supervisor(config, listeners, metrics)
+        supervisor = Supervisor(config, listeners, metrics, stopped=stopped())
         supervisor.run()
         if supervisor.failed_to_start:
             log.error("a serving process failed to start (its error is above); stopped")

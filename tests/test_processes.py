@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from uvicorn.supervisors.multiprocess import SIGNALS
 
 from service.app import create_app
 from service.dbserver import free_port
+from service.processes import Supervisor
 from service.settings import ConfigError, Settings
 from tests.support.image_server import ImageServer
 from tests.support.process import serve_until_exit, service_env, start_service, stop, wait_ready
@@ -44,9 +46,9 @@ def wait_for(condition: object, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def metrics_dirs() -> set[Path]:
-    """The directories where serving processes share their metrics."""
-    return set(Path(tempfile.gettempdir()).glob("labelsvc-metrics-*"))
+def metrics_dirs(tmp: Path) -> set[Path]:
+    """The directories where serving processes share their metrics (``TMPDIR=tmp``)."""
+    return set(tmp.glob("labelsvc-metrics-*"))
 
 
 def records_created(base: str) -> float:
@@ -68,17 +70,17 @@ def test_processes_share_the_port_and_the_metrics_and_one_that_dies_is_replaced(
         allow_private_urls="1",
         processes="2",
     )
+    env["TMPDIR"] = str(tmp_path)
     photos = sorted(p.name for p in (evalset_dir / "images").glob("*.jpg"))[:7]
     urls = [image_server.photo_url(name) for name in photos]
 
     def label(url: str) -> int:
         return httpx.post(base + "/v1/labels", json={"url": url}, timeout=60).status_code
 
-    shared_before = metrics_dirs()
     with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         try:
             wait_ready(base, process)
-            assert len(metrics_dirs() - shared_before) == 1
+            assert len(metrics_dirs(tmp_path)) == 1
             wait_for(lambda: len(serving_processes(process.pid)) == 2)
             with ThreadPoolExecutor(6) as pool:
                 assert list(pool.map(label, urls[:6])) == [201] * 6
@@ -101,7 +103,7 @@ def test_processes_share_the_port_and_the_metrics_and_one_that_dies_is_replaced(
     assert f"starting 2 serving processes on http://127.0.0.1:{port}\n" in output
     for pid in survivors:
         assert not Path(f"/proc/{pid}").exists()
-    assert metrics_dirs() == shared_before
+    assert not metrics_dirs(tmp_path)
 
 
 def test_a_process_that_fails_to_start_stops_the_service(tmp_path: Path, model_dir: Path) -> None:
@@ -204,3 +206,43 @@ def test_a_hangup_stops_every_process_unless_under_nohup(tmp_path: Path, model_d
         assert_stopped_cleanly(output)
         assert "Traceback" not in output
         assert not [pid for pid in serving if Path(f"/proc/{pid}").exists()]
+
+
+def test_serving_processes_stop_when_the_launcher_is_killed(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """SIGKILL (the OOM killer) gives the launcher no chance to stop them: they must not go
+    on holding the port, or the next start could not bind it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir), processes="2")
+    with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        wait_ready(base, process)
+        wait_for(lambda: len(serving_processes(process.pid)) == 2)
+        serving = serving_processes(process.pid)
+        process.kill()
+        process.wait(timeout=30)
+        wait_for(lambda: not [pid for pid in serving if Path(f"/proc/{pid}").exists()], 30)
+    with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        try:
+            wait_ready(base, process)  # the port is free, the database left running stopped
+        finally:
+            assert stop(process) == 0
+        assert process.stdout is not None
+        assert_stopped_cleanly(process.stdout.read().decode())
+
+
+def test_the_supervisor_stops_at_once_on_a_signal_or_one_that_came_before_it(
+    tmp_path: Path,
+) -> None:
+    config = uvicorn.Config(lambda: None, workers=2)
+    saved = {signum: signal.getsignal(signum) for signum in SIGNALS}  # it takes them all
+    try:
+        assert Supervisor(config, [], str(tmp_path), stopped=True).should_exit.is_set()
+        supervisor = Supervisor(config, [], str(tmp_path))
+        assert not supervisor.should_exit.is_set()
+        signal.raise_signal(signal.SIGTERM)  # not only queued for the next health checks
+        assert supervisor.should_exit.is_set()
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
