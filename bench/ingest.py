@@ -42,7 +42,7 @@ import httpx
 
 from bench.detection_map import model_dir
 from bench.harness import bare_analyzer, database, photo_server, photos, service
-from bench.usage import CpuMeter, peak_rss_mb, process_cpu_seconds
+from bench.usage import CpuMeter, peak_rss_mb, process_cpu_seconds, pss_mb
 from service.api.schemas import MAX_BATCH_ITEMS
 from service.decode.image import decode_image
 from service.executor import BlockingExecutor, start_request
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     full_ms, detect_ms, scaled_ms, scaled_rate = 0.0, 0.0, 0.0, 0.0
     levels: dict[int, dict[str, Any]] = {}
     components: dict[str, float] = {}
-    rss = 0.0
+    rss = pss = 0.0
     cold_start = 0.0
     with database() as db, photo_server() as server:
         assert db.pid is not None
@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = meter.per_image_ms(len(urls))
                 components = stage_means_ms(httpx.get(base + "/metrics").text)
                 rss = max(rss, peak_rss_mb(proc.pid))
+                pss = max(pss, pss_mb(proc.pid))
             if concurrency == 1:
                 full_ms = statistics.median(latencies) * 1000
                 only = {
@@ -309,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                 # on a machine whose cores are all busy, this bounds the ratio.
                 "cpu_ratio": round(bare_cpu / best_cpu, 3),
                 "peak_rss_mb": round(rss, 1),
+                # With several processes the peak above counts shared pages once per process.
+                "pss_mb_after_load": round(pss, 1),
                 "images": len(files),
                 "workers": settings.workers,
                 "processes": args.processes,

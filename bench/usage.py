@@ -66,12 +66,29 @@ class CpuMeter:
 
 
 def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory of a process and its descendants, summed."""
-    return sum(_peak_rss_mb(process) for process in process_tree(pid))
+    """Peak resident memory of a process and its descendants, summed: pages they share
+    (the interpreter, libraries) count once for each, so for several processes this bounds
+    their memory from above (``pss_mb`` shares them out)."""
+    return sum(_status_mb(process, "VmHWM") for process in process_tree(pid))
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+def pss_mb(pid: int) -> float:
+    """Memory of a process and its descendants now, each shared page divided among the
+    processes that map it (proportional set size)."""
+    return sum(_kb_field(f"/proc/{process}/smaps_rollup", "Pss") for process in process_tree(pid))
+
+
+def _status_mb(pid: int, field: str) -> float:
+    return _kb_field(f"/proc/{pid}/status", field)
+
+
+def _kb_field(path: str, field: str) -> float:
+    """A ``Field: N kB`` line of a /proc file, in MB; 0 for a process gone (or a zombie)."""
+    try:
+        text = Path(path).read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise ValueError(f"no VmHWM for process {pid}")
+    return 0.0
