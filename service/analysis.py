@@ -130,8 +130,8 @@ class ImageAnalyzer:
             if self._detections is not None
             else run(self._detect, image)
         )
-        # A model that is not loaded gets no job: each job takes a place in the executor's
-        # queue and a trip through a worker.
+        # A model that is not loaded gets no job (each job takes a place in the executor's
+        # queue and a trip through a worker), and its result is None.
         m = self.models
         found, second, scaled, tags, props = await asyncio.gather(
             detected,
@@ -141,7 +141,7 @@ class ImageAnalyzer:
             run(self._second_look, m.scaled_second, "second_scale", image)
             if m.scaled_second is not None
             else _none(),
-            run(self._tag, m.tagger, image) if m.tagger is not None else _no_tags(),
+            run(self._tag, m.tagger, image) if m.tagger is not None else _none(),
             run(self._describe, decoded),
         )
         model = None
@@ -153,18 +153,12 @@ class ImageAnalyzer:
             detections = [d for d in found if d.conf >= self.min_confidence]
             kept = [d for d in found if d.conf >= quality.KEPT_CONF]
             estimate = quality.estimate(
-                kept,
-                second,
-                tags if m.tagger is not None else None,  # no tagger: no tag components
-                props,
-                image.size,
-                below=found,
-                model=model,
+                kept, second, tags, props, image.size, below=found, model=model
             )
             per_box = quality.box_quality(detections, second, model=model)
             # The boxes are in the analysed image's pixels (a large JPEG is decoded reduced):
             # framing and coverage compare them with that image's size.
-            caption = grounded_caption(detections, tags, _with_size(props, *image.size))
+            caption = grounded_caption(detections, tags or [], _with_size(props, *image.size))
         if self._captions is not None:
             with self._metrics.stage("caption"):
                 try:
@@ -178,7 +172,7 @@ class ImageAnalyzer:
         return ImageAnalysis(
             decoded=decoded,
             boxes=to_boxes(detections, decoded, per_box),
-            tags=[Tag(name=t.name, conf=round(t.conf, 4)) for t in tags],
+            tags=[Tag(name=t.name, conf=round(t.conf, 4)) for t in tags or []],
             properties=props,
             quality=LabelQuality(
                 score=score,
@@ -329,10 +323,6 @@ def caption_batcher(
 
 async def _none() -> None:
     return None
-
-
-async def _no_tags() -> list[TaggerTag]:
-    return []
 
 
 def with_neural_text(grounded: Caption, text: str, analyzer: ImageAnalyzer) -> Caption:
