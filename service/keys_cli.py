@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import NamedTuple
 
 from pymongo.errors import DuplicateKeyError
 
@@ -16,7 +15,7 @@ from service.ratelimit import Rate
 from service.settings import Settings
 from service.store.connection import NO_DATABASE, tool_database
 from service.store.errors import within
-from service.store.keys import ApiKeyStore, KeyChangedMeanwhile, new_key
+from service.store.keys import ApiKeyStore, KeyChangedMeanwhile, limits_of, new_key
 from service.store.records import Document
 
 
@@ -40,7 +39,7 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
         scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
         try:
             rate, quota = parse_limits(args.rate, args.quota)
-            created = NewKey(rate, quota, *new_key(args.name, scopes, rate=rate, daily_quota=quota))
+            created = new_key(args.name, scopes, rate=rate, daily_quota=quota)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -52,20 +51,15 @@ async def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
             return await _keys_command(store, args, created)
 
 
-class NewKey(NamedTuple):
-    rate: Rate | None
-    quota: int | None
-    secret: str
-    document: Document
-
-
 async def _keys_command(
-    store: ApiKeyStore, args: argparse.Namespace, created: NewKey | None
+    store: ApiKeyStore, args: argparse.Namespace, created: tuple[str, Document] | None
 ) -> int:
+    """``created``: the secret and document of the key to create, made by ``new_key``."""
     await store.ensure_indexes()
     if created is not None:
+        secret, document = created
         try:
-            await store.add(created.document)
+            await store.add(document)
         except DuplicateKeyError:
             print(
                 f"error: a key named {args.name!r} exists (revoked ones too);"
@@ -73,12 +67,13 @@ async def _keys_command(
                 file=sys.stderr,
             )
             return 2
+        limits = limits_of(document)
         shown = {
             "name": args.name,
-            "scopes": created.document["scopes"],
-            "rate": str(created.rate) if created.rate else None,
-            "quota": f"{created.quota}/day" if created.quota else None,
-            "key": created.secret,
+            "scopes": document["scopes"],
+            "rate": str(limits.rate) if limits.rate else None,
+            "quota": f"{limits.daily_quota}/day" if limits.daily_quota else None,
+            "key": secret,
         }
         print(json.dumps(shown))
         print("store this key now: it is not shown again", file=sys.stderr)
