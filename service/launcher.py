@@ -86,9 +86,7 @@ def serve(settings: Settings) -> int:
         }
         if models is None:
             for sock in listeners:
-                host, port = sock.getsockname()[:2]
-                where = f"http://{url_host(sock.family, host)}:{port}"
-                log.info("starting %d serving processes on %s", settings.processes, where)
+                log.info("starting %d serving processes on %s", settings.processes, _url(sock))
             return serve_processes(settings, listeners, lambda: bool(received), **options)
         server = _Server(uvicorn.Config(create_app(settings, models), **options))
         if received:  # stopped while the app was being built
@@ -111,6 +109,10 @@ class _Server(uvicorn.Server):
         if not self.started:
             return
         for sock in sockets or []:
-            # The address bound, with the port the system chose when configured as 0.
-            host, port = sock.getsockname()[:2]
-            log.info("serving the API on http://%s:%d", url_host(sock.family, host), port)
+            log.info("serving the API on %s", _url(sock))
+
+
+def _url(sock: socket.socket) -> str:
+    """The address bound, with the port the system chose when configured as 0."""
+    host, port = sock.getsockname()[:2]
+    return f"http://{url_host(sock.family, host)}:{port}"
