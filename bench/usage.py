@@ -1,4 +1,4 @@
-"""What the processes of a benchmark spend: CPU time, per process or per thread, and peak
+"""What the processes of a benchmark spend: CPU time, per process or per thread, and
 memory, read from /proc (Linux)."""
 
 from __future__ import annotations
@@ -69,17 +69,13 @@ def peak_rss_mb(pid: int) -> float:
     """Peak resident memory of a process and its descendants, summed: pages they share
     (the interpreter, libraries) count once for each, so for several processes this bounds
     their memory from above (``pss_mb`` shares them out)."""
-    return sum(_status_mb(process, "VmHWM") for process in process_tree(pid))
+    return sum(_kb_field(f"/proc/{process}/status", "VmHWM") for process in process_tree(pid))
 
 
 def pss_mb(pid: int) -> float:
     """Memory of a process and its descendants now, each shared page divided among the
     processes that map it (proportional set size)."""
     return sum(_kb_field(f"/proc/{process}/smaps_rollup", "Pss") for process in process_tree(pid))
-
-
-def _status_mb(pid: int, field: str) -> float:
-    return _kb_field(f"/proc/{pid}/status", field)
 
 
 def _kb_field(path: str, field: str) -> float:
