@@ -155,7 +155,11 @@ class ImageAnalyzer:
             estimate = quality.estimate(
                 kept, second, tags, props, image.size, below=found, model=model
             )
-            per_box = quality.box_quality(detections, second, model=model)
+            per_box = (
+                estimate.box_quality
+                if detections == kept  # the default: the record keeps the boxes scored
+                else quality.box_quality(detections, second, model=model)
+            )
             # The boxes are in the analysed image's pixels (a large JPEG is decoded reduced):
             # framing and coverage compare them with that image's size.
             caption = grounded_caption(detections, tags or [], _with_size(props, *image.size))
