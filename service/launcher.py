@@ -20,9 +20,7 @@ import uvicorn
 
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
-from service.infer import yolox
-from service.infer.manifest import resolve
-from service.infer.models import load_models
+from service.infer.models import check_models, load_models
 from service.listen import bind_listeners, url_host
 from service.observability import configure_logging
 from service.processes import serve_processes
@@ -51,12 +49,11 @@ def serve(settings: Settings) -> int:
 
     # Loaded (verified, and warmed up) here rather than at application startup, where a
     # missing or altered file, an absent provider or a model the runtime refuses would be a
-    # traceback, after the database started. Several serving processes load their own: the
-    # detector every one of them needs is at least checked here.
+    # traceback, after the database started. Several serving processes load their own: what
+    # they will load is checked here.
     models = load_models(settings) if settings.processes == 1 else None
     if models is None:
-        resolve(settings.model_dir, yolox.MODEL_NAME)
-        resolve(settings.model_dir, yolox.CLASS_NAMES)
+        check_models(settings)
     if received:
         return 0
     listeners = bind_listeners(settings.host, settings.port)

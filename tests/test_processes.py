@@ -136,6 +136,39 @@ def test_a_missing_detector_is_one_line_before_any_process_starts(tmp_path: Path
     assert not (tmp_path / "var").exists()
 
 
+def altered_second_opinion(tmp_path: Path, model_dir: Path) -> dict[str, str]:
+    models = tmp_path / "models"
+    models.mkdir()
+    for file in model_dir.iterdir():
+        (models / file.name).symlink_to(file)
+    (models / "nanodet_g_416.onnx").unlink()
+    (models / "nanodet_g_416.onnx").write_bytes(b"not the published file")
+    return {"model_dir": str(models)}
+
+
+@pytest.mark.parametrize(
+    ("refusal", "message"),
+    [
+        (altered_second_opinion, "model file nanodet_g_416.onnx in directory .* has sha256"),
+        (lambda *_: {"execution_provider": "cuda"}, "execution provider 'cuda' needs"),
+        (lambda tmp, _: {"captioner_dir": str(tmp / "none")}, "captioner"),
+    ],
+)
+def test_what_the_processes_would_refuse_is_one_line_before_any_starts(
+    tmp_path: Path,
+    model_dir: Path,
+    refusal: Callable[[Path, Path], dict[str, str]],
+    message: str,
+) -> None:
+    env = service_env(free_port(), data_dir=str(tmp_path / "var"), processes="2")
+    env.update({f"LABELSVC_{k.upper()}": v for k, v in refusal(tmp_path, model_dir).items()})
+    refused = serve_until_exit(env)
+    assert refused.returncode == 2, refused.stderr
+    assert re.match(f"configuration error: {message}", refused.stderr), refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert not (tmp_path / "var").exists()
+
+
 def test_process_count_is_checked_and_shares_the_cores() -> None:
     for bad in ("0", "65"):
         with pytest.raises(ConfigError, match=r"processes must be in \[1, 64\]"):

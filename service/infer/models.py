@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import onnxruntime as ort
 from PIL import Image
 
-from service.infer import tagger
-from service.infer.captioner import NeuralCaptioner
-from service.infer.manifest import spec
+from service.infer import nanodet, tagger, yolox
+from service.infer.captioner import NeuralCaptioner, verify_export
+from service.infer.manifest import resolve, spec
 from service.infer.nanodet import NanoDetDetector, load_nanodet
+from service.infer.runtime import choose_providers
 from service.infer.tagger import EfficientNetTagger, load_tagger
 from service.infer.yolox import YoloxDetector, load_yolox
 from service.score import quality
@@ -86,11 +88,11 @@ def load_models(settings: Settings) -> Models:
 
     detector = yolox_at(settings.detector_input_size, max_batch=settings.detect_batch_size)
     second = second_scale = tagger = None
-    if settings.second_opinion and _present(settings, "nanodet_g_416"):
+    if _wants_second_opinion(settings):
         second = _timed(lambda: load_nanodet(settings.model_dir, **image_models))
     if second is not None and settings.second_scale:
         second_scale = yolox_at(quality.SECOND_SCALE_SIZE)
-    if settings.scene_tags and _present(settings, "efficientnet_lite0"):
+    if _wants_tagger(settings):
         tagger = _timed(lambda: load_tagger(settings.model_dir, **image_models))
     captioner = None
     if settings.captioner_dir is not None:
@@ -104,6 +106,32 @@ def load_models(settings: Settings) -> Models:
         captioner=captioner,
         second_scale=second_scale,
     )
+
+
+def check_models(settings: Settings) -> None:
+    """Raise ``ModelError`` for what ``load_models`` would refuse, without loading anything:
+    an execution provider this build lacks, a missing or altered file. For a launcher whose
+    serving processes load their own models: one line before anything starts, rather than a
+    traceback from each process after the database started."""
+    choose_providers(settings.execution_provider, ort.get_available_providers())
+    for name in yolox.FILES:  # first, as it loads first: before the warnings below
+        resolve(settings.model_dir, name)
+    optional = [
+        *(nanodet.FILES if _wants_second_opinion(settings) else ()),
+        *(tagger.FILES if _wants_tagger(settings) else ()),
+    ]
+    for name in optional:
+        resolve(settings.model_dir, name)
+    if settings.captioner_dir is not None:
+        verify_export(settings.captioner_dir)
+
+
+def _wants_second_opinion(settings: Settings) -> bool:
+    return settings.second_opinion and _present(settings, nanodet.MODEL_NAME)
+
+
+def _wants_tagger(settings: Settings) -> bool:
+    return settings.scene_tags and _present(settings, tagger.MODEL_NAME)
 
 
 def _present(settings: Settings, name: str) -> bool:

@@ -18,6 +18,7 @@ from service.infer.runtime import ProviderChoice, SquareInputDetector, load_onnx
 from service.infer.yolox import Detection, clipped_detections, nms_per_class
 
 MODEL_NAME = "nanodet_g_416"
+FILES = (MODEL_NAME, "coco_classes")  # the manifest entries it loads
 STRIDES = (8, 16, 32)
 NUM_BINS = 11  # distance bins 0..10, in units of the stride
 # Its input is (x - mean) / std of BGR pixels: done inside the graph (``load_nanodet``).
@@ -160,8 +161,8 @@ def load_nanodet(
     engine_cache: Path | None = None,
 ) -> NanoDetDetector:
     """The shipped NanoDet-g detector from ``model_dir``, checksums verified."""
-    model_path = resolve(model_dir, MODEL_NAME)
-    names = read_lines(resolve(model_dir, "coco_classes"))
+    model_path, names_path = (resolve(model_dir, name) for name in FILES)
+    names = read_lines(names_path)
     session = load_onnx_session(
         model_path,
         provider=provider,

@@ -22,6 +22,7 @@ from service.infer.runtime import (
 
 MODEL_NAME = "efficientnet_lite0"
 CLASSES_NAME = "imagenet_classes"
+FILES = (MODEL_NAME, CLASSES_NAME)  # the manifest entries it loads
 RESIZE_SHORT = 256
 CROP = 224
 # Its input is (x - 127) / 128 of RGB pixels: done inside the graph (``load_tagger``).
@@ -139,8 +140,8 @@ def load_tagger(
     engine_cache: Path | None = None,
 ) -> EfficientNetTagger:
     """The shipped EfficientNet-Lite0 tagger from ``model_dir``, checksums verified."""
-    model_path = resolve(model_dir, MODEL_NAME)
-    names = parse_class_names(read_lines(resolve(model_dir, CLASSES_NAME)))
+    model_path, names_path = (resolve(model_dir, name) for name in FILES)
+    names = parse_class_names(read_lines(names_path))
     session = load_onnx_session(
         model_path,
         provider=provider,

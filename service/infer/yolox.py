@@ -28,6 +28,7 @@ PAD_VALUE = 114
 REDUCING_GAP = 2.0
 MODEL_NAME = "yolox_nano"
 CLASS_NAMES = "coco_classes"
+FILES = (MODEL_NAME, CLASS_NAMES)  # the manifest entries it loads
 EXPORTED_SIZE = EXPORTED_INPUT_SIZE  # other multiples of 32 run the same weights
 
 
@@ -261,8 +262,8 @@ def load_yolox(
     """
     if input_size % STRIDES[-1]:
         raise ModelError(f"YOLOX input size must be a multiple of {STRIDES[-1]}, got {input_size}")
-    model_path = resolve(model_dir, MODEL_NAME)
-    names = read_lines(resolve(model_dir, CLASS_NAMES))
+    model_path, names_path = (resolve(model_dir, name) for name in FILES)
+    names = read_lines(names_path)
 
     def load(dynamic_batch: bool) -> OrtModelSession:
         return load_onnx_session(
