@@ -95,6 +95,10 @@ class Supervisor(Multiprocess):
         if stopped:  # a stop signal came in before this supervisor existed
             self.should_exit.set()
 
+    def init_processes(self) -> None:
+        with _deaf_to_interrupts():
+            super().init_processes()
+
     def _stop(self, signum: int, _: FrameType | None) -> None:
         self.should_exit.set()
         self.signal_queue.append(signum)  # logged by uvicorn's handler
@@ -103,8 +107,12 @@ class Supervisor(Multiprocess):
         log.info("hangup: stopping the serving processes")
 
     def keep_subprocess_alive(self) -> None:
-        with self._forgetting_the_gone():
+        with self._forgetting_the_gone(), _deaf_to_interrupts():
             super().keep_subprocess_alive()
+
+    def handle_ttin(self) -> None:
+        with _deaf_to_interrupts():
+            super().handle_ttin()
 
     def handle_ttou(self) -> None:
         with self._forgetting_the_gone():
@@ -118,6 +126,27 @@ class Supervisor(Multiprocess):
             if process.exitcode is not None and process.pid is not None:  # joined: it is gone
                 self.failed_to_start |= process.exitcode == STARTUP_FAILURE
                 mark_process_dead(process.pid, self.metrics)  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def _deaf_to_interrupts() -> Iterator[None]:
+    """Processes spawned in here start with SIGINT ignored.
+
+    Ctrl-C at a terminal interrupts its whole process group, and a serving process still
+    importing its modules would die of it with a traceback. Ignored, it leaves the stop to
+    the supervisor, which stops them all; once serving, uvicorn handles SIGINT there itself.
+    The supervisor's own SIGINT meanwhile waits, blocked (Linux keeps a blocked signal
+    pending even while it is ignored), for its handler to be back.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, handler)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def serve_processes(

@@ -241,6 +241,41 @@ def test_a_hangup_stops_every_process_unless_under_nohup(tmp_path: Path, model_d
         assert not [pid for pid in serving if Path(f"/proc/{pid}").exists()]
 
 
+@pytest.mark.parametrize("when", ["starting", "serving"])
+def test_ctrl_c_stops_every_process_without_a_traceback(
+    tmp_path: Path, model_dir: Path, when: str
+) -> None:
+    # Ctrl-C interrupts the terminal's whole process group: the launcher and every serving
+    # process, which may be still importing or loading its models.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir), processes="2")
+    with start_service(
+        env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    ) as process:
+        assert process.stdout is not None
+        output = ""
+        try:
+            if when == "starting":
+                while "serving processes on" not in output:
+                    line = process.stdout.readline().decode()
+                    assert line, output
+                    output += line
+                wait_for(lambda: len(serving_processes(process.pid)) == 2)
+            else:
+                wait_ready(base, process)
+            serving = serving_processes(process.pid)
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:  # failed: leave nothing running
+                os.killpg(process.pid, signal.SIGKILL)
+        output += process.stdout.read().decode()
+    assert_stopped_cleanly(output)
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert not [pid for pid in serving if Path(f"/proc/{pid}").exists()]
+
+
 def test_serving_processes_stop_when_the_launcher_is_killed(
     tmp_path: Path, model_dir: Path
 ) -> None:
