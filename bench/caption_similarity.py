@@ -67,10 +67,12 @@ def caption_similarity(
         raise ValueError("every candidate needs at least one reference")
     texts = [candidates[key] for key in keys]
 
-    # sacrebleu takes one stream per reference position; "" pads images with fewer.
+    # sacrebleu takes one stream per reference position; None pads images with fewer. Its
+    # documentation allows "" as well, but only None is dropped: "" counts as a reference of
+    # length 0 in the brevity penalty. Its type hints leave None out.
     most = max(len(r) for r in refs)
-    streams = [[r[i] if i < len(r) else "" for r in refs] for i in range(most)]
-    bleu = BLEU(lowercase=True).corpus_score(texts, streams).score / 100.0
+    streams = [[r[i] if i < len(r) else None for r in refs] for i in range(most)]
+    bleu = BLEU(lowercase=True).corpus_score(texts, streams).score / 100.0  # type: ignore[arg-type]
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     pairs = zip(texts, refs, strict=True)

@@ -89,6 +89,16 @@ def test_images_may_have_different_numbers_of_references() -> None:
     assert scores["references"] == 4
 
 
+def test_an_image_with_fewer_references_is_not_scored_against_an_empty_one() -> None:
+    # "grey cat" is much shorter than its one reference: BLEU's brevity penalty must count.
+    # A second reference for the other image must not hand it an empty reference as well,
+    # whose length (0) would be the closest and lift the penalty.
+    candidates = {"a.jpg": DOG, "b.jpg": "grey cat sleeping"}
+    alone = caption_similarity(candidates, {"a.jpg": [DOG], "b.jpg": [CAT]})
+    beside = caption_similarity(candidates, {"a.jpg": [DOG, TRAIN], "b.jpg": [CAT]})
+    assert beside["bleu4"] == pytest.approx(alone["bleu4"])
+
+
 def test_only_candidates_are_scored_and_cosine_needs_an_embedder() -> None:
     scores = caption_similarity({"a.jpg": DOG}, {"a.jpg": [DOG], "b.jpg": [CAT]})
     assert "cosine" not in scores
