@@ -450,8 +450,10 @@ def fit_half_cv(
 def cross_validated(
     runs: Sequence[ImageRun], second_of: SecondOf, repeats: int = 25
 ) -> dict[str, float]:
-    """AUROC of refitted models on unseen halves: the fixed split both ways, and seeded
-    random 50/50 splits (each fitted on one half, scored on the other)."""
+    """AUROC of refitted models on halves their coefficients did not see: the fixed split both
+    ways, and seeded random 50/50 splits (each fitted on one half, scored on the other). Only
+    the held-out half's own figure is held out from the choice of method and features, which
+    were made on the fit half; these mix fit-half photos into what they score."""
     fit_half, held_half = split(runs)
     both_ways = [
         auroc(scores(test, second_of, fit_model(train, second_of)), [r.right for r in test])
