@@ -64,6 +64,10 @@ class PhotoHost:
     def photo_url(self, name: str) -> str:
         return f"{self.base}/{name}"
 
+    def warm_up_url(self, name: str) -> str:
+        """The photo as other bytes: a service that labeled it already labels these anew."""
+        return f"{self.base}/warm-up/{name}"
+
 
 @contextmanager
 def photo_server() -> Iterator[PhotoHost]:

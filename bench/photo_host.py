@@ -8,7 +8,9 @@ by the kernel only after a second, which shows up as second-long outliers in the
 figures that no real host would cause.
 
 ``GET /connections`` answers how many connections the host has accepted, so a benchmark can
-tell whether its client kept them alive.
+tell whether its client kept them alive. ``GET /warm-up/NAME`` serves photo NAME with one
+byte more after its end: other bytes (a record of their own in the service, which labels
+bytes it has seen once only) that decode to the same picture, for warming a service up.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from __future__ import annotations
 import functools
 import sys
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 BACKLOG = 1024
+WARM_UP = "/warm-up/"
 
 
 class PhotoHost(ThreadingHTTPServer):
@@ -35,12 +39,20 @@ class QuietHandler(SimpleHTTPRequestHandler):
     server: PhotoHost
 
     def do_GET(self) -> None:
-        if self.path != "/connections":
+        if self.path == "/connections":
+            self._answer(str(self.server.accepted).encode(), "text/plain")
+        elif self.path.startswith(WARM_UP):
+            photo = Path(self.directory, Path(self.path.removeprefix(WARM_UP)).name)
+            if photo.is_file():
+                self._answer(photo.read_bytes() + b"\0", "image/jpeg")
+            else:
+                self.send_error(404)
+        else:
             super().do_GET()
-            return
-        body = str(self.server.accepted).encode()
+
+    def _answer(self, body: bytes, content_type: str) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

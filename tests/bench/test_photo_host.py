@@ -40,6 +40,15 @@ def test_serves_files_on_one_kept_alive_connection(host: str) -> None:
     assert missing.status_code == 404
 
 
+def test_serves_each_photo_as_other_bytes_for_warming_up(host: str) -> None:
+    with httpx.Client(base_url=host) as client:
+        warm = client.get("/warm-up/a.jpg")
+        missing = client.get("/warm-up/b.jpg")
+    assert warm.content == PHOTO + b"\0"  # past the end of the picture: the same one
+    assert warm.headers["content-length"] == str(len(PHOTO) + 1)
+    assert missing.status_code == 404
+
+
 def test_listens_with_a_real_backlog(host: str) -> None:
     assert PhotoHost.request_queue_size == BACKLOG >= 128
     # More connection attempts at once than the standard library's backlog of 5: all are
