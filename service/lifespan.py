@@ -77,13 +77,17 @@ async def _ensure_indexes(resources: Resources) -> None:
             await resources.keys.ensure_indexes()
         except Exception as exc:  # the database may be down or starting: keep trying
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            log.warning("creating indexes failed (%s); retrying", error)
             # Some failures last until someone acts (duplicate hashes in imported records
-            # block the unique index): /readyz says which. An outage it reports as such.
-            if not isinstance(exc, DatabaseUnavailable):
+            # block the unique index): /readyz says which, and the next attempt (another
+            # build over the whole collection) waits as long as a check. An outage it
+            # reports as such, and the database is tried again soon.
+            outage = isinstance(exc, DatabaseUnavailable)
+            wait = INDEX_RETRY_SECONDS if outage else INDEX_CHECK_SECONDS
+            log.warning("creating indexes failed (%s); retrying in %g s", error, wait)
+            if not outage:
                 resources.index_error = error
                 resources.indexes_ready.clear()
-            await asyncio.sleep(INDEX_RETRY_SECONDS)
+            await asyncio.sleep(wait)
         else:
             resources.index_error = None
             resources.indexes_ready.set()

@@ -16,6 +16,7 @@ from service.app import create_app
 from service.domain.records import new_record_id
 from service.observability import LATENCY_BUCKETS
 from service.settings import Settings
+from service.store.records import RecordStore
 from tests.api.test_errors import assert_problem
 from tests.conftest import CAT_PHOTO, ROOT, AppClient, running
 from tests.support.image_server import ImageServer
@@ -135,10 +136,21 @@ def test_openapi_document_lists_every_route() -> None:
 
 
 async def test_readiness_says_why_the_indexes_cannot_be_made(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Imported records holding the same bytes twice block the unique hash index: the
-    service stays unready, and says so, instead of blaming an unreachable database."""
+    service stays unready, and says so, instead of blaming an unreachable database. It
+    does not build the index over every record again every few seconds meanwhile."""
+    attempts = 0
+    ensure_indexes = RecordStore.ensure_indexes
+
+    async def counted(store: RecordStore) -> None:
+        nonlocal attempts
+        attempts += 1
+        await ensure_indexes(store)
+
+    monkeypatch.setattr(RecordStore, "ensure_indexes", counted)
+    monkeypatch.setattr(lifespan, "INDEX_RETRY_SECONDS", 0.05)
     settings = make_settings()
     twins = [{"_id": new_record_id(), "hash": "0" * 64} for _ in range(2)]
     with MongoClient(settings.mongodb_uri) as mongo:
@@ -153,6 +165,8 @@ async def test_readiness_says_why_the_indexes_cannot_be_made(
         problem = assert_problem(response, 503, "unavailable")
         assert problem["database"] == "indexes"
         assert "creating the database indexes failed: DuplicateKeyError" in problem["detail"]
+        await asyncio.sleep(0.5)
+        assert attempts == 1
 
 
 async def test_an_index_made_under_another_name_serves(
