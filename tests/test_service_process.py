@@ -269,6 +269,43 @@ def test_a_captioner_the_runtime_refuses_is_one_line_before_the_database_starts(
     assert not (tmp_path / "var").exists()  # no database was started
 
 
+def captioner_that_fails_its_first_run(tmp_path: Path) -> Path:
+    """A captioner export that loads (its files listed with their digests) but whose
+    preprocessor.json sizes images for another encoder: only a run can tell."""
+    export = tmp_path / "captioner"
+    shutil.copytree(CAPTIONERS / "vit-gpt2-tiny", export)
+    preprocessor = json.loads((export / "preprocessor.json").read_text())
+    preprocessor["width"] = preprocessor["height"] = 48  # the encoder takes 32x32
+    (export / "preprocessor.json").write_text(json.dumps(preprocessor))
+    info = json.loads((export / "captioner.json").read_text())
+    digest = hashlib.sha256((export / "preprocessor.json").read_bytes()).hexdigest()
+    info["files"]["preprocessor.json"] = digest
+    (export / "captioner.json").write_text(json.dumps(info))
+    return export
+
+
+def test_a_captioner_that_fails_its_first_run_is_one_line_before_the_database_starts(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    export = captioner_that_fails_its_first_run(tmp_path)
+    env = service_env(
+        free_port(),
+        data_dir=str(tmp_path / "var"),
+        model_dir=str(model_dir),
+        captioner_dir=str(export),
+    )
+    refused = serve_until_exit(env)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, refused.stderr[-2000:]
+    assert errors[0].startswith(
+        f"configuration error: captioner {export} on CPUExecutionProvider failed its warm-up run:"
+    )
+    assert "Expected: 32" in errors[0]
+    assert not (tmp_path / "var").exists()  # no database was started
+
+
 def test_a_sigterm_while_the_app_is_built_stops_the_service(
     db_server: LocalDatabaseServer, model_dir: Path
 ) -> None:

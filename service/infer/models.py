@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from PIL import Image
 
 from service.infer import nanodet, tagger, yolox
 from service.infer.captioner import NeuralCaptioner, verify_export
-from service.infer.manifest import resolve, spec
+from service.infer.manifest import ModelError, resolve, spec
 from service.infer.nanodet import NanoDetDetector, load_nanodet
 from service.infer.runtime import choose_providers
 from service.infer.tagger import EfficientNetTagger, load_tagger
@@ -83,7 +84,7 @@ def load_models(settings: Settings) -> Models:
             # an engine and cuDNN its plans for each shape a session sees; both should happen
             # here, not inside the first burst of requests.
             full = [Image.new("RGB", (size, size), (114, 114, 114))] * max_batch
-            detector.detect_batch(full, 1.0)
+            _warm_up(detector, lambda: detector.detect_batch(full, 1.0))
         return detector
 
     detector = yolox_at(settings.detector_input_size, max_batch=settings.detect_batch_size)
@@ -97,7 +98,12 @@ def load_models(settings: Settings) -> Models:
     captioner = None
     if settings.captioner_dir is not None:
         captioner = NeuralCaptioner(settings.captioner_dir, **common)
-        captioner.caption([Image.new("RGB", (64, 64))], num_beams=settings.caption_beams)
+        image = Image.new("RGB", (64, 64))
+        _warm_up(
+            captioner,
+            lambda: captioner.caption([image], num_beams=settings.caption_beams),
+            name=f"captioner {settings.captioner_dir}",
+        )
         log.info("loaded captioner %s on %s", captioner.name, captioner.provider)
     return Models(
         detector=detector,
@@ -147,8 +153,21 @@ def _timed(load: Any) -> Any:
     model = load()
     warm_up = Image.new("RGB", (416, 416), (114, 114, 114))
     if hasattr(model, "detect"):
-        model.detect(warm_up, 1.0)
+        _warm_up(model, lambda: model.detect(warm_up, 1.0))
     else:
-        model.tag(warm_up)
+        _warm_up(model, lambda: model.tag(warm_up))
     log.info("loaded %s on %s in %.2fs", model.name, model.provider, time.perf_counter() - start)
     return model
+
+
+def _warm_up(model: Any, run: Callable[[], object], *, name: str | None = None) -> None:
+    """``run()``, a run of ``model`` before it serves. A failure is a ``ModelError`` naming
+    the model (``name``, or its instance name) and its provider: an export whose shapes
+    disagree with its description fails only when it runs, and so, on a GPU, may a CUDA or
+    cuDNN library or kernel first loaded then."""
+    try:
+        run()
+    except Exception as exc:  # onnxruntime raises its own, undocumented exception types
+        what = name or f"model {model.instance_name}"
+        detail = " ".join(str(exc).split())  # onnxruntime's messages span several lines
+        raise ModelError(f"{what} on {model.provider} failed its warm-up run: {detail}") from exc
