@@ -9,6 +9,7 @@ the executor, and routes each result (or the batch's exception) back to its call
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -39,6 +40,9 @@ class MicroBatcher(Generic[T, R]):
         self._execute = run
         self._policy = policy
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        # The first submitter's context: the batch runs as its request (the executor serves
+        # the oldest request first), even when a later submitter's task fills it.
+        self._context: contextvars.Context | None = None
         self._flush: asyncio.TimerHandle | None = None
 
     async def submit(self, item: T) -> R:
@@ -46,6 +50,8 @@ class MicroBatcher(Generic[T, R]):
             results: Sequence[R] = await self._execute(self._run_batch, [item])
             return results[0]
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        if not self._waiting:
+            self._context = contextvars.copy_context()
         self._waiting.append((item, future))
         if len(self._waiting) >= self._policy.max_batch_size:
             self._dispatch()
@@ -60,8 +66,9 @@ class MicroBatcher(Generic[T, R]):
             self._flush.cancel()
             self._flush = None
         batch, self._waiting = self._waiting, []
+        context, self._context = self._context, None
         if batch:
-            asyncio.get_running_loop().create_task(self._run(batch))
+            asyncio.get_running_loop().create_task(self._run(batch), context=context)
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

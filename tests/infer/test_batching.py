@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import pytest
 
 from service.errors import Overloaded
-from service.executor import BlockingExecutor
+from service.executor import BlockingExecutor, start_request
 from service.infer.batching import BatchPolicy, MicroBatcher
 
 
@@ -85,6 +85,46 @@ async def test_full_executor_rejects_the_batch(executor: BlockingExecutor) -> No
         release.set()
         await blocker
         tiny.shutdown()
+
+
+async def test_a_full_batch_is_served_as_its_oldest_request() -> None:
+    """The batch fills in its last submitter's task, yet it runs as the request that opened
+    it: before the work of requests admitted after that one."""
+    single = BlockingExecutor(workers=1, max_pending=8)
+    release, started = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    def run_batch(items: Sequence[str]) -> list[str]:
+        done.extend(items)
+        return list(items)
+
+    batcher = MicroBatcher(
+        run_batch, single.run_admitted, BatchPolicy(max_batch_size=2, max_wait_ms=60_000)
+    )
+
+    async def request(name: str, work: Callable[[], Awaitable[object]]) -> None:
+        start_request()
+        await work()
+
+    busy = asyncio.create_task(single.run(hold))
+    try:
+        await asyncio.to_thread(started.wait, 10)
+        a = asyncio.create_task(request("a", lambda: batcher.submit("a")))
+        await asyncio.sleep(0.01)
+        c = asyncio.create_task(request("c", lambda: single.run_admitted(done.append, "c")))
+        await asyncio.sleep(0.01)
+        b = asyncio.create_task(request("b", lambda: batcher.submit("b")))
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(busy, a, b, c)
+    finally:
+        release.set()
+        single.shutdown()
+    assert done == ["a", "b", "c"]
 
 
 def test_policy_is_validated(executor: BlockingExecutor) -> None:
