@@ -18,7 +18,7 @@ from service.infer.graph_edits import (
     set_input_size,
     set_uint8_pixels,
 )
-from service.infer.manifest import ModelError, spec
+from service.infer.manifest import ModelError, sha256_file, spec
 
 ProviderChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
 
@@ -212,10 +212,9 @@ def load_onnx_session(
     if providers[0] != CPU:
         load_gpu_libraries()
     if TENSORRT in providers and engine_cache is not None:
-        # One directory per model and input shape: engines of one must never be taken for
-        # another's (the detector runs at two sizes from one file).
-        size = "" if input_size is None else f"@{input_size}"
-        engine_cache = engine_cache / f"{Path(path).stem}{size}{'-batch' if dynamic_batch else ''}"
+        engine_cache = engine_cache_dir(
+            engine_cache, Path(path), input_size=input_size, dynamic_batch=dynamic_batch
+        )
         try:
             engine_cache.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -263,6 +262,22 @@ def load_onnx_session(
             wrapped.provider,
         )
     return wrapped
+
+
+def engine_cache_dir(
+    engine_cache: Path, path: Path, *, input_size: int | None, dynamic_batch: bool
+) -> Path:
+    """The directory under ``engine_cache`` for the TensorRT engines of model file ``path``
+    at one input shape: ``<stem>-<sha256[:12]>[@size][-batch]``.
+
+    Engines of one model or shape must never be taken for another's: the detector runs at
+    two sizes from one file, and new weights may come under an old file name. ONNX Runtime
+    would not tell them apart, as the engine id of a model loaded from bytes (after graph
+    edits) hashes its input and output names, not its weights.
+    """
+    size = "" if input_size is None else f"@{input_size}"
+    batch = "-batch" if dynamic_batch else ""
+    return engine_cache / f"{path.stem}-{sha256_file(path)[:12]}{size}{batch}"
 
 
 class ManifestModel:

@@ -120,6 +120,27 @@ def test_float32_without_tf32_is_a_cuda_option(tmp_path: Path) -> None:
     assert runtime.session_providers([CPU], None, tf32=False) == [CPU]
 
 
+def test_new_weights_under_an_old_file_name_get_engines_of_their_own(tmp_path: Path) -> None:
+    """ONNX Runtime names the engines of a model loaded from bytes (after graph edits) by its
+    input and output names only: the old engines would run in place of new weights."""
+    model = tmp_path / "yolox_nano.onnx"
+    cache = tmp_path / "cache"
+
+    def engines(input_size: int | None = None, dynamic_batch: bool = False) -> str:
+        shape = {"input_size": input_size, "dynamic_batch": dynamic_batch}
+        return runtime.engine_cache_dir(cache, model, **shape).name
+
+    model.write_bytes(b"old weights")
+    old = sha256_file(model)[:12]
+    assert engines() == f"yolox_nano-{old}"
+    assert engines(640) == f"yolox_nano-{old}@640"
+    assert engines(416, dynamic_batch=True) == f"yolox_nano-{old}@416-batch"
+    model.write_bytes(b"newer weights")
+    new = sha256_file(model)[:12]
+    assert new != old
+    assert engines(640) == f"yolox_nano-{new}@640"
+
+
 @pytest.mark.skipif(TRT in ort.get_available_providers(), reason="TensorRT is available here")
 def test_the_tensorrt_cache_is_made_before_the_session_or_refused_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -132,12 +153,13 @@ def test_the_tensorrt_cache_is_made_before_the_session_or_refused_clearly(
     cache = tmp_path / "cache" / "tensorrt"
     with pytest.warns(UserWarning), pytest.raises(ModelError, match="fell back"):
         load_onnx_session(path, provider="tensorrt", intra_op_threads=1, engine_cache=cache)
-    assert (cache / "yolox_nano").is_dir()  # a directory per model and input size
+    engines = f"yolox_nano-{sha256_file(path)[:12]}"  # a directory per weights and input size
+    assert (cache / engines).is_dir()
     blocked = tmp_path / "file"
     blocked.write_text("")
     with pytest.raises(
         ModelError,
-        match=r"cannot create the TensorRT engine cache .*file/x/yolox_nano: Not a directory",
+        match=rf"cannot create the TensorRT engine cache .*file/x/{engines}: Not a directory",
     ):
         load_onnx_session(path, provider="tensorrt", intra_op_threads=1, engine_cache=blocked / "x")
 
