@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,17 +133,22 @@ def check_models(settings: Settings) -> None:
 
 
 def _wants_second_opinion(settings: Settings) -> bool:
-    return settings.second_opinion and _present(settings, nanodet.MODEL_NAME)
+    return settings.second_opinion and _present(settings, nanodet.MODEL_NAME, nanodet.FILES)
 
 
 def _wants_tagger(settings: Settings) -> bool:
-    return settings.scene_tags and _present(settings, tagger.MODEL_NAME)
+    return settings.scene_tags and _present(settings, tagger.MODEL_NAME, tagger.FILES)
 
 
-def _present(settings: Settings, name: str) -> bool:
-    path = settings.model_dir / spec(name).file
-    if not path.is_file():
-        log.warning("%s is not in %s: running without it", path.name, settings.model_dir)
+def _present(settings: Settings, model: str, files: Sequence[str]) -> bool:
+    """Whether every file the optional ``model`` loads is in the model directory; if not, a
+    warning names the missing ones. Files that are there are verified when they load."""
+    missing = [
+        spec(name).file for name in files if not (settings.model_dir / spec(name).file).is_file()
+    ]
+    if missing:
+        shown = ", ".join(missing)
+        log.warning("%s missing from %s: running without %s", shown, settings.model_dir, model)
         return False
     return True
 
