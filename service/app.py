@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from bson import Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp, json_util
+from bson import DBRef, Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp, json_util
 from litestar import Litestar, Response, Router
 from litestar.datastructures import State
 from litestar.enums import ScopeType
@@ -86,10 +86,11 @@ def _docs_not_found(response: Response[Any]) -> Response[Any]:
 
 
 # Imported records may hold BSON types JSON lacks. An ObjectId is shown as its hex digits, the
-# form the record paths accept as an id; the others in MongoDB's Extended JSON.
+# form the record paths accept as an id; the others in MongoDB's Extended JSON. (Binary and
+# Code values are bytes and str to the encoder, which writes them as base64 and as text.)
 BSON_ENCODERS: dict[Any, Callable[[Any], Any]] = {
     ObjectId: str,
-    **{kind: json_util.default for kind in (Decimal128, Regex, Timestamp, MinKey, MaxKey)},
+    **{kind: json_util.default for kind in (Decimal128, Regex, Timestamp, MinKey, MaxKey, DBRef)},
 }
 
 

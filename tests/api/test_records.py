@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from bson import ObjectId
+from bson import DBRef, Decimal128, MinKey, ObjectId, Regex, Timestamp
 from pymongo.errors import OperationFailure
 
 from service.domain.records import new_record_id
@@ -295,6 +295,31 @@ async def test_stored_fields_beyond_the_schema_are_served(
             for step in path:
                 shown = shown[step]
             assert shown == value
+
+
+async def test_bson_values_json_lacks_are_served_as_extended_json(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    imported = fake_record(1, ["cat"], 640)
+    imported["source"] = {
+        "ref": DBRef("photos", ObjectId("0" * 24)),
+        "price": Decimal128("1.5"),
+        "seen": Timestamp(5, 1),
+        "pattern": Regex("^cat", "i"),
+        "lowest": MinKey(),
+    }
+    await client.resources.database["records"].insert_one(imported)
+    alone = await client.get(f"/v1/records/{imported['_id']}", headers=auth)
+    page = await client.get("/v1/records", params={"q": '{"width": 640}'}, headers=auth)
+    assert alone.status_code == page.status_code == 200, alone.text
+    for shown in (alone.json(), page.json()["output"][0]):
+        assert shown["source"] == {
+            "ref": {"$ref": "photos", "$id": {"$oid": "0" * 24}},
+            "price": {"$numberDecimal": "1.5"},
+            "seen": {"$timestamp": {"t": 5, "i": 1}},
+            "pattern": {"$regularExpression": {"pattern": "^cat", "options": "i"}},
+            "lowest": {"$minKey": 1},
+        }
 
 
 @pytest.mark.parametrize("properties", [[{"phash": "c3a1f0e4b2d29c18"}], "c3a1", None])
