@@ -32,7 +32,7 @@ from service.store.errors import (
     BSON_OBJECT_TOO_LARGE,
     ResultTooLarge,
     database_errors,
-    query_timeout,
+    unresponsive,
     within,
 )
 
@@ -254,13 +254,17 @@ class RecordStore:
 
     @asynccontextmanager
     async def _reading(self, max_time_ms: int | None) -> AsyncIterator[int]:
-        """A read under a server-side limit, and a client-side one should the server hang."""
+        """A read under a server-side limit, and a client-side one should the server hang.
+
+        A read past the server's own limit is the query's doing (``query_timeout``: narrow
+        it); no answer even ``CLIENT_GRACE_SECONDS`` after that limit is the database's.
+        """
         limit = max_time_ms or self._max_time_ms
         try:
             async with asyncio.timeout(limit / 1000 + CLIENT_GRACE_SECONDS), database_errors():
                 yield limit
         except TimeoutError:
-            raise query_timeout() from None
+            raise unresponsive() from None
 
     async def find_one(
         self, filt: Mapping[str, Any], projection: Mapping[str, Any] | None = None

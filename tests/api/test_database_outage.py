@@ -70,7 +70,10 @@ async def test_outage_answers_503_and_recovers_by_itself(
 
 
 async def test_hung_database_answers_503_within_the_deadline(
-    tmp_path: Path, make_settings: Callable[..., Settings], image_server: ImageServer
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    image_server: ImageServer,
+    auth: dict[str, str],
 ) -> None:
     """A database that keeps its connections open but stops answering (here: SIGSTOP)
     must not hold labeling requests forever."""
@@ -78,10 +81,13 @@ async def test_hung_database_answers_503_within_the_deadline(
     db.start()
     assert db.pid is not None
     try:
-        settings = make_settings(mongodb_uri=db.uri, db_operation_timeout_ms=1500)
+        settings = make_settings(
+            mongodb_uri=db.uri, db_operation_timeout_ms=1500, query_max_time_ms=500
+        )
         async with running(settings) as client:
             url = image_server.photo_url(CAT_PHOTO)
             assert (await client.post("/v1/labels", json={"url": url})).status_code == 201
+            assert (await client.get("/v1/records", headers=auth)).status_code == 200
             os.kill(db.pid, signal.SIGSTOP)
             try:
                 started = time.monotonic()
@@ -89,6 +95,10 @@ async def test_hung_database_answers_503_within_the_deadline(
                 assert_problem(hung, 503, "database-unavailable")
                 assert time.monotonic() - started < 10
                 assert client.resources.pipeline.admitted == 0  # the slot was given back
+                # A read gets no answer even past its own time limit: the database's doing,
+                # not the query's (no advice to narrow the filter).
+                unread = await client.get("/v1/records", headers=auth)
+                assert_problem(unread, 503, "database-unavailable")
                 started = time.monotonic()
                 assert_problem(await client.get("/readyz"), 503)
                 assert time.monotonic() - started < 5  # not the driver's 13 s
