@@ -181,7 +181,7 @@ async def get_labeled_data(
     summary="One stored record by id",
     tags=["records"],
     security=[{"ApiKey": []}],
-    responses=problem_responses(401, 403, 404, 429, 503),
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
 )
 async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Record | StoredDocument:
     return await resources.pipeline.get(record_id)
@@ -198,7 +198,7 @@ async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Recor
     ),
     tags=["records"],
     security=[{"ApiKey": []}],
-    responses=problem_responses(401, 403, 404, 429, 503),
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
 )
 async def delete_record(
     request: Request[Any, Any, Any], resources: ResourcesDep, record_id: FromPath[str]
