@@ -13,7 +13,7 @@ from litestar.enums import ScopeType
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, Schema, SecurityScheme
+from litestar.openapi.spec import Components, OpenAPI, Schema, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import (
     LifeSpanReceive,
@@ -27,7 +27,7 @@ from litestar.types import (
 from service import __version__
 from service.api import health, labels, records, search
 from service.api.head import head_as_get
-from service.api.headers import document_rate_limit_headers, response_headers_middleware
+from service.api.headers import document_response_headers, response_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.shutdown import unavailable_when_cancelled
 from service.infer.models import Models
@@ -71,7 +71,13 @@ def openapi_config() -> OpenAPIConfig:
             security_schemes={
                 "ApiKey": SecurityScheme(
                     type="apiKey", name="X-API-Key", security_scheme_in="header"
-                )
+                ),
+                RAPIDAPI_SCHEME: SecurityScheme(
+                    type="apiKey",
+                    name="X-RapidAPI-Key",
+                    security_scheme_in="header",
+                    description="The same keys, in the header RapidAPI clients send",
+                ),
             }
         ),
     )
@@ -94,6 +100,17 @@ BSON_ENCODERS: dict[Any, Callable[[Any], Any]] = {
 }
 
 
+RAPIDAPI_SCHEME = "RapidApiKey"
+
+
+def document_key_alternative(schema: OpenAPI) -> None:
+    """Wherever a key goes in ``X-API-Key``, it may go in ``X-RapidAPI-Key`` instead."""
+    for path in (schema.paths or {}).values():
+        for operation in (path.get, path.post, path.put, path.patch, path.delete):
+            if operation is not None and {"ApiKey": []} in (operation.security or []):
+                operation.security = [*(operation.security or []), {RAPIDAPI_SCHEME: []}]
+
+
 def unions_as_any_of(node: object) -> None:
     """Describe every union with ``anyOf`` rather than the framework's ``oneOf``.
 
@@ -102,7 +119,15 @@ def unions_as_any_of(node: object) -> None:
     ``integer``, and a page of full records also matches the page of projected ones.
     """
     if isinstance(node, Schema) and node.one_of:
-        node.any_of, node.one_of = node.one_of, None
+        if len(node.one_of) == 1 and isinstance(node.one_of[0], Schema):
+            # What is left of a union with msgspec's UNSET (an optional member): the type.
+            (only,) = node.one_of
+            node.one_of = None
+            for f in dataclasses.fields(only):
+                if getattr(node, f.name) is None:
+                    setattr(node, f.name, getattr(only, f.name))
+        else:
+            node.any_of, node.one_of = node.one_of, None
     if dataclasses.is_dataclass(node):
         children: Iterable[object] = (getattr(node, f.name) for f in dataclasses.fields(node))
     elif isinstance(node, dict):
@@ -158,5 +183,6 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
     )
     # The document is built once, here, before it is first served.
     unions_as_any_of(app.openapi_schema)
-    document_rate_limit_headers(app.openapi_schema)
+    document_response_headers(app.openapi_schema)
+    document_key_alternative(app.openapi_schema)
     return app

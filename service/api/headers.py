@@ -71,6 +71,16 @@ def response_headers_middleware(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
+# Headers of error answers, by status: when to retry, and how to authenticate.
+PROBLEM_HEADERS = {
+    429: "Retry-After",
+    503: "Retry-After",
+    401: "WWW-Authenticate",
+}
+PROBLEM_HEADER_TEXT = {
+    "Retry-After": "Seconds to wait before sending the request again",
+    "WWW-Authenticate": 'The scheme the API takes: `ApiKey header="X-API-Key"`',
+}
 RATE_LIMIT_HEADERS = {
     "RateLimit-Policy": "The limits this request was metered against: a quoted name (rate,"
     " daily, client_rate) with q, the requests allowed, and w, their window in seconds, e.g."
@@ -80,10 +90,11 @@ RATE_LIMIT_HEADERS = {
 }
 
 
-def document_rate_limit_headers(schema: OpenAPI) -> None:
-    """Every operation metered against limits (the ones an API key can be sent to) may
-    answer with the rate-limit fields: say so on each of its responses, by reference to the
-    fields' one description."""
+def document_response_headers(schema: OpenAPI) -> None:
+    """Document the headers answers carry, each by reference to its one description: the
+    rate-limit fields on every answer of an operation metered against limits (the ones an
+    API key can be sent to), ``Retry-After`` on its 429s and 503s, ``WWW-Authenticate`` on
+    its 401s."""
     components = schema.components if isinstance(schema.components, Components) else None
     if components is None:
         return
@@ -91,14 +102,23 @@ def document_rate_limit_headers(schema: OpenAPI) -> None:
         **(components.headers or {}),
         **{
             name: OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description=text)
-            for name, text in RATE_LIMIT_HEADERS.items()
+            for name, text in (RATE_LIMIT_HEADERS | PROBLEM_HEADER_TEXT).items()
         },
     }
-    refs = {name: Reference(ref=f"#/components/headers/{name}") for name in RATE_LIMIT_HEADERS}
+
+    def refs(*names: str) -> dict[str, OpenAPIHeader | Reference]:
+        return {name: Reference(ref=f"#/components/headers/{name}") for name in names}
+
     for path in (schema.paths or {}).values():
         for operation in (path.get, path.post, path.put, path.patch, path.delete):
-            if operation is None or not any("ApiKey" in s for s in operation.security or []):
+            if operation is None:
                 continue
-            for response in (operation.responses or {}).values():
-                if isinstance(response, OpenAPIResponse):
-                    response.headers = {**(response.headers or {}), **refs}
+            metered = any("ApiKey" in s for s in operation.security or [])
+            for status, response in (operation.responses or {}).items():
+                if not isinstance(response, OpenAPIResponse):
+                    continue
+                extra = refs(*RATE_LIMIT_HEADERS) if metered else {}
+                if int(status) in PROBLEM_HEADERS:
+                    extra |= refs(PROBLEM_HEADERS[int(status)])
+                if extra:
+                    response.headers = {**(response.headers or {}), **extra}

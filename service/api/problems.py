@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
+from msgspec import UNSET, UnsetType
 
 from service.api.headers import security_headers
 from service.errors import BadRequest, NotFound, ServiceError
@@ -131,15 +132,34 @@ def _title(status: int) -> str:
         return "Error"
 
 
+def _member(description: str) -> Any:
+    return msgspec.Meta(description=description)
+
+
 class Problem(msgspec.Struct, kw_only=True):
-    """RFC 9457 problem details. Some problems add members: ``reason`` (why a fetch or an
-    admission failed), ``errors`` (which fields of a request were invalid), limits."""
+    """RFC 9457 problem details, with the members some problems add. A problem about a limit
+    also names the limit passed: max_bytes, max_pixels, max_side, max_redirects, max_scans or
+    max_url_length."""
 
     type: str
     title: str
     status: int
     detail: str
     instance: str
+    reason: Annotated[str | UnsetType, _member("Why a fetch, an admission or a request failed")] = (
+        UNSET
+    )
+    errors: Annotated[
+        list[dict[str, Any]] | UnsetType, _member("Which parts of the request were invalid")
+    ] = UNSET
+    limit: Annotated[str | UnsetType, _member("The limit reached, e.g. `20/s`, `1000/day`")] = UNSET
+    upstream_status: Annotated[int | UnsetType, _member("The image host's HTTP status")] = UNSET
+    database: Annotated[
+        str | UnsetType, _member("On `/readyz`: what of the database is not ready")
+    ] = UNSET
+    retry_after: Annotated[
+        int | UnsetType, _member("A batch item's: the Retry-After its own request would get")
+    ] = UNSET
 
 
 _WHEN = {
@@ -154,7 +174,7 @@ _WHEN = {
     429: "A rate limit or daily quota is used up (see Retry-After)",
     502: "The image host failed, refused or answered badly",
     503: "Overloaded, starting, or the database is unavailable or busy (see Retry-After;"
-    " `reason` says which)",
+    " `reason`, or on /readyz `database`, says which)",
     504: "The image host did not answer in time",
 }
 
