@@ -50,12 +50,21 @@ BATCH_MAX_BODY_BYTES = 256 * 1024
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
 
 
+NO_BODY = 'the request needs a JSON body, e.g. {"url": "https://..."}'
+
+
 async def json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Only JSON bodies: a cross-site page can make a browser send a text/plain or form body
     without asking (no CORS preflight), never a JSON one, so an open service on an internal
     network cannot be driven from a visitor's browser."""
     if connection.headers.get("content-length") == "0":
-        raise BadRequest('the request needs a JSON body, e.g. {"url": "https://..."}')
+        raise BadRequest(NO_BODY)
+    coding = connection.headers.get("content-encoding", "identity").strip().lower()
+    if coding != "identity":
+        raise UnsupportedBody(
+            f"send the body without a content coding, not in {coding}",
+            extra={"reason": "content_encoding"},
+        )
     media_type = connection.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedBody(

@@ -94,10 +94,17 @@ def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Respon
     )
 
 
+# How the framework reports a body it expected and did not get.
+MISSING_BODY = {"message": "'data'", "key": "data", "source": "body"}
+
+
 def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Framework errors (validation, routing, body size) in the same problem shape."""
     status = exc.status_code
     extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and exc.extra == [MISSING_BODY]:
+        # A body sent chunked and empty (one with Content-Length: 0 never gets this far).
+        return _service_error(request, BadRequest("the request needs a JSON body"))
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra
     headers = dict(exc.headers or {})

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -84,6 +85,20 @@ async def test_labeling_bodies_must_be_json(
         assert assert_problem(response, 415, "unsupported-body")["reason"] == "content_type"
     empty = await client.post("/v1/labels", headers={"content-type": "application/json"})
     assert "needs a JSON body" in assert_problem(empty, 400, "bad-request")["detail"]
+
+    async def nothing() -> AsyncIterator[bytes]:  # chunked: no Content-Length
+        yield b""
+
+    chunked = await client.post(
+        "/v1/labels", content=nothing(), headers={"content-type": "application/json"}
+    )
+    assert "needs a JSON body" in assert_problem(chunked, 400, "bad-request")["detail"]
+    gzipped = await client.post(
+        "/v1/labels",
+        content=gzip.compress(body),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert assert_problem(gzipped, 415, "unsupported-body")["reason"] == "content_encoding"
     vendor = await client.post(
         "/v1/labels",
         content=b'{"id": "PT::000000000000000000000000"}',
