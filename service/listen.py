@@ -36,6 +36,8 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
         )
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    except UnicodeError:  # a name IDNA cannot encode: an empty or long label, a stray byte
+        raise ListenError(f"cannot listen on {host}:{port}: not a valid host name") from None
     with ExitStack() as opened:
         sockets = []
         for family, kind, proto, _, address in dict.fromkeys(addresses):  # once each

@@ -64,3 +64,13 @@ def test_a_port_already_listened_on_is_refused_though_both_reuse_addresses() -> 
 def test_a_host_that_does_not_resolve_is_a_listen_error() -> None:
     with pytest.raises(ListenError, match=r"^cannot listen on no-such-host\.invalid:8080: "):
         bind_listeners("no-such-host.invalid", 8080)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["foo..bar", "a" * 64 + ".example", "b\udcffad.example"],  # \udcff: a non-UTF-8 byte
+    ids=["empty-label", "long-label", "non-utf8"],
+)
+def test_a_host_name_that_cannot_be_encoded_is_a_listen_error(host: str) -> None:
+    with pytest.raises(ListenError, match=r":8080: not a valid host name$"):
+        bind_listeners(host, 8080)
