@@ -40,6 +40,7 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
         raise ListenError(f"cannot listen on {host}:{port}: not a valid host name") from None
     with ExitStack() as opened:
         sockets = []
+        skipped: tuple[str, OSError] | None = None  # the last address given up, and why
         for family, kind, proto, _, address in dict.fromkeys(addresses):  # once each
             try:
                 sock = opened.enter_context(socket.socket(family, kind, proto))
@@ -48,17 +49,25 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            shown = f"{url_host(family, str(address[0]))}:{port}"
             try:
                 sock.bind(address)
                 sock.listen(BACKLOG)
             except OSError as exc:
                 if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
-                    continue  # IPv6 turned off here: serve the other family, as asyncio does
-                error = exc.strerror or exc
-                shown = url_host(family, str(address[0]))
-                raise ListenError(f"cannot listen on {shown}:{port}: {error}") from exc
+                    sock.close()  # IPv6 turned off here: serve the other family, as asyncio does
+                    skipped = shown, exc
+                    continue
+                raise ListenError(_cannot_listen(shown, exc)) from exc
             sockets.append(sock)
+        if not sockets and skipped is not None:
+            shown, reason = skipped
+            raise ListenError(_cannot_listen(shown, reason)) from reason
         if not sockets:
             raise ListenError(f"cannot listen on {host}:{port}: no address of it can be bound")
         opened.pop_all()
     return sockets
+
+
+def _cannot_listen(shown: str, exc: OSError) -> str:
+    return f"cannot listen on {shown}: {exc.strerror or exc}"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -74,3 +77,31 @@ def test_a_host_that_does_not_resolve_is_a_listen_error() -> None:
 def test_a_host_name_that_cannot_be_encoded_is_a_listen_error(host: str) -> None:
     with pytest.raises(ListenError, match=r":8080: not a valid host name$"):
         bind_listeners(host, 8080)
+
+
+def test_an_ipv6_address_this_system_lacks_is_one_line_in_brackets() -> None:
+    with pytest.raises(
+        ListenError, match=r"^cannot listen on \[2001:db8::1\]:0: Cannot assign requested address$"
+    ):
+        bind_listeners("2001:db8::1", 0)  # a documentation address: on no interface
+
+
+def test_an_ipv6_address_skipped_for_the_other_family_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name with an IPv4 address and an IPv6 one this system lacks is served on IPv4 alone,
+    and the IPv6 socket given up is closed, not left for the garbage collector."""
+    resolve = socket.getaddrinfo
+
+    def both_families(host: str, port: int, *args: int, **kwargs: int) -> list[Any]:
+        return [
+            resolve(address, port, *args, **kwargs)[0] for address in ("127.0.0.1", "2001:db8::1")
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", both_families)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with listening("dual.example") as sockets:
+            gc.collect()
+            assert [sock.family for sock in sockets] == [socket.AF_INET]
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
