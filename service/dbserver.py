@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -31,12 +33,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def command_words(command: str) -> list[str]:
+    """The server's command (``LABELSVC_DB_SERVER``) as words, quoted as a shell quotes them;
+    ValueError when it cannot be split or names no program."""
+    words = shlex.split(command)
+    if not words:
+        raise ValueError("names no program")
+    return words
+
+
 class DatabaseServerError(RuntimeError):
     """The local database server could not be started."""
 
 
 class _PortTaken(DatabaseServerError):
     """Another program holds the port the server was to listen on."""
+
+
+@contextmanager
+def _opening(what: str, path: Path) -> Iterator[None]:
+    """An OSError from a file beside the storage as a one-line DatabaseServerError."""
+    try:
+        yield
+    except OSError as exc:
+        raise DatabaseServerError(f"cannot open {what} {path}: {exc.strerror}") from None
 
 
 class LocalDatabaseServer:
@@ -93,7 +113,7 @@ class LocalDatabaseServer:
 
     def _launch(self) -> None:
         args = [
-            *shlex.split(self.command),
+            *command_words(self.command),
             "--host",
             self.host,
             "--port",
@@ -103,7 +123,7 @@ class LocalDatabaseServer:
             "--log-level",
             "WARNING",
         ]
-        with self._log.open("ab") as log:
+        with _opening("the database server's log", self._log), self._log.open("ab") as log:
             try:
                 self._process = subprocess.Popen(  # noqa: S603 (arguments are ours, no shell)
                     args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -113,7 +133,13 @@ class LocalDatabaseServer:
                     f"database server command not found: {args[0]!r}; run `make install` or set"
                     " LABELSVC_DB_SERVER (or LABELSVC_MONGODB_URI for an existing server)"
                 ) from None
-        self._pidfile.write_text(str(self._process.pid))
+            except OSError as exc:  # not executable, not a program, a directory
+                raise DatabaseServerError(
+                    f"cannot run the database server command {args[0]!r}: {exc.strerror};"
+                    " set LABELSVC_DB_SERVER to the server's program"
+                ) from None
+        with _opening("the database server's pid file", self._pidfile):
+            self._pidfile.write_text(str(self._process.pid))
 
     def _beside(self, suffix: str) -> Path:
         """The server's log, pid file and lock file sit beside its storage directory."""
@@ -130,7 +156,8 @@ class LocalDatabaseServer:
         if self._lock is not None:  # restarted by this process
             return
         path = self._beside("lock")
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        with _opening("the database storage's lock file", path):
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

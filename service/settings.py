@@ -300,6 +300,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             problem = uri_problem(self.mongodb_uri, self)
             if problem is not None:
                 checks[f"mongodb_uri: {problem}"] = False
+        else:  # the local database server is started with this command
+            from service.dbserver import command_words
+
+            try:
+                command_words(self.db_server)
+            except ValueError as exc:
+                checks[f"db_server {self.db_server!r}: {exc}"] = False
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
             raise ConfigError("; ".join(failed))

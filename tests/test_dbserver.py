@@ -1,9 +1,10 @@
-"""The local database server: a port taken between picking it and binding it is not fatal."""
+"""The local database server: a port taken between picking it and binding it is not fatal,
+and a start that cannot be made is one line of error."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,41 @@ def test_a_port_given_explicitly_is_not_moved(tmp_path: Path, taken_port: int) -
     # Nothing is left holding the storage: another server can have it at once.
     with LocalDatabaseServer(db_server_command(), tmp_path / "db") as again:
         assert again.port != taken_port
+
+
+def not_executable(path: Path) -> Path:
+    path.write_text("#!/bin/sh\n")
+    return path
+
+
+def not_a_program(path: Path) -> Path:
+    path.write_text("neither an interpreter line nor an executable\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [(not_executable, "Permission denied"), (not_a_program, "Exec format error")],
+)
+def test_a_command_that_cannot_run_is_one_line(
+    tmp_path: Path, command: Callable[[Path], Path], reason: str
+) -> None:
+    program = command(tmp_path / "server")
+    server = LocalDatabaseServer(str(program), tmp_path / "db")
+    with pytest.raises(DatabaseServerError) as refused:
+        server.start()
+    assert str(refused.value).startswith(
+        f"cannot run the database server command {str(program)!r}: {reason}; "
+    )
+
+
+@pytest.mark.parametrize(("suffix", "what"), [("lock", "lock file"), ("log", "log")])
+def test_a_file_beside_the_storage_that_cannot_be_opened_is_one_line(
+    tmp_path: Path, suffix: str, what: str
+) -> None:
+    (tmp_path / f"db.{suffix}").mkdir()  # a directory where the file should be
+    server = LocalDatabaseServer(db_server_command(), tmp_path / "db")
+    with pytest.raises(DatabaseServerError, match=f"^cannot open the .*{what} {tmp_path}/db"):
+        server.start()
+    assert server.pid is None

@@ -370,6 +370,10 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("MONGODB_URI", "http://127.0.0.1:27017", "mongodb_uri: Invalid URI scheme"),
         ("MONGODB_URI", "mongodb://db/?heartbeatFrequencyMS=100", "mongodb_uri: heartbeat"),
         ("MONGODB_URI", "mongodb://db/?tls=true&tlsCAFile=/no/ca.pem", "No such file"),
+        # The local database server's command, split as a shell splits it.
+        ("DB_SERVER", "'unclosed", """db_server "'unclosed": No closing quotation"""),
+        ("DB_SERVER", "", "db_server '': names no program"),
+        ("DB_SERVER", "  ", "db_server '  ': names no program"),
         ("LABEL_RATE_PER_CLIENT", "99999999999999999999/s", "label_rate_per_client"),
         ("KEY_FAILURES_PER_CLIENT", "60 per minute", "key_failures_per_client"),
         # A misspelt name would leave its setting at the default: here, labeling open.
@@ -387,6 +391,11 @@ def test_the_second_scale_cannot_be_the_detector_itself() -> None:
     with pytest.raises(ConfigError, match="second_scale needs detector_input_size below 640"):
         Settings.from_env(env)
     assert Settings.from_env({**env, "LABELSVC_DETECTOR_INPUT_SIZE": "512"}).second_scale
+
+
+def test_the_database_server_command_is_only_checked_when_it_is_used() -> None:
+    env = {"LABELSVC_DB_SERVER": "", "LABELSVC_MONGODB_URI": "mongodb://db/"}
+    assert Settings.from_env(env).db_server == ""
 
 
 @pytest.mark.filterwarnings("ignore:Unknown option")
