@@ -202,14 +202,29 @@ class LocalDatabaseServer:
                         raise _PortTaken(f"port {self.port} is in use by another program")
                     raise DatabaseServerError(f"database server exited early; see {self._log}")
                 try:
-                    client.admin.command("ping")
-                    return
+                    status = client.admin.command("serverStatus")
                 except PyMongoError:
                     time.sleep(0.2)
+                    continue
+                if self._is_ours(status.get("pid")):
+                    return
+                # Another server already on the port: ours fails to bind it and exits.
+                time.sleep(0.2)
         self.stop()
         raise DatabaseServerError(
             f"database server did not answer within {timeout:.0f}s; see {self._log}"
         )
+
+    def _is_ours(self, pid: object) -> bool:
+        """Whether the server process ``pid`` (serverStatus's, in MongoDB as in SecantusDB) is
+        the one started here: that process, or one it started (the command may be a wrapper),
+        all in the session of its own it was given."""
+        if self._process is None or not isinstance(pid, int):
+            return False
+        try:
+            return os.getsid(pid) == self._process.pid
+        except OSError:  # no such process here
+            return False
 
     def _port_in_use(self) -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -88,3 +88,23 @@ def test_a_file_beside_the_storage_that_cannot_be_opened_is_one_line(
     with pytest.raises(DatabaseServerError, match=f"^cannot open the .*{what} {tmp_path}/db"):
         server.start()
     assert server.pid is None
+
+
+def test_a_database_server_already_on_the_port_is_not_taken_for_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another server answers on the port before ours fails to bind it: the service must not
+    read and write that server's databases."""
+    with LocalDatabaseServer(db_server_command(), tmp_path / "other") as other:
+        given = LocalDatabaseServer(db_server_command(), tmp_path / "given", port=other.port)
+        with pytest.raises(DatabaseServerError, match=f"^port {other.port} is in use by another"):
+            given.start()
+
+        picks = iter([other.port])
+        monkeypatch.setattr(
+            dbserver, "free_port", lambda host: next(picks, None) or free_port(host)
+        )
+        with LocalDatabaseServer(db_server_command(), tmp_path / "picked") as picked:
+            assert picked.port != other.port
+            with MongoClient(picked.uri, serverSelectionTimeoutMS=5000) as client:
+                assert client.admin.command("serverStatus")["pid"] == picked.pid
