@@ -14,12 +14,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+
+from service.parent_death import signal_on_parent_death
 
 # A port picked free can be taken by another program before the server binds it: try again
 # on a new one this many times in all.
@@ -57,6 +59,19 @@ def _opening(what: str, path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise DatabaseServerError(f"cannot open {what} {path}: {exc.strerror}") from None
+
+
+def _killed_with_the_starting_thread() -> None:
+    """In the server's process, before its program runs: SIGKILL it when the thread that
+    started it ends, as when the launcher is SIGKILLed, rather than let it hold the storage
+    until the next start stops it (which that start still does, should this fail).
+
+    Not SIGTERM: as a launcher's threads exit one after another, the kernel signals the
+    server again each time it passes from one of them to the next, and SecantusDB can hang
+    on a second SIGTERM that comes while it handles the first. A SIGKILL loses no write it
+    acknowledged (its log is in the system's page cache; the next start recovers from it)."""
+    with suppress(OSError):
+        signal_on_parent_death(signal.SIGKILL)
 
 
 class LocalDatabaseServer:
@@ -125,8 +140,15 @@ class LocalDatabaseServer:
         ]
         with _opening("the database server's log", self._log), self._log.open("ab") as log:
             try:
+                # A session of its own: a Ctrl-C or a hangup at the terminal reaches the
+                # launcher alone, which stops the server once the API has stopped. Tied to
+                # the thread starting it here: start it from one that lasts as long as it.
                 self._process = subprocess.Popen(  # noqa: S603 (arguments are ours, no shell)
-                    args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    args,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_killed_with_the_starting_thread,
                 )
             except FileNotFoundError:
                 raise DatabaseServerError(

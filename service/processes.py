@@ -14,14 +14,12 @@ of them reads back whole when scraped.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,10 +33,10 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from service.observability import SHARED_DIR_VARIABLE, configure_logging
+from service.parent_death import signal_on_parent_death
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def serving_app(settings: Settings, launcher: int) -> Litestar:
@@ -58,12 +56,12 @@ def serving_app(settings: Settings, launcher: int) -> Litestar:
 def _stop_with_the_launcher(launcher: int) -> None:
     """SIGTERM this process when the launcher dies (SIGKILL, the OOM killer): its processes
     would otherwise go on holding the port, and the next start could not bind it."""
-    if not sys.platform.startswith("linux"):
+    try:
+        signal_on_parent_death(signal.SIGTERM)
+    except OSError as exc:
+        log.warning("cannot tie this process to the launcher: errno %d", exc.errno)
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-        log.warning("cannot tie this process to the launcher: errno %d", ctypes.get_errno())
-    elif os.getppid() != launcher:  # it died before the tie was made
+    if os.getppid() != launcher:  # it died before the tie was made
         signal.raise_signal(signal.SIGTERM)
 
 

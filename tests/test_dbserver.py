@@ -4,6 +4,8 @@ and a start that cannot be made is one line of error."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -108,3 +110,20 @@ def test_a_database_server_already_on_the_port_is_not_taken_for_ours(
             assert picked.port != other.port
             with MongoClient(picked.uri, serverSelectionTimeoutMS=5000) as client:
                 assert client.admin.command("serverStatus")["pid"] == picked.pid
+
+
+def test_a_server_an_earlier_run_left_on_the_storage_is_stopped_at_start(tmp_path: Path) -> None:
+    """A launcher whose server was not tied to it (its tie failed, or it died before the tie
+    was made) leaves the server holding the storage: the next start stops that server."""
+    storage = tmp_path / "db"
+    storage.mkdir()
+    port = free_port()
+    command = [db_server_command(), "--host", "127.0.0.1", "--port", str(port)]
+    with subprocess.Popen([*command, "--storage-path", str(storage)]) as left:
+        (tmp_path / "db.pid").write_text(str(left.pid))
+        # Reaped as soon as it exits, as the orphan it would be is reaped by init.
+        reaper = threading.Thread(target=left.wait)
+        reaper.start()
+        with LocalDatabaseServer(db_server_command(), storage):
+            reaper.join(timeout=30)
+            assert left.returncode is not None
