@@ -277,6 +277,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         checks["forwarded_allow_ips must be addresses or networks, comma-separated, or * alone"] = (
             _proxies_valid(self.forwarded_allow_ips)
         )
+        from service.fetch.policy import allowed_host_entries
+
+        try:
+            allowed_host_entries(self.fetch_allowed_hosts)
+        except ValueError as exc:
+            checks[f"fetch_allowed_hosts: {exc}"] = False
         if self.second_scale:
             from service.score.quality import SECOND_SCALE_SIZE
 

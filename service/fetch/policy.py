@@ -85,11 +85,7 @@ class FetchPolicy:
             read_timeout=settings.fetch_read_timeout,
             total_timeout=settings.fetch_total_timeout,
             user_agent=f"labelsvc/{version}",
-            allowed_hosts=tuple(
-                h.strip().lower().rstrip(".")
-                for h in settings.fetch_allowed_hosts.split(",")
-                if h.strip()
-            ),
+            allowed_hosts=allowed_host_entries(settings.fetch_allowed_hosts),
         )
 
 
@@ -176,6 +172,27 @@ def _parse_host(raw: str) -> tuple[str, IPAddress | None]:
     return host, None
 
 
+def allowed_host_entries(value: str) -> tuple[str, ...]:
+    """``LABELSVC_FETCH_ALLOWED_HOSTS`` (comma-separated) in the form a URL's host takes
+    here, so that the two can match: ``Bücher.Example.`` is ``xn--bcher-kva.example``,
+    ``[2001:DB8::1]`` is ``2001:db8::1``. ValueError naming an entry that is not a host
+    alone: with a scheme, port or path, or not a valid host."""
+    entries = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        try:
+            host, port = _split_netloc(entry)
+            if port is not None or any(mark in entry for mark in "/?#@\\"):
+                raise ValueError(
+                    f"{entry!r} is not a host alone (no scheme, port or path; IPv6 in brackets)"
+                )
+            entries.append(_parse_host(host)[0])
+        except UrlRejected:
+            raise ValueError(f"{entry!r} is not a valid host name or address") from None
+    return tuple(entries)
+
+
 def has_unsafe_characters(text: str) -> bool:
     """Whitespace or control characters, which parsers silently strip or split on."""
     return any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
@@ -183,6 +200,18 @@ def has_unsafe_characters(text: str) -> bool:
 
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return any(host == entry or host.endswith("." + entry) for entry in allowed)
+
+
+def _split_netloc(netloc: str) -> tuple[str, str | None]:
+    """The host (an IPv6 address in its brackets) and the port text, None without a colon."""
+    if netloc.startswith("["):
+        close = netloc.find("]")
+        raw_host, rest = (netloc, "") if close < 0 else (netloc[: close + 1], netloc[close + 1 :])
+        if rest and not rest.startswith(":"):
+            raise _reject(f"host {netloc!r} is not valid", "host")
+        return raw_host, rest[1:] if rest else None
+    raw_host, colon, raw_port = netloc.partition(":")
+    return raw_host, raw_port if colon else None
 
 
 def parse_target(url: str, policy: FetchPolicy) -> Target:
@@ -210,16 +239,7 @@ def parse_target(url: str, policy: FetchPolicy) -> Target:
     if "\\" in netloc:
         raise _reject("URL host contains a backslash", "host")
 
-    if netloc.startswith("["):
-        close = netloc.find("]")
-        raw_host, rest = (netloc, "") if close < 0 else (netloc[: close + 1], netloc[close + 1 :])
-        if rest and not rest.startswith(":"):
-            raise _reject(f"host {netloc!r} is not valid", "host")
-        raw_port = rest[1:] if rest else None
-    else:
-        raw_host, colon, raw_port_text = netloc.partition(":")
-        raw_port = raw_port_text if colon else None
-
+    raw_host, raw_port = _split_netloc(netloc)
     if raw_port:
         if not _PORT.fullmatch(raw_port) or not 1 <= int(raw_port) <= 65535:
             raise _reject(f"port {raw_port!r} is not a number from 1 to 65535", "port")

@@ -374,6 +374,17 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("DB_SERVER", "'unclosed", """db_server "'unclosed": No closing quotation"""),
         ("DB_SERVER", "", "db_server '': names no program"),
         ("DB_SERVER", "  ", "db_server '  ': names no program"),
+        # An allow-list entry that no URL's host could ever match.
+        (
+            "FETCH_ALLOWED_HOSTS",
+            "example.com, https://img.example.com",
+            "fetch_allowed_hosts: 'https://img.example.com' is not a host alone",
+        ),
+        ("FETCH_ALLOWED_HOSTS", "img.example.com:8080", "'img.example.com:8080' is not a host"),
+        ("FETCH_ALLOWED_HOSTS", "img.example.com/photos", "'img.example.com/photos' is not"),
+        ("FETCH_ALLOWED_HOSTS", "2001:db8::1", "'2001:db8::1' is not a host alone"),
+        ("FETCH_ALLOWED_HOSTS", "foo..bar", "'foo..bar' is not a valid host name or address"),
+        ("FETCH_ALLOWED_HOSTS", "*.example.com", "'*.example.com' is not a valid host"),
         ("LABEL_RATE_PER_CLIENT", "99999999999999999999/s", "label_rate_per_client"),
         ("KEY_FAILURES_PER_CLIENT", "60 per minute", "key_failures_per_client"),
         # A misspelt name would leave its setting at the default: here, labeling open.

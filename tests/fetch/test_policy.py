@@ -358,3 +358,20 @@ def test_host_allow_list(url: str, allowed: bool) -> None:
         with pytest.raises(UrlRejected) as caught:
             parse_target(url, policy)
         assert caught.value.extra["reason"] == "host_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://bücher.example/a.jpg",
+        "http://xn--bcher-kva.example/a.jpg",
+        "http://images.BÜCHER.example./a.jpg",
+        "http://[2001:db8::1]/a.jpg",
+        "http://[2001:db8:0::1]:8080/a.jpg",
+        "http://0x7f.1/a.jpg",
+    ],
+)
+def test_allow_list_entries_match_in_the_form_url_hosts_take(url: str) -> None:
+    """Entries are normalised as URL hosts are: IDNA, brackets, case, the trailing dot."""
+    settings = Settings(fetch_allowed_hosts=" Bücher.Example. ,[2001:DB8::1], 127.0.0.1")
+    assert parse_target(url, FetchPolicy.from_settings(settings))
