@@ -19,6 +19,7 @@ from service.cpus import usable_cpus
 
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
 MIN_BOOTSTRAP_KEY_LENGTH = 32
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")
 PREFIX = "LABELSVC_"
 # Variables with the prefix that belong to the project's tooling, not to the service: the
 # evaluation photos (benchmarks), the host's model folder (deploy/compose.yaml), the length
@@ -267,12 +268,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             f"execution_provider must be one of {get_args(Provider)}": self.execution_provider
             in get_args(Provider),
         }
+        # Sent in an HTTP header, a key is visible ASCII: anything else could never match.
         checks[
-            f"bootstrap_api_key must be at least {MIN_BOOTSTRAP_KEY_LENGTH} characters (it holds"
-            " every scope; e.g. `openssl rand -hex 32`)"
-        ] = (
-            self.bootstrap_api_key is None
-            or len(self.bootstrap_api_key) >= MIN_BOOTSTRAP_KEY_LENGTH
+            f"bootstrap_api_key must be at least {MIN_BOOTSTRAP_KEY_LENGTH} characters, all"
+            " visible ASCII (it holds every scope; e.g. `openssl rand -hex 32`)"
+        ] = self.bootstrap_api_key is None or (
+            len(self.bootstrap_api_key) >= MIN_BOOTSTRAP_KEY_LENGTH
+            and _VISIBLE_ASCII.fullmatch(self.bootstrap_api_key) is not None
         )
         checks["forwarded_allow_ips must be addresses or networks, comma-separated, or * alone"] = (
             _proxies_valid(self.forwarded_allow_ips)

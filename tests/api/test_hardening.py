@@ -346,6 +346,10 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("MONGODB_DB", "a.b", "mongodb_db"),
         ("FORWARDED_ALLOW_IPS", "proxy.example", "forwarded_allow_ips"),
         ("BOOTSTRAP_API_KEY", "change-me", "bootstrap_api_key must be at least 32"),
+        # A header cannot carry these, and a byte that is not UTF-8 cannot even be hashed.
+        ("BOOTSTRAP_API_KEY", "k" * 32 + " more", "all visible ASCII"),
+        ("BOOTSTRAP_API_KEY", "k" * 32 + "\u00e9", "all visible ASCII"),
+        ("BOOTSTRAP_API_KEY", "k" * 32 + "\udcff", "all visible ASCII"),
         ("FORWARDED_ALLOW_IPS", "10.0.0.1,", "forwarded_allow_ips"),
         # uvicorn trusts everyone only for a lone "*"; in a list it would match nobody.
         ("FORWARDED_ALLOW_IPS", "10.0.0.1, *", "or * alone"),
