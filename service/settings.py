@@ -27,7 +27,8 @@ PREFIX = "LABELSVC_"
 NOT_SETTINGS = frozenset({"evalset_dir", "models", "soak_requests"})
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # MongoDB database names: no /\. "$ or NUL, at most 63 bytes.
-_DB_NAME = re.compile(r'[^/\\. "$*<>:|?\x00]{1,63}')
+_DB_NAME_CHARACTERS = re.compile(r'[^/\\. "$*<>:|?\x00]+')
+MAX_DB_NAME_BYTES = 63
 # Bounds a value must stay within for the libraries that take it. The server refuses a
 # maxTimeMS past a signed 32-bit integer, and the driver timeouts of a billion ms or more.
 MAX_TIME_MS = 2**31 - 1
@@ -237,7 +238,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "port must be in [0, 65535]": 0 <= self.port <= 65535,
             f"log_level must be one of {', '.join(LOG_LEVELS)}": self.log_level.lower()
             in LOG_LEVELS,
-            "mongodb_db must be a database name": _DB_NAME.fullmatch(self.mongodb_db) is not None,
+            f"mongodb_db must be a database name of at most {MAX_DB_NAME_BYTES} bytes (UTF-8),"
+            ' without /\\. "$*<>:|? or NUL': _db_name_valid(self.mongodb_db),
             f"db_timeout_ms and db_operation_timeout_ms must be in [1, {MAX_DB_TIMEOUT_MS}]": (
                 _within(1, MAX_DB_TIMEOUT_MS, self.db_timeout_ms, self.db_operation_timeout_ms)
             ),
@@ -318,6 +320,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
             raise ConfigError("; ".join(failed))
+
+
+def _db_name_valid(name: str) -> bool:
+    try:
+        size = len(name.encode("utf-8"))  # strict: a byte the environment had that is not UTF-8
+    except UnicodeEncodeError:
+        return False
+    return size <= MAX_DB_NAME_BYTES and _DB_NAME_CHARACTERS.fullmatch(name) is not None
 
 
 def _within(low: float, high: float, *values: float) -> bool:

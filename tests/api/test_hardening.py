@@ -344,6 +344,9 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("LOG_LEVEL", "verbose", "log_level"),
         ("MONGODB_DB", "", "mongodb_db"),
         ("MONGODB_DB", "a.b", "mongodb_db"),
+        # MongoDB counts a name's UTF-8 bytes: 32 characters here, but 64 bytes.
+        ("MONGODB_DB", "\u00e9" * 32, "mongodb_db must be a database name of at most 63 bytes"),
+        ("MONGODB_DB", "db\udcff", "mongodb_db"),  # a byte that is not UTF-8
         ("FORWARDED_ALLOW_IPS", "proxy.example", "forwarded_allow_ips"),
         ("BOOTSTRAP_API_KEY", "change-me", "bootstrap_api_key must be at least 32"),
         # A header cannot carry these, and a byte that is not UTF-8 cannot even be hashed.
@@ -398,6 +401,11 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
 def test_unusable_settings_fail_fast(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_env({f"LABELSVC_{name}": value})
+
+
+def test_a_database_name_of_63_bytes_is_accepted() -> None:
+    name = "\u00e9" * 31 + "a"
+    assert Settings.from_env({"LABELSVC_MONGODB_DB": name}).mongodb_db == name
 
 
 def test_the_second_scale_cannot_be_the_detector_itself() -> None:
