@@ -39,6 +39,12 @@ MAX_BATCH_WAIT_MS = 1000.0
 # padded to it): a mistyped size must be an error, not a start that runs out of memory.
 MAX_BATCH_SIZE = 64
 MAX_PROCESSES = 64
+# Threads of one pool (the executor's workers, ONNX Runtime's per model): the cores of the
+# largest hosts; past them threads only take turns. 300 workers would start 301 threads.
+MAX_THREADS = 256
+# Each beam is one more row in every decoder step of a caption batch (up to 64 images);
+# captioners are commonly run with 3 to 5.
+MAX_CAPTION_BEAMS = 16
 MAX_INPUT_SIZE = 2048
 # The request bodies' cap on a URL or id (service.api.schemas); max_url_length stays within it.
 MAX_URL_LENGTH = 8192
@@ -220,11 +226,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         checks = {
             "min_confidence must be in [0, 1]": 0.0 <= self.min_confidence <= 1.0,
             "nms_iou must be in (0, 1]": 0.0 < self.nms_iou <= 1.0,
-            "workers must be >= 1": self.workers >= 1,
+            f"workers must be in [1, {MAX_THREADS}]": _within(1, MAX_THREADS, self.workers),
             f"processes must be in [1, {MAX_PROCESSES}]": _within(1, MAX_PROCESSES, self.processes),
             "max_pending must be >= 1": self.max_pending >= 1,
             "max_inflight must be >= 1": self.max_inflight >= 1,
-            "caption_beams must be >= 1": self.caption_beams >= 1,
+            f"caption_beams must be in [1, {MAX_CAPTION_BEAMS}]": _within(
+                1, MAX_CAPTION_BEAMS, self.caption_beams
+            ),
             f"caption_batch_size and detect_batch_size must be in [1, {MAX_BATCH_SIZE}]": _within(
                 1, MAX_BATCH_SIZE, self.caption_batch_size, self.detect_batch_size
             ),
@@ -258,7 +266,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 self.fetch_total_timeout,
             ),
             "max_detections must be >= 1": self.max_detections >= 1,
-            "intra_op_threads must be >= 0": self.intra_op_threads >= 0,
+            f"intra_op_threads must be in [0, {MAX_THREADS}]": _within(
+                0, MAX_THREADS, self.intra_op_threads
+            ),
             f"caption_batch_wait_ms must be in [0, {MAX_BATCH_WAIT_MS:g}]": _within(
                 0, MAX_BATCH_WAIT_MS, self.caption_batch_wait_ms
             ),

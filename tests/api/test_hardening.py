@@ -363,6 +363,13 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("FETCH_TOTAL_TIMEOUT", "0", "fetch timeouts"),
         ("DB_OPERATION_TIMEOUT_MS", "0", "db_operation_timeout_ms"),
         ("DETECTOR_INPUT_SIZE", "0", "detector_input_size"),
+        # A mistyped size is an error, not hundreds of threads or beams started.
+        ("WORKERS", "0", "workers must be in [1, 256]"),
+        ("WORKERS", "300", "workers must be in [1, 256]"),
+        ("INTRA_OP_THREADS", "-1", "intra_op_threads must be in [0, 256]"),
+        ("INTRA_OP_THREADS", "1000", "intra_op_threads must be in [0, 256]"),
+        ("CAPTION_BEAMS", "0", "caption_beams must be in [1, 16]"),
+        ("CAPTION_BEAMS", "50", "caption_beams must be in [1, 16]"),
         ("DETECTOR_INPUT_SIZE", "4096", "detector_input_size"),
         # NaN passes every min() and fails every comparison; timeouts and waits are bounded.
         ("FETCH_READ_TIMEOUT", "nan", "fetch timeouts"),
