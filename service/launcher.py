@@ -27,6 +27,8 @@ from service.processes import serve_processes
 from service.settings import Settings
 
 log = logging.getLogger("service.launcher")
+# How long uvicorn waits for requests in progress on a stop, before the app's own shutdown.
+GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def serve(settings: Settings) -> int:
@@ -71,7 +73,7 @@ def serve(settings: Settings) -> int:
             "port": settings.port,
             "log_level": settings.log_level,
             "lifespan": "on",
-            "timeout_graceful_shutdown": 10,
+            "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
             # uvicorn believes X-Forwarded-For from loopback unless told otherwise: behind a
             # same-host proxy that passes the client's header through, clients would choose
             # their own address (and rate-limit bucket). Only configured proxies are believed.
