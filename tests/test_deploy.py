@@ -1,9 +1,13 @@
-"""The deployment files agree with the service they deploy."""
+"""The packaging and deployment files agree with the service they ship."""
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import re
+import sys
+import tomllib
+from importlib import metadata
 
 from service.launcher import GRACEFUL_SHUTDOWN_SECONDS
 from service.lifespan import DRAIN_SECONDS
@@ -49,3 +53,35 @@ def test_the_build_context_is_what_the_dockerfile_copies() -> None:
     for left_out in (".venv/bin/python", ".venv-db", "var/models/x.onnx", ".tools", ".git"):
         assert ignored_by_docker(left_out, patterns), left_out
     assert ignored_by_docker("service/__pycache__/app.cpython-311.pyc", patterns)
+
+
+def normalised(distribution: str) -> str:
+    """A distribution's name as pip compares them: case and runs of -_. do not count."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def declared_distributions() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    specs = [*project["dependencies"], *extras["cpu"], *extras["gpu"]]
+    return {normalised(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in specs}
+
+
+def test_every_package_the_service_imports_is_a_declared_dependency() -> None:
+    """One that only arrives with another package may go when that one changes."""
+    imported = set()
+    for path in (ROOT / "service").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.partition(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"service"}
+    providers = metadata.packages_distributions()
+    declared = declared_distributions()
+    undeclared = {
+        name
+        for name in third_party
+        if not {normalised(dist) for dist in providers.get(name, [])} & declared
+    }
+    assert not undeclared
