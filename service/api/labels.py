@@ -21,7 +21,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.api.deps import ResourcesDep, provide_ready_resources
-from service.api.problems import TYPE_BASE, item_problem, problem_responses
+from service.api.problems import TYPE_BASE, instance_of, item_problem, problem_responses
 from service.api.schemas import (
     RECORD_AS_SERVED,
     BatchLabelRequest,
@@ -167,7 +167,7 @@ async def label_batch(
     )
     with _client_share(request, resources, downloads) as share:
         slots = contextlib.nullcontext() if share is None else asyncio.Semaphore(share)
-        instance = request.url.path
+        instance = instance_of(request)
 
         async def result(item: LabelRequest, refusal: RateLimited | None) -> dict[str, Any]:
             if refusal is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import msgspec
 from litestar import Request, Response
@@ -61,12 +62,19 @@ def problem(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response[dict[str, Any]]:
-    body = problem_document(status, type_, title, detail, request.url.path, extra)
+    body = problem_document(status, type_, title, detail, instance_of(request), extra)
     metrics: Metrics | None = request.app.state.get("metrics")
     if metrics is not None:
         metrics.problems.labels(str(status), type_).inc()
     headers = security_headers(request.url.path) | (headers or {})
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def instance_of(request: Request[Any, Any, Any]) -> str:
+    """The path as the client sent it, percent-encoded: a URI reference, as RFC 9457 wants
+    ``instance`` (decoded, ``/v1/records/a%3Fb`` would read as a path with a query)."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if raw else quote(request.url.path)
 
 
 def item_problem(exc: Exception, instance: str) -> dict[str, Any]:
@@ -94,6 +102,7 @@ def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Respon
     )
 
 
+VALIDATION_FAILED = "Validation failed for"
 # How the framework reports a body it expected and did not get.
 MISSING_BODY = {"message": "'data'", "key": "data", "source": "body"}
 
@@ -112,6 +121,10 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         status = 401
         headers["WWW-Authenticate"] = AUTHENTICATE
     detail = exc.detail if status < 500 else "internal error"
+    if detail.startswith(VALIDATION_FAILED):
+        # The framework's text quotes the whole request target, query and all (up to the
+        # longest URL allowed): the path is enough, the errors say the rest.
+        detail = f"{VALIDATION_FAILED} {request.method} {instance_of(request)}"
     type_, title = FRAMEWORK_PROBLEMS.get(status, (f"http-{status}", _title(status)))
     return problem(status, type_, title, detail, request, headers=headers, extra=extra)
 

@@ -206,3 +206,14 @@ async def test_unauthorized_names_the_scheme(client: AppClient) -> None:
     response = await client.get("/v1/records", headers={"X-API-Key": "wrong"})
     assert_problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"] == 'ApiKey header="X-API-Key"'
+
+
+async def test_problems_quote_the_path_as_sent_and_not_the_query(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    missing = await client.get("/v1/records/a%20b%3Fc", headers=auth)
+    assert assert_problem(missing, 404, "record-not-found")["instance"] == "/v1/records/a%20b%3Fc"
+    long_query = await client.get("/v1/records", params={"per_page": "x" * 5000}, headers=auth)
+    problem = assert_problem(long_query, 400, "bad-request")
+    assert problem["detail"] == "Validation failed for GET /v1/records"
+    assert problem["errors"]
