@@ -11,9 +11,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.dbserver import LocalDatabaseServer, free_port
 from tests.conftest import API_KEY, CAT_PHOTO
@@ -238,57 +240,48 @@ def test_a_port_in_use_is_one_line_before_the_database_starts(
     assert not (tmp_path / "var").exists()  # no database was started
 
 
-def captioner_the_runtime_refuses(tmp_path: Path) -> Path:
-    """A captioner export whose files are all there with the right digests, so only loading
-    can tell."""
+def captioner_export_with(tmp_path: Path, name: str, content: bytes) -> Path:
+    """The tiny test captioner export with file ``name`` replaced, and listed with its new
+    digest: the export checks out, so only loading or running it can tell."""
     export = tmp_path / "captioner"
     shutil.copytree(CAPTIONERS / "vit-gpt2-tiny", export)
-    broken = b"not an onnx graph"
-    (export / "decoder.onnx").write_bytes(broken)
+    (export / name).write_bytes(content)
     info = json.loads((export / "captioner.json").read_text())
-    info["files"]["decoder.onnx"] = hashlib.sha256(broken).hexdigest()
+    info["files"][name] = hashlib.sha256(content).hexdigest()
     (export / "captioner.json").write_text(json.dumps(info))
     return export
 
 
-def test_a_captioner_the_runtime_refuses_is_one_line_before_the_database_starts(
-    tmp_path: Path, model_dir: Path
-) -> None:
-    export = captioner_the_runtime_refuses(tmp_path)
-    env = service_env(
-        free_port(),
-        data_dir=str(tmp_path / "var"),
-        model_dir=str(model_dir),
-        captioner_dir=str(export),
-    )
-    refused = serve_until_exit(env)
-    assert refused.returncode == 2, refused.stderr[-2000:]
-    assert "Traceback" not in refused.stderr, refused.stderr[-2000:]
-    errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, refused.stderr[-2000:]
-    assert errors[0].startswith(f"configuration error: cannot load model {export / 'decoder.onnx'}")
-    assert not (tmp_path / "var").exists()  # no database was started
+def captioner_the_runtime_refuses(tmp_path: Path) -> Path:
+    return captioner_export_with(tmp_path, "decoder.onnx", b"not an onnx graph")
 
 
 def captioner_that_fails_its_first_run(tmp_path: Path) -> Path:
-    """A captioner export that loads (its files listed with their digests) but whose
-    preprocessor.json sizes images for another encoder: only a run can tell."""
-    export = tmp_path / "captioner"
-    shutil.copytree(CAPTIONERS / "vit-gpt2-tiny", export)
-    preprocessor = json.loads((export / "preprocessor.json").read_text())
-    preprocessor["width"] = preprocessor["height"] = 48  # the encoder takes 32x32
-    (export / "preprocessor.json").write_text(json.dumps(preprocessor))
-    info = json.loads((export / "captioner.json").read_text())
-    digest = hashlib.sha256((export / "preprocessor.json").read_bytes()).hexdigest()
-    info["files"]["preprocessor.json"] = digest
-    (export / "captioner.json").write_text(json.dumps(info))
-    return export
+    """Its preprocessor.json sizes images for another encoder (which takes 32x32)."""
+    preprocessor = json.loads((CAPTIONERS / "vit-gpt2-tiny" / "preprocessor.json").read_text())
+    preprocessor["width"] = preprocessor["height"] = 48
+    return captioner_export_with(tmp_path, "preprocessor.json", json.dumps(preprocessor).encode())
 
 
-def test_a_captioner_that_fails_its_first_run_is_one_line_before_the_database_starts(
-    tmp_path: Path, model_dir: Path
+@pytest.mark.parametrize(
+    ("broken", "error", "detail"),
+    [
+        (
+            captioner_the_runtime_refuses,
+            "cannot load model {export}/decoder.onnx",
+            "Protobuf parsing failed",
+        ),
+        (
+            captioner_that_fails_its_first_run,
+            "captioner {export} on CPUExecutionProvider failed its warm-up run:",
+            "Expected: 32",
+        ),
+    ],
+)
+def test_a_captioner_that_cannot_load_or_run_is_one_line_before_the_database_starts(
+    tmp_path: Path, model_dir: Path, broken: Callable[[Path], Path], error: str, detail: str
 ) -> None:
-    export = captioner_that_fails_its_first_run(tmp_path)
+    export = broken(tmp_path)
     env = service_env(
         free_port(),
         data_dir=str(tmp_path / "var"),
@@ -300,10 +293,8 @@ def test_a_captioner_that_fails_its_first_run_is_one_line_before_the_database_st
     assert "Traceback" not in refused.stderr, refused.stderr[-2000:]
     errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, refused.stderr[-2000:]
-    assert errors[0].startswith(
-        f"configuration error: captioner {export} on CPUExecutionProvider failed its warm-up run:"
-    )
-    assert "Expected: 32" in errors[0]
+    assert errors[0].startswith("configuration error: " + error.format(export=export))
+    assert detail in errors[0]  # the runtime's own words, on the same line
     assert not (tmp_path / "var").exists()  # no database was started
 
 
