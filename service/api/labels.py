@@ -21,7 +21,13 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.api.deps import ResourcesDep, provide_ready_resources
-from service.api.problems import TYPE_BASE, instance_of, item_problem, problem_responses
+from service.api.problems import (
+    NO_BODY,
+    TYPE_BASE,
+    instance_of,
+    item_problem,
+    problem_responses,
+)
 from service.api.schemas import (
     RECORD_AS_SERVED,
     BatchLabelRequest,
@@ -48,9 +54,6 @@ T = TypeVar("T")
 # 16 URLs of the longest length allowed, with room for JSON escapes.
 BATCH_MAX_BODY_BYTES = 256 * 1024
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
-
-
-NO_BODY = 'the request needs a JSON body, e.g. {"url": "https://..."}'
 
 
 async def json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

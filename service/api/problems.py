@@ -102,6 +102,7 @@ def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Respon
     )
 
 
+NO_BODY = 'the request needs a JSON body, e.g. {"url": "https://..."}'
 VALIDATION_FAILED = "Validation failed for"
 # How the framework reports a body it expected and did not get.
 MISSING_BODY = {"message": "'data'", "key": "data", "source": "body"}
@@ -113,7 +114,7 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     extra: dict[str, Any] = {}
     if isinstance(exc, ValidationException) and exc.extra == [MISSING_BODY]:
         # A body sent chunked and empty (one with Content-Length: 0 never gets this far).
-        return _service_error(request, BadRequest("the request needs a JSON body"))
+        return _service_error(request, BadRequest(NO_BODY))
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra
     headers = dict(exc.headers or {})
