@@ -2,8 +2,10 @@
 
 Decoding runs first; then the detector, the second-opinion detector, the tagger and the
 pixel statistics run concurrently as separate executor tasks, so one image's latency is
-close to its longest stage rather than their sum. The same object serves the service and
-the in-process baseline of the ingest benchmark, so both measure exactly the same stages.
+close to its longest stage rather than their sum. Scoring and the grounded caption follow
+as one more executor task, so that none of this work holds up the event loop. The same
+object serves the service and the in-process baseline of the ingest benchmark, so both
+measure exactly the same stages.
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ class ImageAnalysis:
     tags: list[Tag]
     properties: ImageProperties
     quality: LabelQuality
+    caption: Caption
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    detections: list[Detection]
+    estimate: quality.QualityEstimate
+    per_box: list[float]
     caption: Caption
 
 
@@ -147,22 +157,8 @@ class ImageAnalyzer:
         model = None
         if second is not None and scaled is not None:
             second, model = second + scaled, quality.WITH_SECOND_SCALE
-        with self._metrics.stage("score"):
-            # One detector pass serves both: the labels (>= min_confidence) and, for the
-            # quality estimate, the boxes just below the kept threshold.
-            detections = [d for d in found if d.conf >= self.min_confidence]
-            kept = [d for d in found if d.conf >= quality.KEPT_CONF]
-            estimate = quality.estimate(
-                kept, second, tags, props, image.size, below=found, model=model
-            )
-            per_box = (
-                estimate.box_quality
-                if detections == kept  # the default: the record keeps the boxes scored
-                else quality.box_quality(detections, second, model=model)
-            )
-            # The boxes are in the analysed image's pixels (a large JPEG is decoded reduced):
-            # framing and coverage compare them with that image's size.
-            caption = grounded_caption(detections, tags or [], _with_size(props, *image.size))
+        scored = await run(self._score, found, second, tags, props, image.size, model)
+        detections, estimate, caption = scored.detections, scored.estimate, scored.caption
         if self._captions is not None:
             with self._metrics.stage("caption"):
                 try:
@@ -175,7 +171,7 @@ class ImageAnalyzer:
         score = round(estimate.score, 4)
         return ImageAnalysis(
             decoded=decoded,
-            boxes=to_boxes(detections, decoded, per_box),
+            boxes=to_boxes(detections, decoded, scored.per_box),
             tags=[Tag(name=t.name, conf=round(t.conf, 4)) for t in tags or []],
             properties=props,
             quality=LabelQuality(
@@ -283,6 +279,33 @@ class ImageAnalyzer:
     def _tag(self, tagger: EfficientNetTagger, image: Image.Image) -> list[TaggerTag]:
         with self._stage("tag", tagger):
             return tagger.tag(image, top_k=TAG_TOP_K, min_conf=TAG_MIN_CONF)
+
+    def _score(
+        self,
+        found: list[Detection],
+        second: list[Detection] | None,
+        tags: list[TaggerTag] | None,
+        props: ImageProperties,
+        size: tuple[int, int],
+        model: quality.QualityModel | None,
+    ) -> _Scored:
+        """The labels kept, their quality and the grounded caption: numpy and string work
+        that would hold up the event loop for a millisecond or more per image."""
+        with self._metrics.stage("score"):
+            # One detector pass serves both: the labels (>= min_confidence) and, for the
+            # quality estimate, the boxes just below the kept threshold.
+            detections = [d for d in found if d.conf >= self.min_confidence]
+            kept = [d for d in found if d.conf >= quality.KEPT_CONF]
+            estimate = quality.estimate(kept, second, tags, props, size, below=found, model=model)
+            per_box = (
+                estimate.box_quality
+                if detections == kept  # the default: the record keeps the boxes scored
+                else quality.box_quality(detections, second, model=model)
+            )
+            # The boxes are in the analysed image's pixels (a large JPEG is decoded reduced):
+            # framing and coverage compare them with that image's size.
+            caption = grounded_caption(detections, tags or [], _with_size(props, *size))
+        return _Scored(detections, estimate, per_box, caption)
 
     def _describe(self, decoded: DecodedImage) -> ImageProperties:
         with self._metrics.stage("describe"):

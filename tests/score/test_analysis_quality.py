@@ -81,8 +81,9 @@ async def test_analysis_detects_once_and_stores_only_kept_boxes(
     result = await analyzer.analyze(data, executor)
 
     assert calls == [quality.SUB_MIN_CONF]  # one pass, at the lower threshold
-    # Models that are not loaded take no place in the executor's queue.
-    assert sorted(jobs) == ["_decode", "_describe", "_detect"]
+    # Models that are not loaded take no place in the executor's queue; the scoring (numpy
+    # and string work) takes one, off the event loop.
+    assert sorted(jobs) == ["_decode", "_describe", "_detect", "_score"]
     image = result.decoded.image
     at_threshold = detect(image, 0.3)
     assert [(b.classname, b.conf) for b in result.boxes] == [
