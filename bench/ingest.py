@@ -55,7 +55,7 @@ from service.settings import Settings
 
 CONCURRENCY = (1, 4, 16)
 # Alternating runs of the service and the bare pipeline at their best concurrency.
-REPEATS = 3
+REPEATS = 5
 WARM_UP_PHOTOS = 8
 
 
