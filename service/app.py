@@ -33,6 +33,7 @@ from service.api.shutdown import unavailable_when_cancelled
 from service.infer.models import Models
 from service.lifespan import lifespan
 from service.observability import Metrics, timed_requests
+from service.request_ids import request_ids
 from service.settings import Settings
 
 MAX_REQUEST_BODY_BYTES = 64 * 1024
@@ -142,15 +143,18 @@ def unions_as_any_of(node: object) -> None:
 
 class LabelingApp(Litestar):
     """The application as served. Route middleware runs only once a route matched, so these
-    concerns wrap the router instead: every HTTP request is timed in the metrics (unknown
-    paths and methods too), requests cancelled at shutdown get 503, and HEAD is answered
-    as GET."""
+    concerns wrap the router instead: every HTTP request gets an id (unknown paths and
+    methods too) and is timed in the metrics, requests cancelled at shutdown get 503, and
+    HEAD is answered as GET."""
 
     def __init__(self, metrics: Metrics, **config: Any) -> None:
         super().__init__(**config)
         methods = {r.path_format: r.methods for r in self.routes if isinstance(r, HTTPRoute)}
-        self._http = timed_requests(
-            metrics, unavailable_when_cancelled(metrics, head_as_get(super().__call__, methods))
+        self._http = request_ids(
+            timed_requests(
+                metrics,
+                unavailable_when_cancelled(metrics, head_as_get(super().__call__, methods)),
+            )
         )
 
     async def __call__(

@@ -13,6 +13,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.request_ids import RequestIdFilter
+
 # prometheus_client's own variable: where each serving process writes its values when the
 # service runs several (service.processes sets it before they start).
 SHARED_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -187,10 +189,16 @@ def timed_requests(metrics: Metrics, app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(request)s")
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    """Lines to stderr; those written while a request is handled end with its id."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(request)s")
     )
+    handler.addFilter(RequestIdFilter())
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     # One line per outgoing fetch is noise at INFO; failures are counted in metrics instead.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -77,12 +77,22 @@ def test_serve_sigterm_and_restart_keep_the_data(
                 timeout=10,
             ).json()
             assert page["length"] == 1 and page["output"][0]["_id"] == record["_id"]
+            missing = image_server.url("/no-such-photo.jpg")
+            failed = httpx.post(
+                base + "/v1/labels",
+                json={"url": missing},
+                headers={"X-Request-ID": "restart-502"},
+                timeout=30,
+            )
+            assert failed.status_code == 502
         finally:
             assert stop(process) == 0
         assert process.stdout is not None
         output = process.stdout.read().decode()
         assert_stopped_cleanly(output)
         assert f"serving the API on http://127.0.0.1:{port}\n" in output
+        # Its log lines about a request end with the request's id.
+        assert "POST /v1/labels -> 502 upstream-error (request restart-502)\n" in output
 
     with start_service(env) as process:
         try:

@@ -24,6 +24,7 @@ from litestar.openapi.spec import (
 )
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import request_ids
 from service.auth import RATE_LIMITS
 from service.ratelimit import rate_limit_fields
 
@@ -81,6 +82,11 @@ PROBLEM_HEADER_TEXT = {
     "Retry-After": "Seconds to wait before sending the request again",
     "WWW-Authenticate": 'The scheme the API takes: `ApiKey header="X-API-Key"`',
 }
+REQUEST_ID_TEXT = (
+    "The request's id, also at the end of every log line about it: the request's own"
+    f" {request_ids.HEADER} when that is 1 to {request_ids.MAX_LENGTH} of"
+    f" {request_ids.ALLOWED}, else a new UUID"
+)
 RATE_LIMIT_HEADERS = {
     "RateLimit-Policy": "The limits this request was metered against: a quoted name (rate,"
     " daily, client_rate) with q, the requests allowed, and w, their window in seconds, e.g."
@@ -92,9 +98,9 @@ RATE_LIMIT_HEADERS = {
 
 def document_response_headers(schema: OpenAPI) -> None:
     """Document the headers answers carry, each by reference to its one description: the
-    rate-limit fields on every answer of an operation metered against limits (the ones an
-    API key can be sent to), ``Retry-After`` on its 429s and 503s, ``WWW-Authenticate`` on
-    its 401s."""
+    request id on every answer, the rate-limit fields on every answer of an operation
+    metered against limits (the ones an API key can be sent to), ``Retry-After`` on its 429s
+    and 503s, ``WWW-Authenticate`` on its 401s."""
     components = schema.components if isinstance(schema.components, Components) else None
     if components is None:
         return
@@ -102,7 +108,9 @@ def document_response_headers(schema: OpenAPI) -> None:
         **(components.headers or {}),
         **{
             name: OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description=text)
-            for name, text in (RATE_LIMIT_HEADERS | PROBLEM_HEADER_TEXT).items()
+            for name, text in (
+                RATE_LIMIT_HEADERS | PROBLEM_HEADER_TEXT | {request_ids.HEADER: REQUEST_ID_TEXT}
+            ).items()
         },
     }
 
@@ -117,8 +125,9 @@ def document_response_headers(schema: OpenAPI) -> None:
             for status, response in (operation.responses or {}).items():
                 if not isinstance(response, OpenAPIResponse):
                     continue
-                extra = refs(*RATE_LIMIT_HEADERS) if metered else {}
+                extra = refs(request_ids.HEADER)
+                if metered:
+                    extra |= refs(*RATE_LIMIT_HEADERS)
                 if int(status) in PROBLEM_HEADERS:
                     extra |= refs(PROBLEM_HEADERS[int(status)])
-                if extra:
-                    response.headers = {**(response.headers or {}), **extra}
+                response.headers = {**(response.headers or {}), **extra}
