@@ -195,9 +195,7 @@ LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%
 def configure_logging(level: str) -> None:
     """Lines to stderr; those written while a request is handled end with its id."""
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(request)s")
-    )
+    handler.setFormatter(LOG_FORMAT)
     handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler])
     # One line per outgoing fetch is noise at INFO; failures are counted in metrics instead.
