@@ -21,7 +21,7 @@ import uvicorn
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
 from service.infer.models import check_models, load_models
-from service.listen import bind_listeners, url_host
+from service.listen import bind_listener_sets, bind_listeners, url_host
 from service.observability import configure_logging
 from service.processes import serve_processes
 from service.settings import Settings
@@ -58,7 +58,10 @@ def serve(settings: Settings) -> int:
         check_models(settings)
     if received:
         return 0
-    listeners = bind_listeners(settings.host, settings.port)
+    if models is None:
+        listener_sets = bind_listener_sets(settings.host, settings.port, settings.processes)
+    else:
+        listener_sets = [bind_listeners(settings.host, settings.port)]
     database: LocalDatabaseServer | None = None
     try:
         if settings.mongodb_uri is None:
@@ -84,16 +87,17 @@ def serve(settings: Settings) -> int:
             "h11_max_incomplete_event_size": 128 * 1024,
         }
         if models is None:
-            for sock in listeners:
+            for sock in listener_sets[0]:
                 log.info("starting %d serving processes on %s", settings.processes, _url(sock))
-            return serve_processes(settings, listeners, lambda: bool(received), **options)
+            return serve_processes(settings, listener_sets, lambda: bool(received), **options)
         server = _Server(uvicorn.Config(create_app(settings, models), **options))
         if received:  # stopped while the app was being built
             return 0
-        server.run(sockets=listeners)
+        server.run(sockets=listener_sets[0])
     finally:
-        for listener in listeners:
-            listener.close()
+        for listeners in listener_sets:
+            for listener in listeners:
+                listener.close()
         if database is not None:
             log.info("stopping the local database server")
             database.stop()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import Any
 
 BACKLOG = 2048  # uvicorn's default
 
@@ -30,6 +32,55 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
 
     Listening at once, not only binding, makes the port exclusive now: two sockets with
     ``SO_REUSEADDR`` may both bind one port as long as neither listens."""
+    return _bind(host, port, listen=True)
+
+
+def bind_listener_sets(host: str, port: int, count: int) -> list[list[socket.socket]]:
+    """``count`` sets of listening sockets for ``host``:``port``, one set per serving process.
+
+    The sets share the port with ``SO_REUSEPORT``, so the kernel hands each new connection to
+    one of them by a hash of its addresses. Processes accepting on one shared socket take
+    connections in bursts instead (whichever wakes first takes all that are pending), and a
+    client that keeps a few connections open can find them all on one process.
+
+    The port stays this service's alone: its addresses are first bound without
+    ``SO_REUSEPORT``, which fails where anything listens already (another instance's sets
+    included), and held, not listening, while the sets bind beside them. Only two starts in
+    the same instant could both pass that check."""
+    with ExitStack() as probing:
+        probes = _bind(host, port, listen=False)
+        for probe in probes:
+            probing.callback(probe.close)
+        with ExitStack() as binding:
+            sets = []
+            for _ in range(count):
+                sockets = bind_alike(probes)
+                for sock in sockets:
+                    binding.callback(sock.close)
+                sets.append(sockets)
+            binding.pop_all()
+    return sets
+
+
+def bind_alike(bound: Sequence[socket.socket]) -> list[socket.socket]:
+    """One more set of listening sockets, with ``SO_REUSEPORT``, on the addresses ``bound``
+    (a set of ``bind_listener_sets`` or its probes) are bound to."""
+    with ExitStack() as opened:
+        sockets = []
+        for template in bound:
+            address = template.getsockname()
+            sock = opened.enter_context(socket.socket(template.family, template.type))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                _bind_one(sock, address, listen=True)
+            except OSError as exc:
+                raise ListenError(_cannot_listen(_shown(sock.family, address), exc)) from exc
+            sockets.append(sock)
+        opened.pop_all()
+    return sockets
+
+
+def _bind(host: str, port: int, *, listen: bool) -> list[socket.socket]:
     try:
         addresses = socket.getaddrinfo(
             host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -46,13 +97,9 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
                 sock = opened.enter_context(socket.socket(family, kind, proto))
             except OSError:
                 continue  # a family this system does not have (as asyncio skips it)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            shown = f"{url_host(family, str(address[0]))}:{port}"
+            shown = _shown(family, address)
             try:
-                sock.bind(address)
-                sock.listen(BACKLOG)
+                _bind_one(sock, address, listen=listen)
             except OSError as exc:
                 if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
                     sock.close()  # IPv6 turned off here: serve the other family, as asyncio does
@@ -67,6 +114,19 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             raise ListenError(f"cannot listen on {host}:{port}: no address of it can be bound")
         opened.pop_all()
     return sockets
+
+
+def _bind_one(sock: socket.socket, address: Any, *, listen: bool) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(address)
+    if listen:
+        sock.listen(BACKLOG)
+
+
+def _shown(family: int, address: Any) -> str:
+    return f"{url_host(family, str(address[0]))}:{address[1]}"
 
 
 def _cannot_listen(shown: str, exc: OSError) -> str:

@@ -2,8 +2,10 @@
 
 Where the models are fast (a GPU), one process is held back by its interpreter's lock: its
 event loop and its workers' pre- and post-processing take turns at it. Each serving process
-here has its own models, executor and event loop. The launcher binds the listening sockets
-once and every process accepts on them, so the kernel hands each connection to one process.
+here has its own models, executor and event loop, and its own set of listening sockets on the
+one port (``SO_REUSEPORT``: the kernel spreads new connections over the sets), bound by the
+launcher and kept by the supervisor, which hands a process's set to its replacement: the
+connections that arrive for it meanwhile wait in that set's backlog, not refused.
 
 uvicorn's supervisor runs them: spawned, never forked (CUDA does not survive a fork),
 restarted when one dies or stops answering its health check, and all stopped when one fails
@@ -30,8 +32,9 @@ import uvicorn
 from litestar import Litestar
 from prometheus_client.multiprocess import mark_process_dead
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from service.listen import ListenError, bind_alike
 from service.observability import SHARED_DIR_VARIABLE, configure_logging
 from service.parent_death import signal_on_parent_death
 from service.settings import Settings
@@ -66,19 +69,24 @@ def _stop_with_the_launcher(launcher: int) -> None:
 
 
 class Supervisor(Multiprocess):
-    """uvicorn's supervisor, which also forgets the gauges of each process that is gone and
-    remembers whether one failed to start."""
+    """uvicorn's supervisor, with a set of listening sockets for each process (given to its
+    replacement too), which also forgets the gauges of each process that is gone and
+    remembers whether one failed to start.
+
+    uvicorn's one shared list of sockets (``self.sockets``) stays empty. Its ``restart_all``,
+    which would use it, is only reached through its SIGHUP handler, replaced here."""
 
     def __init__(
         self,
         config: uvicorn.Config,
-        sockets: list[socket.socket],
+        listeners: list[list[socket.socket]],
         metrics: str,
         *,
         stopped: bool = False,
     ):
         hangups_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-        super().__init__(config, sockets)
+        super().__init__(config, [])
+        self.listeners = list(listeners)  # the set of self.processes[i] is self.listeners[i]
         # A stop takes effect at once, not at the next round of health checks (up to
         # seconds), when processes killed by the same signal would be replaced first. A
         # hangup stops too, as with one process, rather than uvicorn's one-by-one
@@ -95,7 +103,12 @@ class Supervisor(Multiprocess):
 
     def init_processes(self) -> None:
         with _deaf_to_interrupts():
-            super().init_processes()
+            self.processes = [self._start(sockets) for sockets in self.listeners]
+
+    def _start(self, sockets: list[socket.socket]) -> Process:
+        process = Process(self.config, sockets)
+        process.start()
+        return process
 
     def _stop(self, signum: int, _: FrameType | None) -> None:
         self.should_exit.set()
@@ -105,16 +118,56 @@ class Supervisor(Multiprocess):
         log.info("hangup: stopping the serving processes")
 
     def keep_subprocess_alive(self) -> None:
+        """uvicorn's health round: a process that died or does not answer is replaced, on its
+        own sockets; one that failed to start stops them all."""
         with self._forgetting_the_gone(), _deaf_to_interrupts():
-            super().keep_subprocess_alive()
+            for index, process in enumerate(self.processes):
+                if self.should_exit.is_set():
+                    return
+                if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                    continue
+                process.kill()  # it may only be hung
+                process.join()
+                if process.exitcode == STARTUP_FAILURE:
+                    log.error("serving process [%s] failed to start; stopping", process.pid)
+                    self.should_exit.set()
+                    return
+                if self.should_exit.is_set():
+                    return
+                log.info("serving process [%s] died; starting another in its place", process.pid)
+                self.processes[index] = self._start(self.listeners[index])
 
     def handle_ttin(self) -> None:
+        log.info("SIGTTIN: starting one more serving process")
+        try:
+            sockets = bind_alike(self.listeners[0])
+        except ListenError as exc:
+            log.error("cannot start one more serving process: %s", exc)
+            return
         with _deaf_to_interrupts():
-            super().handle_ttin()
+            self.processes.append(self._start(sockets))
+        self.listeners.append(sockets)
+        self.processes_num += 1
 
     def handle_ttou(self) -> None:
+        if self.processes_num <= 1:
+            log.info("SIGTTOU: one serving process left; keeping it")
+            return
+        log.info("SIGTTOU: stopping one serving process")
+        self.processes_num -= 1
+        # Its sockets first, so that the kernel stops handing them connections as soon as the
+        # process has closed its own copies; those still waiting in their backlog are reset.
+        for sock in self.listeners.pop():
+            sock.close()
         with self._forgetting_the_gone():
-            super().handle_ttou()
+            process = self.processes.pop()
+            process.terminate()
+            process.join()
+
+    def close_listeners(self) -> None:
+        for sockets in self.listeners:
+            for sock in sockets:
+                sock.close()
 
     @contextmanager
     def _forgetting_the_gone(self) -> Iterator[None]:
@@ -149,12 +202,13 @@ def _deaf_to_interrupts() -> Iterator[None]:
 
 def serve_processes(
     settings: Settings,
-    listeners: list[socket.socket],
+    listeners: list[list[socket.socket]],
     stopped: Callable[[], bool],
     **uvicorn_options: Any,
 ) -> int:
     """Serve with ``settings.processes`` processes until stopped: 0, or 1 when one of them
-    failed to start. ``stopped``: whether a stop signal has come in already."""
+    failed to start. ``listeners``: a set of sockets for each process (``bind_listener_sets``);
+    ``stopped``: whether a stop signal has come in already."""
     metrics = tempfile.mkdtemp(prefix="labelsvc-metrics-")
     # Read by prometheus_client as the processes import it, so set before they start.
     os.environ[SHARED_DIR_VARIABLE] = metrics
@@ -166,7 +220,10 @@ def serve_processes(
             **uvicorn_options,
         )
         supervisor = Supervisor(config, listeners, metrics, stopped=stopped())
-        supervisor.run()
+        try:
+            supervisor.run()
+        finally:
+            supervisor.close_listeners()
         if supervisor.failed_to_start:
             log.error("a serving process failed to start (its error is above); stopped")
             return 1

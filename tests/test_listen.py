@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from service.listen import ListenError, bind_listeners
+from service.listen import ListenError, bind_alike, bind_listener_sets, bind_listeners
 
 
 @contextmanager
@@ -62,6 +62,87 @@ def test_a_port_already_listened_on_is_refused_though_both_reuse_addresses() -> 
         port = first.getsockname()[1]
         with pytest.raises(ListenError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: "):
             bind_listeners("127.0.0.1", port)
+
+
+@contextmanager
+def listening_sets(host: str, count: int, port: int = 0) -> Iterator[list[list[socket.socket]]]:
+    sets = bind_listener_sets(host, port, count)
+    try:
+        yield sets
+    finally:
+        for sockets in sets:
+            for sock in sockets:
+                sock.close()
+
+
+def accepted(sock: socket.socket) -> int:
+    """How many connections wait in ``sock``'s backlog (accepted and closed here)."""
+    sock.setblocking(False)
+    count = 0
+    while True:
+        try:
+            connection, _ = sock.accept()
+        except BlockingIOError:
+            return count
+        connection.close()
+        count += 1
+
+
+def test_each_process_gets_a_set_of_sockets_on_one_port_and_connections_spread_over_them() -> None:
+    with listening_sets("127.0.0.1", 3) as sets:
+        assert [len(sockets) for sockets in sets] == [1, 1, 1]
+        [port] = {sockets[0].getsockname()[1] for sockets in sets}
+        for [sock] in sets:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(48)]
+        try:
+            counts = [accepted(sock) for [sock] in sets]
+        finally:
+            for client in clients:
+                client.close()
+    # Every one accepted, and hashed over the sets: that one of three gets none of 48 by
+    # chance is about 1 in 10^8.
+    assert sum(counts) == 48
+    assert min(counts) > 0, counts
+
+
+def test_the_empty_host_gets_both_families_in_every_set() -> None:
+    with listening_sets("", 2) as sets:
+        for sockets in sets:
+            assert {sock.family for sock in sockets} == {socket.AF_INET, socket.AF_INET6}
+        ports = {sock.family: sock.getsockname()[1] for sock in sets[0]}
+        for sock in sets[1]:
+            assert sock.getsockname()[1] == ports[sock.family]
+
+
+def test_sets_refuse_a_port_already_listened_on_and_no_one_shares_theirs() -> None:
+    with listening("127.0.0.1") as [plain]:
+        port = plain.getsockname()[1]
+        with pytest.raises(ListenError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: "):
+            bind_listener_sets("127.0.0.1", port, 2)
+    with listening_sets("127.0.0.1", 2) as sets:
+        port = sets[0][0].getsockname()[1]
+        # Not another instance's sets (which would pass SO_REUSEPORT alone), nor a plain socket.
+        with pytest.raises(ListenError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: "):
+            bind_listener_sets("127.0.0.1", port, 2)
+        with pytest.raises(ListenError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: "):
+            bind_listeners("127.0.0.1", port)
+
+
+def test_one_more_set_joins_the_port_and_gets_connections() -> None:
+    with listening_sets("127.0.0.1", 1) as sets:
+        [extra] = bind_alike(sets[0])
+        try:
+            port = sets[0][0].getsockname()[1]
+            assert extra.getsockname()[1] == port
+            clients = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(32)]
+            try:
+                assert accepted(extra) > 0
+            finally:
+                for client in clients:
+                    client.close()
+        finally:
+            extra.close()
 
 
 def test_a_host_that_does_not_resolve_is_a_listen_error() -> None:

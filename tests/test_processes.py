@@ -51,6 +51,35 @@ def metrics_dirs(tmp: Path) -> set[Path]:
     return set(tmp.glob("labelsvc-metrics-*"))
 
 
+def connections_by_process(port: int, pids: set[int]) -> dict[int, int]:
+    """How many established connections to ``port`` each of ``pids`` holds (from /proc)."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                established.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd").iterdir()
+        counts[pid] = sum(os.readlink(fd) in established for fd in fds)
+    return counts
+
+
+def spread_of_connections(base: str, port: int, pids: set[int], count: int = 16) -> dict[int, int]:
+    """Opens ``count`` connections, each answered once, and counts them by the process holding
+    it."""
+    clients = [httpx.Client(base_url=base, timeout=30) for _ in range(count)]
+    try:
+        with ThreadPoolExecutor(count) as pool:
+            statuses = list(pool.map(lambda client: client.get("/readyz").status_code, clients))
+        assert statuses == [200] * count
+        return connections_by_process(port, pids)
+    finally:
+        for client in clients:
+            client.close()
+
+
 def records_created(base: str) -> float:
     text = httpx.get(base + "/metrics", timeout=10).text
     found = re.search(r"^labelsvc_records_created_total (\S+)$", text, re.MULTILINE)
@@ -86,12 +115,20 @@ def test_processes_share_the_port_and_the_metrics_and_one_that_dies_is_replaced(
                 assert list(pool.map(label, urls[:6])) == [201] * 6
             # Whichever process answers the scrape counts what every process did.
             assert [records_created(base) for _ in range(4)] == [6.0] * 4
-
+            # Each process has its own sockets on the port, and the kernel spreads connections
+            # over them: one of two getting none of 16 by chance is 1 in 2^15.
             first = serving_processes(process.pid)
+            spread = spread_of_connections(base, port, first)
+            assert sum(spread.values()) == 16 and min(spread.values()) > 0, spread
+
             os.kill(min(first), signal.SIGKILL)
             wait_for(lambda: len(serving_processes(process.pid) - first) == 1)
             wait_ready(base, process)
             assert label(urls[6]) == 201
+            # The replacement accepts on the sockets of the process it replaces: connections
+            # hashed to them are answered, none waits on sockets nobody accepts on.
+            spread = spread_of_connections(base, port, serving_processes(process.pid))
+            assert sum(spread.values()) == 16 and min(spread.values()) > 0, spread
             # The killed process's counts stay in the totals.
             assert [records_created(base) for _ in range(4)] == [7.0] * 4
             survivors = serving_processes(process.pid)
@@ -104,6 +141,36 @@ def test_processes_share_the_port_and_the_metrics_and_one_that_dies_is_replaced(
     for pid in survivors:
         assert not Path(f"/proc/{pid}").exists()
     assert not metrics_dirs(tmp_path)
+
+
+def test_ttin_adds_a_process_on_sockets_of_its_own_and_ttou_takes_one_away(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir), processes="2")
+    with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        try:
+            wait_ready(base, process)
+            wait_for(lambda: len(serving_processes(process.pid)) == 2)
+            os.kill(process.pid, signal.SIGTTIN)
+            wait_for(lambda: len(serving_processes(process.pid)) == 3)
+            # One of three getting none of 48 connections by chance: about 1 in 10^8.
+            spread = spread_of_connections(base, port, serving_processes(process.pid), 48)
+            assert sum(spread.values()) == 48 and min(spread.values()) > 0, spread
+
+            os.kill(process.pid, signal.SIGTTOU)
+            wait_for(lambda: len(serving_processes(process.pid)) == 2)
+            # The sockets of the process taken away are closed: no connection waits on them.
+            spread = spread_of_connections(base, port, serving_processes(process.pid))
+            assert sum(spread.values()) == 16 and min(spread.values()) > 0, spread
+        finally:
+            assert stop(process) == 0
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+    assert_stopped_cleanly(output)
+    assert "SIGTTIN: starting one more serving process" in output
+    assert "SIGTTOU: stopping one serving process" in output
 
 
 def test_a_process_that_fails_to_start_stops_the_service(tmp_path: Path, model_dir: Path) -> None:

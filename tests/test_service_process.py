@@ -232,18 +232,21 @@ def test_forwarded_addresses_are_believed_only_from_configured_proxies(
         assert statuses(base) == [400, 400, 400]  # a trusted proxy: three clients
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
 def test_a_port_in_use_is_one_line_before_the_database_starts(
-    tmp_path: Path, model_dir: Path
+    tmp_path: Path, model_dir: Path, processes: str
 ) -> None:
     """The API's port is bound before the local database server picks a free one, so the
-    two can never collide, and a taken port stops the start before a database is spawned."""
+    two can never collide, and a taken port stops the start before a database is spawned.
+    Several processes, which share the port among themselves, share it with nothing else."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        refused = serve_until_exit(
-            service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir))
+        env = service_env(
+            port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir), processes=processes
         )
+        refused = serve_until_exit(env)
     assert refused.returncode == 1, refused.stderr[-2000:]
     errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
     assert errors == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
