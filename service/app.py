@@ -33,6 +33,7 @@ from service.api.shutdown import unavailable_when_cancelled
 from service.infer.models import Models
 from service.lifespan import lifespan
 from service.observability import Metrics, timed_requests
+from service.repeated_logs import RepeatedLines
 from service.request_ids import request_ids
 from service.settings import Settings
 
@@ -180,7 +181,8 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[response_headers_middleware],
         openapi_config=openapi_config(),
-        state=State({"metrics": metrics}),  # problems are counted where they are made
+        # Problems are counted, and their warnings written, where they are made.
+        state=State({"metrics": metrics, "repeated_lines": RepeatedLines()}),
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         type_encoders=BSON_ENCODERS,
         logging_config=None,  # configured once, by the launcher

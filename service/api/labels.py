@@ -24,7 +24,6 @@ from service.api.deps import ResourcesDep, provide_ready_resources
 from service.api.problems import (
     NO_BODY,
     TYPE_BASE,
-    instance_of,
     item_problem,
     problem_responses,
 )
@@ -170,18 +169,17 @@ async def label_batch(
     )
     with _client_share(request, resources, downloads) as share:
         slots = contextlib.nullcontext() if share is None else asyncio.Semaphore(share)
-        instance = instance_of(request)
 
         async def result(item: LabelRequest, refusal: RateLimited | None) -> dict[str, Any]:
             if refusal is not None:
-                return {"status": refusal.status, "problem": item_problem(refusal, instance)}
+                return {"status": refusal.status, "problem": item_problem(refusal, request)}
             async with slots:
                 try:
                     outcome, record = await label_request(
                         item, request, resources, slot_held=share is not None
                     )
                 except Exception as exc:  # each item answers for itself, as alone it would
-                    problem = item_problem(exc, instance)
+                    problem = item_problem(exc, request)
                     return {"status": problem["status"], "problem": problem}
             status = HTTP_201_CREATED if outcome.created else HTTP_200_OK
             return {"status": status, "record": record}

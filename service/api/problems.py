@@ -17,6 +17,7 @@ from msgspec import UNSET, UnsetType
 from service.api.headers import security_headers
 from service.errors import BadRequest, NotFound, ServiceError
 from service.observability import Metrics
+from service.repeated_logs import RepeatedLines
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://labelsvc.dev/problems/"
@@ -77,14 +78,15 @@ def instance_of(request: Request[Any, Any, Any]) -> str:
     return raw.decode("latin-1") if raw else quote(request.url.path)
 
 
-def item_problem(exc: Exception, instance: str) -> dict[str, Any]:
+def item_problem(exc: Exception, request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The problem of one item of a batch, as its own request would have had it; the
     Retry-After header such a request would carry becomes the member ``retry_after``."""
+    instance = instance_of(request)
     if not isinstance(exc, ServiceError):
         log.error("unhandled error on an item of %s", instance, exc_info=exc)
         return problem_document(500, "internal", "Internal error", "internal error", instance)
     if exc.status >= 500:
-        log.warning("an item of %s -> %d %s", instance, exc.status, exc.type)
+        _server_error(request, exc, "an item of %s", instance)
     extra = dict(exc.extra or {})
     if exc.retry_after is not None:
         extra["retry_after"] = exc.retry_after
@@ -96,7 +98,7 @@ def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Respon
     if exc.status == 401:
         headers["WWW-Authenticate"] = AUTHENTICATE
     if exc.status >= 500:
-        log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.type)
+        _server_error(request, exc, "%s %s", request.method, request.url.path)
     return problem(
         exc.status, exc.type, exc.title, exc.detail, request, headers=headers, extra=exc.extra
     )
@@ -106,6 +108,24 @@ NO_BODY = 'the request needs a JSON body, e.g. {"url": "https://..."}'
 VALIDATION_FAILED = "Validation failed for"
 # How the framework reports a body it expected and did not get.
 MISSING_BODY = {"message": "'data'", "key": "data", "source": "body"}
+
+
+def _server_error(
+    request: Request[Any, Any, Any], exc: ServiceError, where: str, *args: object
+) -> None:
+    """A warning for a 5xx the service answered, at most once a window of its status and type
+    (service.repeated_logs): they come in bursts."""
+    repeats: RepeatedLines = request.app.state.repeated_lines
+    unwritten = repeats.admit((exc.status, exc.type))
+    if unwritten is None:
+        return
+    line = f"{where} -> %d %s"
+    if unwritten:
+        line += " (and %d more like it, not logged, since the last such line)"
+        args = (*args, exc.status, exc.type, unwritten)
+    else:
+        args = (*args, exc.status, exc.type)
+    log.warning(line, *args)
 
 
 def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

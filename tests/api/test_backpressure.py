@@ -21,8 +21,15 @@ def photo_names(evalset_dir: Path, count: int) -> list[str]:
     return sorted(p.name for p in (evalset_dir / "images").glob("*.jpg"))[:count]
 
 
+def overload_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "-> 503 overloaded" in r.getMessage()]
+
+
 async def test_burst_beyond_the_bound_gets_503_then_recovers(
-    make_settings: Callable[..., Settings], image_server: ImageServer, evalset_dir: Path
+    make_settings: Callable[..., Settings],
+    image_server: ImageServer,
+    evalset_dir: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with running(make_settings(workers=1, max_inflight=4)) as client:
         names = photo_names(evalset_dir, 24)
@@ -32,6 +39,8 @@ async def test_burst_beyond_the_bound_gets_503_then_recovers(
         statuses = [r.status_code for r in responses]
         assert set(statuses) <= {201, 503}
         assert statuses.count(201) >= 4 and statuses.count(503) >= 1
+        # One warning for the burst, not one a refusal (service.repeated_logs).
+        assert overload_lines(caplog) == ["POST /v1/labels -> 503 overloaded"]
         for response in responses:
             if response.status_code == 503:
                 assert_problem(response, 503, "overloaded")
@@ -136,6 +145,7 @@ async def test_each_slow_download_gives_its_slot_to_one_request_only(
     image_server: ImageServer,
     evalset_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A keyed batch starts its items in one turn of the event loop, before a cancelled
     download has stopped: each slow download must still admit one item, not all of them."""
@@ -163,6 +173,7 @@ async def test_each_slow_download_gives_its_slot_to_one_request_only(
         watching.cancel()
         statuses = [result["status"] for result in response.json()["results"]]
         assert statuses.count(201) == 2 and statuses.count(503) == 14, statuses
+        assert overload_lines(caplog) == ["an item of /v1/labels/batch -> 503 overloaded"]
         # The two evicted downloads count until their cancellation lands.
         assert peak <= 4, peak
         evicted = await asyncio.gather(*slow)
