@@ -270,9 +270,6 @@ async def test_with_several_processes_a_database_down_delays_serving_a_little(
 
 def test_a_hangup_stops_every_process_unless_under_nohup(tmp_path: Path, model_dir: Path) -> None:
     # The terminal of `make run` closing hangs up its whole process group.
-    def ignore_hangups() -> None:  # what nohup does before it runs the command
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
     for nohup in (True, False):
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -284,7 +281,7 @@ def test_a_hangup_stops_every_process_unless_under_nohup(tmp_path: Path, model_d
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=ignore_hangups if nohup else None,
+            hangups_ignored=nohup,
         ) as process:
             try:
                 wait_ready(base, process)

@@ -176,10 +176,7 @@ def test_a_service_started_under_nohup_outlives_a_hangup(tmp_path: Path, model_d
     env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir))
     base = f"http://127.0.0.1:{port}"
 
-    def ignore_hangups() -> None:  # what nohup does before it runs the command
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    with start_service(env, preexec_fn=ignore_hangups) as process:
+    with start_service(env, hangups_ignored=True) as process:
         try:
             wait_ready(base, process)
             process.send_signal(signal.SIGHUP)

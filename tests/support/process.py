@@ -39,10 +39,32 @@ def service_env(port: int, **settings: str) -> dict[str, str]:
     return env
 
 
-def start_service(env: dict[str, str], **popen: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-        [sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env, **popen
+@contextmanager
+def start_service(
+    env: dict[str, str], *, hangups_ignored: bool = False, **popen: object
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m service serve``, started as from a terminal, or as ``nohup`` starts it
+    (``hangups_ignored``) whatever the test run itself ignores: a run under ``nohup`` or in
+    the background of a script would otherwise hand its ignored signals down. Killed at the
+    end if a failed test left it running, rather than waited for."""
+
+    def as_started_from_a_terminal() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if hangups_ignored else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    process = subprocess.Popen(  # type: ignore[call-overload]
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env=env,
+        preexec_fn=as_started_from_a_terminal,
+        **popen,
     )
+    with process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def serve_until_exit(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
