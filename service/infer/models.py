@@ -19,6 +19,7 @@ from PIL import Image
 
 from service.infer import nanodet, tagger, yolox
 from service.infer.captioner import NeuralCaptioner, verify_export
+from service.infer.engine_lock import engine_cache_lock
 from service.infer.manifest import ModelError, resolve, spec
 from service.infer.nanodet import NanoDetDetector, load_nanodet
 from service.infer.runtime import choose_providers
@@ -62,6 +63,11 @@ class Models:
 
 
 def load_models(settings: Settings) -> Models:
+    with engine_cache_lock(settings.engine_cache):
+        return _load_models(settings)
+
+
+def _load_models(settings: Settings) -> Models:
     common: dict[str, Any] = {
         "provider": settings.execution_provider,
         "intra_op_threads": settings.ort_threads,
