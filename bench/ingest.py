@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 meter = CpuMeter(proc.pid, db.pid, server.pid)
                 rate, latencies = asyncio.run(post_all(base, urls, concurrency))
                 cpu = meter.per_image_ms(len(urls))
+                shares = meter.serving_process_shares()
                 components = stage_means_ms(httpx.get(base + "/metrics").text)
                 rss = max(rss, peak_rss_mb(proc.pid))
                 pss = max(pss, pss_mb(proc.pid))
@@ -286,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 "p95_ms": round(1000 * percentile(latencies, 95), 1),
                 "cpu_ms_per_image": cpu,
             }
+            if shares:
+                levels[concurrency]["serving_process_cpu_shares"] = shares
         # The batch endpoint: 16 images a request, one request at a time.
         with service(db.uri, mongodb_db="ingest_batch", **serving) as (base, proc):
             warm_up(base, server, files, MAX_BATCH_ITEMS)

@@ -56,6 +56,8 @@ class CpuMeter:
             "http_client": process_cpu_seconds,
         }
         self._start = {name: read() for name, read in self._read.items()}
+        self._service_pid = service_pid
+        self._children_start = _children_cpu_seconds(service_pid)
 
     def per_image_ms(self, images: int) -> dict[str, float]:
         spent = {name: read() - self._start[name] for name, read in self._read.items()}
@@ -63,6 +65,28 @@ class CpuMeter:
         processes = ("service_total", "database", "photo_host", "http_client")
         spent["total"] = sum(spent[name] for name in processes)
         return {name: round(1000 * value / images, 1) for name, value in spent.items()}
+
+    def serving_process_shares(self) -> list[float]:
+        """Each of several serving processes' share of the CPU they spent since the start,
+        largest first: how evenly their connections fell on them. [] for one process."""
+        now = _children_cpu_seconds(self._service_pid)
+        spent = [now[pid] - self._children_start.get(pid, 0.0) for pid in now]
+        total = sum(spent)
+        shares = sorted((value / total for value in spent if total > 0), reverse=True)
+        # The launcher's other children (multiprocessing's resource tracker) spend next to none.
+        serving = [round(share, 3) for share in shares if share >= 0.01]
+        return serving if len(serving) > 1 else []
+
+
+def _children_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU of each child process of ``pid`` (with its own descendants)."""
+    spent = {}
+    for child in process_tree(pid)[1:]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # gone meanwhile
+            ppid = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            if ppid == str(pid):
+                spent[child] = _tree_cpu_seconds(child)
+    return spent
 
 
 def peak_rss_mb(pid: int) -> float:

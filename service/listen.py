@@ -41,7 +41,8 @@ def bind_listener_sets(host: str, port: int, count: int) -> list[list[socket.soc
     The sets share the port with ``SO_REUSEPORT``, so the kernel hands each new connection to
     one of them by a hash of its addresses. Processes accepting on one shared socket take
     connections in bursts instead (whichever wakes first takes all that are pending), and a
-    client that keeps a few connections open can find them all on one process.
+    client that keeps a few connections open can find them all on one process. (A hash
+    spreads a few connections only by chance, but many evenly.)
 
     The port stays this service's alone: its addresses are first bound without
     ``SO_REUSEPORT``, which fails where anything listens already (another instance's sets
