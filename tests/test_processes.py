@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -54,15 +55,18 @@ def metrics_dirs(tmp: Path) -> set[Path]:
 def connections_by_process(port: int, pids: set[int]) -> dict[int, int]:
     """How many established connections to ``port`` each of ``pids`` holds (from /proc)."""
     established = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
+    tables = [Path(table) for table in ("/proc/net/tcp", "/proc/net/tcp6")]
+    for table in filter(Path.exists, tables):  # tcp6 is missing where IPv6 is turned off
+        for row in table.read_text().splitlines()[1:]:
             fields = row.split()
             if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
                 established.add(f"socket:[{fields[9]}]")
     counts = {}
     for pid in pids:
-        fds = Path(f"/proc/{pid}/fd").iterdir()
-        counts[pid] = sum(os.readlink(fd) in established for fd in fds)
+        counts[pid] = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                counts[pid] += os.readlink(fd) in established
     return counts
 
 
