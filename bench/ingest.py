@@ -1,9 +1,9 @@
 """Ingest throughput: the running service against the bare in-process pipeline.
 
-The bare baseline runs the service's own ImageAnalyzer (hash, decode, every model, score,
-caption) over the evaluation photos held in memory, on an executor of the same size as the
-service's, at the same concurrency levels (the best one counts): no HTTP, no fetch, no
-database. The service labels the same photos fetched from a local HTTP server at
+The bare baseline (``bench.baseline``) runs the service's own ImageAnalyzer (hash, decode,
+every model, score, caption) over the evaluation photos held in memory, on an executor of the
+same size as the service's, at the same concurrency levels (the best one counts): no HTTP, no
+fetch, no database. The service labels the same photos fetched from a local HTTP server at
 concurrency 1, 4 and 16 (a fresh database for each run, so every photo is analysed).
 
 That first pass only picks each side's best concurrency. Both sides are then measured
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import statistics
 import time
@@ -45,86 +44,20 @@ from typing import Any
 import aiohttp
 import httpx
 
+from bench.baseline import (
+    WARM_UP_PHOTOS,
+    bare_images_per_second,
+    detection_alone_images_per_second,
+)
 from bench.detection_map import model_dir
-from bench.harness import PhotoHost, bare_analyzer, database, photo_server, photos, service
-from bench.usage import CpuMeter, peak_rss_mb, process_cpu_seconds, pss_mb
+from bench.harness import PhotoHost, database, photo_server, photos, service
+from bench.usage import CpuMeter, peak_rss_mb, pss_mb
 from service.api.schemas import MAX_BATCH_ITEMS
-from service.decode.image import decode_image
-from service.executor import BlockingExecutor, start_request
 from service.settings import Settings
 
 CONCURRENCY = (1, 4, 16)
 # Alternating runs of the service and the bare pipeline at their best concurrency.
 REPEATS = 5
-WARM_UP_PHOTOS = 8
-
-
-def bare_images_per_second(
-    files: list[Path], settings: Settings, concurrency: int
-) -> tuple[float, float]:
-    """The same analysis on the same sized executor, fed from memory: no HTTP, no database.
-
-    Returns images/s and the CPU milliseconds this process spent per image.
-    """
-    executor = BlockingExecutor(settings.workers, max_pending=10_000)
-    analyzer = bare_analyzer(settings, executor)
-    blobs = [f.read_bytes() for f in files]
-
-    async def run_all(batch: list[bytes]) -> float:
-        limit = asyncio.Semaphore(concurrency)
-
-        async def one(data: bytes) -> None:
-            async with limit:
-                start_request()  # as the service does for each labeling request
-                hashlib.sha256(data).hexdigest()
-                await analyzer.analyze(data, executor)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(one(data) for data in batch))
-        return time.perf_counter() - start
-
-    try:
-        asyncio.run(run_all(blobs[:WARM_UP_PHOTOS]))
-        cpu = process_cpu_seconds()
-        rate = len(blobs) / asyncio.run(run_all(blobs))
-        return rate, 1000 * (process_cpu_seconds() - cpu) / len(blobs)
-    finally:
-        executor.shutdown()
-
-
-def detection_alone_images_per_second(
-    files: list[Path], settings: Settings, concurrency: int
-) -> tuple[float, str]:
-    """The detector by itself over the photos decoded beforehand, on an executor of the
-    service's size, ``settings.detect_batch_size`` images per run: images/s, and the
-    execution provider it ran on."""
-    analyzer = bare_analyzer(settings)
-    detector, floor = analyzer.detector, analyzer.detection_floor
-    images = [
-        decode_image(
-            f.read_bytes(), max_pixels=settings.max_pixels, target_size=detector.input_size
-        ).image
-        for f in files
-    ]
-    executor = BlockingExecutor(settings.workers, max_pending=10_000)
-
-    async def run_all(batch: list[Any]) -> float:
-        limit = asyncio.Semaphore(concurrency)
-
-        async def one(images: list[Any]) -> None:
-            async with limit:
-                await executor.run(detector.detect_batch, images, floor)
-
-        size = settings.detect_batch_size
-        start = time.perf_counter()
-        await asyncio.gather(*(one(batch[i : i + size]) for i in range(0, len(batch), size)))
-        return time.perf_counter() - start
-
-    try:
-        asyncio.run(run_all(images[:8]))  # warm-up
-        return len(images) / asyncio.run(run_all(images)), detector.provider
-    finally:
-        executor.shutdown()
 
 
 def service_provider(base: str) -> str:

@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench.usage import CpuMeter, cpu_seconds, process_tree
+from bench.usage import CpuMeter, process_tree
 
-# Two children that wait for GO, each burn their share of CPU, then idle until killed.
+# Two children that wait for GO, each burn their share of CPU, say so, then idle until killed.
 PARENT = """
 import subprocess, sys, time
 go, *burns = sys.argv[1:]
@@ -21,6 +21,7 @@ while not os.path.exists(go):
 start = time.process_time()
 while time.process_time() - start < burn:
     pass
+open(f"{go}.{burn}.done", "w").close()
 time.sleep(60)
 '''
 children = [subprocess.Popen([sys.executable, "-c", child, go, burn]) for burn in burns]
@@ -28,22 +29,24 @@ time.sleep(60)
 """
 
 
+def wait_for(condition: object, what: str, timeout: float = 60) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def test_serving_process_shares_are_each_child_share_of_their_cpu(tmp_path: Path) -> None:
     go = tmp_path / "go"
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(go), "0.6", "0.3"])
     try:
-        deadline = time.monotonic() + 30
-        while len(process_tree(parent.pid)) < 3:
-            assert time.monotonic() < deadline, "the children did not start"
-            time.sleep(0.05)
+        wait_for(lambda: len(process_tree(parent.pid)) == 3, "the children did not start")
+        time.sleep(0.5)  # past their interpreters' start-up, which is not what is measured
         meter = CpuMeter(parent.pid, parent.pid, parent.pid)
-        children = process_tree(parent.pid)[1:]
-        before = sum(cpu_seconds(child) for child in children)
         go.touch()
-        # 0.9 s to burn, counted in clock ticks
-        while sum(cpu_seconds(child) for child in children) - before < 0.88:
-            assert time.monotonic() < deadline, "the children did not burn their CPU"
-            time.sleep(0.05)
+        done = [tmp_path / f"go.{burn}.done" for burn in ("0.6", "0.3")]
+        wait_for(lambda: all(path.exists() for path in done), "the children did not burn")
         big, small = meter.serving_process_shares()
         assert abs(big - 2 / 3) < 0.06 and abs(small - 1 / 3) < 0.06, (big, small)
     finally:

@@ -1,4 +1,4 @@
-"""The ingest bench's in-process measurements, on a few real photos."""
+"""The in-process baselines of the ingest bench, on a few real photos."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.baseline import bare_images_per_second, detection_alone_images_per_second
 from bench.harness import photos
-from bench.ingest import bare_images_per_second, detection_alone_images_per_second
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
