@@ -118,8 +118,10 @@ async def test_of_two_rotations_at_once_only_the_one_that_took_effect_shows_a_se
     shown = [result for result in results if isinstance(result, str)]
     assert all(isinstance(r, KeyChangedMeanwhile) for r in results if not isinstance(r, str))
     assert 1 <= len(shown) < 8
+    # Each rotation that showed a secret took effect, one after another (not necessarily in
+    # the order they were called): the secret of the last one works, and no other does.
     working = [secret for secret in shown if await keys.find(secret) is not None]
-    assert working == shown[-1:]
+    assert len(working) == 1, working
 
 
 async def _key(client: AppClient, name: str, scopes: list[str], **limits: Any) -> dict[str, str]:
