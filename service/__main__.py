@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -69,8 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
-        from service.launcher import serve
-
+        # Libraries start threads as they are imported (OpenBLAS, ONNX Runtime), and a thread
+        # inherits the signal mask of the one that starts it. Started with SIGINT blocked,
+        # they never take a Ctrl-C: it waits for the main thread even while that thread
+        # blocks SIGINT for a moment (service.processes), rather than going to a library
+        # thread that, SIGINT being ignored meanwhile, would drop it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            from service.launcher import serve
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         return serve(settings)
     if args.command == "backfill":
         return asyncio.run(run_backfill_command(settings, args))

@@ -132,8 +132,8 @@ class Supervisor(Multiprocess):
                     log.error("serving process [%s] failed to start; stopping", process.pid)
                     self.should_exit.set()
                     return
-                if self.should_exit.is_set():
-                    return
+                if self.should_exit.is_set() or signal.SIGINT in signal.sigpending():
+                    return  # stopping: a Ctrl-C that came in meanwhile waits, blocked, above
                 log.info("serving process [%s] died; starting another in its place", process.pid)
                 self.processes[index] = self._start(self.listeners[index])
 
@@ -187,7 +187,10 @@ def _deaf_to_interrupts() -> Iterator[None]:
     importing its modules would die of it with a traceback. Ignored, it leaves the stop to
     the supervisor, which stops them all; once serving, uvicorn handles SIGINT there itself.
     The supervisor's own SIGINT meanwhile waits, blocked (Linux keeps a blocked signal
-    pending even while it is ignored), for its handler to be back.
+    pending even while it is ignored), for its handler to be back. Blocked in every thread,
+    that is: a thread that did not block it would take it and drop it, and the supervisor
+    would never stop. The threads libraries start are started with it blocked (see
+    ``service.__main__``).
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:

@@ -344,6 +344,30 @@ def test_ctrl_c_stops_every_process_without_a_traceback(
     assert not [pid for pid in serving if Path(f"/proc/{pid}").exists()]
 
 
+def test_ctrl_c_during_a_health_check_still_stops_the_service(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """The supervisor ignores SIGINT while it checks on its processes (it spawns any
+    replacement in there). A Ctrl-C that comes meanwhile must wait for it, not be dropped by
+    one of the threads its libraries started, or the service would go on serving."""
+    port = free_port()
+    env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir), processes="2")
+    with start_service(
+        env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    ) as process:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        wait_for(lambda: len(serving_processes(process.pid)) == 2)
+        stopped = min(serving_processes(process.pid))
+        os.kill(stopped, signal.SIGSTOP)  # its health check now waits seconds for an answer
+        time.sleep(1.5)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+    assert_stopped_cleanly(output)
+    assert "starting another in its place" not in output
+
+
 def test_serving_processes_stop_when_the_launcher_is_killed(
     tmp_path: Path, model_dir: Path
 ) -> None:
