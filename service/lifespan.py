@@ -34,7 +34,7 @@ from service.ratelimit import FLUSH_SECONDS, Limiter, Rate
 from service.settings import Settings
 from service.store.connection import client_options
 from service.store.keys import ApiKeyStore
-from service.store.records import Document, RecordStore, ping
+from service.store.records import Document, RecordStore
 
 log = logging.getLogger(__name__)
 INDEX_RETRY_SECONDS = 2.0
@@ -57,9 +57,6 @@ class Resources:
     client_limiter: ClientLimiter | None = None
     indexes_ready: asyncio.Event = field(default_factory=asyncio.Event)
     index_error: str | None = None  # why the last attempt to create the indexes failed
-
-    async def database_ready(self) -> bool:
-        return self.indexes_ready.is_set() and await ping(self.database)
 
     def update_load_gauges(self) -> None:
         self.metrics.executor_pending.set(self.executor.pending)

@@ -10,6 +10,7 @@ from service.api.deps import ResourcesDep, provide_resources
 from service.api.problems import problem_responses
 from service.api.schemas import Health, ModelStatus, Readiness
 from service.errors import DatabaseUnavailable, ServiceUnavailable
+from service.store.records import ping
 
 DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
 
@@ -37,9 +38,15 @@ async def readyz(resources: ResourcesDep) -> Readiness:
             retry_after=2,
             extra={"database": "indexes"},
         )
-    if not await resources.database_ready():
+    if not await ping(resources.database):
         raise DatabaseUnavailable(
             "the database is not answering", retry_after=2, extra={"database": "unavailable"}
+        )
+    if not resources.indexes_ready.is_set():
+        # Every start passes through here: the database answers, the indexes are not made
+        # yet. Blaming the database would page whoever watches database-unavailable answers.
+        raise ServiceUnavailable(
+            "the database indexes are being created", retry_after=1, extra={"database": "indexes"}
         )
     return Readiness(status="ready", database="ok", models=models)
 

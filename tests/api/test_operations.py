@@ -193,7 +193,7 @@ async def test_readiness_says_why_the_indexes_cannot_be_made(
     async with app.lifespan(), AppClient(app) as client:
         for _ in range(50):
             response = await client.get("/readyz")
-            if "indexes" in response.text:
+            if "indexes failed" in response.text:
                 break
             await asyncio.sleep(0.1)
         problem = assert_problem(response, 503, "unavailable")
@@ -201,6 +201,29 @@ async def test_readiness_says_why_the_indexes_cannot_be_made(
         assert "creating the database indexes failed: DuplicateKeyError" in problem["detail"]
         await asyncio.sleep(0.5)
         assert attempts == 1
+
+
+async def test_readiness_while_the_indexes_are_made_does_not_blame_the_database(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every start waits for its indexes with the database answering: /readyz says so, and
+    it is ready once they are made."""
+    made = asyncio.Event()
+    ensure_indexes = RecordStore.ensure_indexes
+
+    async def held(store: RecordStore) -> None:
+        await made.wait()
+        await ensure_indexes(store)
+
+    monkeypatch.setattr(RecordStore, "ensure_indexes", held)
+    app = create_app(make_settings())
+    async with app.lifespan(), AppClient(app) as client:
+        problem = assert_problem(await client.get("/readyz"), 503, "unavailable")
+        assert problem["database"] == "indexes"
+        assert problem["detail"] == "the database indexes are being created"
+        made.set()
+        await asyncio.wait_for(app.state.resources.indexes_ready.wait(), 30)
+        assert (await client.get("/readyz")).json()["status"] == "ready"
 
 
 async def test_an_index_made_under_another_name_serves(
