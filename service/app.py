@@ -28,7 +28,7 @@ from service import __version__
 from service.api import health, labels, records, search
 from service.api.head import head_as_get
 from service.api.headers import document_response_headers, response_headers_middleware
-from service.api.problems import EXCEPTION_HANDLERS
+from service.api.problems import EXCEPTION_HANDLERS, log_unwritten
 from service.api.shutdown import unavailable_when_cancelled
 from service.infer.models import Models
 from service.lifespan import lifespan
@@ -182,7 +182,7 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
         middleware=[response_headers_middleware],
         openapi_config=openapi_config(),
         # Problems are counted, and their warnings written, where they are made.
-        state=State({"metrics": metrics, "repeated_lines": RepeatedLines()}),
+        state=State({"metrics": metrics, "repeated_lines": RepeatedLines(log_unwritten)}),
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         type_encoders=BSON_ENCODERS,
         logging_config=None,  # configured once, by the launcher

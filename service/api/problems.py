@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import quote
 
 import msgspec
@@ -116,16 +117,21 @@ def _server_error(
     """A warning for a 5xx the service answered, at most once a window of its status and type
     (service.repeated_logs): they come in bursts."""
     repeats: RepeatedLines = request.app.state.repeated_lines
-    unwritten = repeats.admit((exc.status, exc.type))
-    if unwritten is None:
-        return
-    line = f"{where} -> %d %s"
-    if unwritten:
-        line += " (and %d more like it, not logged, since the last such line)"
-        args = (*args, exc.status, exc.type, unwritten)
-    else:
-        args = (*args, exc.status, exc.type)
-    log.warning(line, *args)
+    if repeats.admit((exc.status, exc.type), where % args):
+        log.warning(f"{where} -> %d %s", *args, exc.status, exc.type)
+
+
+def log_unwritten(kind: Hashable, unwritten: int, last: str, seconds: float) -> None:
+    """The line closing a window of 5xx answers of one ``kind`` (status, type) not logged."""
+    status, type_ = cast(tuple[int, str], kind)
+    log.warning(
+        "%d more answers %d %s in the last %g s, not logged one by one (the last: %s)",
+        unwritten,
+        status,
+        type_,
+        seconds,
+        last,
+    )
 
 
 def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

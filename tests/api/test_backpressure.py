@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service import pipeline
+from service import pipeline, repeated_logs
+from service.request_ids import RequestIdFilter
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
 from tests.conftest import API_KEY, CAT_PHOTO, AppClient, running
@@ -30,7 +31,10 @@ async def test_burst_beyond_the_bound_gets_503_then_recovers(
     image_server: ImageServer,
     evalset_dir: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(repeated_logs, "WINDOW_SECONDS", 1.0)
+    caplog.handler.addFilter(RequestIdFilter())
     async with running(make_settings(workers=1, max_inflight=4)) as client:
         names = photo_names(evalset_dir, 24)
         responses = await asyncio.gather(
@@ -41,6 +45,14 @@ async def test_burst_beyond_the_bound_gets_503_then_recovers(
         assert statuses.count(201) >= 4 and statuses.count(503) >= 1
         # One warning for the burst, not one a refusal (service.repeated_logs).
         assert overload_lines(caplog) == ["POST /v1/labels -> 503 overloaded"]
+        # The rest are told when the window ends, though no other refusal follows.
+        unwritten = (
+            f"{statuses.count(503) - 1} more answers 503 overloaded in the last 1 s, not"
+            " logged one by one (the last: POST /v1/labels)"
+        )
+        await asyncio.sleep(1.5)
+        closing = [r for r in caplog.records if r.getMessage() == unwritten]
+        assert [getattr(r, "request", None) for r in closing] == [""]  # no one request's ID
         for response in responses:
             if response.status_code == 503:
                 assert_problem(response, 503, "overloaded")
