@@ -21,11 +21,23 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import (
+    AvifImagePlugin,
+    Image,
+    ImageCms,
+    ImageOps,
+    JpegImagePlugin,
+    UnidentifiedImageError,
+    features,
+)
 
 from service.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# AVIF where Pillow was built with libavif, as its wheels are: photos from CDNs that pick
+# the format per client, and from phones.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF") + (
+    ("AVIF",) if features.check("avif") else ()
+)
 # EXIF orientations 5-8 rotate by 90 degrees: stored width and height swap.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
@@ -54,6 +66,12 @@ _MAX_PROFILE_BYTES = 4 << 20  # real ones are a few KB to a few hundred KB
 # decode_image checks the pixel cap itself, against the service's setting; Pillow's own
 # guard (89 MP) would refuse images the operator allowed, and warn on stderr below that.
 Image.MAX_IMAGE_PIXELS = None
+# An ISOBMFF file type box naming AVIF as its major brand (a still image, or a sequence).
+# HEIF's mif1/msf1 brands are left out: an HEIC photo with them is not AVIF.
+_AVIF_BRANDS = (b"ftypavif", b"ftypavis")
+# libavif decodes on as many threads as the process has CPUs, by default; every decode already
+# runs on an executor worker sized to the cores.
+AvifImagePlugin.DEFAULT_MAX_THREADS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +102,16 @@ def decode_image(
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
+        if data[4:12] in _AVIF_BRANDS and "AVIF" in ALLOWED_FORMATS:
+            # libavif parses the whole file on opening: a cut one fails there, not in load().
+            raise UnprocessableImage(
+                "the AVIF image is truncated or corrupt", extra={"reason": "corrupt"}
+            ) from None
         raise UnsupportedMediaType(
             f"the content is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
             extra={"reason": "unknown_format"},
         ) from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, RuntimeError) as exc:  # libavif's: RuntimeError
         raise UnprocessableImage(
             f"the image header is corrupt: {exc}", extra={"reason": "corrupt"}
         ) from None
@@ -129,7 +152,15 @@ def decode_image(
             rgb = _to_rgb(upright_image)
             managed = _in_srgb(upright_image)
             viewed = rgb if managed is upright_image else _to_rgb(managed)
-        except (OSError, ValueError, SyntaxError, EOFError, TypeError, struct.error) as exc:
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            EOFError,
+            TypeError,
+            struct.error,
+            RuntimeError,  # libavif's failures to decode
+        ) as exc:
             raise UnprocessableImage(
                 f"the {fmt} image is truncated or corrupt: {exc}", extra={"reason": "corrupt"}
             ) from None

@@ -374,3 +374,16 @@ async def test_a_large_jpeg_is_captioned_like_the_same_pixels_in_a_png(
     coverage = [re.search(r"about (\d+)%", r["caption"]["scene_analysis"]) for r in (jpeg, png)]
     assert all(coverage)
     assert abs(int(coverage[0][1]) - int(coverage[1][1])) <= 3  # type: ignore[index]
+
+
+async def test_an_avif_photo_is_labeled_like_the_jpeg_it_was_made_from(
+    client: AppClient, image_server: ImageServer, evalset_dir: Path
+) -> None:
+    """CDNs serve AVIF to clients that take it: the cat is found in one as in the JPEG."""
+    photo = Image.open(evalset_dir / "images" / CAT_PHOTO).convert("RGB")
+    image_server.routes["/cat.avif"] = static(encode(photo, "AVIF", quality=90), "image/avif")
+    response = await client.post("/v1/labels", json={"url": image_server.url("/cat.avif")})
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert (record["format"], record["width"], record["height"]) == ("AVIF", *photo.size)
+    assert "cat" in record["classes"]

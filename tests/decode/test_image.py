@@ -27,13 +27,14 @@ def gradient(width: int, height: int) -> Image.Image:
     return image
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "AVIF"])
 def test_exif_orientation_is_applied(fmt: str) -> None:
     """Pillow turns a TIFF upright itself while decoding, the others are turned here: the
-    size is the upright one either way, once."""
+    size is the upright one either way, once. (AVIF stores the turn in its own boxes, which
+    Pillow reads back as the EXIF orientation.)"""
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated: display needs a 90-degree clockwise turn
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP", "AVIF") else {}
     data = encode(gradient(300, 200), fmt, exif=exif, **options)
     decoded = decode_image(data, max_pixels=CAP)
     assert (decoded.width, decoded.height) == (200, 300)
@@ -130,6 +131,38 @@ def test_truncated_jpeg_is_unprocessable() -> None:
     data = encode(gradient(400, 300), "JPEG", quality=95)
     with pytest.raises(UnprocessableImage):
         decode_image(data[: len(data) // 2], max_pixels=CAP)
+
+
+def test_avif_is_decoded_like_the_others() -> None:
+    """Transparency on white, the first picture of a sequence, the cap before decoding."""
+    decoded = decode_image(encode(gradient(300, 200), "AVIF", quality=90), max_pixels=CAP)
+    assert (decoded.format, decoded.image.mode, decoded.image.size) == ("AVIF", "RGB", (300, 200))
+    clear = encode(Image.new("RGBA", (64, 48), (255, 0, 0, 0)), "AVIF")
+    assert decode_image(clear, max_pixels=CAP).image.getpixel((5, 5)) == (255, 255, 255)
+    first, second = gradient(96, 64), Image.new("RGB", (96, 64), (0, 0, 255))
+    sequence = encode(first, "AVIF", save_all=True, append_images=[second], duration=100)
+    assert Image.open(io.BytesIO(sequence)).n_frames == 2
+    shown = decode_image(sequence, max_pixels=CAP).image.getpixel((4, 4))
+    assert isinstance(shown, tuple)
+    assert shown[0] > 150 and shown[2] < 100  # the first picture's red marker, not blue
+    with pytest.raises(PayloadTooLarge):
+        decode_image(encode(gradient(300, 200), "AVIF"), max_pixels=59_999)
+
+
+def _damaged_avifs() -> list[bytes]:
+    """Cut short (libavif then fails on opening) and with bytes of its data changed (it
+    fails decoding): both raise RuntimeError in Pillow, not the errors other formats raise."""
+    data = encode(Image.effect_mandelbrot((320, 240), (-2, -1.5, 1, 1.5), 100), "AVIF")
+    changed = bytearray(data)
+    for offset in range(len(data) // 2, len(data), 97):
+        changed[offset] ^= 0x5A
+    return [data[: len(data) // 2], data[:-10], bytes(changed)]
+
+
+@pytest.mark.parametrize("data", _damaged_avifs(), ids=["half", "tail-cut", "data-changed"])
+def test_a_damaged_avif_is_unprocessable(data: bytes) -> None:
+    with pytest.raises(UnprocessableImage, match="AVIF image is truncated or corrupt"):
+        decode_image(data, max_pixels=CAP)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
