@@ -66,9 +66,10 @@ _MAX_PROFILE_BYTES = 4 << 20  # real ones are a few KB to a few hundred KB
 # decode_image checks the pixel cap itself, against the service's setting; Pillow's own
 # guard (89 MP) would refuse images the operator allowed, and warn on stderr below that.
 Image.MAX_IMAGE_PIXELS = None
-# An ISOBMFF file type box naming AVIF as its major brand (a still image, or a sequence).
-# HEIF's mif1/msf1 brands are left out: an HEIC photo with them is not AVIF.
-_AVIF_BRANDS = (b"ftypavif", b"ftypavis")
+# Brands of an ISOBMFF file type box (the first box of AVIF and HEIF files): AVIF still
+# images and sequences; HEVC-coded HEIF (HEIC, as phones save it).
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEVC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
 # libavif decodes on as many threads as the process has CPUs, by default; every decode already
 # runs on an executor worker sized to the cores.
 AvifImagePlugin.DEFAULT_MAX_THREADS = 1
@@ -102,10 +103,16 @@ def decode_image(
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
-        if data[4:12] in _AVIF_BRANDS and "AVIF" in ALLOWED_FORMATS:
+        brands = _file_brands(data)
+        if brands & _AVIF_BRANDS and "AVIF" in ALLOWED_FORMATS:
             # libavif parses the whole file on opening: a cut one fails there, not in load().
             raise UnprocessableImage(
                 "the AVIF image is truncated or corrupt", extra={"reason": "corrupt"}
+            ) from None
+        if brands & _HEVC_BRANDS:
+            raise UnsupportedMediaType(
+                "HEIC (HEVC-coded HEIF) images are not read here: send the photo as JPEG or AVIF",
+                extra={"reason": "heic"},
             ) from None
         raise UnsupportedMediaType(
             f"the content is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
@@ -172,6 +179,16 @@ def decode_image(
         viewed=viewed,
         reduction=reduction,
     )
+
+
+def _file_brands(data: bytes) -> frozenset[bytes]:
+    """The major and compatible brands of the ISOBMFF file type box ``data`` starts with; none
+    when it does not start with one."""
+    if data[4:8] != b"ftyp":
+        return frozenset()
+    end = min(int.from_bytes(data[:4], "big"), len(data), 4096)
+    compatible = (data[offset : offset + 4] for offset in range(16, end - 3, 4))
+    return frozenset({data[8:12], *compatible})
 
 
 def _scans(data: bytes) -> int:

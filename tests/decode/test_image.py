@@ -165,6 +165,28 @@ def test_a_damaged_avif_is_unprocessable(data: bytes) -> None:
         decode_image(data, max_pixels=CAP)
 
 
+def _file_type_box(major: bytes, *compatible: bytes) -> bytes:
+    body = major + b"\0\0\0\0" + b"".join(compatible)
+    return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body
+
+
+@pytest.mark.parametrize(
+    "brands", [(b"heic", b"mif1", b"heic"), (b"mif1", b"mif1", b"heic"), (b"heix", b"heix")]
+)
+def test_an_heic_photo_is_refused_by_name(brands: tuple[bytes, ...]) -> None:
+    """As iPhones save photos, under its own brand or HEIF's general one: the client is told
+    what the service cannot read and what to send instead, not just 'not an image'."""
+    data = _file_type_box(*brands) + bytes(64)
+    with pytest.raises(UnsupportedMediaType, match=r"HEIC .* send the photo as JPEG or AVIF"):
+        decode_image(data, max_pixels=CAP)
+
+
+def test_a_damaged_avif_under_heifs_general_brand_is_still_called_avif() -> None:
+    data = _file_type_box(b"mif1", b"mif1", b"avif") + bytes(64)
+    with pytest.raises(UnprocessableImage, match="AVIF image is truncated or corrupt"):
+        decode_image(data, max_pixels=CAP)
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     crc = zlib.crc32(kind + data) & 0xFFFFFFFF
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
