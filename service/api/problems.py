@@ -117,8 +117,9 @@ def _server_error(
     """A warning for a 5xx the service answered, at most once a window of its status and type
     (service.repeated_logs): they come in bursts."""
     repeats: RepeatedLines = request.app.state.repeated_lines
-    if repeats.admit((exc.status, exc.type), where % args):
-        log.warning(f"{where} -> %d %s", *args, exc.status, exc.type)
+    line = where % args
+    if repeats.admit((exc.status, exc.type), line):
+        log.warning("%s -> %d %s", line, exc.status, exc.type)
 
 
 def log_unwritten(kind: Hashable, unwritten: int, last: str, seconds: float) -> None:
