@@ -145,6 +145,24 @@ async def open_resources(
         )
         stack.push_async_callback(fetcher.aclose)
 
+        analyzer = ImageAnalyzer(
+            models,
+            min_confidence=settings.min_confidence,
+            max_pixels=settings.max_pixels,
+            metrics=metrics,
+            captions=caption_batcher(
+                models,
+                executor,
+                metrics,
+                beams=settings.caption_beams,
+                batch=BatchPolicy(settings.caption_batch_size, settings.caption_batch_wait_ms),
+            ),
+            caption_beams=settings.caption_beams,
+            batch_runner=executor.run_admitted,
+            detect_batch=BatchPolicy(settings.detect_batch_size, settings.detect_batch_wait_ms),
+        )
+        metrics.expect_labels(analyzer.quality_model, models.detector.class_names)
+
         resources = Resources(
             settings=settings,
             metrics=metrics,
@@ -169,26 +187,7 @@ async def open_resources(
             pipeline=LabelingPipeline(
                 fetcher=fetcher,
                 executor=executor,
-                analyzer=ImageAnalyzer(
-                    models,
-                    min_confidence=settings.min_confidence,
-                    max_pixels=settings.max_pixels,
-                    metrics=metrics,
-                    captions=caption_batcher(
-                        models,
-                        executor,
-                        metrics,
-                        beams=settings.caption_beams,
-                        batch=BatchPolicy(
-                            settings.caption_batch_size, settings.caption_batch_wait_ms
-                        ),
-                    ),
-                    caption_beams=settings.caption_beams,
-                    batch_runner=executor.run_admitted,
-                    detect_batch=BatchPolicy(
-                        settings.detect_batch_size, settings.detect_batch_wait_ms
-                    ),
-                ),
+                analyzer=analyzer,
                 store=records,
                 metrics=metrics,
                 max_inflight=settings.max_inflight,

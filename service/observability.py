@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from litestar.enums import ScopeType
@@ -25,6 +26,9 @@ LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.16, 0.2, 0.25, 0.32, 0.4, 0.5, 0.64, 0.8,
     1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
+# Tenths of the label-quality estimate: a drift shows as weight moving between buckets.
+QUALITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DETECTION_COUNT_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
 
 
 class Metrics:
@@ -68,6 +72,28 @@ class Metrics:
             registry=r,
         )
         self.records_created = Counter("labelsvc_records_created", "Records created", registry=r)
+        # What the models say about the images coming in, to watch for drift. Scores of
+        # different estimate models are not comparable, hence the label (three values).
+        self.label_quality = Histogram(
+            "labelsvc_label_quality",
+            "label_quality_estimation of each new record, by the estimate's model",
+            ["model"],
+            buckets=QUALITY_BUCKETS,
+            registry=r,
+        )
+        self.detections_per_image = Histogram(
+            "labelsvc_detections_per_image",
+            "Kept detections (object_analysis boxes) of each new record",
+            buckets=DETECTION_COUNT_BUCKETS,
+            registry=r,
+        )
+        # Bounded by the detector's class list (80 for COCO).
+        self.detections = Counter(
+            "labelsvc_detections",
+            "Kept detections of new records, by class name",
+            ["class"],
+            registry=r,
+        )
         self.records_reused = Counter(
             "labelsvc_records_deduplicated",
             "Labeling requests answered with an existing record (same bytes or id)",
@@ -146,6 +172,21 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, self.shared_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
+
+    def expect_labels(self, quality_model: str, classnames: Iterable[str]) -> None:
+        """The series ``record_labels`` feeds, at 0 from the start: a rate needs a sample
+        from before the first record, and a class never detected reads 0, not "no data"."""
+        self.label_quality.labels(quality_model)
+        for name in classnames:
+            self.detections.labels(name)
+
+    def record_labels(self, quality_model: str, score: float, classnames: Iterable[str]) -> None:
+        """Count a new record's label-quality estimate and its kept detections."""
+        self.label_quality.labels(quality_model).observe(score)
+        per_class = Tally(classnames)
+        self.detections_per_image.observe(per_class.total())
+        for name, count in per_class.items():
+            self.detections.labels(name).inc(count)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -278,6 +278,11 @@ class LabelingPipeline:
         created = stored["_id"] == record.id
         if created:
             self._metrics.records_created.inc()
+            self._metrics.record_labels(
+                analysis.quality.model,
+                analysis.quality.score,
+                (b.classname for b in analysis.boxes),
+            )
         return LabelOutcome(record if created else record_from_document(stored), created)
 
     def _build_record(

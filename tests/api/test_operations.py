@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
 from service import lifespan
 from service.app import create_app
 from service.domain.records import new_record_id
-from service.observability import LATENCY_BUCKETS
+from service.observability import LATENCY_BUCKETS, QUALITY_BUCKETS
 from service.settings import Settings
 from service.store.records import RecordStore
 from tests.api.test_errors import assert_problem
@@ -59,6 +62,52 @@ async def test_metrics_cover_requests_stages_models_and_records(
     assert "labelsvc_labeling_admitted 0.0" in text
     assert "labelsvc_executor_queue_wait_seconds_count 0.0" not in text  # decode, models
     assert "labelsvc_executor_pending 0.0" in text
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_describe_the_labels_of_new_records(
+    client: AppClient, image_server: ImageServer
+) -> None:
+    """Each new record's label-quality estimate (by its model) and kept detections (in all,
+    and by class) are counted once: an image labeled again is not a new observation."""
+    before = _samples((await client.get("/metrics")).text)
+    (model,) = [labels for name, labels in before if name == "labelsvc_label_quality_count"]
+    assert before["labelsvc_label_quality_count", model] == 0  # there before any record
+    url = image_server.photo_url(CAT_PHOTO)
+    record = (await client.post("/v1/labels", json={"url": url})).json()
+    assert (await client.post("/v1/labels", json={"url": url})).status_code == 200
+    samples = _samples((await client.get("/metrics")).text)
+    assert record["label_quality"]["model"] == dict(model)["model"]
+    assert samples["labelsvc_label_quality_count", model] == 1
+    assert samples["labelsvc_label_quality_sum", model] == record["label_quality_estimation"]
+    at_or_below = {
+        float(dict(labels)["le"]): value
+        for (name, labels), value in samples.items()
+        if name == "labelsvc_label_quality_bucket"
+    }
+    assert at_or_below == {
+        le: float(record["label_quality_estimation"] <= le) for le in (*QUALITY_BUCKETS, math.inf)
+    }
+    boxes = record["object_analysis"][0]
+    assert boxes, "the cat photo has detections"
+    assert samples["labelsvc_detections_per_image_sum", frozenset()] == len(boxes)
+    counted = {
+        dict(labels)["class"]: value
+        for (name, labels), value in samples.items()
+        if name == "labelsvc_detections_total"
+    }
+    assert {name: value for name, value in counted.items() if value} == Counter(
+        box["classname"] for box in boxes
+    )
+    # every class the detector knows has its series, at 0 until detected
+    assert set(counted) == set(client.resources.models.detector.class_names)
 
 
 def test_latency_buckets_resolve_labeling_latencies() -> None:
