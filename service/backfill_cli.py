@@ -12,9 +12,10 @@ from pymongo.errors import OperationFailure
 
 from service.query.bson_order import rank
 from service.settings import Settings
-from service.store.backfill import FROM_START, BackfillProgress, backfill_derived_fields
+from service.store.backfill import BackfillProgress, backfill_derived_fields
 from service.store.connection import NO_DATABASE, tool_database
 from service.store.records import RecordStore, records_collection
+from service.store.walk import FROM_START
 
 # Records are held in memory a batch at a time (about 5 KB each as the service writes them).
 MAX_BATCH_SIZE = 10_000
@@ -28,14 +29,14 @@ def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     parser.add_argument(
         "--batch-size",
-        type=_batch_size,
+        type=parse_batch_size,
         default=DEFAULT_BATCH_SIZE,
         help=f"records read and written at a time, 1 to {MAX_BATCH_SIZE:,}"
         f" (default {DEFAULT_BATCH_SIZE})",
     )
     parser.add_argument(
         "--after",
-        type=_record_id,
+        type=parse_record_id,
         default=FROM_START,
         help='resume after this record id, as last reported: JSON (7, {"$oid": "..."}, "7",'
         " null) or a plain string id",
@@ -116,14 +117,14 @@ def _summary(progress: BackfillProgress, dry_run: bool, **more: object) -> str:
     return json_util.dumps(summary, json_options=json_util.RELAXED_JSON_OPTIONS)
 
 
-def _batch_size(text: str) -> int:
+def parse_batch_size(text: str) -> int:
     size = int(text)
     if not 1 <= size <= MAX_BATCH_SIZE:
         raise argparse.ArgumentTypeError(f"{text} is not between 1 and {MAX_BATCH_SIZE:,}")
     return size
 
 
-def _record_id(text: str) -> object:
+def parse_record_id(text: str) -> object:
     """An id as a progress line shows it (JSON: a number, {"$oid": ...}, a quoted string,
     null), or else the plain text of a string id such as PT::..."""
     try:

@@ -11,29 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Final
+from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-from service.query.bson_order import beyond, types_after
 from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
 from service.store.errors import within
 from service.store.records import Document
+from service.store.walk import FROM_START, batch_after
 
 # Failed records named in the progress lines; all of them are counted.
 MAX_FAILED_IDS = 100
-
-
-class _Position(Enum):
-    START = "start"
-
-
-# Where a walk with no ``after`` begins. Not None: a record may have the id null (MongoDB allows
-# one), and resuming after it must not start over.
-FROM_START: Final = _Position.START
 
 
 @dataclass(slots=True)
@@ -69,7 +59,7 @@ async def backfill_derived_fields(
     position = after
     while True:
         async with _deadline(operation_timeout):
-            batch = await _batch_after(records, position, projection, batch_size)
+            batch = await batch_after(records, position, projection, batch_size)
         if not batch:
             return progress
         updates, ids = [], []
@@ -99,27 +89,6 @@ async def backfill_derived_fields(
         position = progress.last_id = batch[-1]["_id"]
         if on_batch is not None:
             on_batch(progress)
-
-
-async def _batch_after(
-    records: AsyncCollection[Document], last_id: Any, projection: dict[str, int], size: int
-) -> list[Document]:
-    """The next ``size`` records in ``_id`` order after ``last_id`` (``FROM_START``: the
-    first ones)."""
-
-    async def walk(query: dict[str, Any]) -> list[Document]:
-        return await records.find(query, projection).sort("_id", 1).limit(size).to_list()
-
-    if last_id is FROM_START:
-        return await walk({})
-    # Only one record can have the id null, so nothing of its type follows it.
-    batch = await walk({"_id": beyond(last_id, "$gt")}) if last_id is not None else []
-    if batch:
-        return batch
-    # $gt compares within one BSON type: imported ids of a later type (ObjectIds after
-    # strings) come from a query for those types.
-    later = types_after(last_id, 1)
-    return await walk({"_id": {"$type": later}}) if later else []
 
 
 def _deadline(seconds: float | None) -> AbstractAsyncContextManager[None]:

@@ -185,7 +185,7 @@ def test_backfill_gives_up_on_a_database_that_holds_a_batch(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     records.insert_many([old_record(i, "cat") for i in range(3)])
-    monkeypatch.setattr(backfill_module, "_batch_after", never_answers)
+    monkeypatch.setattr(backfill_module, "batch_after", never_answers)
     monkeypatch.setenv("LABELSVC_DB_OPERATION_TIMEOUT_MS", "300")
     monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
     monkeypatch.setenv("LABELSVC_MONGODB_DB", settings.mongodb_db)

@@ -1,0 +1,47 @@
+"""Walking the records in ``_id`` order a batch at a time, resumable after any id: the
+maintenance commands (``backfill``, ``relabel``) read the collection this way."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Final
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from service.query.bson_order import beyond, types_after
+from service.store.records import Document
+
+
+class _Position(Enum):
+    START = "start"
+
+
+# Where a walk with no ``after`` begins. Not None: a record may have the id null (MongoDB allows
+# one), and resuming after it must not start over.
+FROM_START: Final = _Position.START
+
+
+async def batch_after(
+    records: AsyncCollection[Document],
+    last_id: Any,
+    projection: dict[str, int],
+    size: int,
+    query: dict[str, Any] | None = None,
+) -> list[Document]:
+    """The next ``size`` records in ``_id`` order after ``last_id`` (``FROM_START``: the
+    first ones), among those matching ``query``."""
+
+    async def walk(position: dict[str, Any]) -> list[Document]:
+        found = records.find({**(query or {}), **position}, projection)
+        return await found.sort("_id", 1).limit(size).to_list()
+
+    if last_id is FROM_START:
+        return await walk({})
+    # Only one record can have the id null, so nothing of its type follows it.
+    batch = await walk({"_id": beyond(last_id, "$gt")}) if last_id is not None else []
+    if batch:
+        return batch
+    # $gt compares within one BSON type: imported ids of a later type (ObjectIds after
+    # strings) come from a query for those types.
+    later = types_after(last_id, 1)
+    return await walk({"_id": {"$type": later}}) if later else []
