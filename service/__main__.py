@@ -1,4 +1,4 @@
-"""Command line: ``python -m service serve | openapi | keys ... | backfill``."""
+"""Command line: ``python -m service serve | openapi | keys ... | backfill | relabel``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from service.dbserver import DatabaseServerError
 from service.errors import ServiceError
 from service.infer.manifest import ModelError
 from service.listen import ListenError
+from service.relabel_cli import add_relabel_parser, run_relabel_command
 from service.settings import ConfigError, Settings
 
 
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     revoke = keys.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("--name", required=True)
     add_backfill_parser(commands)
+    add_relabel_parser(commands)
     args = parser.parse_args(argv)
 
     if args.command == "openapi":
@@ -57,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, settings)
     except KeyboardInterrupt:
         resume = " (run it again, or pass --after the last_id reported)"
-        print(f"interrupted{resume if args.command == 'backfill' else ''}", file=sys.stderr)
+        resumable = args.command in ("backfill", "relabel")
+        print(f"interrupted{resume if resumable else ''}", file=sys.stderr)
         return 130
     except ModelError as exc:  # a model file missing or altered, a provider this build lacks
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -83,6 +86,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return serve(settings)
     if args.command == "backfill":
         return asyncio.run(run_backfill_command(settings, args))
+    if args.command == "relabel":
+        return asyncio.run(run_relabel_command(settings, args))
     from service.keys_cli import run_keys_command
 
     return asyncio.run(run_keys_command(settings, args))

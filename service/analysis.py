@@ -233,6 +233,11 @@ class ImageAnalyzer:
             entries.append(Analysis("caption", GROUNDED, "1", None, {}, processed_at))
         return entries
 
+    def current_lineage(self) -> list[Analysis]:
+        """The lineage a record labeled now gets when every analysis succeeds."""
+        captioner = self.models.captioner
+        return self.lineage("", caption_by=captioner.name if captioner is not None else GROUNDED)
+
     def _detect_params(self) -> Params:
         return {
             "input_size": self.detector.input_size,

@@ -13,7 +13,9 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import partial
+from typing import Any
 
 from service.analysis import ImageAnalysis, ImageAnalyzer
 from service.domain.records import (
@@ -47,6 +49,29 @@ SLOW_FETCH_SECONDS = 5.0
 # Analyses of one request's bytes when each record made for them is deleted before this
 # request can answer with it; past this, 503 write_conflict.
 LABEL_ATTEMPTS = 3
+# What relabeling leaves as it was: the record's identity and provenance, and the flags of
+# analyses this service does not run (an imported record's face analysis stays true to them).
+KEPT_ON_RELABEL = frozenset(
+    {
+        "_id",
+        "url",
+        "urls",
+        "datetime",
+        "hash",
+        "type",
+        "pose_estimation_processed",
+        "face_analysis_processed",
+    }
+)
+
+
+class Relabeled(StrEnum):
+    """How relabeling one stored record ended."""
+
+    RELABELED = "relabeled"
+    UNREACHABLE = "unreachable"  # no URL of the record gave an image
+    CHANGED = "changed"  # its URLs serve other bytes now
+    DELETED = "deleted"  # deleted while it was analysed
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +137,10 @@ class LabelingPipeline:
         running = list(self._analyses_by_hash.values())
         if running:
             await asyncio.wait(running)
+
+    @property
+    def analyzer(self) -> ImageAnalyzer:
+        return self._analyzer
 
     @property
     def admitted(self) -> int:
@@ -219,6 +248,35 @@ class LabelingPipeline:
             retry_after=1,
             extra={"reason": "write_conflict"},
         )
+
+    async def relabel(self, document: dict[str, Any]) -> Relabeled:
+        """Analyse a stored record's bytes again with the models loaded now and overwrite its
+        labels in place; everything in ``KEPT_ON_RELABEL`` stays. The bytes are downloaded
+        again from the record's URLs in turn, and used only if they are the ones it holds
+        (``hash``): other bytes at its URLs leave it ``CHANGED``, none at all
+        ``UNREACHABLE``. Errors of the analysis itself (a format refused now) are raised."""
+        start_request()
+        digest = document["hash"]
+        urls = document.get("urls")
+        candidates = urls if isinstance(urls, list) else [document.get("url")]
+        changed = False
+        for url in dict.fromkeys(u for u in candidates if isinstance(u, str)):
+            try:
+                fetched = await self._fetch(url)
+            except ServiceError:
+                continue
+            if fetched.sha256 != digest:
+                changed = True
+                continue
+            analysis = await self._analyzer.analyze(fetched.data, self._executor)
+            record = record_to_document(self._build_record(analysis, fetched, url, digest))
+            fields = {k: v for k, v in record.items() if k not in KEPT_ON_RELABEL}
+            if "urls" not in document:  # imported with a url alone: the shape records have now
+                fields["urls"] = [url]
+            if not await self._store.replace_labels(document["_id"], digest, fields):
+                return Relabeled.DELETED
+            return Relabeled.RELABELED
+        return Relabeled.CHANGED if changed else Relabeled.UNREACHABLE
 
     async def _reuse(self, digest: str, url: str) -> LabelOutcome | None:
         """The stored record for these bytes, with ``url`` added; ``None`` if it was deleted."""

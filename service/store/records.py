@@ -248,6 +248,15 @@ class RecordStore:
             extra={"reason": "write_conflict"},
         )
 
+    async def replace_labels(self, record_id: Any, digest: str, fields: Document) -> bool:
+        """Overwrite ``fields`` of the record with this id as long as it still holds these
+        bytes; False when it is gone (deleted meanwhile)."""
+        async with self._labeling():
+            result = await self._records.update_one(
+                {"_id": record_id, "hash": digest}, {"$set": fields}
+            )
+            return result.matched_count == 1
+
     @property
     def indexed(self) -> IndexedFields:
         return INDEXED

@@ -1,0 +1,150 @@
+"""Labeling stored records again after a model change (``python -m service relabel``).
+
+A record is stale when its lineage (``analyses``) names other models, weights, versions or
+settings than the service would use now. The execution provider does not count: CPU and GPU
+runs of one model give the same labels but for rounding. Stale records are labeled again in
+place from their own URLs (``LabelingPipeline.relabel``): the same id, URLs, first-seen time
+and content hash, so that clients' references and deduplication hold. Walks in ``_id`` order
+like ``backfill``; safe while the service runs, and resumable after the last id reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from pymongo.asynchronous.collection import AsyncCollection
+
+from service.domain.records import Analysis
+from service.errors import DatabaseUnavailable, ServiceError
+from service.pipeline import LabelingPipeline, Relabeled
+from service.store.errors import within
+from service.store.records import Document
+from service.store.walk import FROM_START, batch_after
+
+# Failed records named in the progress lines; all of them are counted.
+MAX_FAILED_IDS = 100
+# Settings that change how a model runs, not what it finds.
+NOT_LINEAGE = frozenset({"provider"})
+PROJECTION = {"_id": 1, "hash": 1, "url": 1, "urls": 1, "analyses": 1}
+
+LineageKey = frozenset[tuple[str, str, str, str | None, str]]
+
+
+@dataclass(slots=True)
+class RelabelProgress:
+    scanned: int = 0
+    stale: int = 0  # of those, labeled with other models or settings (or with no lineage)
+    relabeled: int = 0
+    unreachable: int = 0  # no URL of the record answered with an image
+    changed: int = 0  # its URLs serve other bytes now: left as it is
+    deleted: int = 0  # deleted while it was analysed
+    unverifiable: int = 0  # stale but without a content hash to check the bytes against
+    failed: int = 0  # the analysis or the write failed
+    failed_ids: list[Any] = field(default_factory=list)
+    last_id: Any = None
+
+
+def lineage_key(analyses: Iterable[Mapping[str, Any]]) -> LineageKey:
+    """What makes two records' analyses the same: each analysis's name, model, version,
+    weights and settings, but not when it ran or on which execution provider."""
+    return frozenset(
+        (
+            str(a.get("name")),
+            str(a.get("model")),
+            str(a.get("version")),
+            a.get("sha256"),
+            msgspec.json.encode(
+                {k: v for k, v in (a.get("params") or {}).items() if k not in NOT_LINEAGE},
+                order="sorted",
+            ).decode(),
+        )
+        for a in analyses
+    )
+
+
+def is_stale(document: Document, current: LineageKey) -> bool:
+    analyses = document.get("analyses")
+    if not isinstance(analyses, list) or not all(isinstance(a, dict) for a in analyses):
+        return True  # imported, or written before lineage was kept
+    return lineage_key(analyses) != current
+
+
+def current_key(pipeline: LabelingPipeline) -> LineageKey:
+    entries: list[Analysis] = pipeline.analyzer.current_lineage()
+    return lineage_key(msgspec.to_builtins(entries))
+
+
+async def relabel_stale(
+    records: AsyncCollection[Document],
+    pipeline: LabelingPipeline,
+    *,
+    batch_size: int = 100,
+    concurrency: int = 2,
+    dry_run: bool = False,
+    after: Any = FROM_START,
+    operation_timeout: float = 10.0,
+    on_batch: Callable[[RelabelProgress], None] | None = None,
+    on_failure: Callable[[Any, str], None] | None = None,
+) -> RelabelProgress:
+    """Label again every stale record with an ``_id`` above ``after``, ``concurrency`` at a
+    time; a dry run only counts them. Each batch is finished before the next is read, so
+    the last id reported is a safe place to resume. ``operation_timeout``: seconds a batch's
+    read may take; each record's own reads and writes have the service's limits."""
+    if batch_size < 1 or concurrency < 1:
+        raise ValueError("batch_size and concurrency must be >= 1")
+    current = current_key(pipeline)
+    progress = RelabelProgress(last_id=None if after is FROM_START else after)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def relabel(document: Document) -> None:
+        async with slots:
+            try:
+                outcome = await pipeline.relabel(document)
+            except DatabaseUnavailable:
+                raise  # every record would fail alike: stop, to be resumed
+            except ServiceError as exc:
+                _failed(progress, document["_id"], exc.detail, on_failure)
+                return
+        match outcome:
+            case Relabeled.RELABELED:
+                progress.relabeled += 1
+            case Relabeled.UNREACHABLE:
+                progress.unreachable += 1
+            case Relabeled.CHANGED:
+                progress.changed += 1
+            case Relabeled.DELETED:
+                progress.deleted += 1
+
+    position = after
+    while True:
+        async with within(operation_timeout):
+            batch = await batch_after(records, position, PROJECTION, batch_size)
+        if not batch:
+            return progress
+        stale = [document for document in batch if is_stale(document, current)]
+        progress.stale += len(stale)
+        hashed = [document for document in stale if isinstance(document.get("hash"), str)]
+        progress.unverifiable += len(stale) - len(hashed)
+        if not dry_run:
+            await asyncio.gather(*map(relabel, hashed))
+        progress.scanned += len(batch)
+        position = progress.last_id = batch[-1]["_id"]
+        if on_batch is not None:
+            on_batch(progress)
+
+
+def _failed(
+    progress: RelabelProgress,
+    record_id: Any,
+    message: str,
+    on_failure: Callable[[Any, str], None] | None,
+) -> None:
+    progress.failed += 1
+    if len(progress.failed_ids) < MAX_FAILED_IDS:
+        progress.failed_ids.append(record_id)
+    if on_failure is not None:
+        on_failure(record_id, message)

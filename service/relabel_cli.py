@@ -1,0 +1,104 @@
+"""``python -m service relabel``: label stored records again with the models loaded now."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bson import json_util
+
+from service.backfill_cli import batch_deadline, parse_batch_size, parse_record_id
+from service.lifespan import open_resources
+from service.observability import Metrics
+from service.relabel import RelabelProgress, relabel_stale
+from service.settings import Settings
+from service.store.connection import NO_DATABASE
+from service.store.records import records_collection
+from service.store.walk import FROM_START
+
+DEFAULT_BATCH_SIZE = 100
+MAX_CONCURRENCY = 64
+
+
+def add_relabel_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "relabel",
+        help="label again, in place and from their URLs, the records whose models or"
+        " settings differ from the ones configured now",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=parse_batch_size,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"records read at a time (default {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=None,
+        help="records analysed at once (default: LABELSVC_WORKERS)",
+    )
+    parser.add_argument(
+        "--after",
+        type=parse_record_id,
+        default=FROM_START,
+        help="resume after this record id, as last reported (as for backfill)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="count the stale records only")
+
+
+async def run_relabel_command(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.mongodb_uri is None:
+        print(NO_DATABASE, file=sys.stderr)
+        return 2
+
+    def report(progress: RelabelProgress) -> None:
+        print(_summary(progress, args.dry_run), file=sys.stderr, flush=True)
+
+    def failed(record_id: object, message: str) -> None:
+        shown = json_util.dumps(record_id, json_options=json_util.RELAXED_JSON_OPTIONS)
+        print(f"error: record {shown} not relabeled: {message[:300]}", file=sys.stderr)
+
+    async with open_resources(settings, Metrics()) as resources:
+        done = await relabel_stale(
+            records_collection(resources.database),
+            resources.pipeline,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency or settings.workers,
+            dry_run=args.dry_run,
+            after=args.after,
+            operation_timeout=batch_deadline(settings, args.batch_size),
+            on_batch=report,
+            on_failure=failed,
+        )
+    print(_summary(done, args.dry_run, done=True))
+    return 1 if done.failed else 0
+
+
+def _summary(progress: RelabelProgress, dry_run: bool, **more: object) -> str:
+    """A JSON line; ids that are not strings in MongoDB Extended JSON, which ``--after``
+    reads back."""
+    counts = {
+        name: getattr(progress, name)
+        for name in ("scanned", "stale", "relabeled", "unreachable", "changed", "deleted")
+    }
+    summary = {
+        **counts,
+        **({"unverifiable": progress.unverifiable} if progress.unverifiable else {}),
+        **(
+            {"failed": progress.failed, "failed_ids": progress.failed_ids}
+            if progress.failed
+            else {}
+        ),
+        "last_id": progress.last_id,
+        "dry_run": dry_run,
+        **more,
+    }
+    return json_util.dumps(summary, json_options=json_util.RELAXED_JSON_OPTIONS)
+
+
+def _concurrency(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and {MAX_CONCURRENCY}")
+    return value
