@@ -53,8 +53,7 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
         print(_summary(progress, args.dry_run), file=sys.stderr, flush=True)
 
     def refused(record_id: object, message: str) -> None:
-        shown = json_util.dumps(record_id, json_options=json_util.RELAXED_JSON_OPTIONS)
-        print(f"error: record {shown} not updated: {message[:300]}", file=sys.stderr)
+        print_record_error(record_id, "not updated", message)
 
     async with tool_database(settings.mongodb_uri, settings) as database:
         store = RecordStore(database, max_time_ms=settings.query_max_time_ms)
@@ -70,6 +69,12 @@ async def run_backfill_command(settings: Settings, args: argparse.Namespace) -> 
         )
     print(_summary(done, args.dry_run, done=True))
     return 1 if done.failed or indexes_failed else 0
+
+
+def print_record_error(record_id: object, what: str, message: str) -> None:
+    """One line on stderr naming the record as ``--after`` reads ids back."""
+    shown = json_util.dumps(record_id, json_options=json_util.RELAXED_JSON_OPTIONS)
+    print(f"error: record {shown} {what}: {message[:300]}", file=sys.stderr)
 
 
 def batch_deadline(settings: Settings, batch_size: int) -> float:

@@ -21,9 +21,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from service.domain.records import Analysis
 from service.errors import DatabaseUnavailable, ServiceError
 from service.pipeline import LabelingPipeline, Relabeled
-from service.store.errors import within
 from service.store.records import Document
-from service.store.walk import FROM_START, batch_after
+from service.store.walk import FROM_START, batches
 
 # Failed records named in the progress lines; all of them are counted.
 MAX_FAILED_IDS = 100
@@ -119,12 +118,9 @@ async def relabel_stale(
             case Relabeled.DELETED:
                 progress.deleted += 1
 
-    position = after
-    while True:
-        async with within(operation_timeout):
-            batch = await batch_after(records, position, PROJECTION, batch_size)
-        if not batch:
-            return progress
+    async for batch in batches(
+        records, PROJECTION, batch_size, after=after, seconds=operation_timeout
+    ):
         stale = [document for document in batch if is_stale(document, current)]
         progress.stale += len(stale)
         hashed = [document for document in stale if isinstance(document.get("hash"), str)]
@@ -132,9 +128,10 @@ async def relabel_stale(
         if not dry_run:
             await asyncio.gather(*map(relabel, hashed))
         progress.scanned += len(batch)
-        position = progress.last_id = batch[-1]["_id"]
+        progress.last_id = batch[-1]["_id"]
         if on_batch is not None:
             on_batch(progress)
+    return progress
 
 
 def _failed(

@@ -7,7 +7,12 @@ import sys
 
 from bson import json_util
 
-from service.backfill_cli import batch_deadline, parse_batch_size, parse_record_id
+from service.backfill_cli import (
+    batch_deadline,
+    parse_batch_size,
+    parse_record_id,
+    print_record_error,
+)
 from service.lifespan import open_resources
 from service.observability import Metrics
 from service.relabel import RelabelProgress, relabel_stale
@@ -56,8 +61,7 @@ async def run_relabel_command(settings: Settings, args: argparse.Namespace) -> i
         print(_summary(progress, args.dry_run), file=sys.stderr, flush=True)
 
     def failed(record_id: object, message: str) -> None:
-        shown = json_util.dumps(record_id, json_options=json_util.RELAXED_JSON_OPTIONS)
-        print(f"error: record {shown} not relabeled: {message[:300]}", file=sys.stderr)
+        print_record_error(record_id, "not relabeled", message)
 
     async with open_resources(settings, Metrics()) as resources:
         done = await relabel_stale(

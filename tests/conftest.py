@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from litestar import Litestar
 from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer
@@ -146,6 +147,20 @@ def make_settings(
     with MongoClient(db_server.uri) as mongo:
         for name in names:
             mongo.drop_database(name)
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Settings for a test with a database of its own."""
+    settings: Settings = make_settings()
+    return settings
+
+
+@pytest.fixture
+def records(settings: Settings) -> Iterator[Collection[dict[str, Any]]]:
+    """That database's records, through a client of the test's own."""
+    with MongoClient(settings.mongodb_uri) as client:
+        yield client[settings.mongodb_db]["records"]
 
 
 class AppClient(httpx.AsyncClient):

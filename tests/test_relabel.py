@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from service.__main__ import main
@@ -23,18 +21,6 @@ from tests.support.image_server import ImageServer
 
 OTHER_PHOTO = "000000000139.jpg"  # a dining room: chairs, a tv, people
 OLD = "2020-01-01T00:00:00.000Z"
-
-
-@pytest.fixture
-def settings(make_settings: Callable[..., Settings]) -> Settings:
-    settings: Settings = make_settings()
-    return settings
-
-
-@pytest.fixture
-def records(settings: Settings) -> Iterator[Collection[dict[str, Any]]]:
-    with MongoClient(settings.mongodb_uri) as client:
-        yield client[settings.mongodb_db]["records"]
 
 
 async def relabel(

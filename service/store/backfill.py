@@ -9,7 +9,6 @@ to date), and safe to interrupt: run it again, or resume after the last id it re
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ from pymongo.errors import BulkWriteError
 from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
 from service.store.errors import within
 from service.store.records import Document
-from service.store.walk import FROM_START, batch_after
+from service.store.walk import FROM_START, batches
 
 # Failed records named in the progress lines; all of them are counted.
 MAX_FAILED_IDS = 100
@@ -56,12 +55,9 @@ async def backfill_derived_fields(
         raise ValueError("batch_size must be >= 1")
     projection = dict.fromkeys((*SOURCE_FIELDS, *DERIVED_FIELDS), 1)
     progress = BackfillProgress(last_id=None if after is FROM_START else after)
-    position = after
-    while True:
-        async with _deadline(operation_timeout):
-            batch = await batch_after(records, position, projection, batch_size)
-        if not batch:
-            return progress
+    async for batch in batches(
+        records, projection, batch_size, after=after, seconds=operation_timeout
+    ):
         updates, ids = [], []
         for document in batch:
             derived = derive_from_document(document)
@@ -72,7 +68,7 @@ async def backfill_derived_fields(
         refused: list[tuple[Any, str]] = []
         if updates and not dry_run:
             try:
-                async with _deadline(operation_timeout):
+                async with within(operation_timeout):
                     await records.bulk_write(updates, ordered=False)
             except BulkWriteError as exc:
                 if exc.details.get("writeConcernErrors"):
@@ -86,10 +82,7 @@ async def backfill_derived_fields(
                 on_failure(record_id, message)
         progress.scanned += len(batch)
         progress.updated += len(updates) - len(refused)
-        position = progress.last_id = batch[-1]["_id"]
+        progress.last_id = batch[-1]["_id"]
         if on_batch is not None:
             on_batch(progress)
-
-
-def _deadline(seconds: float | None) -> AbstractAsyncContextManager[None]:
-    return within(seconds) if seconds is not None else nullcontext()
+    return progress

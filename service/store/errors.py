@@ -72,10 +72,10 @@ def unresponsive() -> DatabaseUnavailable:
 
 
 @asynccontextmanager
-async def within(seconds: float) -> AsyncIterator[None]:
+async def within(seconds: float | None) -> AsyncIterator[None]:
     """An operation on a request's path: a server that stops answering it (a held lock, a
     write concern never met) must not hold the request, and its slot, forever. The driver
-    drops a connection whose call is cancelled."""
+    drops a connection whose call is cancelled. ``None``: no limit."""
     try:
         async with asyncio.timeout(seconds), database_errors():
             yield

@@ -3,12 +3,14 @@ maintenance commands (``backfill``, ``relabel``) read the collection this way.""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from enum import Enum
 from typing import Any, Final
 
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.query.bson_order import beyond, types_after
+from service.store.errors import within
 from service.store.records import Document
 
 
@@ -21,19 +23,35 @@ class _Position(Enum):
 FROM_START: Final = _Position.START
 
 
-async def batch_after(
+async def batches(
     records: AsyncCollection[Document],
-    last_id: Any,
     projection: dict[str, int],
     size: int,
-    query: dict[str, Any] | None = None,
+    *,
+    after: Any = FROM_START,
+    seconds: float | None = None,
+) -> AsyncIterator[list[Document]]:
+    """The records in ``_id`` order after ``after``, ``size`` at a time. ``seconds``: how long
+    each batch's read may take (``within``), so that a database that holds it ends the walk
+    with an error instead of a hang."""
+    position = after
+    while True:
+        async with within(seconds):
+            batch = await batch_after(records, position, projection, size)
+        if not batch:
+            return
+        yield batch
+        position = batch[-1]["_id"]
+
+
+async def batch_after(
+    records: AsyncCollection[Document], last_id: Any, projection: dict[str, int], size: int
 ) -> list[Document]:
     """The next ``size`` records in ``_id`` order after ``last_id`` (``FROM_START``: the
-    first ones), among those matching ``query``."""
+    first ones)."""
 
-    async def walk(position: dict[str, Any]) -> list[Document]:
-        found = records.find({**(query or {}), **position}, projection)
-        return await found.sort("_id", 1).limit(size).to_list()
+    async def walk(query: dict[str, Any]) -> list[Document]:
+        return await records.find(query, projection).sort("_id", 1).limit(size).to_list()
 
     if last_id is FROM_START:
         return await walk({})

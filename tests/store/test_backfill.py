@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import bson
 import pytest
 from bson import ObjectId
-from pymongo import MongoClient
 from pymongo.collection import Collection
 
 import service.__main__ as cli_module
@@ -17,7 +15,7 @@ from service.__main__ import main
 from service.backfill_cli import batch_deadline
 from service.query.derived import DERIVED_FIELDS, derive_from_document
 from service.settings import Settings
-from service.store import backfill as backfill_module
+from service.store import walk as walk_module
 from tests.support.held import never_answers
 
 PHASH = "9f3a04c2ffee0123"
@@ -39,18 +37,6 @@ def old_record(i: int, classname: str) -> dict[str, Any]:
 
 def content(document: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in document.items() if k not in DERIVED_FIELDS}
-
-
-@pytest.fixture
-def settings(make_settings: Callable[..., Settings]) -> Settings:
-    settings: Settings = make_settings()
-    return settings
-
-
-@pytest.fixture
-def records(settings: Settings) -> Iterator[Collection[dict[str, Any]]]:
-    with MongoClient(settings.mongodb_uri) as client:
-        yield client[settings.mongodb_db]["records"]
 
 
 def backfill(
@@ -185,7 +171,7 @@ def test_backfill_gives_up_on_a_database_that_holds_a_batch(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     records.insert_many([old_record(i, "cat") for i in range(3)])
-    monkeypatch.setattr(backfill_module, "batch_after", never_answers)
+    monkeypatch.setattr(walk_module, "batch_after", never_answers)
     monkeypatch.setenv("LABELSVC_DB_OPERATION_TIMEOUT_MS", "300")
     monkeypatch.setenv("LABELSVC_MONGODB_URI", settings.mongodb_uri or "")
     monkeypatch.setenv("LABELSVC_MONGODB_DB", settings.mongodb_db)
