@@ -1,9 +1,15 @@
-"""``python -m service relabel``: label stored records again with the models loaded now."""
+"""``python -m service relabel``: label stored records again with the models loaded now.
+
+The models, and the libraries behind them, are imported when the command runs, not with
+this module: ``python -m service`` must start no library threads before ``serve`` has
+blocked SIGINT (``service.__main__``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from bson import json_util
 
@@ -13,13 +19,13 @@ from service.backfill_cli import (
     parse_record_id,
     print_record_error,
 )
-from service.lifespan import open_resources
-from service.observability import Metrics
-from service.relabel import RelabelProgress, relabel_stale
 from service.settings import Settings
 from service.store.connection import NO_DATABASE
 from service.store.records import records_collection
 from service.store.walk import FROM_START
+
+if TYPE_CHECKING:
+    from service.relabel import RelabelProgress
 
 DEFAULT_BATCH_SIZE = 100
 MAX_CONCURRENCY = 64
@@ -53,6 +59,10 @@ def add_relabel_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 async def run_relabel_command(settings: Settings, args: argparse.Namespace) -> int:
+    from service.lifespan import open_resources
+    from service.observability import Metrics
+    from service.relabel import relabel_stale
+
     if settings.mongodb_uri is None:
         print(NO_DATABASE, file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -342,6 +343,18 @@ def test_ctrl_c_stops_every_process_without_a_traceback(
     assert_stopped_cleanly(output)
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     assert not [pid for pid in serving if Path(f"/proc/{pid}").exists()]
+
+
+def test_the_command_line_starts_no_library_threads_before_serve_blocks_ctrl_c() -> None:
+    """``serve`` blocks SIGINT before the libraries that start threads are imported (see
+    ``service.__main__``): a thread started earlier can take a Ctrl-C and drop it. Importing
+    the command line alone must therefore import none of them."""
+    check = (
+        "import sys, threading, service.__main__;"
+        " loaded = {'numpy', 'onnxruntime', 'PIL'} & set(sys.modules);"
+        " assert not loaded and threading.active_count() == 1, (loaded, threading.enumerate())"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True, cwd=Path(__file__).parents[1])
 
 
 def test_ctrl_c_during_a_health_check_still_stops_the_service(
