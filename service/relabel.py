@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -22,10 +22,8 @@ from service.domain.records import Analysis
 from service.errors import DatabaseUnavailable, ServiceError
 from service.pipeline import LabelingPipeline, Relabeled
 from service.store.records import Document
-from service.store.walk import FROM_START, batches
+from service.store.walk import FROM_START, WalkProgress, batches
 
-# Failed records named in the progress lines; all of them are counted.
-MAX_FAILED_IDS = 100
 # Settings that change how a model runs, not what it finds.
 NOT_LINEAGE = frozenset({"provider"})
 PROJECTION = {"_id": 1, "hash": 1, "url": 1, "urls": 1, "analyses": 1}
@@ -34,17 +32,13 @@ LineageKey = frozenset[tuple[str, str, str, str | None, str]]
 
 
 @dataclass(slots=True)
-class RelabelProgress:
-    scanned: int = 0
-    stale: int = 0  # of those, labeled with other models or settings (or with no lineage)
+class RelabelProgress(WalkProgress):
+    stale: int = 0  # of the scanned: labeled with other models or settings, or no lineage
     relabeled: int = 0
     unreachable: int = 0  # no URL of the record answered with an image
     changed: int = 0  # its URLs serve other bytes now: left as it is
     deleted: int = 0  # deleted while it was analysed
     unverifiable: int = 0  # stale but without a content hash to check the bytes against
-    failed: int = 0  # the analysis or the write failed
-    failed_ids: list[Any] = field(default_factory=list)
-    last_id: Any = None
 
 
 def lineage_key(analyses: Iterable[Mapping[str, Any]]) -> LineageKey:
@@ -105,8 +99,10 @@ async def relabel_stale(
                 outcome = await pipeline.relabel(document)
             except DatabaseUnavailable:
                 raise  # every record would fail alike: stop, to be resumed
-            except ServiceError as exc:
-                _failed(progress, document["_id"], exc.detail, on_failure)
+            except ServiceError as exc:  # the analysis failed
+                progress.count_failure(document["_id"])
+                if on_failure is not None:
+                    on_failure(document["_id"], exc.detail)
                 return
         match outcome:
             case Relabeled.RELABELED:
@@ -132,16 +128,3 @@ async def relabel_stale(
         if on_batch is not None:
             on_batch(progress)
     return progress
-
-
-def _failed(
-    progress: RelabelProgress,
-    record_id: Any,
-    message: str,
-    on_failure: Callable[[Any, str], None] | None,
-) -> None:
-    progress.failed += 1
-    if len(progress.failed_ids) < MAX_FAILED_IDS:
-        progress.failed_ids.append(record_id)
-    if on_failure is not None:
-        on_failure(record_id, message)

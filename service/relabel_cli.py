@@ -11,18 +11,17 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from bson import json_util
-
-from service.backfill_cli import (
-    batch_deadline,
-    parse_batch_size,
-    parse_record_id,
-    print_record_error,
-)
 from service.settings import Settings
 from service.store.connection import NO_DATABASE
 from service.store.records import records_collection
 from service.store.walk import FROM_START
+from service.walk_cli import (
+    batch_deadline,
+    parse_batch_size,
+    parse_record_id,
+    print_record_error,
+    summary_line,
+)
 
 if TYPE_CHECKING:
     from service.relabel import RelabelProgress
@@ -90,25 +89,13 @@ async def run_relabel_command(settings: Settings, args: argparse.Namespace) -> i
 
 
 def _summary(progress: RelabelProgress, dry_run: bool, **more: object) -> str:
-    """A JSON line; ids that are not strings in MongoDB Extended JSON, which ``--after``
-    reads back."""
     counts = {
         name: getattr(progress, name)
         for name in ("scanned", "stale", "relabeled", "unreachable", "changed", "deleted")
     }
-    summary = {
-        **counts,
-        **({"unverifiable": progress.unverifiable} if progress.unverifiable else {}),
-        **(
-            {"failed": progress.failed, "failed_ids": progress.failed_ids}
-            if progress.failed
-            else {}
-        ),
-        "last_id": progress.last_id,
-        "dry_run": dry_run,
-        **more,
-    }
-    return json_util.dumps(summary, json_options=json_util.RELAXED_JSON_OPTIONS)
+    if progress.unverifiable:
+        counts["unverifiable"] = progress.unverifiable
+    return summary_line(progress, counts, dry_run, **more)
 
 
 def _concurrency(text: str) -> int:

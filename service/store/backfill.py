@@ -9,7 +9,7 @@ to date), and safe to interrupt: run it again, or resume after the last id it re
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import UpdateOne
@@ -19,19 +19,12 @@ from pymongo.errors import BulkWriteError
 from service.query.derived import DERIVED_FIELDS, SOURCE_FIELDS, derive_from_document
 from service.store.errors import within
 from service.store.records import Document
-from service.store.walk import FROM_START, batches
-
-# Failed records named in the progress lines; all of them are counted.
-MAX_FAILED_IDS = 100
+from service.store.walk import FROM_START, WalkProgress, batches
 
 
 @dataclass(slots=True)
-class BackfillProgress:
-    scanned: int = 0
+class BackfillProgress(WalkProgress):
     updated: int = 0  # records whose derived fields differed (and were rewritten unless dry)
-    last_id: Any = None
-    failed: int = 0  # records whose rewrite the database refused (the walk goes on)
-    failed_ids: list[Any] = field(default_factory=list)
 
 
 async def backfill_derived_fields(
@@ -75,9 +68,7 @@ async def backfill_derived_fields(
                     raise
                 refused = [(ids[e["index"]], e["errmsg"]) for e in exc.details["writeErrors"]]
         for record_id, message in refused:
-            progress.failed += 1
-            if len(progress.failed_ids) < MAX_FAILED_IDS:
-                progress.failed_ids.append(record_id)
+            progress.count_failure(record_id)
             if on_failure is not None:
                 on_failure(record_id, message)
         progress.scanned += len(batch)

@@ -4,6 +4,7 @@ maintenance commands (``backfill``, ``relabel``) read the collection this way.""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
 
@@ -21,6 +22,24 @@ class _Position(Enum):
 # Where a walk with no ``after`` begins. Not None: a record may have the id null (MongoDB allows
 # one), and resuming after it must not start over.
 FROM_START: Final = _Position.START
+# Failed records named in the progress lines; all of them are counted.
+MAX_FAILED_IDS = 100
+
+
+@dataclass(slots=True)
+class WalkProgress:
+    """How far a walk has come, and the records it could not bring up to date (the walk
+    goes on past them)."""
+
+    scanned: int = 0
+    last_id: Any = None
+    failed: int = 0
+    failed_ids: list[Any] = field(default_factory=list)
+
+    def count_failure(self, record_id: Any) -> None:
+        self.failed += 1
+        if len(self.failed_ids) < MAX_FAILED_IDS:
+            self.failed_ids.append(record_id)
 
 
 async def batches(

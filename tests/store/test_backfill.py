@@ -12,10 +12,10 @@ from pymongo.collection import Collection
 
 import service.__main__ as cli_module
 from service.__main__ import main
-from service.backfill_cli import batch_deadline
 from service.query.derived import DERIVED_FIELDS, derive_from_document
 from service.settings import Settings
 from service.store import walk as walk_module
+from service.walk_cli import batch_deadline
 from tests.support.held import never_answers
 
 PHASH = "9f3a04c2ffee0123"
