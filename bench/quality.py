@@ -33,6 +33,7 @@ import numpy as np
 import PIL.Image
 
 from bench import caption_similarity
+from bench.classifier_metrics import auroc, auroc_intervals, brier, reliability, spearman
 from bench.detection_map import YOLOX_TO_COCO, coco_map, evalset_dir, load_rgb, model_dir
 from service.describe.properties import image_properties
 from service.domain.records import ImageProperties
@@ -339,57 +340,6 @@ def min_similarity(runs: Sequence[ImageRun]) -> float:
     return lowest
 
 
-# --- metrics -----------------------------------------------------------------------------
-
-
-def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Probability that a random right image scores above a random wrong one (ties count 1/2)."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=bool)
-    pos, neg = s[y], s[~y]
-    if pos.size == 0 or neg.size == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (pos.size * neg.size))
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values), dtype=np.float64)
-    for value in np.unique(values):  # average ranks over ties
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def reliability(
-    predicted: Sequence[float], outcome: Sequence[bool], bins: int = 5
-) -> list[dict[str, float | int | str]]:
-    """Equal-width bins of the predicted probability: mean predicted vs observed rate."""
-    p = np.asarray(predicted, dtype=np.float64)
-    y = np.asarray(outcome, dtype=np.float64)
-    index = np.minimum((p * bins).astype(int), bins - 1)
-    table: list[dict[str, float | int | str]] = []
-    for b in range(bins):
-        inside = index == b
-        if inside.any():
-            table.append(
-                {
-                    "bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}",
-                    "mean_predicted": round(float(p[inside].mean()), 3),
-                    "observed": round(float(y[inside].mean()), 3),
-                    "count": int(inside.sum()),
-                }
-            )
-    return table
-
-
 def baseline(run: ImageRun) -> float:
     """Mean confidence of the kept boxes (0 with none): the score to beat."""
     return float(np.mean([d.conf for d in run.kept])) if run.kept else 0.0
@@ -509,10 +459,13 @@ def committed_report(
     """How committed coefficients for another second opinion do on the held-out half."""
     right = [r.right for r in held_half]
     scored = scores(held_half, second_of, model)
+    intervals = auroc_intervals(scored, [baseline(r) for r in held_half], right)
     return {
         "auroc": round(auroc(scored, right), 4),
+        "auroc_ci95": intervals["auroc"],
+        "auroc_gain_over_baseline_ci95": intervals["difference"],
         "spearman_f1": round(spearman(scored, [r.f1 for r in held_half]), 4),
-        "brier": round(float(np.mean((np.array(scored) - np.array(right)) ** 2)), 4),
+        "brier": round(brier(scored, right), 4),
         "reliability": reliability(scored, right),
     }
 
@@ -572,15 +525,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     auroc_value = auroc(shipped, held_right)
     base_auroc = auroc(base, held_right)
+    intervals = auroc_intervals(shipped, base, held_right)
     line = {
         "name": "quality",
         "auroc": round(auroc_value, 4),
         "baseline_auroc": round(base_auroc, 4),
         "ratio": round(auroc_value / base_auroc, 4),
+        "auroc_ci95": intervals["auroc"],
+        "baseline_auroc_ci95": intervals["baseline_auroc"],
+        "auroc_gain_over_baseline_ci95": intervals["difference"],
         "spearman_f1": round(spearman(shipped, f1), 4),
         "baseline_spearman_f1": round(spearman(base, f1), 4),
         "spearman_right": round(spearman(shipped, [float(v) for v in held_right]), 4),
-        "brier": round(float(np.mean((np.array(shipped) - np.array(held_right)) ** 2)), 4),
+        "brier": round(brier(shipped, held_right), 4),
         "held_out_images": len(held_half),
         "held_out_right_rate": round(float(np.mean(held_right)), 4),
         "second_opinion": SHIPPED,
