@@ -35,7 +35,7 @@ RULES_DIR = ROOT / "deploy" / "prometheus"
 RULE_FILES = [RULES_DIR / "alerts.yaml", RULES_DIR / "alerts-gpu.yaml"]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "labelsvc.json"
 # What Grafana puts in place of the dashboard's variables.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$instance": ".*"}
 # Dashboard queries whose value may be 0 after the test's traffic: nothing in progress once it
 # has been answered, no record deleted.
 ZERO_AFTER_TRAFFIC = ("labelsvc_labeling_admitted", "labelsvc_executor_pending", "_deleted_total")
