@@ -566,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, variant_of in VARIANTS.items():
         model = fit_model(fit_half, variant_of)
         extra_ms = sum(stage_ms[s]["median"] for s in VARIANT_STAGES[name])
-        held = auroc(scores(held_half, variant_of, model), held_right)
+        held_scores = scores(held_half, variant_of, model)
+        held = auroc(held_scores, held_right)
         cv = cross_validated(runs, variant_of, args.repeats)
         inner = fit_half_cv(fit_half, variant_of)
         gain = cv["auroc_random_halves_mean"] - cv["baseline_random_halves_mean"]
@@ -575,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "variant": name,
             "auroc_fit_half_cv": inner["auroc_fit_half_cv_mean"],
             "auroc_held_out": round(held, 4),
+            "auroc_held_out_ci95": auroc_intervals(held_scores, base, held_right)["auroc"],
             "auroc_cv_mean": cv["auroc_random_halves_mean"],
             "auroc_cv_std": cv["auroc_random_halves_std"],
             "extra_ms_median": round(extra_ms, 2),
