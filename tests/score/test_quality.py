@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.quality import match_image, stratified_folds
+from bench.quality import stratified_folds
+from bench.quality_runs import match_image
 from service.describe.properties import ImageProperties
 from service.infer.manifest import read_lines
 from service.infer.tagger import Tag, parse_class_names
