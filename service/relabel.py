@@ -90,7 +90,7 @@ async def relabel_stale(
     if batch_size < 1 or concurrency < 1:
         raise ValueError("batch_size and concurrency must be >= 1")
     current = current_key(pipeline)
-    progress = RelabelProgress(last_id=None if after is FROM_START else after)
+    progress = RelabelProgress.starting_after(after)
     slots = asyncio.Semaphore(concurrency)
 
     async def relabel(document: Document) -> None:
@@ -123,8 +123,7 @@ async def relabel_stale(
         progress.unverifiable += len(stale) - len(hashed)
         if not dry_run:
             await asyncio.gather(*map(relabel, hashed))
-        progress.scanned += len(batch)
-        progress.last_id = batch[-1]["_id"]
+        progress.passed(batch)
         if on_batch is not None:
             on_batch(progress)
     return progress

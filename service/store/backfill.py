@@ -47,7 +47,7 @@ async def backfill_derived_fields(
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     projection = dict.fromkeys((*SOURCE_FIELDS, *DERIVED_FIELDS), 1)
-    progress = BackfillProgress(last_id=None if after is FROM_START else after)
+    progress = BackfillProgress.starting_after(after)
     async for batch in batches(
         records, projection, batch_size, after=after, seconds=operation_timeout
     ):
@@ -71,9 +71,8 @@ async def backfill_derived_fields(
             progress.count_failure(record_id)
             if on_failure is not None:
                 on_failure(record_id, message)
-        progress.scanned += len(batch)
         progress.updated += len(updates) - len(refused)
-        progress.last_id = batch[-1]["_id"]
+        progress.passed(batch)
         if on_batch is not None:
             on_batch(progress)
     return progress

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -35,6 +35,17 @@ class WalkProgress:
     last_id: Any = None
     failed: int = 0
     failed_ids: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def starting_after(cls, after: Any) -> Self:
+        """No record walked yet; ``last_id`` reports ``after`` until a batch passes (None
+        for a walk from the start)."""
+        return cls(last_id=None if after is FROM_START else after)
+
+    def passed(self, batch: list[Document]) -> None:
+        """Count a finished batch: the walk resumes after its last record."""
+        self.scanned += len(batch)
+        self.last_id = batch[-1]["_id"]
 
     def count_failure(self, record_id: Any) -> None:
         self.failed += 1
