@@ -11,12 +11,9 @@ from service.settings import Settings
 from service.store.backfill import BackfillProgress, backfill_derived_fields
 from service.store.connection import NO_DATABASE, tool_database
 from service.store.records import RecordStore, records_collection
-from service.store.walk import FROM_START
 from service.walk_cli import (
-    MAX_BATCH_SIZE,
+    add_walk_arguments,
     batch_deadline,
-    parse_batch_size,
-    parse_record_id,
     print_record_error,
     summary_line,
 )
@@ -29,20 +26,7 @@ def add_backfill_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "backfill",
         help="recompute classes, keywords and phash_bands of stored records (idempotent)",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=parse_batch_size,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"records read and written at a time, 1 to {MAX_BATCH_SIZE:,}"
-        f" (default {DEFAULT_BATCH_SIZE})",
-    )
-    parser.add_argument(
-        "--after",
-        type=parse_record_id,
-        default=FROM_START,
-        help='resume after this record id, as last reported: JSON (7, {"$oid": "..."}, "7",'
-        " null) or a plain string id",
-    )
+    add_walk_arguments(parser, default_batch_size=DEFAULT_BATCH_SIZE, batch_is="read and written")
     parser.add_argument("--dry-run", action="store_true", help="count, write nothing")
 
 

@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 from service.settings import Settings
 from service.store.connection import NO_DATABASE
 from service.store.records import records_collection
-from service.store.walk import FROM_START
 from service.walk_cli import (
+    add_walk_arguments,
     batch_deadline,
-    parse_batch_size,
-    parse_record_id,
     print_record_error,
     summary_line,
 )
@@ -36,23 +34,12 @@ def add_relabel_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="label again, in place and from their URLs, the records whose models or"
         " settings differ from the ones configured now",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=parse_batch_size,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"records read at a time (default {DEFAULT_BATCH_SIZE})",
-    )
+    add_walk_arguments(parser, default_batch_size=DEFAULT_BATCH_SIZE, batch_is="read")
     parser.add_argument(
         "--concurrency",
         type=_concurrency,
         default=None,
         help="records analysed at once (default: LABELSVC_WORKERS)",
-    )
-    parser.add_argument(
-        "--after",
-        type=parse_record_id,
-        default=FROM_START,
-        help="resume after this record id, as last reported (as for backfill)",
     )
     parser.add_argument("--dry-run", action="store_true", help="count the stale records only")
 

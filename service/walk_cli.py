@@ -13,12 +13,32 @@ from bson.errors import BSONError
 
 from service.query.bson_order import rank
 from service.settings import Settings
-from service.store.walk import WalkProgress
+from service.store.walk import FROM_START, WalkProgress
 
 # Records are held in memory a batch at a time (about 5 KB each as the service writes them).
 MAX_BATCH_SIZE = 10_000
 # A batch of up to this many records has db_operation_timeout_ms for each read and write.
 RECORDS_PER_DEADLINE = 500
+
+
+def add_walk_arguments(
+    parser: argparse.ArgumentParser, *, default_batch_size: int, batch_is: str
+) -> None:
+    """``--batch-size`` (records ``batch_is`` at a time) and ``--after``."""
+    parser.add_argument(
+        "--batch-size",
+        type=parse_batch_size,
+        default=default_batch_size,
+        help=f"records {batch_is} at a time, 1 to {MAX_BATCH_SIZE:,}"
+        f" (default {default_batch_size})",
+    )
+    parser.add_argument(
+        "--after",
+        type=parse_record_id,
+        default=FROM_START,
+        help='resume after this record id, as last reported: JSON (7, {"$oid": "..."}, "7",'
+        " null) or a plain string id",
+    )
 
 
 def summary_line(
