@@ -26,6 +26,11 @@ from litestar.types import (
 
 from service import __version__
 from service.api import health, labels, records, search
+from service.api.conditional import (
+    conditional_get,
+    conditional_paths,
+    document_conditional_get,
+)
 from service.api.head import head_as_get
 from service.api.headers import document_response_headers, response_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS, log_unwritten
@@ -179,7 +184,7 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
         route_handlers=ROUTES,
         lifespan=[hook],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[response_headers_middleware],
+        middleware=[response_headers_middleware, conditional_get],
         openapi_config=openapi_config(),
         # Problems are counted, and their warnings written, where they are made.
         state=State({"metrics": metrics, "repeated_lines": RepeatedLines(log_unwritten)}),
@@ -189,6 +194,7 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
     )
     # The document is built once, here, before it is first served.
     unions_as_any_of(app.openapi_schema)
+    document_conditional_get(app.openapi_schema, conditional_paths(app.routes))
     document_response_headers(app.openapi_schema)
     document_key_alternative(app.openapi_schema)
     return app

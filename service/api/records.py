@@ -9,6 +9,7 @@ from litestar import Request, delete, get
 from litestar.di import Provide
 from litestar.params import FromPath, QueryParameter
 
+from service.api.conditional import CONDITIONAL
 from service.api.deps import ResourcesDep, provide_resources
 from service.api.problems import problem_responses
 from service.api.schemas import (
@@ -130,6 +131,7 @@ async def find_records(
     "/v1/records",
     dependencies=DEPENDENCIES,
     guards=[requires("read")],
+    opt=CONDITIONAL,
     summary="Query stored records with a MongoDB filter, by page or by cursor",
     description=(
         "Offset paging with page/per_page, or keyset paging: pass each response's"
@@ -157,6 +159,7 @@ async def list_records(
     "/get-labeled-data",
     dependencies=DEPENDENCIES,
     guards=[requires("read")],
+    opt=CONDITIONAL,
     summary="Cortex-compatible query: the same as GET /v1/records",
     tags=["compatibility"],
     security=[{"ApiKey": []}],
@@ -178,6 +181,7 @@ async def get_labeled_data(
     "/v1/records/{record_id:str}",
     dependencies=DEPENDENCIES,
     guards=[requires("read")],
+    opt=CONDITIONAL,
     summary="One stored record by id",
     tags=["records"],
     security=[{"ApiKey": []}],
@@ -212,6 +216,7 @@ async def delete_record(
     "/v1/records/{record_id:str}/similar",
     dependencies=DEPENDENCIES,
     guards=[requires("read")],
+    opt=CONDITIONAL,
     summary="Near-duplicates of a record by perceptual hash, nearest first",
     description=(
         "Records whose image_properties.phash is within max_distance bits of this record's"

@@ -7,6 +7,7 @@ from typing import Annotated
 from litestar import get
 from litestar.params import QueryParameter
 
+from service.api.conditional import CONDITIONAL
 from service.api.deps import ResourcesDep
 from service.api.records import (
     DEPENDENCIES,
@@ -39,6 +40,7 @@ Text = Annotated[
     "/v1/search",
     dependencies=DEPENDENCIES,
     guards=[requires("read")],
+    opt=CONDITIONAL,
     summary="Search records by words in their class names, tags and captions",
     description=(
         "Records holding any of the words, those holding the most first (then newest first);"

@@ -1,0 +1,167 @@
+"""Conditional GET (RFC 9110 section 13.1.2) for the routes that serve stored records.
+
+Each such answer carries an ``ETag``: a digest of its body, so two answers have the same tag
+only when they are the same bytes. A client that sends the tag of the copy it holds back in
+``If-None-Match`` gets ``304 Not Modified`` and no body while the answer is unchanged: a
+dashboard polling a query, or a client re-reading a record after a relabel may have changed
+it, pays for the bytes only when they changed. The query still runs, and is metered as any.
+
+The answers are ``Cache-Control: private, no-cache``: a client's own cache may keep them, but
+must ask again (with the tag) before each use, so a deleted record or a revoked key is never
+served from it; shared caches keep nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterable
+
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.openapi.spec import (
+    Components,
+    OpenAPI,
+    OpenAPIHeader,
+    OpenAPIResponse,
+    OpenAPIType,
+    Parameter,
+    Reference,
+    Schema,
+)
+from litestar.routes import BaseRoute, HTTPRoute
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
+
+# A route handler's ``opt`` that turns conditional GET on for it.
+_OPT = "conditional_get"
+CONDITIONAL = {_OPT: True}
+CACHE_CONTROL = "private, no-cache"
+# An entity tag, weak or strong; its opaque part may hold anything but a double quote.
+_ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
+# Not sent with a 304, which has no content (RFC 9110 section 15.4.5).
+_CONTENT_HEADERS = ("content-length", "content-type", "content-encoding")
+
+ETAG_TEXT = (
+    "Names these exact bytes: send it back in If-None-Match to get 304 while they are unchanged"
+)
+IF_NONE_MATCH_TEXT = (
+    "ETags of copies the client holds (or *): when one is this answer's, 304 Not Modified"
+    " and no body"
+)
+
+
+def entity_tag(body: bytes) -> str:
+    """A strong entity tag for ``body``: 128 bits of its SHA-256, quoted."""
+    digest = hashlib.sha256(body).digest()[:16]
+    return '"' + base64.urlsafe_b64encode(digest).rstrip(b"=").decode() + '"'
+
+
+def none_match(header: str, tag: str) -> bool:
+    """Whether an ``If-None-Match`` value names ``tag`` (or is ``*``), compared weakly, as
+    RFC 9110 asks for GET and HEAD. A value that holds no entity tag names none."""
+    if header.strip() == "*":
+        return True
+    opaque = tag.removeprefix("W/")
+    return any(f'"{held}"' == opaque for held in _ENTITY_TAG.findall(header))
+
+
+def conditional_get(app: ASGIApp) -> ASGIApp:
+    """Tags the 200 answers of GET routes marked ``CONDITIONAL``, and turns those whose tag
+    the request's ``If-None-Match`` names into 304s.
+
+    The answer's start is held until its body: a handler's answer comes in one piece. One
+    that streams is passed on untagged."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        handler = scope.get("route_handler")
+        if (
+            scope["type"] != ScopeType.HTTP
+            or scope["method"] not in ("GET", "HEAD")
+            or handler is None
+            or not handler.opt.get(_OPT)
+        ):
+            await app(scope, receive, send)
+            return
+        condition = _header(scope, b"if-none-match")
+        held: list[HTTPResponseStartEvent] = []
+
+        async def tagging(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                held.append(message)
+                return
+            if not held or message["type"] != "http.response.body":
+                await send(message)
+                return
+            start = held.pop()
+            if message.get("more_body", False):
+                await send(start)
+                await send(message)
+                return
+            tag = entity_tag(message.get("body", b""))
+            headers = MutableScopeHeaders.from_message(start)
+            headers["etag"] = tag
+            headers["cache-control"] = CACHE_CONTROL
+            if condition is not None and none_match(condition, tag):
+                for name in _CONTENT_HEADERS:
+                    del headers[name]
+                start["status"] = 304
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(start)
+            await send(message)
+
+        await app(scope, receive, tagging)
+
+    return wrapped
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The request header ``name``, its lines joined as a list (RFC 9110 section 5.3)."""
+    values = [value for key, value in scope["headers"] if key.lower() == name]
+    return b", ".join(values).decode("latin-1") if values else None
+
+
+def conditional_paths(routes: Iterable[BaseRoute]) -> list[str]:
+    """The paths whose GET answers conditional requests."""
+    return [
+        route.path_format
+        for route in routes
+        if isinstance(route, HTTPRoute)
+        and any(h.opt.get(_OPT) for h in route.route_handlers if "GET" in h.http_methods)
+    ]
+
+
+def document_conditional_get(schema: OpenAPI, paths: Iterable[str]) -> None:
+    """Document, on the GET operation of each of ``paths``, the ``If-None-Match`` parameter,
+    the ``ETag`` of its 200 and its 304."""
+    components = schema.components
+    assert isinstance(components, Components)
+    components.headers = {
+        **(components.headers or {}),
+        "ETag": OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description=ETAG_TEXT),
+    }
+    etag: dict[str, OpenAPIHeader | Reference] = {
+        "ETag": Reference(ref="#/components/headers/ETag")
+    }
+    for path in paths:
+        operation = (schema.paths or {})[path].get
+        assert operation is not None, f"{path} has no GET to document"
+        operation.parameters = [
+            *(operation.parameters or []),
+            Parameter(
+                name="If-None-Match",
+                param_in="header",
+                required=False,
+                schema=Schema(type=OpenAPIType.STRING),
+                description=IF_NONE_MATCH_TEXT,
+            ),
+        ]
+        responses = operation.responses or {}
+        ok = responses["200"]
+        assert isinstance(ok, OpenAPIResponse)
+        ok.headers = {**(ok.headers or {}), **etag}
+        responses["304"] = OpenAPIResponse(
+            description="Not Modified: the answer is still the one whose ETag was sent",
+            headers=dict(etag),
+        )
+        operation.responses = responses
