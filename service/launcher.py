@@ -22,7 +22,7 @@ from service.app import create_app
 from service.dbserver import LocalDatabaseServer
 from service.infer.models import check_models, load_models
 from service.listen import bind_listener_sets, bind_listeners, url_host
-from service.observability import configure_logging
+from service.logs import UVICORN_LOGGING, configure_logging
 from service.processes import serve_processes
 from service.settings import Settings
 
@@ -32,7 +32,7 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def serve(settings: Settings) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     received: list[int] = []
     server: uvicorn.Server | None = None
 
@@ -75,6 +75,7 @@ def serve(settings: Settings) -> int:
             "host": settings.host,
             "port": settings.port,
             "log_level": settings.log_level,
+            **UVICORN_LOGGING,
             "lifespan": "on",
             "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
             # uvicorn believes X-Forwarded-For from loopback unless told otherwise: behind a

@@ -1,8 +1,7 @@
-"""Prometheus metrics (one registry per app, low-cardinality labels) and logging set-up."""
+"""Prometheus metrics (one registry per app, low-cardinality labels)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections import Counter as Tally
@@ -13,8 +12,6 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-
-from service.request_ids import RequestIdFilter
 
 # prometheus_client's own variable: where each serving process writes its values when the
 # service runs several (service.processes sets it before they start).
@@ -228,16 +225,3 @@ def timed_requests(metrics: Metrics, app: ASGIApp) -> ASGIApp:
             )
 
     return wrapped
-
-
-LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(request)s")
-
-
-def configure_logging(level: str) -> None:
-    """Lines to stderr; those written while a request is handled end with its id."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(LOG_FORMAT)
-    handler.addFilter(RequestIdFilter())
-    logging.basicConfig(level=level.upper(), handlers=[handler])
-    # One line per outgoing fetch is noise at INFO; failures are counted in metrics instead.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

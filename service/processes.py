@@ -35,7 +35,8 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from service.listen import ListenError, bind_alike
-from service.observability import SHARED_DIR_VARIABLE, configure_logging
+from service.logs import configure_logging
+from service.observability import SHARED_DIR_VARIABLE
 from service.parent_death import signal_on_parent_death
 from service.settings import Settings
 
@@ -47,7 +48,7 @@ def serving_app(settings: Settings, launcher: int) -> Litestar:
     ``launcher``: the pid of the process that started it."""
     from service.app import create_app
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     _stop_with_the_launcher(launcher)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         # A closed terminal hangs up every process of `make run`: stop gracefully, as the

@@ -59,10 +59,12 @@ def request_ids(app: ASGIApp) -> ASGIApp:
 
 
 class RequestIdFilter(logging.Filter):
-    """Gives each log record ``request``: `` (request ID)`` while a request is handled, else
-    nothing, for a format that ends in ``%(request)s``."""
+    """Gives each log record ``request_id`` (None outside a request) and ``request``:
+    `` (request ID)`` while a request is handled, else nothing, for a text format that ends
+    in ``%(request)s``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         request_id = current.get()
+        record.request_id = request_id
         record.request = f" (request {request_id})" if request_id else ""
         return True

@@ -26,6 +26,7 @@ PREFIX = "LABELSVC_"
 # of the crash-safety soak test.
 NOT_SETTINGS = frozenset({"evalset_dir", "models", "soak_requests"})
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 # MongoDB database names: no /\. "$ or NUL, at most 63 bytes.
 _DB_NAME_CHARACTERS = re.compile(r'[^/\\. "$*<>:|?\x00]+')
 MAX_DB_NAME_BYTES = 63
@@ -106,6 +107,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    log_format: str = "text"  # or json: one object a line, for log collectors
 
     # Database. Unset URI: `python -m service serve` starts a local test/dev server under data_dir.
     mongodb_uri: str | None = None
@@ -246,6 +248,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "port must be in [0, 65535]": 0 <= self.port <= 65535,
             f"log_level must be one of {', '.join(LOG_LEVELS)}": self.log_level.lower()
             in LOG_LEVELS,
+            f"log_format must be one of {', '.join(LOG_FORMATS)}": self.log_format.lower()
+            in LOG_FORMATS,
             f"mongodb_db must be a database name of at most {MAX_DB_NAME_BYTES} bytes (UTF-8),"
             ' without /\\. "$*<>:|? or NUL': _db_name_valid(self.mongodb_db),
             f"db_timeout_ms and db_operation_timeout_ms must be in [1, {MAX_DB_TIMEOUT_MS}]": (

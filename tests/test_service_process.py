@@ -23,6 +23,7 @@ from tests.infer.test_captioner import FIXTURES as CAPTIONERS
 from tests.support.image_server import ImageServer
 from tests.support.process import (
     ROOT,
+    fail_upstream,
     live_service,
     serve_until_exit,
     service_env,
@@ -77,14 +78,7 @@ def test_serve_sigterm_and_restart_keep_the_data(
                 timeout=10,
             ).json()
             assert page["length"] == 1 and page["output"][0]["_id"] == record["_id"]
-            missing = image_server.url("/no-such-photo.jpg")
-            failed = httpx.post(
-                base + "/v1/labels",
-                json={"url": missing},
-                headers={"X-Request-ID": "restart-502"},
-                timeout=30,
-            )
-            assert failed.status_code == 502
+            fail_upstream(base, image_server.url("/no-such-photo.jpg"), "restart-502")
         finally:
             assert stop(process) == 0
         assert process.stdout is not None

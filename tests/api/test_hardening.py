@@ -342,6 +342,7 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
     [
         ("PORT", "70000", "port"),
         ("LOG_LEVEL", "verbose", "log_level"),
+        ("LOG_FORMAT", "xml", "log_format must be one of text, json"),
         ("MONGODB_DB", "", "mongodb_db"),
         ("MONGODB_DB", "a.b", "mongodb_db"),
         # MongoDB counts a name's UTF-8 bytes: 32 characters here, but 64 bytes.

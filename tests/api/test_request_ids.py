@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.observability import LOG_FORMAT
-from service.request_ids import MAX_LENGTH, RequestIdFilter
+from service.logs import log_handler
+from service.request_ids import MAX_LENGTH
 from tests.conftest import AppClient
 from tests.support.image_server import ImageServer
 
@@ -76,9 +76,7 @@ async def test_two_ids_in_one_request_give_a_new_one(client: AppClient) -> None:
 def service_log() -> Iterator[io.StringIO]:
     """The log lines as the service writes them (``configure_logging``'s format)."""
     lines = io.StringIO()
-    handler = logging.StreamHandler(lines)
-    handler.setFormatter(LOG_FORMAT)
-    handler.addFilter(RequestIdFilter())
+    handler = log_handler("text", lines)
     root = logging.getLogger()
     root.addHandler(handler)
     try:

@@ -111,3 +111,15 @@ def live_service(**settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]
             yield base, process
         finally:
             stop(process)
+
+
+def fail_upstream(base: str, missing_photo_url: str, request_id: str) -> None:
+    """A labeling request the service answers 502 (the image host answers 404), under
+    ``request_id``: it leaves a warning about that request in the service's log."""
+    failed = httpx.post(
+        base + "/v1/labels",
+        json={"url": missing_photo_url},
+        headers={"X-Request-ID": request_id},
+        timeout=30,
+    )
+    assert failed.status_code == 502, failed.text
