@@ -4,7 +4,7 @@ uvicorn's (its startup, errors and access lines) alike, as text or as JSON objec
 Text: ``2026-11-22 10:00:00,000 INFO logger: message (request ID)``. JSON, one object a line
 for log collectors: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``,
 ``request_id`` (null outside a request), ``exc_info`` when there is a traceback, and on
-access lines ``client``, ``method``, ``path`` and ``status``.
+access lines ``client``, ``method``, ``path`` (with its query string) and ``status``.
 """
 
 from __future__ import annotations
