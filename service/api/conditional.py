@@ -18,7 +18,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from litestar.datastructures import MutableScopeHeaders
+from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.openapi.spec import (
     Components,
@@ -83,7 +83,8 @@ def conditional_get(app: ASGIApp) -> ASGIApp:
         ):
             await app(scope, receive, send)
             return
-        condition = _header(scope, b"if-none-match")
+        # Its lines, if several, make one list (RFC 9110 section 5.3).
+        condition = ", ".join(Headers.from_scope(scope).getall("if-none-match", [])) or None
         held: list[HTTPResponseStartEvent] = []
 
         async def tagging(message: Message) -> None:
@@ -113,12 +114,6 @@ def conditional_get(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, tagging)
 
     return wrapped
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    """The request header ``name``, its lines joined as a list (RFC 9110 section 5.3)."""
-    values = [value for key, value in scope["headers"] if key.lower() == name]
-    return b", ".join(values).decode("latin-1") if values else None
 
 
 def conditional_paths(routes: Iterable[BaseRoute]) -> list[str]:

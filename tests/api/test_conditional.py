@@ -67,6 +67,9 @@ async def test_a_record_held_is_not_sent_again(client: AppClient, auth: dict[str
         assert "content-type" not in again.headers and "content-length" not in again.headers
         # Every other header of the answer is there: security headers, the request id.
         assert set(again.headers) == set(first.headers) - {"content-type", "content-length"}
+    # The field on two lines is one list.
+    lines = [*auth.items(), ("If-None-Match", '"other"'), ("If-None-Match", tag)]
+    assert (await client.get(path, headers=lines)).status_code == 304
     head = await client.head(path, headers={**auth, "If-None-Match": tag})
     assert head.status_code == 304 and head.headers["etag"] == tag
 
