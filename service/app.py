@@ -46,6 +46,7 @@ MAX_REQUEST_BODY_BYTES = 64 * 1024
 ROUTES = [
     labels.create_label,
     labels.label_batch,
+    labels.upload_label,
     labels.upload,
     records.list_records,
     records.get_labeled_data,

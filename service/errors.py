@@ -14,8 +14,10 @@ never leaks: anything that is not a ``ServiceError`` becomes a generic 500 and i
     ├── Forbidden                  403  key lacks the scope
     ├── NotFound                   404
     │   └── RecordNotFound         404  unknown record id
-    ├── PayloadTooLarge            413  download over the byte cap, image over the pixel cap
+    ├── RequestTimeout             408  an uploaded image's bytes came too slowly
+    ├── PayloadTooLarge            413  image over the byte cap (download or upload) or pixel cap
     ├── UnsupportedMediaType       415  the bytes are not an image format we decode
+    ├── UnsupportedBody            415  a request body of a media type or coding not taken there
     ├── UnprocessableImage         422  an image format we know, but broken (truncated, corrupt)
     ├── RateLimited                429  per-key or per-client limits (Retry-After)
     ├── ClientClosedRequest        499  the client left first (for the metrics: nobody reads it)
@@ -89,6 +91,12 @@ class NotFound(ServiceError):
 class RecordNotFound(NotFound):
     type = "record-not-found"
     title = "No record with this id"
+
+
+class RequestTimeout(ServiceError):
+    status = 408
+    type = "request-timeout"
+    title = "The upload took too long"
 
 
 class PayloadTooLarge(ServiceError):

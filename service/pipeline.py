@@ -1,4 +1,4 @@
-"""Labeling: URL or id -> fetch -> hash -> decode -> detect -> describe -> score -> store.
+"""Labeling: URL, upload or id -> fetch -> hash -> decode -> detect -> describe -> score -> store.
 
 The same bytes are one record whichever URL they came from: the content hash is checked
 before any inference, concurrent requests for one image share a single analysis (and the
@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from service.analysis import ImageAnalysis, ImageAnalyzer
 from service.domain.records import (
@@ -32,17 +34,20 @@ from service.errors import (
     DatabaseUnavailable,
     Overloaded,
     RecordNotFound,
+    RequestTimeout,
     ServiceError,
     ServiceUnavailable,
     UpstreamTimeout,
 )
 from service.executor import BlockingExecutor, start_request
+from service.fetch.body import Content
 from service.fetch.download import Fetched, ImageFetcher
 from service.observability import Metrics
 from service.query.derived import derive
 from service.store.records import RecordStore, is_object_id_hex
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # At capacity, a download running this long gives its slot to a new request.
 SLOW_FETCH_SECONDS = 5.0
@@ -106,6 +111,16 @@ def _log_unstored(digest: str, task: asyncio.Task[LabelOutcome]) -> None:
         log.error("the analysis of sha256 %s failed", digest, exc_info=exc)
 
 
+def _slot_taken(kind: type[ServiceError], sender: str) -> Callable[[], ServiceError]:
+    """The error of a download or upload cancelled to give its slot to a new request."""
+    return lambda: kind(
+        f"{sender} was still sending after {SLOW_FETCH_SECONDS:g} s while the service was at"
+        " capacity; its slot went to another request",
+        retry_after=1,
+        extra={"reason": "evicted"},
+    )
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -129,8 +144,9 @@ class LabelingPipeline:
         self._analyses_by_hash: dict[str, asyncio.Task[LabelOutcome]] = {}
         self._max_inflight = max_inflight
         self._admitted = 0
-        self._fetching: dict[asyncio.Task[Fetched], float] = {}  # downloads, by start time
-        self._evicted: set[asyncio.Task[Fetched]] = set()
+        # Downloads and uploads, by start time.
+        self._fetching: dict[asyncio.Task[Any], float] = {}
+        self._evicted: set[asyncio.Task[Any]] = set()
 
     async def drain(self) -> None:
         """Wait for the analyses in progress to be stored (or to fail)."""
@@ -191,11 +207,28 @@ class LabelingPipeline:
         log.info("record %s deleted with key %s", record_id, key)
 
     async def label_url(self, url: str) -> LabelOutcome:
+        with self._admission():
+            return await self._label_url(url)
+
+    async def label_upload(
+        self, receive: Callable[[], Coroutine[Any, Any, Content]]
+    ) -> LabelOutcome:
+        """Label an image sent as the request body, read by ``receive`` once the request is
+        admitted. Its record has no URL (``url`` null, ``urls`` empty) until the same bytes
+        are labeled from one."""
+        with self._admission():
+            content = await self._track_intake(
+                receive(), "upload", _slot_taken(RequestTimeout, "the client")
+            )
+            return await self._label_content(content.data, content.sha256, None)
+
+    @contextmanager
+    def _admission(self) -> Iterator[None]:
         self._admit()
         self._admitted += 1
         start_request()  # its blocking work goes before that of requests admitted later
         try:
-            return await self._label_url(url)
+            yield
         finally:
             self._admitted -= 1
 
@@ -217,8 +250,12 @@ class LabelingPipeline:
 
     async def _label_url(self, url: str) -> LabelOutcome:
         fetched = await self._fetch(url)
-        digest = fetched.sha256
-        if await self._store.has_hash(digest):
+        return await self._label_content(fetched.data, fetched.sha256, url)
+
+    async def _label_content(self, data: bytes, digest: str, url: str | None) -> LabelOutcome:
+        """The record of these bytes: the stored one (``url``, when given, added to it), or a
+        new one. ``url`` is None for an upload."""
+        if url is None or await self._store.has_hash(digest):
             reused = await self._reuse(digest, url)
             if reused is not None:
                 return reused
@@ -227,12 +264,12 @@ class LabelingPipeline:
             task = self._analyses_by_hash.get(digest)
             joined = task is not None
             if task is None:
-                task = asyncio.create_task(self._create(fetched, url, digest))
+                task = asyncio.create_task(self._create(data, url, digest))
                 self._analyses_by_hash[digest] = task
                 task.add_done_callback(lambda _: self._analyses_by_hash.pop(digest, None))
                 task.add_done_callback(partial(_log_unstored, digest))
             outcome = await asyncio.shield(task)
-            if url in outcome.urls:
+            if url is None or url in outcome.urls:
                 # Another request created the record, or another process stored these bytes
                 # first (the insert gave back its record): this one found it (200).
                 if joined or not outcome.created:
@@ -269,7 +306,8 @@ class LabelingPipeline:
                 changed = True
                 continue
             analysis = await self._analyzer.analyze(fetched.data, self._executor)
-            record = record_to_document(self._build_record(analysis, fetched, url, digest))
+            built = self._build_record(analysis, len(fetched.data), url, digest)
+            record = record_to_document(built)
             fields = {k: v for k, v in record.items() if k not in KEPT_ON_RELABEL}
             if "urls" not in document:  # imported with a url alone: the shape records have now
                 fields["urls"] = [url]
@@ -278,8 +316,9 @@ class LabelingPipeline:
             return Relabeled.RELABELED
         return Relabeled.CHANGED if changed else Relabeled.UNREACHABLE
 
-    async def _reuse(self, digest: str, url: str) -> LabelOutcome | None:
-        """The stored record for these bytes, with ``url`` added; ``None`` if it was deleted."""
+    async def _reuse(self, digest: str, url: str | None) -> LabelOutcome | None:
+        """The stored record for these bytes, with ``url`` (if any) added; ``None`` when there
+        is none (deleted)."""
         document = await self._store.remember_url(digest, url)
         if document is None:
             return None
@@ -287,9 +326,10 @@ class LabelingPipeline:
         return LabelOutcome(record_from_document(document), created=False)
 
     def _evict_a_slow_fetch(self) -> bool:
-        """At capacity, cancel the longest-running download past ``SLOW_FETCH_SECONDS`` to
-        make room: hosts that drip bytes, or never answer, must not hold every slot while
-        fast images wait. False when no download is that slow."""
+        """At capacity, cancel the longest-running download (or upload) past
+        ``SLOW_FETCH_SECONDS`` to make room: hosts (or clients) that drip bytes, or never
+        answer, must not hold every slot while fast images wait. False when none is that
+        slow."""
         now = time.monotonic()
         # A download already picked has not stopped yet (its cancellation lands on a later
         # turn of the loop): picking it again would admit a second request for one slot.
@@ -306,31 +346,35 @@ class LabelingPipeline:
         return True
 
     async def _fetch(self, url: str) -> Fetched:
-        with self._metrics.stage("fetch"):
-            task = asyncio.create_task(self._fetcher.fetch(url))
+        try:
+            return await self._track_intake(
+                self._fetcher.fetch(url), "fetch", _slot_taken(UpstreamTimeout, "the image host")
+            )
+        except ServiceError as exc:
+            self._metrics.fetch_failures.labels(exc.extra.get("reason", exc.type)).inc()
+            raise
+
+    async def _track_intake(
+        self, receiving: Coroutine[Any, Any, T], stage: str, evicted: Callable[[], ServiceError]
+    ) -> T:
+        """Run a download or an upload as a task that ``_evict_a_slow_fetch`` may cancel, in
+        which case ``evicted()`` is raised."""
+        with self._metrics.stage(stage):
+            task = asyncio.create_task(receiving)
             self._fetching[task] = time.monotonic()
             try:
-                try:
-                    return await task
-                except asyncio.CancelledError:
-                    if task not in self._evicted:
-                        raise
-                    raise UpstreamTimeout(
-                        f"the image host was still sending after {SLOW_FETCH_SECONDS:g} s while"
-                        " the service was at capacity; its slot went to another request",
-                        retry_after=1,
-                        extra={"reason": "evicted"},
-                    ) from None
-            except ServiceError as exc:
-                self._metrics.fetch_failures.labels(exc.extra.get("reason", exc.type)).inc()
-                raise
+                return await task
+            except asyncio.CancelledError:
+                if task not in self._evicted:
+                    raise
+                raise evicted() from None
             finally:
                 del self._fetching[task]
                 self._evicted.discard(task)
 
-    async def _create(self, fetched: Fetched, url: str, digest: str) -> LabelOutcome:
-        analysis = await self._analyzer.analyze(fetched.data, self._executor)
-        record = self._build_record(analysis, fetched, url, digest)
+    async def _create(self, data: bytes, url: str | None, digest: str) -> LabelOutcome:
+        analysis = await self._analyzer.analyze(data, self._executor)
+        record = self._build_record(analysis, len(data), url, digest)
         with self._metrics.stage("store"):
             stored = await self._store.insert(record_to_document(record))
         created = stored["_id"] == record.id
@@ -344,7 +388,7 @@ class LabelingPipeline:
         return LabelOutcome(record if created else record_from_document(stored), created)
 
     def _build_record(
-        self, analysis: ImageAnalysis, fetched: Fetched, url: str, digest: str
+        self, analysis: ImageAnalysis, size: int, url: str | None, digest: str
     ) -> Record:
         now = utc_now()
         decoded, boxes = analysis.decoded, analysis.boxes
@@ -358,14 +402,14 @@ class LabelingPipeline:
         return Record(
             id=new_record_id(),
             url=url,
-            urls=[url],
+            urls=[] if url is None else [url],
             datetime=now,
             object_analysis_processed=flag(True),
             width=decoded.width,
             height=decoded.height,
             hash=digest,
             format=decoded.format,
-            bytes=len(fetched.data),
+            bytes=size,
             object_analysis=[boxes],
             classes=derived["classes"],
             label_quality_estimation=analysis.quality.score,

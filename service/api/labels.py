@@ -1,10 +1,11 @@
-"""Labeling endpoints: ``POST /v1/labels``, its batch form ``POST /v1/labels/batch``, and the
-Cortex-compatible ``POST /upload``."""
+"""Labeling endpoints: ``POST /v1/labels``, its batch form ``POST /v1/labels/batch``, images
+sent as the body of ``POST /v1/labels/upload``, and the Cortex-compatible ``POST /upload``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -16,7 +17,15 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import SecurityRequirement
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+    SecurityRequirement,
+)
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -41,9 +50,12 @@ from service.errors import (
     ClientClosedRequest,
     Forbidden,
     RateLimited,
+    RequestTimeout,
     Unauthorized,
     UnsupportedBody,
 )
+from service.fetch.body import Content
+from service.fetch.upload import check_upload_length, receive_upload
 from service.lifespan import Resources
 from service.pipeline import LabelOutcome, names_record
 
@@ -55,22 +67,43 @@ BATCH_MAX_BODY_BYTES = 256 * 1024
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
 
 
-async def json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Only JSON bodies: a cross-site page can make a browser send a text/plain or form body
-    without asking (no CORS preflight), never a JSON one, so an open service on an internal
-    network cannot be driven from a visitor's browser."""
-    if connection.headers.get("content-length") == "0":
-        raise BadRequest(NO_BODY)
+def _identity_coding(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     coding = connection.headers.get("content-encoding", "identity").strip().lower()
     if coding != "identity":
         raise UnsupportedBody(
             f"send the body without a content coding, not in {coding}",
             extra={"reason": "content_encoding"},
         )
-    media_type = connection.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _media_type(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return connection.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Only JSON bodies: a cross-site page can make a browser send a text/plain or form body
+    without asking (no CORS preflight), never a JSON one, so an open service on an internal
+    network cannot be driven from a visitor's browser."""
+    if connection.headers.get("content-length") == "0":
+        raise BadRequest(NO_BODY)
+    _identity_coding(connection)
+    media_type = _media_type(connection)
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedBody(
             f"send the body as application/json, not {media_type or 'without a Content-Type'}",
+            extra={"reason": "content_type"},
+        )
+
+
+async def image_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Only an image's bytes as ``image/*`` or ``application/octet-stream``: neither is a
+    type a cross-site page can send without a CORS preflight (see ``json_body``)."""
+    _identity_coding(connection)
+    media_type = _media_type(connection)
+    if not media_type.startswith("image/") and media_type != "application/octet-stream":
+        raise UnsupportedBody(
+            "send the image's bytes as image/* (image/jpeg, image/png, ...) or"
+            f" application/octet-stream, not {media_type or 'without a Content-Type'}",
             extra={"reason": "content_type"},
         )
 
@@ -79,6 +112,24 @@ GUARDS = [json_body, requires("label", unless_open=True)]
 # A key is optional unless LABELSVC_LABELING_REQUIRES_KEY is set; one that is sent is checked.
 SECURITY: list[SecurityRequirement] = [{}, {"ApiKey": []}]
 PROBLEMS = problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
+LOCATION = [
+    ResponseHeader(
+        name="Location", description="The new record (201 only)", documentation_only=True
+    )
+]
+
+
+def labeled_responses(
+    labeled_before: str, problems: dict[int, ResponseSpec]
+) -> dict[int, ResponseSpec]:
+    """A labeling route's answers besides its 201: the 200 of bytes ``labeled_before``, and
+    its ``problems``."""
+    return {
+        HTTP_200_OK: ResponseSpec(
+            data_container=RECORD_AS_SERVED, description=labeled_before, generate_examples=False
+        ),
+        **problems,
+    }
 
 
 @post(
@@ -95,26 +146,18 @@ PROBLEMS = problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 5
     ),
     tags=["labels"],
     security=SECURITY,
-    responses={
-        HTTP_200_OK: ResponseSpec(
-            data_container=RECORD_AS_SERVED,
-            description="The bytes or the id were labeled before",
-            generate_examples=False,
-        ),
-        **PROBLEMS,
-    },
-    response_headers=[
-        ResponseHeader(
-            name="Location",
-            description="The new record (201 only)",
-            documentation_only=True,
-        )
-    ],
+    responses=labeled_responses("The bytes or the id were labeled before", PROBLEMS),
+    response_headers=LOCATION,
 )
 async def create_label(
     data: JSONBody[LabelRequest], resources: ResourcesDep, request: Request[Any, Any, Any]
 ) -> Response[Record | StoredDocument]:
     outcome, record = await label_request(data, request, resources)
+    return _labeled(outcome, record)
+
+
+def _labeled(outcome: LabelOutcome, record: Record | StoredDocument) -> Response[Any]:
+    """201 with the new record's Location, or 200 with the one stored before."""
     if not outcome.created:
         return Response(record, status_code=HTTP_200_OK)
     return Response(
@@ -122,6 +165,71 @@ async def create_label(
         status_code=HTTP_201_CREATED,
         headers={"Location": f"/v1/records/{outcome.record_id}"},
     )
+
+
+@dataclasses.dataclass
+class _ImageBodyOperation(Operation):
+    """The operation of ``POST /v1/labels/upload``: its body is read by the handler as it
+    streams in, so the framework, which documents only the bodies it parses, is told of it
+    here."""
+
+    def __post_init__(self) -> None:
+        binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+        self.request_body = RequestBody(
+            required=True,
+            description=(
+                "The image's bytes (JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF; the format is read"
+                " from the bytes), at most LABELSVC_MAX_IMAGE_BYTES"
+            ),
+            content={
+                media_type: OpenAPIMediaType(schema=binary)
+                for media_type in ("image/*", "application/octet-stream")
+            },
+        )
+
+
+@post(
+    "/v1/labels/upload",
+    dependencies=DEPENDENCIES,
+    guards=[image_body, requires("label", unless_open=True)],
+    status_code=HTTP_201_CREATED,
+    operation_class=_ImageBodyOperation,
+    summary="Label an image sent as the request body",
+    description=(
+        "For images no URL reaches. The answers are those of POST /v1/labels: 201 with a"
+        " Location header for a new record, 200 when the same bytes were labeled before. A"
+        " record first made from an upload has url null and urls empty until the same bytes"
+        " are labeled from a URL. A caller without a key with the read scope who sends bytes"
+        " labeled before gets their record without its URLs."
+    ),
+    tags=["labels"],
+    security=SECURITY,
+    responses=labeled_responses(
+        "The bytes were labeled before",
+        problem_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
+    ),
+    response_headers=LOCATION,
+)
+async def upload_label(
+    resources: ResourcesDep, request: Request[Any, Any, Any]
+) -> Response[Record | StoredDocument]:
+    max_bytes = resources.settings.max_image_bytes
+    check_upload_length(request.headers.get("content-length"), max_bytes)
+    timeout = resources.settings.fetch_total_timeout
+
+    async def receive() -> Content:
+        try:
+            async with asyncio.timeout(timeout):
+                return await receive_upload(request.receive, max_bytes)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the image took longer than {timeout:g} s to arrive",
+                extra={"reason": "timeout"},
+            ) from None
+
+    pipeline = resources.pipeline
+    outcome = await in_client_slot(request, resources, lambda: pipeline.label_upload(receive))
+    return _labeled(outcome, shown_to(request, outcome, None))
 
 
 @post(
@@ -327,14 +435,15 @@ def require_reader(request: Request[Any, Any, Any], resources: Resources) -> Non
 
 
 def shown_to(
-    request: Request[Any, Any, Any], outcome: LabelOutcome, url: str
+    request: Request[Any, Any, Any], outcome: LabelOutcome, url: str | None
 ) -> Record | StoredDocument:
     """The record as this caller may see it: bytes labeled before from other URLs come back
-    with only the caller's own URL unless it may read records, as other clients' URLs can
-    carry their access tokens or private paths."""
+    with only the caller's own URL (none for an upload) unless it may read records, as other
+    clients' URLs can carry their access tokens or private paths."""
     record = outcome.record
     if outcome.created or _may_read(request):
         return record
+    urls = [] if url is None else [url]
     if isinstance(record, Record):
-        return msgspec.structs.replace(record, url=url, urls=[url])
-    return {**record, "url": url, "urls": [url]}
+        return msgspec.structs.replace(record, url=url, urls=urls)
+    return {**record, "url": url, "urls": urls}

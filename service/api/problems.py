@@ -215,9 +215,11 @@ _WHEN = {
     401: "No API key, or one that is unknown or revoked",
     403: "The API key lacks the scope this route needs",
     404: "No record has this id",
+    408: "The uploaded image took too long to arrive (see Retry-After when the slot was needed)",
     409: "The record has no perceptual hash to compare",
     413: "The request body, or the image, is larger than allowed",
-    415: "The request body is not JSON, or the URL did not return an image in a supported format",
+    415: "The request body is not of a media type this route takes, or the bytes are not an"
+    " image in a supported format",
     422: "The image is corrupt or truncated",
     429: "A rate limit or daily quota is used up (see Retry-After)",
     502: "The image host failed, refused or answered badly",

@@ -112,7 +112,7 @@ class Analysis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class Record(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     id: str = msgspec.field(name="_id")
-    url: str
+    url: str | None  # null for bytes uploaded before any URL served them
     urls: list[str]
     datetime: str
     type: str = "image"

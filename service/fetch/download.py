@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import http.cookiejar
 import ipaddress
 import ssl
@@ -23,6 +22,13 @@ from service.errors import (
     UpstreamTimeout,
     UrlRejected,
 )
+from service.fetch.body import (
+    MANY_PIECES,
+    MIN_MEAN_PIECE_BYTES,
+    CappedBody,
+    declared_length,
+    fragmented,
+)
 from service.fetch.coding import BodyDecoder
 from service.fetch.policy import (
     FetchPolicy,
@@ -38,11 +44,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Keep-alive: how long idle connections are kept, and for how many host names.
 KEEPALIVE_SECONDS = 5.0
 MAX_POOLED_HOSTS = 64
-# A body in pieces (HTTP chunks, reads) this small on average, past this many of them, is
-# refused: each piece costs the event loop a few microseconds, so a host sending 1-byte
-# chunks (or chunk extensions) would otherwise hold it busy until the total deadline.
-MANY_PIECES = 4096
-MIN_MEAN_PIECE_BYTES = 256
 RESOLVER_THREADS = 32  # the service passes its bound on labeling requests in flight
 
 
@@ -338,26 +339,20 @@ class ImageFetcher:
                 f"{target.host} answered HTTP {status}",
                 extra={"reason": "upstream_status", "upstream_status": status},
             )
-        too_large = PayloadTooLarge(
-            f"the image is larger than {policy.max_bytes} bytes",
-            extra={"reason": "too_large", "max_bytes": policy.max_bytes},
+        body = CappedBody(
+            policy.max_bytes,
+            lambda: PayloadTooLarge(
+                f"the image is larger than {policy.max_bytes} bytes",
+                extra={"reason": "too_large", "max_bytes": policy.max_bytes},
+            ),
         )
-        try:
-            declared = int(response.headers.get("content-length", ""))
-        except ValueError:
-            declared = None
-        if declared is not None and declared > policy.max_bytes:
-            raise too_large
-        # Chunks are joined once, on success: a body that runs over the cap never holds
-        # more than the cap, and an accepted one is copied once (no growing buffer).
+        body.check_declared(declared_length(response.headers.get("content-length")))
         decoder = BodyDecoder.for_coding(response.headers.get("content-encoding"), target.host)
-        chunks: list[bytes] = []
-        size = received = pieces = 0
-        digest = hashlib.sha256()
+        received = pieces = 0
         async for raw in response.aiter_raw():
             received += len(raw)
             pieces += 1
-            if pieces > MANY_PIECES and received < pieces * MIN_MEAN_PIECE_BYTES:
+            if fragmented(pieces, received):
                 raise UpstreamError(
                     f"{target.host} sent the body in over {MANY_PIECES} pieces of under"
                     f" {MIN_MEAN_PIECE_BYTES} bytes on average",
@@ -366,22 +361,19 @@ class ImageFetcher:
             chunk = raw
             if decoder is not None:  # the cap holds for the decoded bytes: no zip bombs
                 # and for the compressed ones (empty blocks decode to nothing)
-                chunk = decoder.decode(raw, policy.max_bytes - size + 1)
+                chunk = decoder.decode(raw, policy.max_bytes - body.size + 1)
                 if received > policy.max_bytes:
-                    raise too_large
-            size += len(chunk)
-            if size > policy.max_bytes:
-                raise too_large
-            chunks.append(chunk)
-            digest.update(chunk)
+                    raise body.too_large()
+            body.add(chunk)
         if decoder is not None and not decoder.complete:
             raise UpstreamError(
                 f"{target.host} sent a compressed body cut short", extra={"reason": "protocol"}
             )
+        content = body.content()
         return Fetched(
-            data=b"".join(chunks),
+            data=content.data,
             url=target.url,
             content_type=response.headers.get("content-type"),
-            sha256=digest.hexdigest(),
+            sha256=content.sha256,
             redirects=redirects,
         )

@@ -209,10 +209,13 @@ class RecordStore:
             result = await self._records.delete_one(id_filter(record_id))
             return result.deleted_count == 1
 
-    async def remember_url(self, digest: str, url: str) -> Document | None:
-        """Add ``url`` to the record with this content hash, unless it holds ``MAX_URLS``
-        already; returns the record."""
+    async def remember_url(self, digest: str, url: str | None) -> Document | None:
+        """The record with this content hash, with ``url`` added to its ``urls`` unless it
+        holds ``MAX_URLS`` already (and made its ``url`` if it had none: bytes uploaded
+        first); None when there is no such record. ``url`` None (an upload) adds nothing."""
         async with self._labeling():
+            if url is None:
+                return await self._records.find_one({"hash": digest})
             try:
                 document = await self._records.find_one_and_update(
                     {"hash": digest, f"urls.{MAX_URLS - 1}": {"$exists": False}},
@@ -227,7 +230,14 @@ class RecordStore:
                 log.warning("record with sha256 %s: urls is not an array, no URL added", digest)
                 document = None
             if document is None:  # full, not an array, or deleted
-                document = await self._records.find_one({"hash": digest})
+                return await self._records.find_one({"hash": digest})
+            if document.get("url") is None:
+                # Bytes uploaded before any URL served them. A race between two such URLs
+                # leaves the first one written, each in urls.
+                await self._records.update_one(
+                    {"_id": document["_id"], "url": None}, {"$set": {"url": url}}
+                )
+                return await self._records.find_one({"_id": document["_id"]})
             return document
 
     async def insert(self, document: Document) -> Document:

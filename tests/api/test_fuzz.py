@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from PIL import Image
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -20,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
 
 from service.dbserver import LocalDatabaseServer
 from tests.conftest import API_KEY, ROOT
+from tests.support.images import encode
 from tests.support.process import live_service
 
 DELIBERATE = {502, 503, 504}
@@ -43,6 +46,21 @@ def live_base(db_server: LocalDatabaseServer) -> Iterator[str]:
     print(f"\nschemathesis: {seen['cases']} cases, {seen['server_errors']} server errors")
 
 
+def _tiny(fmt: str) -> bytes:
+    return encode(Image.new("RGB", (48, 32), (200, 120, 40)), fmt)
+
+
+# Uploads: small images of each kind the service reads, the same cut short, and any bytes.
+_IMAGES = [_tiny(fmt) for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP")]
+schemathesis.openapi.media_type(
+    "image/*",
+    st.one_of(
+        st.sampled_from(_IMAGES),
+        st.sampled_from(_IMAGES).map(lambda data: data[: len(data) // 2]),
+        st.binary(max_size=512),
+    ),
+    aliases=["application/octet-stream"],
+)
 schema = schemathesis.openapi.from_path(ROOT / "openapi" / "openapi.json")
 
 

@@ -1,0 +1,285 @@
+"""Labeling an image sent as the request body: ``POST /v1/labels/upload``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from pymongo.asynchronous.collection import AsyncCollection
+
+from service import pipeline
+from service.dbserver import LocalDatabaseServer
+from service.settings import Settings
+from tests.api.test_errors import assert_problem
+from tests.conftest import CAT_PHOTO, EMPTY_PHOTO, AppClient, running
+from tests.support.image_server import ImageServer
+from tests.support.images import encode
+from tests.support.process import live_service
+
+UPLOAD = "/v1/labels/upload"
+JPEG = {"content-type": "image/jpeg"}
+
+
+def stored_records(client: AppClient) -> AsyncCollection[dict[str, Any]]:
+    return client.resources.database["records"]
+
+
+def photo(evalset_dir: Path, name: str = CAT_PHOTO) -> bytes:
+    return (evalset_dir / "images" / name).read_bytes()
+
+
+async def test_an_uploaded_photo_is_labeled_and_stored_without_a_url(
+    client: AppClient, evalset_dir: Path, auth: dict[str, str]
+) -> None:
+    data = photo(evalset_dir)
+    response = await client.post(UPLOAD, content=data, headers=JPEG)
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert response.headers["location"] == f"/v1/records/{record['_id']}"
+    assert record["url"] is None and record["urls"] == []
+    assert record["hash"] == hashlib.sha256(data).hexdigest()
+    assert (record["format"], record["bytes"]) == ("JPEG", len(data))
+    assert (record["width"], record["height"]) == (640, 371)
+    assert "cat" in record["classes"]
+    assert record["caption"]["title"] and record["image_properties"]["phash"]
+    assert 0 <= record["label_quality_estimation"] <= 1
+    assert {a["name"] for a in record["analyses"]} >= {"object_detection", "label_quality"}
+
+    stored = await client.get(f"/v1/records/{record['_id']}", headers=auth)
+    assert stored.json() == record
+    metrics = (await client.get("/metrics")).text
+    assert 'labelsvc_stage_duration_seconds_count{stage="upload"} 1.0' in metrics
+
+
+async def test_the_same_bytes_again_answer_200_with_the_stored_record(
+    client: AppClient, evalset_dir: Path
+) -> None:
+    data = photo(evalset_dir)
+    first = await client.post(UPLOAD, content=data, headers=JPEG)
+    again = await client.post(
+        UPLOAD, content=data, headers={"content-type": "application/octet-stream"}
+    )
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    assert "location" not in again.headers
+
+
+async def test_a_url_serving_uploaded_bytes_becomes_the_records_url(
+    client: AppClient,
+    image_server: ImageServer,
+    evalset_dir: Path,
+) -> None:
+    uploaded = (await client.post(UPLOAD, content=photo(evalset_dir), headers=JPEG)).json()
+    url = image_server.photo_url(CAT_PHOTO, alias="uploaded-first")
+    by_url = await client.post("/v1/labels", json={"url": url})
+    assert by_url.status_code == 200, by_url.text
+    assert by_url.json()["_id"] == uploaded["_id"]
+    assert (by_url.json()["url"], by_url.json()["urls"]) == (url, [url])
+    second = image_server.photo_url(CAT_PHOTO, alias="uploaded-second")
+    await client.post("/v1/labels", json={"url": second})
+    stored = await stored_records(client).find_one({"_id": uploaded["_id"]})
+    assert stored is not None
+    assert (stored["url"], stored["urls"]) == (url, [url, second])
+    assert await stored_records(client).count_documents({}) == 1
+
+
+async def test_uploading_bytes_labeled_from_a_url_shows_its_urls_to_readers_only(
+    client: AppClient, image_server: ImageServer, evalset_dir: Path, auth: dict[str, str]
+) -> None:
+    url = image_server.photo_url(CAT_PHOTO, alias="private-token")
+    created = (await client.post("/v1/labels", json={"url": url})).json()
+    keyless = await client.post(UPLOAD, content=photo(evalset_dir), headers=JPEG)
+    assert keyless.status_code == 200
+    assert keyless.json()["_id"] == created["_id"]
+    assert (keyless.json()["url"], keyless.json()["urls"]) == (None, [])
+    reader = await client.post(UPLOAD, content=photo(evalset_dir), headers=JPEG | auth)
+    assert (reader.json()["url"], reader.json()["urls"]) == (url, [url])
+
+
+async def test_an_upload_and_a_url_of_the_same_bytes_at_once_make_one_record(
+    client: AppClient,
+    image_server: ImageServer,
+    evalset_dir: Path,
+) -> None:
+    url = image_server.photo_url(EMPTY_PHOTO, alias="together")
+    uploaded, fetched = await asyncio.gather(
+        client.post(UPLOAD, content=photo(evalset_dir, EMPTY_PHOTO), headers=JPEG),
+        client.post("/v1/labels", json={"url": url}),
+    )
+    assert sorted([uploaded.status_code, fetched.status_code]) == [200, 201]
+    assert uploaded.json()["_id"] == fetched.json()["_id"]
+    (stored,) = await stored_records(client).find({}).to_list()
+    assert stored["urls"] == [url] and stored["url"] == url
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({"content-type": "text/plain"}, "not text/plain"),
+        ({"content-type": "application/json"}, "not application/json"),
+        ({"content-type": "multipart/form-data; boundary=x"}, "not multipart/form-data"),
+        ({}, "without a Content-Type"),
+    ],
+)
+async def test_other_media_types_are_refused_with_415(
+    client: AppClient,
+    evalset_dir: Path,
+    headers: dict[str, str],
+    detail: str,
+) -> None:
+    response = await client.post(UPLOAD, content=photo(evalset_dir), headers=headers)
+    body = assert_problem(response, 415, "unsupported-body")
+    assert body["reason"] == "content_type" and detail in body["detail"]
+    assert await stored_records(client).count_documents({}) == 0
+
+
+async def test_a_content_coding_is_refused(client: AppClient, evalset_dir: Path) -> None:
+    response = await client.post(
+        UPLOAD, content=photo(evalset_dir), headers=JPEG | {"content-encoding": "gzip"}
+    )
+    assert assert_problem(response, 415, "unsupported-body")["reason"] == "content_encoding"
+
+
+async def test_an_empty_body_is_a_bad_request(client: AppClient) -> None:
+    response = await client.post(UPLOAD, content=b"", headers=JPEG)
+    assert "empty" in assert_problem(response, 400, "bad-request")["detail"]
+
+
+async def test_bytes_that_are_not_an_image_or_are_broken(
+    client: AppClient, evalset_dir: Path
+) -> None:
+    text = await client.post(UPLOAD, content=b"hello, I am text", headers=JPEG)
+    assert_problem(text, 415, "not-an-image")
+    data = photo(evalset_dir)
+    truncated = await client.post(UPLOAD, content=data[: len(data) // 3], headers=JPEG)
+    assert_problem(truncated, 422, "broken-image")
+    assert await stored_records(client).count_documents({}) == 0
+
+
+async def test_a_png_labels_like_any_other_format(client: AppClient, evalset_dir: Path) -> None:
+    with Image.open(evalset_dir / "images" / CAT_PHOTO) as image:
+        png = encode(image.convert("RGB"), "PNG")
+    response = await client.post(UPLOAD, content=png, headers={"content-type": "image/png"})
+    assert response.status_code == 201, response.text
+    assert response.json()["format"] == "PNG" and "cat" in response.json()["classes"]
+
+
+async def _chunks(data: bytes, size: int, pause: float = 0.0) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        if pause:
+            await asyncio.sleep(pause)
+        yield data[start : start + size]
+
+
+async def test_an_image_over_the_byte_cap_is_refused_declared_or_streamed(
+    make_settings: Callable[..., Settings], evalset_dir: Path
+) -> None:
+    data = photo(evalset_dir)
+    async with running(make_settings(max_image_bytes=len(data))) as client:
+        declared = await client.post(UPLOAD, content=data + b"x", headers=JPEG)
+        body = assert_problem(declared, 413, "too-large")
+        assert (body["reason"], body["max_bytes"]) == ("too_large", len(data))
+        streamed = await client.post(UPLOAD, content=_chunks(data + b"x", 16384), headers=JPEG)
+        assert "content-length" not in streamed.request.headers
+        assert assert_problem(streamed, 413, "too-large")["max_bytes"] == len(data)
+        at_the_cap = await client.post(UPLOAD, content=_chunks(data, 16384), headers=JPEG)
+        assert at_the_cap.status_code == 201, at_the_cap.text
+
+
+async def test_an_upload_that_takes_too_long_gets_408(
+    make_settings: Callable[..., Settings], evalset_dir: Path
+) -> None:
+    async with running(make_settings(fetch_total_timeout=0.5)) as client:
+        response = await client.post(
+            UPLOAD, content=_chunks(photo(evalset_dir), 4096, pause=0.1), headers=JPEG
+        )
+        assert assert_problem(response, 408, "request-timeout")["reason"] == "timeout"
+        assert client.resources.pipeline.admitted == 0
+
+
+async def test_a_slow_upload_gives_its_slot_to_a_new_request_at_capacity(
+    make_settings: Callable[..., Settings],
+    evalset_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "SLOW_FETCH_SECONDS", 0.3)
+    data = photo(evalset_dir)
+    async with running(make_settings(max_inflight=1)) as client:
+        slow = asyncio.create_task(
+            client.post(UPLOAD, content=_chunks(data, 1024, pause=0.1), headers=JPEG)
+        )
+        await asyncio.sleep(0.5)
+        fast = await client.post(UPLOAD, content=photo(evalset_dir, EMPTY_PHOTO), headers=JPEG)
+        assert fast.status_code == 201, fast.text
+        body = assert_problem(await slow, 408, "request-timeout")
+        assert body["reason"] == "evicted"
+
+
+async def test_a_full_queue_refuses_before_reading_the_body(
+    make_settings: Callable[..., Settings], evalset_dir: Path
+) -> None:
+    read = 0
+
+    async def counted() -> AsyncIterator[bytes]:
+        nonlocal read
+        async for chunk in _chunks(photo(evalset_dir), 4096):
+            read += len(chunk)
+            yield chunk
+
+    async with running(make_settings(workers=1, max_pending=3)) as client:
+        executor = client.resources.executor
+        release = threading.Event()
+        blockers = [asyncio.create_task(executor.run(release.wait, 10)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        try:
+            response = await client.post(UPLOAD, content=counted(), headers=JPEG)
+            assert assert_problem(response, 503, "overloaded")["reason"] == "queue_full"
+            assert read == 0
+        finally:
+            release.set()
+            await asyncio.gather(*blockers)
+
+
+async def test_labeling_that_requires_a_key_requires_it_for_uploads(
+    make_settings: Callable[..., Settings], evalset_dir: Path, auth: dict[str, str]
+) -> None:
+    async with running(make_settings(labeling_requires_key=True)) as client:
+        refused = await client.post(UPLOAD, content=photo(evalset_dir), headers=JPEG)
+        assert_problem(refused, 401, "unauthorized")
+        allowed = await client.post(UPLOAD, content=photo(evalset_dir), headers=JPEG | auth)
+        assert allowed.status_code == 201
+
+
+def test_over_a_real_server_the_service_keeps_serving_after_cut_and_refused_uploads(
+    db_server: LocalDatabaseServer, evalset_dir: Path
+) -> None:
+    """uvicorn, not the test transport: a client that leaves mid-upload, and one refused
+    before its body was read, leave the service answering on the same port."""
+    data = photo(evalset_dir)
+    with live_service(
+        mongodb_uri=db_server.uri,
+        mongodb_db="upload_live",
+        max_image_bytes=str(len(data)),
+        log_level="warning",
+    ) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as cut:
+            cut.sendall(
+                f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n".encode()
+                + data[:1000]
+            )
+        with httpx.Client(base_url=base, timeout=30) as http:
+            too_large = http.post(UPLOAD, content=data + b"x", headers=JPEG)
+            assert_problem(too_large, 413, "too-large")
+            labeled = http.post(UPLOAD, content=data, headers=JPEG)
+            assert labeled.status_code == 201, labeled.text
+            assert http.post(UPLOAD, content=data, headers=JPEG).status_code == 200
