@@ -50,12 +50,11 @@ from service.errors import (
     ClientClosedRequest,
     Forbidden,
     RateLimited,
-    RequestTimeout,
     Unauthorized,
     UnsupportedBody,
 )
 from service.fetch.body import Content
-from service.fetch.upload import check_upload_length, receive_upload
+from service.fetch.upload import check_upload_length, receive_upload, upload_deadline
 from service.lifespan import Resources
 from service.pipeline import LabelOutcome, names_record
 
@@ -213,19 +212,13 @@ class _ImageBodyOperation(Operation):
 async def upload_label(
     resources: ResourcesDep, request: Request[Any, Any, Any]
 ) -> Response[Record | StoredDocument]:
-    max_bytes = resources.settings.max_image_bytes
+    settings = resources.settings
+    max_bytes, timeout = settings.max_image_bytes, settings.fetch_total_timeout
     check_upload_length(request.headers.get("content-length"), max_bytes)
-    timeout = resources.settings.fetch_total_timeout
 
     async def receive() -> Content:
-        try:
-            async with asyncio.timeout(timeout):
-                return await receive_upload(request.receive, max_bytes)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the image took longer than {timeout:g} s to arrive",
-                extra={"reason": "timeout"},
-            ) from None
+        async with upload_deadline(timeout):
+            return await receive_upload(request.receive, max_bytes)
 
     pipeline = resources.pipeline
     outcome = await in_client_slot(request, resources, lambda: pipeline.label_upload(receive))

@@ -3,9 +3,13 @@ in, refused as soon as it declares or passes the cap."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from litestar.types import Receive
 
-from service.errors import BadRequest, ClientClosedRequest, PayloadTooLarge
+from service.errors import BadRequest, ClientClosedRequest, PayloadTooLarge, RequestTimeout
 from service.fetch.body import (
     MANY_PIECES,
     MIN_MEAN_PIECE_BYTES,
@@ -35,6 +39,19 @@ def check_upload_length(content_length: str | None, max_bytes: int) -> None:
     if declared == 0:
         raise BadRequest(NO_IMAGE)
     upload_cap(max_bytes).check_declared(declared)
+
+
+@asynccontextmanager
+async def upload_deadline(seconds: float) -> AsyncIterator[None]:
+    """At most ``seconds`` (``LABELSVC_FETCH_TOTAL_TIMEOUT``, as for a download) to receive
+    an upload: 408 past them."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the image took longer than {seconds:g} s to arrive", extra={"reason": "timeout"}
+        ) from None
 
 
 async def receive_upload(receive: Receive, max_bytes: int) -> Content:

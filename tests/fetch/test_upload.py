@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
-from service.errors import BadRequest, ClientClosedRequest, PayloadTooLarge
+from service.errors import BadRequest, ClientClosedRequest, PayloadTooLarge, RequestTimeout
 from service.fetch.body import MANY_PIECES, CappedBody, declared_length, fragmented
-from service.fetch.upload import check_upload_length, receive_upload
+from service.fetch.upload import check_upload_length, receive_upload, upload_deadline
 
 
 def channel(messages: Iterable[dict[str, Any]]) -> Any:
@@ -90,6 +91,17 @@ async def test_an_upload_in_tiny_pieces_is_refused() -> None:
     with pytest.raises(BadRequest) as raised:
         await receive_upload(channel(messages), 10**6)
     assert raised.value.extra == {"reason": "fragmented"}
+
+
+async def test_an_upload_that_never_ends_times_out() -> None:
+    async def dripping() -> dict[str, Any]:
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x" * 300, "more_body": True}
+
+    with pytest.raises(RequestTimeout) as raised:
+        async with upload_deadline(0.2):
+            await receive_upload(dripping, 10**6)
+    assert raised.value.extra == {"reason": "timeout"}
 
 
 @pytest.mark.parametrize(
