@@ -22,7 +22,9 @@ Prints JSON lines: ``ingest`` (ratio = service / bare images/s at the best concu
 the CPU milliseconds per image of each process involved: the service's event loop and its
 blocking work, the database, the photo host, the HTTP client), ``ingest_batch`` (the same
 photos 16 to a ``POST /v1/labels/batch`` request, one request at a time, against the same
-bare figure), ``ingest_components`` (mean
+bare figure), ``ingest_upload`` (the same photos sent as the bodies of
+``POST /v1/labels/upload`` at concurrency 16, against the same bare figure: no download),
+``ingest_components`` (mean
 ms per stage inside the service), ``cold_start``, ``second_scale_cost`` (throughput and latency
 with ``LABELSVC_SECOND_SCALE=1``, against the default), ``labeling_latency`` (median latency at
 concurrency 1 with every analysis on, over the same service running detection only) and
@@ -38,8 +40,9 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
@@ -66,25 +69,53 @@ def service_provider(base: str) -> str:
     return str(models[0]["provider"])
 
 
-async def post_all(base: str, urls: list[str], concurrency: int) -> tuple[float, list[float]]:
-    """POST every URL to the service, ``concurrency`` at a time: images/s and latencies."""
+T = TypeVar("T")
+
+
+async def _send_all(
+    base: str,
+    items: list[T],
+    concurrency: int,
+    send: Callable[[aiohttp.ClientSession, T], Any],
+) -> tuple[float, list[float]]:
+    """``send`` each item to the service, ``concurrency`` at a time, each answered 201:
+    images/s and latencies."""
     limit = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(base, timeout=timeout) as client:
 
-        async def one(url: str) -> None:
+        async def one(index: int, item: T) -> None:
             async with limit:
                 start = time.perf_counter()
-                async with client.post("/v1/labels", json={"url": url}) as response:
+                async with send(client, item) as response:
                     body = await response.read()
                 latencies.append(time.perf_counter() - start)
                 if response.status != 201:
-                    raise RuntimeError(f"{url}: {response.status} {body[:200]!r}")
+                    raise RuntimeError(f"item {index}: {response.status} {body[:200]!r}")
 
         start = time.perf_counter()
-        await asyncio.gather(*(one(url) for url in urls))
-        return len(urls) / (time.perf_counter() - start), latencies
+        await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        return len(items) / (time.perf_counter() - start), latencies
+
+
+async def post_all(base: str, urls: list[str], concurrency: int) -> tuple[float, list[float]]:
+    """POST every URL to ``/v1/labels``, ``concurrency`` at a time: images/s and latencies."""
+    return await _send_all(
+        base, urls, concurrency, lambda client, url: client.post("/v1/labels", json={"url": url})
+    )
+
+
+async def upload_all(base: str, bodies: list[bytes], concurrency: int) -> tuple[float, list[float]]:
+    """POST every image's bytes to ``/v1/labels/upload``, ``concurrency`` at a time."""
+    return await _send_all(
+        base,
+        bodies,
+        concurrency,
+        lambda client, body: client.post(
+            "/v1/labels/upload", data=body, headers={"Content-Type": "image/jpeg"}
+        ),
+    )
 
 
 async def post_batches(base: str, urls: list[str], size: int) -> tuple[float, list[float]]:
@@ -228,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
             meter = CpuMeter(proc.pid, db.pid, server.pid)
             batch_rate, batch_latencies = asyncio.run(post_batches(base, urls, MAX_BATCH_ITEMS))
             batch_cpu = meter.per_image_ms(len(urls))
+        # Uploads: the same photos as request bodies, sent from memory, at concurrency 16.
+        with service(db.uri, mongodb_db="ingest_upload", **serving) as (base, proc):
+            warm_bodies = [f.read_bytes() + b"\0" for f in files[:WARM_UP_PHOTOS]]
+            asyncio.run(upload_all(base, warm_bodies, 16))
+            meter = CpuMeter(proc.pid, db.pid, server.pid)
+            upload_rate, upload_latencies = asyncio.run(
+                upload_all(base, [f.read_bytes() for f in files], 16)
+            )
+            upload_cpu = meter.per_image_ms(len(files))
         best = max(levels, key=lambda c: levels[c]["images_per_s"])
         best_bare = max(bare_runs, key=lambda c: bare_runs[c][0])
         service_rates: list[float] = []
@@ -286,6 +326,21 @@ def main(argv: list[str] | None = None) -> int:
                 "items_per_batch": MAX_BATCH_ITEMS,
                 "p50_ms_per_batch": round(1000 * statistics.median(batch_latencies), 1),
                 "cpu_ms_per_image": batch_cpu,
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "name": "ingest_upload",
+                "ratio": round(upload_rate / bare, 3),
+                "images_per_s": round(upload_rate, 2),
+                "bare_images_per_s": round(bare, 2),
+                "url_requests_at_16_images_per_s": at16["images_per_s"],
+                "concurrency": 16,
+                "p50_ms": round(1000 * statistics.median(upload_latencies), 1),
+                "p95_ms": round(1000 * percentile(upload_latencies, 95), 1),
+                "cpu_ms_per_image": upload_cpu,
             }
         )
     )
