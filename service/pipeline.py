@@ -103,10 +103,13 @@ def names_record(url_or_id: str) -> bool:
 
 def _log_unstored(digest: str, task: asyncio.Task[LabelOutcome]) -> None:
     """Say so when an analysis ends without a stored record: its requests answer with the
-    error, but nobody hears it when every client has left (or was cut short at shutdown)."""
+    error, but nobody hears it when every client has left (or was cut short at shutdown).
+    Bytes that are no image, or a broken one, are the client's matter: an info line, so that
+    a client sending such bytes over and over does not fill the warnings."""
     exc = None if task.cancelled() else task.exception()
     if isinstance(exc, ServiceError):
-        log.warning("the analysis of sha256 %s was not stored: %s", digest, exc.detail)
+        level = logging.WARNING if exc.status >= 500 else logging.INFO
+        log.log(level, "the analysis of sha256 %s was not stored: %s", digest, exc.detail)
     elif exc is not None:
         log.error("the analysis of sha256 %s failed", digest, exc_info=exc)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -154,14 +155,18 @@ async def test_an_empty_body_is_a_bad_request(client: AppClient) -> None:
 
 
 async def test_bytes_that_are_not_an_image_or_are_broken(
-    client: AppClient, evalset_dir: Path
+    client: AppClient, evalset_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="service.pipeline")
     text = await client.post(UPLOAD, content=b"hello, I am text", headers=JPEG)
     assert_problem(text, 415, "not-an-image")
     data = photo(evalset_dir)
     truncated = await client.post(UPLOAD, content=data[: len(data) // 3], headers=JPEG)
     assert_problem(truncated, 422, "broken-image")
     assert await stored_records(client).count_documents({}) == 0
+    # The client was told; the log keeps a line of each, but not among the warnings.
+    unstored = [r for r in caplog.records if "was not stored" in r.getMessage()]
+    assert [r.levelname for r in unstored] == ["INFO", "INFO"]
 
 
 async def test_a_png_labels_like_any_other_format(client: AppClient, evalset_dir: Path) -> None:
@@ -262,7 +267,8 @@ def test_over_a_real_server_the_service_keeps_serving_after_cut_and_refused_uplo
     db_server: LocalDatabaseServer, evalset_dir: Path
 ) -> None:
     """uvicorn, not the test transport: a client that leaves mid-upload, and one refused
-    before its body was read, leave the service answering on the same port."""
+    before its body was read, leave the service answering on the same port; a client that
+    waits for 100 Continue is refused before it sends a byte of the body."""
     data = photo(evalset_dir)
     with live_service(
         mongodb_uri=db_server.uri,
@@ -283,3 +289,17 @@ def test_over_a_real_server_the_service_keeps_serving_after_cut_and_refused_uplo
             labeled = http.post(UPLOAD, content=data, headers=JPEG)
             assert labeled.status_code == 201, labeled.text
             assert http.post(UPLOAD, content=data, headers=JPEG).status_code == 200
+        # As curl sends large bodies: the headers first, the body only after 100 Continue,
+        # which a refused upload never gets.
+        head = (
+            f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            "Expect: 100-continue\r\nContent-Length: {}\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=30) as expecting:
+            expecting.sendall(head.format(len(data) + 1).encode())
+            assert expecting.recv(65536).startswith(b"HTTP/1.1 413 ")
+        with socket.create_connection((host, int(port)), timeout=30) as expecting:
+            expecting.sendall(head.format(len(data)).encode())
+            assert expecting.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            expecting.sendall(data)
+            assert expecting.recv(65536).startswith(b"HTTP/1.1 200 ")
