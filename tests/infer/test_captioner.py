@@ -21,7 +21,7 @@ import onnxruntime as ort
 import PIL.Image
 import pytest
 
-from models.export_captioner import render_test_image
+from models.caption_images import render_test_image
 from service.infer import runtime
 from service.infer.captioner import NeuralCaptioner
 from service.infer.manifest import ModelError
@@ -247,7 +247,7 @@ def test_a_layer_count_the_decoder_does_not_have_is_a_clear_error(tmp_path: Path
 
 def test_runtime_and_image_recipes_do_not_import_torch() -> None:
     code = (
-        "import sys, service.infer.captioner, models.export_captioner; "
+        "import sys, service.infer.captioner, models.caption_images, models.export_captioner; "
         "assert not {'torch', 'transformers'} & set(sys.modules), 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
