@@ -19,7 +19,8 @@ and return a fresh copy built only from vetted parts. Anything else raises
 * Regexes: up to ``max_regex_length`` characters, ``$options`` letters from ``imsx``,
   and a shape that cannot backtrack catastrophically (``service.query.regex_shape``).
 
-Rewriting a vetted filter so that indexes can serve it is ``service.query.hints``.
+The operator tables are ``service.query.operators``; rewriting a vetted filter so that
+indexes can serve it is ``service.query.hints``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from service.errors import InvalidQuery
+from service.query.operators import (
+    COMPARISONS,
+    FIELD_OPERATORS,
+    LOGICAL,
+    REFUSED,
+    REGEX_OPTIONS,
+    TYPE_ALIASES,
+    TYPE_CODES,
+    UNSUPPORTED,
+)
 from service.query.regex_shape import RegexRefused, check_regex_shape
 from service.query.regex_shape import printable as _show
 
@@ -48,87 +59,6 @@ class FilterLimits:
 
 MAX_FIELD_NAME_LENGTH = 200
 
-_LOGICAL = frozenset({"$and", "$or", "$nor"})
-_COMPARISONS = frozenset({"$gt", "$gte", "$lt", "$lte"})
-_FIELD_OPERATORS = _COMPARISONS | {
-    "$eq",
-    "$ne",
-    "$in",
-    "$nin",
-    "$exists",
-    "$type",
-    "$all",
-    "$size",
-    "$elemMatch",
-    "$not",
-    "$regex",
-    "$options",
-}
-_JAVASCRIPT = "server-side JavaScript is disabled"
-_REFUSED = {
-    "$where": _JAVASCRIPT,
-    "$function": _JAVASCRIPT,
-    "$accumulator": _JAVASCRIPT,
-    "$expr": "aggregation expressions are not supported in filters",
-    "$jsonSchema": "schema queries are not supported",
-    "$text": "use the search parameter instead",
-}
-# Real MongoDB query operators outside the allow-list: named "not supported" rather than
-# "unknown" so a client is not left wondering about a typo.
-_UNSUPPORTED = frozenset(
-    {
-        "$mod",
-        "$comment",
-        "$rand",
-        "$sampleRate",
-        "$bitsAllSet",
-        "$bitsAnySet",
-        "$bitsAllClear",
-        "$bitsAnyClear",
-        "$geoWithin",
-        "$geoIntersects",
-        "$near",
-        "$nearSphere",
-        "$box",
-        "$center",
-        "$centerSphere",
-        "$geometry",
-        "$maxDistance",
-        "$minDistance",
-        "$polygon",
-        "$slice",
-        "$meta",
-        "$lookup",
-    }
-)
-_REGEX_OPTIONS = frozenset("imsx")
-_TYPE_ALIASES = frozenset(
-    {
-        "double",
-        "string",
-        "object",
-        "array",
-        "binData",
-        "undefined",
-        "objectId",
-        "bool",
-        "date",
-        "null",
-        "regex",
-        "dbPointer",
-        "javascript",
-        "symbol",
-        "javascriptWithScope",
-        "int",
-        "timestamp",
-        "long",
-        "decimal",
-        "minKey",
-        "maxKey",
-        "number",
-    }
-)
-_TYPE_CODES = frozenset({*range(1, 20), -1, 127})
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
@@ -273,7 +203,7 @@ class _Validator:
             if not isinstance(key, str):
                 raise InvalidQuery(f"field names must be strings{_at(path)}")
             if key.startswith("$"):
-                if key not in _LOGICAL:
+                if key not in LOGICAL:
                     self.refuse_at_query_level(key, path)
                 out[key] = self.logical(key, value, _join(path, key), depth)
             else:
@@ -282,7 +212,7 @@ class _Validator:
         return out
 
     def refuse_at_query_level(self, op: str, path: str) -> NoReturn:
-        if op in _FIELD_OPERATORS:
+        if op in FIELD_OPERATORS:
             raise InvalidQuery(
                 f"operator {op} is not valid at query level{_at(path)}: "
                 f'use it in a field condition, as in {{"field": {{"{op}": ...}}}}'
@@ -290,9 +220,9 @@ class _Validator:
         self.refuse_operator(op, path)
 
     def refuse_operator(self, op: str, path: str) -> NoReturn:
-        if op in _REFUSED:
-            raise InvalidQuery(f"operator {op} is not allowed{_at(path)}: {_REFUSED[op]}")
-        if op in _UNSUPPORTED:
+        if op in REFUSED:
+            raise InvalidQuery(f"operator {op} is not allowed{_at(path)}: {REFUSED[op]}")
+        if op in UNSUPPORTED:
             raise InvalidQuery(f"operator {op} is not supported{_at(path)}")
         raise InvalidQuery(f"unknown operator {_show(op)}{_at(path)}")
 
@@ -341,18 +271,18 @@ class _Validator:
             if "$regex" not in doc:
                 raise InvalidQuery(f"$options is only allowed alongside $regex{_at(path)}")
             options = doc["$options"]
-            if not isinstance(options, str) or not set(options) <= _REGEX_OPTIONS:
+            if not isinstance(options, str) or not set(options) <= REGEX_OPTIONS:
                 shown = _show(options) if isinstance(options, str) else _kind(options)
                 raise InvalidQuery(f"$options takes letters from 'imsx', got {shown!r}{_at(path)}")
         out: dict[str, Any] = {}
         for op, arg in doc.items():
             where = _join(path, op)
-            if op in _LOGICAL:
+            if op in LOGICAL:
                 raise InvalidQuery(
                     f"operator {op} is only allowed at query level, "
                     f"not inside a field condition{_at(path)}"
                 )
-            if op not in _FIELD_OPERATORS:
+            if op not in FIELD_OPERATORS:
                 self.refuse_operator(op, path)
             out[op] = self.operator(op, arg, where, depth + 1, options)
         return out
@@ -361,7 +291,7 @@ class _Validator:
         where = _at(path)
         if op in ("$eq", "$ne"):
             return self.literal(arg, path, depth)
-        if op in _COMPARISONS:
+        if op in COMPARISONS:
             if arg is not None and not isinstance(arg, str | int | float):
                 raise InvalidQuery(
                     f"{op} takes a string, number, boolean or null{where}, got {_kind(arg)}"
@@ -436,14 +366,14 @@ class _Validator:
         return self.type_name(arg, path)
 
     def type_name(self, arg: Any, path: str) -> Any:
-        if isinstance(arg, str) and arg in _TYPE_ALIASES:
+        if isinstance(arg, str) and arg in TYPE_ALIASES:
             return arg
         if (
             isinstance(arg, int | float)
             and not isinstance(arg, bool)
             and math.isfinite(arg)
             and arg == int(arg)
-            and int(arg) in _TYPE_CODES
+            and int(arg) in TYPE_CODES
         ):
             return arg
         shown = repr(_show(arg)) if isinstance(arg, str) else _kind(arg)
@@ -454,7 +384,7 @@ class _Validator:
             raise InvalidQuery(f"$elemMatch takes an object{_at(path)}, got {_kind(arg)}")
         # Both forms are legal: {"$gte": 0.5} applies operators to each element, while
         # {"name": "x"} (or {"$or": [...]}) is a query on each element that is a document.
-        if arg and all(isinstance(k, str) and k.startswith("$") and k not in _LOGICAL for k in arg):
+        if arg and all(isinstance(k, str) and k.startswith("$") and k not in LOGICAL for k in arg):
             return self.operators(arg, path, depth)
         return self.query(arg, path, depth)
 
@@ -484,7 +414,7 @@ class _Validator:
                 if not isinstance(key, str):
                     raise InvalidQuery(f"object keys must be strings{_at(path)}")
                 if key.startswith("$"):
-                    if key in _REFUSED:
+                    if key in REFUSED:
                         self.refuse_operator(key, path)
                     raise InvalidQuery(
                         f"key {_show(key)!r} in a literal value must not start with '$'{_at(path)}"

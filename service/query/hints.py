@@ -12,7 +12,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-_LOGICAL = frozenset({"$and", "$or", "$nor"})
+from service.query.operators import LOGICAL
 
 
 def add_index_hints(filt: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def _collect_hints(doc: dict[str, Any], hints: list[dict[str, Any]]) -> None:
             if inner is None or "classname" not in inner:
                 continue
             if any(
-                not isinstance(k, str) or (k.startswith("$") and k not in _LOGICAL) for k in inner
+                not isinstance(k, str) or (k.startswith("$") and k not in LOGICAL) for k in inner
             ):
                 continue  # not a valid query document; leave it to the server to refuse
             implied = _implied_classes(inner["classname"])
@@ -116,7 +116,7 @@ def _elem_match_argument(condition: Any) -> Mapping[str, Any] | None:
     """
     if not isinstance(condition, Mapping) or "$elemMatch" not in condition:
         return None
-    if not all(isinstance(k, str) and k.startswith("$") and k not in _LOGICAL for k in condition):
+    if not all(isinstance(k, str) and k.startswith("$") and k not in LOGICAL for k in condition):
         return None
     argument = condition["$elemMatch"]
     return argument if isinstance(argument, Mapping) else None
