@@ -143,8 +143,9 @@ async def test_records_whose_bytes_cannot_be_had_again_are_left_as_they_are(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Each outcome other than a relabeling is counted and changes nothing: a URL that is
-    gone, a URL that serves other bytes now, a record with no hash to check bytes against,
-    and bytes the analysis refuses (a failure, named on stderr, exit status 1)."""
+    gone, bytes only ever uploaded (no URL at all), a URL that serves other bytes now, a
+    record with no hash to check bytes against, and bytes the analysis refuses (a failure,
+    named on stderr, exit status 1)."""
     cat = sha256(evalset_dir / "images" / CAT_PHOTO)
     text = hashlib.sha256(b"hello, I am text").hexdigest()
     stale = [
@@ -152,6 +153,12 @@ async def test_records_whose_bytes_cannot_be_had_again_are_left_as_they_are(
         {"_id": "PT::b", "urls": [image_server.photo_url(CAT_PHOTO)], "hash": "f" * 64},
         {"_id": "PT::c", "url": image_server.photo_url(CAT_PHOTO)},
         {"_id": "PT::d", "url": image_server.url("/text-as-jpeg"), "hash": text},
+        {
+            "_id": "PT::e",
+            "url": None,
+            "urls": [],
+            "hash": sha256(evalset_dir / "images" / OTHER_PHOTO),
+        },
     ]
     records.insert_many([{**r, "datetime": OLD, "object_analysis": [[]]} for r in stale])
     before = list(records.find().sort("_id"))
@@ -160,10 +167,10 @@ async def test_records_whose_bytes_cannot_be_had_again_are_left_as_they_are(
 
     assert list(records.find().sort("_id")) == before
     assert {k: done[k] for k in ("scanned", "stale", "relabeled", "unreachable", "changed")} == {
-        "scanned": 4,
-        "stale": 4,
+        "scanned": 5,
+        "stale": 5,
         "relabeled": 0,
-        "unreachable": 1,
+        "unreachable": 2,
         "changed": 1,
     }
     assert (done["unverifiable"], done["failed"], done["failed_ids"]) == (1, 1, ["PT::d"])
