@@ -25,7 +25,7 @@ from litestar.types import (
 )
 
 from service import __version__
-from service.api import health, labels, records, search
+from service.api import health, image_upload, labels, records, search
 from service.api.conditional import (
     conditional_get,
     conditional_paths,
@@ -46,7 +46,7 @@ MAX_REQUEST_BODY_BYTES = 64 * 1024
 ROUTES = [
     labels.create_label,
     labels.label_batch,
-    labels.upload_label,
+    image_upload.upload_label,
     labels.upload,
     records.list_records,
     records.get_labeled_data,

@@ -1,11 +1,10 @@
-"""Labeling endpoints: ``POST /v1/labels``, its batch form ``POST /v1/labels/batch``, images
-sent as the body of ``POST /v1/labels/upload``, and the Cortex-compatible ``POST /upload``."""
+"""Labeling endpoints: ``POST /v1/labels``, its batch form ``POST /v1/labels/batch``, and the
+Cortex-compatible ``POST /upload`` (images sent as the body: ``service.api.image_upload``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -17,15 +16,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import (
-    OpenAPIFormat,
-    OpenAPIMediaType,
-    OpenAPIType,
-    Operation,
-    RequestBody,
-    Schema,
-    SecurityRequirement,
-)
+from litestar.openapi.spec import SecurityRequirement
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -53,8 +44,6 @@ from service.errors import (
     Unauthorized,
     UnsupportedBody,
 )
-from service.fetch.body import Content
-from service.fetch.upload import check_upload_length, receive_upload, upload_deadline
 from service.lifespan import Resources
 from service.pipeline import LabelOutcome, names_record
 
@@ -66,7 +55,7 @@ BATCH_MAX_BODY_BYTES = 256 * 1024
 DEPENDENCIES = {"resources": Provide(provide_ready_resources, sync_to_thread=False)}
 
 
-def _identity_coding(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+def identity_coding(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     coding = connection.headers.get("content-encoding", "identity").strip().lower()
     if coding != "identity":
         raise UnsupportedBody(
@@ -75,7 +64,7 @@ def _identity_coding(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
         )
 
 
-def _media_type(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+def media_type_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return connection.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
@@ -85,24 +74,11 @@ async def json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
     network cannot be driven from a visitor's browser."""
     if connection.headers.get("content-length") == "0":
         raise BadRequest(NO_BODY)
-    _identity_coding(connection)
-    media_type = _media_type(connection)
+    identity_coding(connection)
+    media_type = media_type_of(connection)
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedBody(
             f"send the body as application/json, not {media_type or 'without a Content-Type'}",
-            extra={"reason": "content_type"},
-        )
-
-
-async def image_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Only an image's bytes as ``image/*`` or ``application/octet-stream``: neither is a
-    type a cross-site page can send without a CORS preflight (see ``json_body``)."""
-    _identity_coding(connection)
-    media_type = _media_type(connection)
-    if not media_type.startswith("image/") and media_type != "application/octet-stream":
-        raise UnsupportedBody(
-            "send the image's bytes as image/* (image/jpeg, image/png, ...) or"
-            f" application/octet-stream, not {media_type or 'without a Content-Type'}",
             extra={"reason": "content_type"},
         )
 
@@ -152,10 +128,10 @@ async def create_label(
     data: JSONBody[LabelRequest], resources: ResourcesDep, request: Request[Any, Any, Any]
 ) -> Response[Record | StoredDocument]:
     outcome, record = await label_request(data, request, resources)
-    return _labeled(outcome, record)
+    return labeled(outcome, record)
 
 
-def _labeled(outcome: LabelOutcome, record: Record | StoredDocument) -> Response[Any]:
+def labeled(outcome: LabelOutcome, record: Record | StoredDocument) -> Response[Any]:
     """201 with the new record's Location, or 200 with the one stored before."""
     if not outcome.created:
         return Response(record, status_code=HTTP_200_OK)
@@ -164,65 +140,6 @@ def _labeled(outcome: LabelOutcome, record: Record | StoredDocument) -> Response
         status_code=HTTP_201_CREATED,
         headers={"Location": f"/v1/records/{outcome.record_id}"},
     )
-
-
-@dataclasses.dataclass
-class _ImageBodyOperation(Operation):
-    """The operation of ``POST /v1/labels/upload``: its body is read by the handler as it
-    streams in, so the framework, which documents only the bodies it parses, is told of it
-    here."""
-
-    def __post_init__(self) -> None:
-        binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
-        self.request_body = RequestBody(
-            required=True,
-            description=(
-                "The image's bytes (JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF; the format is read"
-                " from the bytes), at most LABELSVC_MAX_IMAGE_BYTES"
-            ),
-            content={
-                media_type: OpenAPIMediaType(schema=binary)
-                for media_type in ("image/*", "application/octet-stream")
-            },
-        )
-
-
-@post(
-    "/v1/labels/upload",
-    dependencies=DEPENDENCIES,
-    guards=[image_body, requires("label", unless_open=True)],
-    status_code=HTTP_201_CREATED,
-    operation_class=_ImageBodyOperation,
-    summary="Label an image sent as the request body",
-    description=(
-        "For images no URL reaches. The answers are those of POST /v1/labels: 201 with a"
-        " Location header for a new record, 200 when the same bytes were labeled before. A"
-        " record first made from an upload has url null and urls empty until the same bytes"
-        " are labeled from a URL. A caller without a key with the read scope who sends bytes"
-        " labeled before gets their record without its URLs."
-    ),
-    tags=["labels"],
-    security=SECURITY,
-    responses=labeled_responses(
-        "The bytes were labeled before",
-        problem_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
-    ),
-    response_headers=LOCATION,
-)
-async def upload_label(
-    resources: ResourcesDep, request: Request[Any, Any, Any]
-) -> Response[Record | StoredDocument]:
-    settings = resources.settings
-    max_bytes, timeout = settings.max_image_bytes, settings.fetch_total_timeout
-    check_upload_length(request.headers.get("content-length"), max_bytes)
-
-    async def receive() -> Content:
-        async with upload_deadline(timeout):
-            return await receive_upload(request.receive, max_bytes)
-
-    pipeline = resources.pipeline
-    outcome = await in_client_slot(request, resources, lambda: pipeline.label_upload(receive))
-    return _labeled(outcome, shown_to(request, outcome, None))
 
 
 @post(
