@@ -114,7 +114,7 @@ class UnsupportedMediaType(ServiceError):
 class UnsupportedBody(ServiceError):
     status = 415
     type = "unsupported-body"
-    title = "The request body must be JSON"
+    title = "Request body of a media type or coding this route does not take"
 
 
 class UnprocessableImage(ServiceError):

@@ -139,6 +139,7 @@ async def test_other_media_types_are_refused_with_415(
     response = await client.post(UPLOAD, content=photo(evalset_dir), headers=headers)
     body = assert_problem(response, 415, "unsupported-body")
     assert body["reason"] == "content_type" and detail in body["detail"]
+    assert "JSON" not in body["title"]  # one title for the type, on JSON and image routes
     assert await stored_records(client).count_documents({}) == 0
 
 
