@@ -96,6 +96,11 @@ class Metrics:
             "Labeling requests answered with an existing record (same bytes or id)",
             registry=r,
         )
+        self.records_relabeled = Counter(
+            "labelsvc_records_relabeled",
+            "Stored records labeled again in place from uploaded bytes (relabel=stale)",
+            registry=r,
+        )
         self.caption_failures = Counter(
             "labelsvc_caption_failures",
             "Neural captioning runs that failed; those records keep the grounded caption",

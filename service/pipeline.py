@@ -42,6 +42,7 @@ from service.errors import (
 from service.executor import BlockingExecutor, start_request
 from service.fetch.body import Content
 from service.fetch.download import Fetched, ImageFetcher
+from service.lineage import current_key, is_stale
 from service.observability import Metrics
 from service.query.derived import derive
 from service.store.records import RecordStore, is_object_id_hex
@@ -214,16 +215,21 @@ class LabelingPipeline:
             return await self._label_url(url)
 
     async def label_upload(
-        self, receive: Callable[[], Coroutine[Any, Any, Content]]
+        self, receive: Callable[[], Coroutine[Any, Any, Content]], *, relabel_stale: bool = False
     ) -> LabelOutcome:
         """Label an image sent as the request body, read by ``receive`` once the request is
         admitted. Its record has no URL (``url`` null, ``urls`` empty) until the same bytes
-        are labeled from one."""
+        are labeled from one. With ``relabel_stale``, bytes labeled before by other models or
+        settings are labeled again in place: the service keeps no bytes, so for a record
+        that has no URL this is the only way to bring its labels up to date."""
         with self._admission():
             content = await self._track_intake(
                 receive(), "upload", _slot_taken(RequestTimeout, "the client")
             )
-            return await self._label_content(content.data, content.sha256, None)
+            outcome = await self._label_content(content.data, content.sha256, None)
+            if relabel_stale and not outcome.created:
+                return await self._relabel_if_stale(outcome, content)
+            return outcome
 
     @contextmanager
     def _admission(self) -> Iterator[None]:
@@ -308,16 +314,36 @@ class LabelingPipeline:
             if fetched.sha256 != digest:
                 changed = True
                 continue
-            analysis = await self._analyzer.analyze(fetched.data, self._executor)
-            built = self._build_record(analysis, len(fetched.data), url, digest)
-            record = record_to_document(built)
-            fields = {k: v for k, v in record.items() if k not in KEPT_ON_RELABEL}
-            if "urls" not in document:  # imported with a url alone: the shape records have now
-                fields["urls"] = [url]
-            if not await self._store.replace_labels(document["_id"], digest, fields):
+            if not await self._rewrite_labels(document, fetched.data, digest, url):
                 return Relabeled.DELETED
             return Relabeled.RELABELED
         return Relabeled.CHANGED if changed else Relabeled.UNREACHABLE
+
+    async def _rewrite_labels(
+        self, document: dict[str, Any], data: bytes, digest: str, url: str | None
+    ) -> bool:
+        """Analyse ``data`` (the record's bytes, got from ``url`` or uploaded) and overwrite
+        the record's labels in place, keeping ``KEPT_ON_RELABEL``; False when the record is
+        gone."""
+        analysis = await self._analyzer.analyze(data, self._executor)
+        record = record_to_document(self._build_record(analysis, len(data), url, digest))
+        fields = {k: v for k, v in record.items() if k not in KEPT_ON_RELABEL}
+        if "urls" not in document:  # imported with a url alone: the shape records have now
+            fields["urls"] = record["urls"]
+        return await self._store.replace_labels(document["_id"], digest, fields)
+
+    async def _relabel_if_stale(self, outcome: LabelOutcome, content: Content) -> LabelOutcome:
+        """The stored record of uploaded bytes, labeled again from them in place when its
+        labels were made by other models or settings than these (``service.lineage``)."""
+        record = outcome.record
+        document = record_to_document(record) if isinstance(record, Record) else record
+        if not is_stale(document, current_key(self._analyzer)):
+            return outcome
+        if not await self._rewrite_labels(document, content.data, content.sha256, None):
+            # Deleted meanwhile: these bytes have no record any more, so label them afresh.
+            return await self._label_content(content.data, content.sha256, None)
+        self._metrics.records_relabeled.inc()
+        return LabelOutcome(await self.get(str(document["_id"])), created=False)
 
     async def _reuse(self, digest: str, url: str | None) -> LabelOutcome | None:
         """The stored record for these bytes, with ``url`` (if any) added; ``None`` when there

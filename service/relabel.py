@@ -1,9 +1,8 @@
 """Labeling stored records again after a model change (``python -m service relabel``).
 
 A record is stale when its lineage (``analyses``) names other models, weights, versions or
-settings than the service would use now. The execution provider does not count: CPU and GPU
-runs of one model give the same labels but for rounding. Stale records are labeled again in
-place from their own URLs (``LabelingPipeline.relabel``): the same id, URLs, first-seen time
+settings than the service would use now (``service.lineage``). Stale records are labeled again
+in place from their own URLs (``LabelingPipeline.relabel``): the same id, URLs, first-seen time
 and content hash, so that clients' references and deduplication hold. Walks in ``_id`` order
 like ``backfill``; safe while the service runs, and resumable after the last id reported.
 """
@@ -11,24 +10,19 @@ like ``backfill``; safe while the service runs, and resumable after the last id 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from pymongo.asynchronous.collection import AsyncCollection
 
-from service.domain.records import Analysis
 from service.errors import DatabaseUnavailable, ServiceError
+from service.lineage import current_key, is_stale
 from service.pipeline import LabelingPipeline, Relabeled
 from service.store.records import Document
 from service.store.walk import FROM_START, WalkProgress, batches
 
-# Settings that change how a model runs, not what it finds.
-NOT_LINEAGE = frozenset({"provider"})
 PROJECTION = {"_id": 1, "hash": 1, "url": 1, "urls": 1, "analyses": 1}
-
-LineageKey = frozenset[tuple[str, str, str, str | None, str]]
 
 
 @dataclass(slots=True)
@@ -39,36 +33,6 @@ class RelabelProgress(WalkProgress):
     changed: int = 0  # its URLs serve other bytes now: left as it is
     deleted: int = 0  # deleted while it was analysed
     unverifiable: int = 0  # stale but without a content hash to check the bytes against
-
-
-def lineage_key(analyses: Iterable[Mapping[str, Any]]) -> LineageKey:
-    """What makes two records' analyses the same: each analysis's name, model, version,
-    weights and settings, but not when it ran or on which execution provider."""
-    return frozenset(
-        (
-            str(a.get("name")),
-            str(a.get("model")),
-            str(a.get("version")),
-            a.get("sha256"),
-            msgspec.json.encode(
-                {k: v for k, v in (a.get("params") or {}).items() if k not in NOT_LINEAGE},
-                order="sorted",
-            ).decode(),
-        )
-        for a in analyses
-    )
-
-
-def is_stale(document: Document, current: LineageKey) -> bool:
-    analyses = document.get("analyses")
-    if not isinstance(analyses, list) or not all(isinstance(a, dict) for a in analyses):
-        return True  # imported, or written before lineage was kept
-    return lineage_key(analyses) != current
-
-
-def current_key(pipeline: LabelingPipeline) -> LineageKey:
-    entries: list[Analysis] = pipeline.analyzer.current_lineage()
-    return lineage_key(msgspec.to_builtins(entries))
 
 
 async def relabel_stale(
@@ -89,7 +53,7 @@ async def relabel_stale(
     read may take; each record's own reads and writes have the service's limits."""
     if batch_size < 1 or concurrency < 1:
         raise ValueError("batch_size and concurrency must be >= 1")
-    current = current_key(pipeline)
+    current = current_key(pipeline.analyzer)
     progress = RelabelProgress.starting_after(after)
     slots = asyncio.Semaphore(concurrency)
 

@@ -12,7 +12,7 @@ import pytest
 from pymongo.collection import Collection
 
 from service.__main__ import main
-from service.relabel import is_stale, lineage_key
+from service.lineage import is_stale, lineage_key
 from service.relabel_cli import run_relabel_command
 from service.settings import Settings
 from service.store.walk import FROM_START

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from litestar import Request, Response, post
 from litestar.connection import ASGIConnection
@@ -16,6 +16,7 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
+from litestar.params import QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from service.api.deps import ResourcesDep
@@ -73,6 +74,19 @@ class _ImageBodyOperation(Operation):
         )
 
 
+Relabel = Annotated[
+    Literal["stale"] | None,
+    QueryParameter(
+        description=(
+            "stale: when these bytes were labeled before by other models or settings than the"
+            " service uses now, label them again in place (same id) and answer with the new"
+            " labels. The service keeps no image bytes, so this is how a record made from an"
+            " upload gets up to date after a model change."
+        )
+    ),
+]
+
+
 @post(
     "/v1/labels/upload",
     dependencies=DEPENDENCIES,
@@ -85,7 +99,8 @@ class _ImageBodyOperation(Operation):
         " Location header for a new record, 200 when the same bytes were labeled before. A"
         " record first made from an upload has url null and urls empty until the same bytes"
         " are labeled from a URL. A caller without a key with the read scope who sends bytes"
-        " labeled before gets their record without its URLs."
+        " labeled before gets their record without its URLs. With relabel=stale, bytes labeled"
+        " before by other models or settings are labeled again in place (200)."
     ),
     tags=["labels"],
     security=SECURITY,
@@ -96,7 +111,7 @@ class _ImageBodyOperation(Operation):
     response_headers=LOCATION,
 )
 async def upload_label(
-    resources: ResourcesDep, request: Request[Any, Any, Any]
+    resources: ResourcesDep, request: Request[Any, Any, Any], relabel: Relabel = None
 ) -> Response[Record | StoredDocument]:
     settings = resources.settings
     max_bytes, timeout = settings.max_image_bytes, settings.fetch_total_timeout
@@ -107,5 +122,9 @@ async def upload_label(
             return await receive_upload(request.receive, max_bytes)
 
     pipeline = resources.pipeline
-    outcome = await in_client_slot(request, resources, lambda: pipeline.label_upload(receive))
+    outcome = await in_client_slot(
+        request,
+        resources,
+        lambda: pipeline.label_upload(receive, relabel_stale=relabel == "stale"),
+    )
     return labeled(outcome, shown_to(request, outcome, None))

@@ -121,6 +121,40 @@ async def test_an_upload_and_a_url_of_the_same_bytes_at_once_make_one_record(
     assert stored["urls"] == [url] and stored["url"] == url
 
 
+async def test_relabel_stale_labels_stale_records_again_from_the_upload(
+    client: AppClient, evalset_dir: Path, auth: dict[str, str]
+) -> None:
+    """The service keeps no bytes: a record made from an upload is brought up to date after a
+    model change by uploading its bytes again with relabel=stale."""
+    data = photo(evalset_dir)
+    record = (await client.post(UPLOAD, content=data, headers=JPEG)).json()
+    current = record["analyses"]
+    # As if labeled by an older detector: other version, other boxes.
+    old = [{**current[0], "version": "000000000000"}, *current[1:]]
+    await stored_records(client).update_one(
+        {"_id": record["_id"]},
+        {"$set": {"analyses": old, "object_analysis": [[]], "classes": []}},
+    )
+    again = await client.post(UPLOAD, content=data, headers=JPEG)
+    assert (again.status_code, again.json()["classes"]) == (200, [])  # no relabel asked
+    relabeled = await client.post(UPLOAD, params={"relabel": "stale"}, content=data, headers=JPEG)
+    assert relabeled.status_code == 200, relabeled.text
+    fresh = relabeled.json()
+    assert fresh["_id"] == record["_id"] and "cat" in fresh["classes"]
+    assert fresh["datetime"] == record["datetime"] and fresh["hash"] == record["hash"]
+    assert fresh["analyses"][0]["version"] == current[0]["version"]
+    assert fresh["analyses"][0]["processed_at"] > current[0]["processed_at"]
+    stored = await client.get(f"/v1/records/{record['_id']}", headers=auth)
+    assert stored.json() == fresh
+    # Up to date now: asked again, nothing is analysed.
+    unchanged = await client.post(UPLOAD, params={"relabel": "stale"}, content=data, headers=JPEG)
+    assert unchanged.json() == fresh
+    metrics = (await client.get("/metrics")).text
+    assert "labelsvc_records_relabeled_total 1.0" in metrics
+    refused = await client.post(UPLOAD, params={"relabel": "always"}, content=data, headers=JPEG)
+    assert_problem(refused, 400)
+
+
 @pytest.mark.parametrize(
     ("headers", "detail"),
     [
