@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.errors import ServiceError
+from service.errors import PayloadTooLarge, ServiceError
 
 # A body in pieces (HTTP chunks, reads) this small on average, past this many of them, is
 # refused: each piece costs the event loop a few microseconds, so a peer sending 1-byte
@@ -63,3 +63,15 @@ class CappedBody:
 
     def content(self) -> Content:
         return Content(b"".join(self._chunks), self._digest.hexdigest())
+
+
+def image_cap(max_bytes: int) -> CappedBody:
+    """An empty body for an image of at most ``max_bytes`` (``LABELSVC_MAX_IMAGE_BYTES``),
+    downloaded or uploaded: 413 ``too_large`` past it."""
+    return CappedBody(
+        max_bytes,
+        lambda: PayloadTooLarge(
+            f"the image is larger than {max_bytes} bytes",
+            extra={"reason": "too_large", "max_bytes": max_bytes},
+        ),
+    )

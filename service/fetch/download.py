@@ -16,7 +16,6 @@ from urllib.parse import urljoin
 import httpx
 
 from service.errors import (
-    PayloadTooLarge,
     ServiceError,
     UpstreamError,
     UpstreamTimeout,
@@ -25,9 +24,9 @@ from service.errors import (
 from service.fetch.body import (
     MANY_PIECES,
     MIN_MEAN_PIECE_BYTES,
-    CappedBody,
     declared_length,
     fragmented,
+    image_cap,
 )
 from service.fetch.coding import BodyDecoder
 from service.fetch.policy import (
@@ -339,13 +338,7 @@ class ImageFetcher:
                 f"{target.host} answered HTTP {status}",
                 extra={"reason": "upstream_status", "upstream_status": status},
             )
-        body = CappedBody(
-            policy.max_bytes,
-            lambda: PayloadTooLarge(
-                f"the image is larger than {policy.max_bytes} bytes",
-                extra={"reason": "too_large", "max_bytes": policy.max_bytes},
-            ),
-        )
+        body = image_cap(policy.max_bytes)
         body.check_declared(declared_length(response.headers.get("content-length")))
         decoder = BodyDecoder.for_coding(response.headers.get("content-encoding"), target.host)
         received = pieces = 0

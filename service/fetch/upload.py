@@ -9,28 +9,17 @@ from contextlib import asynccontextmanager
 
 from litestar.types import Receive
 
-from service.errors import BadRequest, ClientClosedRequest, PayloadTooLarge, RequestTimeout
+from service.errors import BadRequest, ClientClosedRequest, RequestTimeout
 from service.fetch.body import (
     MANY_PIECES,
     MIN_MEAN_PIECE_BYTES,
-    CappedBody,
     Content,
     declared_length,
     fragmented,
+    image_cap,
 )
 
 NO_IMAGE = "the request body is empty: send the image's bytes"
-
-
-def upload_cap(max_bytes: int) -> CappedBody:
-    """An empty body for an upload of at most ``max_bytes`` (``LABELSVC_MAX_IMAGE_BYTES``)."""
-    return CappedBody(
-        max_bytes,
-        lambda: PayloadTooLarge(
-            f"the image is larger than {max_bytes} bytes",
-            extra={"reason": "too_large", "max_bytes": max_bytes},
-        ),
-    )
 
 
 def check_upload_length(content_length: str | None, max_bytes: int) -> None:
@@ -38,7 +27,7 @@ def check_upload_length(content_length: str | None, max_bytes: int) -> None:
     declared = declared_length(content_length)
     if declared == 0:
         raise BadRequest(NO_IMAGE)
-    upload_cap(max_bytes).check_declared(declared)
+    image_cap(max_bytes).check_declared(declared)
 
 
 @asynccontextmanager
@@ -56,7 +45,7 @@ async def upload_deadline(seconds: float) -> AsyncIterator[None]:
 
 async def receive_upload(receive: Receive, max_bytes: int) -> Content:
     """The request body, read from the ASGI ``receive`` channel."""
-    body = upload_cap(max_bytes)
+    body = image_cap(max_bytes)
     pieces = 0
     while True:
         message = await receive()
