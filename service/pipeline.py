@@ -264,11 +264,9 @@ class LabelingPipeline:
     async def _label_content(self, data: bytes, digest: str, url: str | None) -> LabelOutcome:
         """The record of these bytes: the stored one (``url``, when given, added to it), or a
         new one. ``url`` is None for an upload."""
-        if url is None or await self._store.has_hash(digest):
-            reused = await self._reuse(digest, url)
-            if reused is not None:
-                return reused
-            # Deleted in between: these bytes have no record any more, so label them afresh.
+        reused = await self._reuse(digest, url)
+        if reused is not None:
+            return reused
         for _ in range(LABEL_ATTEMPTS):
             task = self._analyses_by_hash.get(digest)
             joined = task is not None
@@ -347,7 +345,7 @@ class LabelingPipeline:
 
     async def _reuse(self, digest: str, url: str | None) -> LabelOutcome | None:
         """The stored record for these bytes, with ``url`` (if any) added; ``None`` when there
-        is none (deleted)."""
+        is none (never made, or deleted)."""
         document = await self._store.remember_url(digest, url)
         if document is None:
             return None

@@ -28,7 +28,6 @@ from pymongo.errors import (
 from service.errors import ServiceUnavailable
 from service.query.plan import IndexedFields
 from service.store.errors import (
-    BAD_VALUE,
     BSON_OBJECT_TOO_LARGE,
     ResultTooLarge,
     database_errors,
@@ -198,11 +197,6 @@ class RecordStore:
         async with self._labeling():
             return await self._records.find_one(id_filter(record_id))
 
-    async def has_hash(self, digest: str) -> bool:
-        """Whether a record holds these bytes (the id alone is read: no document to ship)."""
-        async with self._labeling():
-            return await self._records.find_one({"hash": digest}, {"_id": True}) is not None
-
     async def delete(self, record_id: str) -> bool:
         """Delete the record with this id (journaled); False when no record had it."""
         async with self._labeling():
@@ -211,34 +205,43 @@ class RecordStore:
 
     async def remember_url(self, digest: str, url: str | None) -> Document | None:
         """The record with this content hash, with ``url`` added to its ``urls`` unless it
-        holds ``MAX_URLS`` already (and made its ``url`` if it had none: bytes uploaded
-        first); None when there is no such record. ``url`` None (an upload) adds nothing."""
+        holds it or ``MAX_URLS`` already (and made its ``url`` if it had none: bytes uploaded
+        first); None when there is no such record. ``url`` None (an upload) adds nothing.
+
+        The record is read first: bytes labeled before from this URL, or uploaded, cost one
+        indexed read and write nothing, and repeated requests are the common case."""
         async with self._labeling():
-            if url is None:
-                return await self._records.find_one({"hash": digest})
-            try:
-                document = await self._records.find_one_and_update(
-                    {"hash": digest, f"urls.{MAX_URLS - 1}": {"$exists": False}},
-                    {"$addToSet": {"urls": url}},
-                    return_document=ReturnDocument.AFTER,
-                )
-            except OperationFailure as exc:
-                if exc.code != BAD_VALUE:
-                    raise
+            document = await self._records.find_one({"hash": digest})
+            if document is None or url is None:
+                return document
+            urls = document.get("urls")
+            if not isinstance(urls, list):
                 # An imported record whose urls is not an array: $addToSet cannot add to it.
                 # Its labels are served all the same; the URL is not kept.
                 log.warning("record with sha256 %s: urls is not an array, no URL added", digest)
-                document = None
-            if document is None:  # full, not an array, or deleted
-                return await self._records.find_one({"hash": digest})
-            if document.get("url") is None:
-                # Bytes uploaded before any URL served them. A race between two such URLs
-                # leaves the first one written, each in urls.
-                await self._records.update_one(
-                    {"_id": document["_id"], "url": None}, {"$set": {"url": url}}
-                )
-                return await self._records.find_one({"_id": document["_id"]})
-            return document
+                return document
+            if document.get("url") is not None and (url in urls or len(urls) >= MAX_URLS):
+                return document
+            return await self._add_url(digest, url)
+
+    async def _add_url(self, digest: str, url: str) -> Document | None:
+        """``remember_url``'s write, for a record found lacking ``url``: another request may
+        have added URLs, filled the list or deleted the record since it was read."""
+        document = await self._records.find_one_and_update(
+            {"hash": digest, f"urls.{MAX_URLS - 1}": {"$exists": False}},
+            {"$addToSet": {"urls": url}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is None:  # full or deleted
+            return await self._records.find_one({"hash": digest})
+        if document.get("url") is None:
+            # Bytes uploaded before any URL served them. A race between two such URLs
+            # leaves the first one written, each in urls.
+            await self._records.update_one(
+                {"_id": document["_id"], "url": None}, {"$set": {"url": url}}
+            )
+            return await self._records.find_one({"_id": document["_id"]})
+        return document
 
     async def insert(self, document: Document) -> Document:
         """Insert a new record; when another writer stored the same bytes first, return theirs."""

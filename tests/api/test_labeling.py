@@ -6,9 +6,9 @@ import asyncio
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from PIL import Image
@@ -22,6 +22,8 @@ from tests.api.test_errors import assert_problem
 from tests.conftest import CAT_PHOTO, EMPTY_PHOTO, ROOT, AppClient, running
 from tests.support.image_server import ImageServer, static
 from tests.support.images import encode
+
+T = TypeVar("T")
 
 
 def boxes(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,6 +96,39 @@ async def test_same_bytes_from_another_url_is_the_same_record(
     assert second["url"] == first["url"]
     assert second["urls"] == [first["url"], second_url]
     assert second["object_analysis"] == first["object_analysis"]
+
+
+async def database_operations(client: AppClient, request: Awaitable[T]) -> tuple[T, list[str]]:
+    """``request``'s result, and the operations on the records it caused, in order, as
+    MongoDB's profiler lists them: ``find``, ``insert``, ``findAndModify``..."""
+    database = client.resources.database
+    await database.drop_collection("system.profile")  # the operations of earlier calls
+    await database.command("profile", 2)
+    try:
+        result = await request
+    finally:
+        await database.command("profile", 0)
+    profiled = database["system.profile"].find({"ns": f"{database.name}.records"})
+    return result, [next(iter(entry["command"])) async for entry in profiled]
+
+
+async def test_a_url_labeled_before_is_one_read_and_no_write(
+    client: AppClient, image_server: ImageServer, auth: dict[str, str]
+) -> None:
+    """Repeated requests are the common case: they cost one indexed read. Only a URL the
+    record lacks is written to it."""
+    url = image_server.photo_url(CAT_PHOTO)
+    first, ops = await database_operations(client, client.post("/v1/labels", json={"url": url}))
+    assert first.status_code == 201 and ops == ["find", "insert"]
+    again, ops = await database_operations(client, client.post("/v1/labels", json={"url": url}))
+    assert again.status_code == 200 and again.json()["_id"] == first.json()["_id"]
+    assert ops == ["find"]
+    mirror = image_server.photo_url(CAT_PHOTO, alias="mirror")
+    added, ops = await database_operations(
+        client, client.post("/v1/labels", json={"url": mirror}, headers=auth)
+    )
+    assert added.status_code == 200 and added.json()["urls"] == [url, mirror]
+    assert ops == ["find", "findAndModify"]
 
 
 async def test_other_clients_urls_are_shown_only_to_keys_that_may_read(

@@ -162,15 +162,15 @@ async def test_a_record_deleted_while_its_bytes_are_labeled_again(
     added to it: the bytes have no record any more, so they are labeled afresh."""
     first = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[1])})
     store = client.resources.records
-    has_hash = store.has_hash
+    add_url = store._add_url
 
-    async def found_then_deleted(digest: str) -> bool:
-        found = await has_hash(digest)
+    async def deleted_before_the_url_is_added(digest: str, url: str) -> dict[str, Any] | None:
         await client.resources.database["records"].delete_one({"hash": digest})
-        return found
+        return await add_url(digest, url)
 
-    monkeypatch.setattr(store, "has_hash", found_then_deleted)
-    again = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[1])})
+    monkeypatch.setattr(store, "_add_url", deleted_before_the_url_is_added)
+    url = image_server.photo_url(LABELED[1], alias="mirror")
+    again = await client.post("/v1/labels", json={"url": url})
     assert again.status_code == 201, again.text
     assert again.json()["_id"] != first.json()["_id"]
     assert await client.resources.database["records"].count_documents({}) == 1
@@ -240,10 +240,17 @@ async def test_bytes_another_process_stored_first_count_as_deduplicated(
     first = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[0])})
     assert first.status_code == 201
 
-    async def not_yet_stored(digest: str) -> bool:
-        return False  # the other process's insert lands just after this lookup
+    store = client.resources.records
+    remember_url = store.remember_url
+    lookups: list[str] = []
 
-    monkeypatch.setattr(client.resources.records, "has_hash", not_yet_stored)
+    async def not_yet_stored(digest: str, url: str | None) -> dict[str, Any] | None:
+        lookups.append(digest)
+        if len(lookups) == 1:
+            return None  # the other process's insert lands just after this lookup
+        return await remember_url(digest, url)
+
+    monkeypatch.setattr(store, "remember_url", not_yet_stored)
     url = image_server.photo_url(LABELED[0], alias="second-process")
     again = await client.post("/v1/labels", json={"url": url})
     assert again.status_code == 200, again.text
