@@ -77,9 +77,10 @@ async def _send_all(
     items: list[T],
     concurrency: int,
     send: Callable[[aiohttp.ClientSession, T], Any],
+    expected: int = 201,
 ) -> tuple[float, list[float]]:
-    """``send`` each item to the service, ``concurrency`` at a time, each answered 201:
-    images/s and latencies."""
+    """``send`` each item to the service, ``concurrency`` at a time, each answered
+    ``expected``: images/s and latencies."""
     limit = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     timeout = aiohttp.ClientTimeout(total=120)
@@ -91,7 +92,7 @@ async def _send_all(
                 async with send(client, item) as response:
                     body = await response.read()
                 latencies.append(time.perf_counter() - start)
-                if response.status != 201:
+                if response.status != expected:
                     raise RuntimeError(f"item {index}: {response.status} {body[:200]!r}")
 
         start = time.perf_counter()
@@ -99,10 +100,17 @@ async def _send_all(
         return len(items) / (time.perf_counter() - start), latencies
 
 
-async def post_all(base: str, urls: list[str], concurrency: int) -> tuple[float, list[float]]:
-    """POST every URL to ``/v1/labels``, ``concurrency`` at a time: images/s and latencies."""
+async def post_all(
+    base: str, urls: list[str], concurrency: int, expected: int = 201
+) -> tuple[float, list[float]]:
+    """POST every URL to ``/v1/labels``, ``concurrency`` at a time, each answered
+    ``expected`` (201: new images): images/s and latencies."""
     return await _send_all(
-        base, urls, concurrency, lambda client, url: client.post("/v1/labels", json={"url": url})
+        base,
+        urls,
+        concurrency,
+        lambda client, url: client.post("/v1/labels", json={"url": url}),
+        expected,
     )
 
 

@@ -12,6 +12,7 @@ BENCHMARKS = [
     ["bench.quality", "--provider", "auto"],
     ["bench.ingest"],
     ["bench.fetch"],
+    ["bench.repeat"],
     ["bench.query"],
 ]
 
