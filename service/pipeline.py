@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
+from service.admission import Admission, slot_taken
 from service.analysis import ImageAnalysis, ImageAnalyzer
 from service.domain.records import (
     Record,
@@ -32,7 +31,6 @@ from service.domain.records import (
 from service.errors import (
     BadRequest,
     DatabaseUnavailable,
-    Overloaded,
     RecordNotFound,
     RequestTimeout,
     ServiceError,
@@ -48,10 +46,7 @@ from service.query.derived import derive
 from service.store.records import RecordStore, is_object_id_hex
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# At capacity, a download running this long gives its slot to a new request.
-SLOW_FETCH_SECONDS = 5.0
 # Analyses of one request's bytes when each record made for them is deleted before this
 # request can answer with it; past this, 503 write_conflict.
 LABEL_ATTEMPTS = 3
@@ -115,16 +110,6 @@ def _log_unstored(digest: str, task: asyncio.Task[LabelOutcome]) -> None:
         log.error("the analysis of sha256 %s failed", digest, exc_info=exc)
 
 
-def _slot_taken(kind: type[ServiceError], sender: str) -> Callable[[], ServiceError]:
-    """The error of a download or upload cancelled to give its slot to a new request."""
-    return lambda: kind(
-        f"{sender} was still sending after {SLOW_FETCH_SECONDS:g} s while the service was at"
-        " capacity; its slot went to another request",
-        retry_after=1,
-        extra={"reason": "evicted"},
-    )
-
-
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -146,11 +131,7 @@ class LabelingPipeline:
         self._store = store
         self._metrics = metrics
         self._analyses_by_hash: dict[str, asyncio.Task[LabelOutcome]] = {}
-        self._max_inflight = max_inflight
-        self._admitted = 0
-        # Downloads and uploads, by start time.
-        self._fetching: dict[asyncio.Task[Any], float] = {}
-        self._evicted: set[asyncio.Task[Any]] = set()
+        self._admission = Admission(executor, metrics, max_inflight)
 
     async def drain(self) -> None:
         """Wait for the analyses in progress to be stored (or to fail)."""
@@ -165,7 +146,7 @@ class LabelingPipeline:
     @property
     def admitted(self) -> int:
         """Labeling requests in progress (fetching, analysing or storing)."""
-        return self._admitted
+        return self._admission.admitted
 
     async def label(self, url_or_id: str) -> LabelOutcome:
         """Label a URL, or return the stored record when given a record id."""
@@ -211,7 +192,7 @@ class LabelingPipeline:
         log.info("record %s deleted with key %s", record_id, key)
 
     async def label_url(self, url: str) -> LabelOutcome:
-        with self._admission():
+        with self._admission.slot():
             return await self._label_url(url)
 
     async def label_upload(
@@ -222,40 +203,14 @@ class LabelingPipeline:
         are labeled from one. With ``relabel_stale``, bytes labeled before by other models or
         settings are labeled again in place: the service keeps no bytes, so for a record
         that has no URL this is the only way to bring its labels up to date."""
-        with self._admission():
-            content = await self._track_intake(
-                receive(), "upload", _slot_taken(RequestTimeout, "the client")
+        with self._admission.slot():
+            content = await self._admission.intake(
+                receive(), "upload", slot_taken(RequestTimeout, "the client")
             )
             outcome = await self._label_content(content.data, content.sha256, None)
             if relabel_stale and not outcome.created:
                 return await self._relabel_if_stale(outcome, content)
             return outcome
-
-    @contextmanager
-    def _admission(self) -> Iterator[None]:
-        self._admit()
-        self._admitted += 1
-        start_request()  # its blocking work goes before that of requests admitted later
-        try:
-            yield
-        finally:
-            self._admitted -= 1
-
-    def _admit(self) -> None:
-        """Admission, once and before the download: a burst must not turn into unbounded
-        concurrent fetches (each up to max_image_bytes in memory) queued behind the workers,
-        and a request let in is not turned away after its download."""
-        try:
-            self._executor.admit()  # first, so that a full queue evicts no download
-            if self._admitted >= self._max_inflight and not self._evict_a_slow_fetch():
-                raise Overloaded(
-                    f"{self._admitted} images are being labeled; retry shortly",
-                    retry_after=1,
-                    extra={"reason": "inflight"},
-                )
-        except Overloaded as exc:
-            self._metrics.rejected.labels(exc.extra["reason"]).inc()
-            raise
 
     async def _label_url(self, url: str) -> LabelOutcome:
         fetched = await self._fetch(url)
@@ -352,52 +307,14 @@ class LabelingPipeline:
         self._metrics.records_reused.inc()
         return LabelOutcome(record_from_document(document), created=False)
 
-    def _evict_a_slow_fetch(self) -> bool:
-        """At capacity, cancel the longest-running download (or upload) past
-        ``SLOW_FETCH_SECONDS`` to make room: hosts (or clients) that drip bytes, or never
-        answer, must not hold every slot while fast images wait. False when none is that
-        slow."""
-        now = time.monotonic()
-        # A download already picked has not stopped yet (its cancellation lands on a later
-        # turn of the loop): picking it again would admit a second request for one slot.
-        slow = [
-            (started, task)
-            for task, started in self._fetching.items()
-            if not task.done() and task not in self._evicted
-        ]
-        started, task = min(slow, default=(now, None), key=lambda item: item[0])
-        if task is None or now - started < SLOW_FETCH_SECONDS:
-            return False
-        self._evicted.add(task)
-        task.cancel()
-        return True
-
     async def _fetch(self, url: str) -> Fetched:
         try:
-            return await self._track_intake(
-                self._fetcher.fetch(url), "fetch", _slot_taken(UpstreamTimeout, "the image host")
+            return await self._admission.intake(
+                self._fetcher.fetch(url), "fetch", slot_taken(UpstreamTimeout, "the image host")
             )
         except ServiceError as exc:
             self._metrics.fetch_failures.labels(exc.extra.get("reason", exc.type)).inc()
             raise
-
-    async def _track_intake(
-        self, receiving: Coroutine[Any, Any, T], stage: str, evicted: Callable[[], ServiceError]
-    ) -> T:
-        """Run a download or an upload as a task that ``_evict_a_slow_fetch`` may cancel, in
-        which case ``evicted()`` is raised."""
-        with self._metrics.stage(stage):
-            task = asyncio.create_task(receiving)
-            self._fetching[task] = time.monotonic()
-            try:
-                return await task
-            except asyncio.CancelledError:
-                if task not in self._evicted:
-                    raise
-                raise evicted() from None
-            finally:
-                del self._fetching[task]
-                self._evicted.discard(task)
 
     async def _create(self, data: bytes, url: str | None, digest: str) -> LabelOutcome:
         analysis = await self._analyzer.analyze(data, self._executor)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service import pipeline, repeated_logs
+from service import admission, repeated_logs
 from service.request_ids import RequestIdFilter
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
@@ -131,7 +131,7 @@ async def test_slow_downloads_give_their_slots_to_new_requests_at_capacity(
 ) -> None:
     """A host that drips bytes must not hold every slot: at capacity, the download running
     longest past SLOW_FETCH_SECONDS is cancelled (504, reason evicted) for a new request."""
-    monkeypatch.setattr(pipeline, "SLOW_FETCH_SECONDS", 0.5)
+    monkeypatch.setattr(admission, "SLOW_FETCH_SECONDS", 0.5)
     async with running(make_settings(max_inflight=2)) as client:
         slow = [
             asyncio.create_task(client.post("/v1/labels", json={"url": image_server.url(path)}))
@@ -161,7 +161,7 @@ async def test_each_slow_download_gives_its_slot_to_one_request_only(
 ) -> None:
     """A keyed batch starts its items in one turn of the event loop, before a cancelled
     download has stopped: each slow download must still admit one item, not all of them."""
-    monkeypatch.setattr(pipeline, "SLOW_FETCH_SECONDS", 0.3)
+    monkeypatch.setattr(admission, "SLOW_FETCH_SECONDS", 0.3)
     async with running(make_settings(max_inflight=2)) as client:
         slow = [
             asyncio.create_task(client.post("/v1/labels", json={"url": image_server.url(path)}))

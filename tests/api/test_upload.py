@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from pymongo.asynchronous.collection import AsyncCollection
 
-from service import pipeline
+from service import admission
 from service.dbserver import LocalDatabaseServer
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
@@ -250,7 +250,7 @@ async def test_a_slow_upload_gives_its_slot_to_a_new_request_at_capacity(
     evalset_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pipeline, "SLOW_FETCH_SECONDS", 0.3)
+    monkeypatch.setattr(admission, "SLOW_FETCH_SECONDS", 0.3)
     data = photo(evalset_dir)
     async with running(make_settings(max_inflight=1)) as client:
         slow = asyncio.create_task(
