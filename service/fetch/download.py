@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.cookiejar
 import ipaddress
+import re
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -46,6 +47,12 @@ MAX_POOLED_HOSTS = 64
 RESOLVER_THREADS = 32  # the service passes its bound on labeling requests in flight
 
 
+# The longest entity tag kept for revalidation; S3's and most servers' are under 70 bytes.
+MAX_ETAG_LENGTH = 256
+# RFC 9110 section 8.8.3, less its obs-text (bytes over 0x7e): sent back as a header value.
+_STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e]*"')
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
     data: bytes
@@ -53,27 +60,50 @@ class Fetched:
     content_type: str | None
     sha256: str  # of ``data``, computed while streaming (no second pass over the bytes)
     redirects: tuple[str, ...]  # the URLs that redirected, in order
+    # The response's strong entity tag when it came from the URL asked for (no redirect):
+    # what ``ImageFetcher.revalidate`` can later ask with.
+    etag: str | None = None
+
+
+def strong_etag(value: str | None) -> str | None:
+    """``value`` when it is one strong entity tag, else None. A strong tag changes whenever
+    the bytes do (RFC 9110 section 8.8.1); a weak one (``W/"..."``) may stay the same for
+    other bytes that mean the same, and a record is the labels of exact bytes."""
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > MAX_ETAG_LENGTH or _STRONG_ETAG.fullmatch(value) is None:
+        return None
+    return value
 
 
 def build_request(
-    client: httpx.AsyncClient, target: Target, address: IPAddress, policy: FetchPolicy
+    client: httpx.AsyncClient,
+    target: Target,
+    address: IPAddress,
+    policy: FetchPolicy,
+    if_none_match: str | None = None,
 ) -> httpx.Request:
-    """A GET for ``target`` that connects to ``address`` and nowhere else.
+    """A GET for ``target`` that connects to ``address`` and nowhere else; conditional on
+    ``if_none_match`` (an entity tag) when given.
 
     The URL names the checked IP so nothing resolves the host again (no DNS-rebinding
     window); the Host header and TLS SNI/verification still use the real host name.
     """
     host = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    headers = {
+        "Host": target.host_header,
+        "User-Agent": policy.user_agent,
+        "Accept": "image/*",
+        "Accept-Encoding": "identity",
+    }
+    if if_none_match is not None:
+        headers["If-None-Match"] = if_none_match
     return client.build_request(
         "GET",
         f"{target.scheme}://{host}:{target.port}{target.path}",
-        headers={
-            "Host": target.host_header,
-            "User-Agent": policy.user_agent,
-            "Accept": "image/*",
-            "Accept-Encoding": "identity",
-        },
+        headers=headers,
         extensions=extensions,
         timeout=_timeouts(policy),
     )
@@ -232,24 +262,38 @@ class ImageFetcher:
         self._resolver.shutdown(wait=False, cancel_futures=True)
 
     async def fetch(self, url: str) -> Fetched:
+        fetched = await self._within_deadline(url, None)
+        assert fetched is not None  # only a conditional request is answered "not modified"
+        return fetched
+
+    async def revalidate(self, url: str, etag: str) -> Fetched | None:
+        """Fetch ``url`` unless it still serves the bytes that came with ``etag`` (a strong
+        entity tag it answered with before): None when its host says so (304 Not
+        Modified), and no body is transferred. A redirect is followed without the tag,
+        which belongs to ``url``."""
+        return await self._within_deadline(url, etag)
+
+    async def _within_deadline(self, url: str, etag: str | None) -> Fetched | None:
         try:
             async with asyncio.timeout(self._policy.total_timeout):
-                return await self._fetch(url)
+                return await self._fetch(url, etag)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"fetching the image took longer than {self._policy.total_timeout:g} s",
                 extra={"reason": "timeout"},
             ) from None
 
-    async def _fetch(self, url: str) -> Fetched:
+    async def _fetch(self, url: str, etag: str | None) -> Fetched | None:
         policy = self._policy
         target = parse_target(url, policy)
         redirects: list[str] = []
         while True:
             addresses = await self._resolve(target, redirected=bool(redirects))
             async with self._clients.client_for(target) as client:
-                response = await self._connect(client, target, addresses)
+                response = await self._connect(client, target, addresses, etag)
                 try:
+                    if etag is not None and response.status_code == 304:
+                        return None
                     location = response.headers.get("location")
                     if response.status_code not in REDIRECT_STATUSES or location is None:
                         return await self._read(target, response, tuple(redirects))
@@ -259,6 +303,7 @@ class ImageFetcher:
                     await response.aclose()
             redirects.append(target.url)
             target = self._next_hop(target, location, redirects)
+            etag = None
 
     async def _resolve(self, target: Target, *, redirected: bool) -> list[IPAddress]:
         try:
@@ -299,12 +344,16 @@ class ImageFetcher:
         return target
 
     async def _connect(
-        self, client: httpx.AsyncClient, target: Target, addresses: list[IPAddress]
+        self,
+        client: httpx.AsyncClient,
+        target: Target,
+        addresses: list[IPAddress],
+        if_none_match: str | None,
     ) -> httpx.Response:
         """Send to each checked address in turn until one accepts the connection."""
         timed_out = 0
         for address in addresses:
-            request = build_request(client, target, address, self._policy)
+            request = build_request(client, target, address, self._policy, if_none_match)
             try:
                 return await client.send(request, stream=True, follow_redirects=False)
             except httpx.ConnectTimeout:
@@ -369,4 +418,5 @@ class ImageFetcher:
             content_type=response.headers.get("content-type"),
             sha256=content.sha256,
             redirects=redirects,
+            etag=None if redirects else strong_etag(response.headers.get("etag")),
         )

@@ -114,6 +114,14 @@ class _Handler(BaseHTTPRequestHandler):
                 keep_alive=True,
             )
             self.wfile.write(JPEG)
+        elif path == "/tagged.jpg":  # ?etag=…: its ETag; 304 when If-None-Match names it
+            etag = parse_qs(parts.query)["etag"][0]
+            if self.headers.get("If-None-Match") == etag:
+                self._head(304, {"ETag": etag}, keep_alive=True)
+            else:
+                headers = {"Content-Type": "image/jpeg", "Content-Length": str(len(JPEG))}
+                self._head(200, headers | {"ETag": etag}, keep_alive=True)
+                self.wfile.write(JPEG)
         elif path == "/garbage":  # not HTTP at all
             self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
             self.close_connection = True
