@@ -109,6 +109,12 @@ class Metrics:
         self.records_deleted = Counter(
             "labelsvc_records_deleted", "Records deleted through the API", registry=r
         )
+        self.fetches_not_modified = Counter(
+            "labelsvc_fetches_not_modified",
+            "Labeling requests for a URL labeled before whose host answered 304 Not Modified"
+            " to its entity tag: answered with the record, the image not downloaded again",
+            registry=r,
+        )
         self.fetch_failures = Counter(
             "labelsvc_fetch_failures", "Image fetch failures by reason", ["reason"], registry=r
         )

@@ -4,6 +4,8 @@ The same bytes are one record whichever URL they came from: the content hash is 
 before any inference, concurrent requests for one image share a single analysis (and the
 unique index on ``hash`` settles races between processes). The analysis runs as its own
 task, so a client that disconnects does not waste the work or leave a half-made record.
+A URL labeled before whose host gave a strong ``ETag`` is asked for with ``If-None-Match``:
+a 304 answer means the same bytes, so their record is the answer and nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from service.admission import Admission, slot_taken
 from service.analysis import ImageAnalysis, ImageAnalyzer
@@ -40,12 +42,14 @@ from service.errors import (
 from service.executor import BlockingExecutor, start_request
 from service.fetch.body import Content
 from service.fetch.download import Fetched, ImageFetcher
+from service.fetch.revalidation import EntityTags
 from service.lineage import current_key, is_stale
 from service.observability import Metrics
 from service.query.derived import derive
 from service.store.records import RecordStore, is_object_id_hex
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Analyses of one request's bytes when each record made for them is deleted before this
 # request can answer with it; past this, 503 write_conflict.
@@ -132,6 +136,7 @@ class LabelingPipeline:
         self._metrics = metrics
         self._analyses_by_hash: dict[str, asyncio.Task[LabelOutcome]] = {}
         self._admission = Admission(executor, metrics, max_inflight)
+        self._etags = EntityTags()
 
     async def drain(self) -> None:
         """Wait for the analyses in progress to be stored (or to fail)."""
@@ -213,7 +218,20 @@ class LabelingPipeline:
             return outcome
 
     async def _label_url(self, url: str) -> LabelOutcome:
-        fetched = await self._fetch(url)
+        known = self._etags.get(url)
+        if known is None:
+            fetched = await self._fetch(url)
+        else:
+            revalidated = await self._download(self._fetcher.revalidate(url, known.etag))
+            if revalidated is None:  # 304: the bytes labeled before, not sent again
+                reused = await self._reuse(known.sha256, url)
+                if reused is not None:
+                    self._metrics.fetches_not_modified.inc()
+                    return reused
+                # Their record was deleted: the bytes are needed to label them afresh.
+                revalidated = await self._fetch(url)
+            fetched = revalidated
+        self._etags.remember(url, fetched.etag, fetched.sha256)
         return await self._label_content(fetched.data, fetched.sha256, url)
 
     async def _label_content(self, data: bytes, digest: str, url: str | None) -> LabelOutcome:
@@ -308,9 +326,12 @@ class LabelingPipeline:
         return LabelOutcome(record_from_document(document), created=False)
 
     async def _fetch(self, url: str) -> Fetched:
+        return await self._download(self._fetcher.fetch(url))
+
+    async def _download(self, receiving: Coroutine[Any, Any, T]) -> T:
         try:
             return await self._admission.intake(
-                self._fetcher.fetch(url), "fetch", slot_taken(UpstreamTimeout, "the image host")
+                receiving, "fetch", slot_taken(UpstreamTimeout, "the image host")
             )
         except ServiceError as exc:
             self._metrics.fetch_failures.labels(exc.extra.get("reason", exc.type)).inc()

@@ -25,6 +25,25 @@ def static(body: bytes, ctype: str = "image/jpeg", status: int = 200) -> Route:
     return lambda h: _send(h, status, body, ctype)
 
 
+def tagged(body: bytes, etag: str) -> Route:
+    """``body`` with ``etag`` as its ETag; 304 Not Modified when If-None-Match names it."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        if handler.headers.get("If-None-Match") == etag:
+            handler.send_response(304)
+            handler.send_header("ETag", etag)
+            handler.end_headers()
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("ETag", etag)
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return route
+
+
 def redirect(location: str, status: int = 302) -> Route:
     def route(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(status)
