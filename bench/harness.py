@@ -64,6 +64,10 @@ class PhotoHost:
     def photo_url(self, name: str) -> str:
         return f"{self.base}/{name}"
 
+    def tagged_url(self, name: str) -> str:
+        """The photo with a strong ETag, revalidated with If-None-Match (304 when unchanged)."""
+        return f"{self.base}/tagged/{name}"
+
     def warm_up_url(self, name: str) -> str:
         """The photo as other bytes: a service that labeled it already labels these anew."""
         return f"{self.base}/warm-up/{name}"

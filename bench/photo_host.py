@@ -11,6 +11,8 @@ figures that no real host would cause.
 tell whether its client kept them alive. ``GET /warm-up/NAME`` serves photo NAME with one
 byte more after its end: other bytes (a record of their own in the service, which labels
 bytes it has seen once only) that decode to the same picture, for warming a service up.
+``GET /tagged/NAME`` serves photo NAME with a strong ``ETag`` (its modification time and
+size, as nginx makes them) and answers ``304 Not Modified`` to an ``If-None-Match`` naming it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 BACKLOG = 1024
 WARM_UP = "/warm-up/"
+TAGGED = "/tagged/"
 
 
 class PhotoHost(ThreadingHTTPServer):
@@ -47,8 +50,29 @@ class QuietHandler(SimpleHTTPRequestHandler):
                 self._answer(photo.read_bytes() + b"\0", "image/jpeg")
             else:
                 self.send_error(404)
+        elif self.path.startswith(TAGGED):
+            self._tagged(Path(self.directory, Path(self.path.removeprefix(TAGGED)).name))
         else:
             super().do_GET()
+
+    def _tagged(self, photo: Path) -> None:
+        if not photo.is_file():
+            self.send_error(404)
+            return
+        stat = photo.stat()
+        etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(stat.st_size))
+        self.send_header("ETag", etag)
+        self.end_headers()
+        with photo.open("rb") as source:
+            self.copyfile(source, self.wfile)
 
     def _answer(self, body: bytes, content_type: str) -> None:
         self.send_response(200)
