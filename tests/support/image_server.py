@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from bench.photo_host import not_modified
+
 Route = Callable[[BaseHTTPRequestHandler], None]
 
 
@@ -29,10 +31,7 @@ def tagged(body: bytes, etag: str) -> Route:
     """``body`` with ``etag`` as its ETag; 304 Not Modified when If-None-Match names it."""
 
     def route(handler: BaseHTTPRequestHandler) -> None:
-        if handler.headers.get("If-None-Match") == etag:
-            handler.send_response(304)
-            handler.send_header("ETag", etag)
-            handler.end_headers()
+        if not_modified(handler, etag):
             return
         handler.send_response(200)
         handler.send_header("Content-Type", "image/jpeg")
