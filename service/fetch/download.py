@@ -7,10 +7,7 @@ import http.cookiejar
 import ipaddress
 import re
 import ssl
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -29,6 +26,7 @@ from service.fetch.body import (
     fragmented,
     image_cap,
 )
+from service.fetch.clients import HostClients
 from service.fetch.coding import BodyDecoder
 from service.fetch.policy import (
     FetchPolicy,
@@ -41,9 +39,8 @@ from service.fetch.policy import (
 from service.fetch.transport import AiohttpTransport
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Keep-alive: how long idle connections are kept, and for how many host names.
+# Keep-alive: how long idle connections are kept.
 KEEPALIVE_SECONDS = 5.0
-MAX_POOLED_HOSTS = 64
 RESOLVER_THREADS = 32  # the service passes its bound on labeling requests in flight
 
 
@@ -142,79 +139,10 @@ def _transport_error(
     return UpstreamError(f"the connection to {target.host} failed", extra={"reason": "connect"})
 
 
-class HostClients:
-    """One HTTP client, with its own keep-alive pool, per scheme, host name and port.
-
-    Requests name the checked IP, and a client pools connections by the URL's host, so one
-    client shared by all host names could reuse a connection made (and TLS-verified) for
-    ``a.example`` for a request to ``b.example`` on the same address. Here no connection is
-    ever shared between host names. Every connection in a pool went to an address checked
-    when it was opened, and every request is checked again before it is sent.
-
-    At most ``max_hosts`` clients are kept; the least recently used idle one is closed to
-    make room, and when all are busy the request goes through a client that keeps no
-    connection (so one serves every host name).
-    """
-
-    def __init__(
-        self, make: Callable[[bool], httpx.AsyncClient], *, max_hosts: int = MAX_POOLED_HOSTS
-    ) -> None:
-        """``make(keep_alive)``: a new client, keeping its connections open or not."""
-        self._make = make
-        self._max_hosts = max_hosts
-        self._pools: OrderedDict[tuple[str, str, int], _Pool] = OrderedDict()
-        self._unpooled = make(False)  # keeps no connection, so it can serve any host name
-
-    @asynccontextmanager
-    async def client_for(self, target: Target) -> AsyncIterator[httpx.AsyncClient]:
-        key = (target.scheme, target.host, target.port)
-        pool, evicted = self._pools.get(key), None
-        if pool is None:
-            pool, evicted = self._open(key)
-        if pool is None:
-            yield self._unpooled
-            return
-        self._pools.move_to_end(key)
-        pool.active += 1  # before any await, so that no other request evicts this pool
-        try:
-            if evicted is not None:
-                await evicted.aclose()
-            yield pool.client
-        finally:
-            pool.active -= 1
-
-    def _open(self, key: tuple[str, str, int]) -> tuple[_Pool | None, httpx.AsyncClient | None]:
-        """A new pool for ``key``, and the idle client evicted to make room (to be closed)."""
-        evicted = None
-        if len(self._pools) >= self._max_hosts:
-            idle = next((k for k, pool in self._pools.items() if pool.active == 0), None)
-            if idle is None:
-                return None, None
-            evicted = self._pools.pop(idle).client
-        pool = self._pools[key] = _Pool(self._make(True))
-        return pool, evicted
-
-    @property
-    def hosts(self) -> int:
-        return len(self._pools)
-
-    async def aclose(self) -> None:
-        pools, self._pools = list(self._pools.values()), OrderedDict()
-        for pool in pools:
-            await pool.client.aclose()
-        await self._unpooled.aclose()
-
-
 def _cookies_refused() -> http.cookiejar.CookieJar:
     """A jar that keeps no cookie: one fetcher serves every client, so a cookie that a host
     set on one client's fetch must not go out with another's."""
     return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=()))
-
-
-@dataclass(slots=True)
-class _Pool:
-    client: httpx.AsyncClient
-    active: int = 0
 
 
 class ImageFetcher:
