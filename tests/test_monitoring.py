@@ -28,7 +28,7 @@ from service.app import ROUTES
 from service.dbserver import LocalDatabaseServer, free_port
 from service.errors import DatabaseUnavailable, ServiceError
 from tests.conftest import API_KEY, CAT_PHOTO, ROOT
-from tests.support.image_server import ImageServer
+from tests.support.image_server import ImageServer, tagged
 from tests.support.process import live_service
 
 RULES_DIR = ROOT / "deploy" / "prometheus"
@@ -123,6 +123,11 @@ def provoke_every_series(base: str, image_server: ImageServer, photo: str) -> No
         again = {"url": image_server.photo_url(photo, alias="batch")}
         assert client.post("/v1/labels/batch", json={"items": [again]}).status_code == 200
         assert client.post("/upload", json={"url_or_id": url}).status_code == 200
+        tagged_path = f"/monitoring-tagged/{photo}"  # a host with ETags: the repeat gets 304
+        image_server.routes[tagged_path] = tagged((image_server.photos / photo).read_bytes(), '"1"')
+        for _ in range(2):
+            repeat = client.post("/v1/labels", json={"url": image_server.url(tagged_path)})
+            assert repeat.status_code == 200
         unknown = client.get("/v1/records", headers={"X-API-Key": "not-a-key-" + "x" * 30})
         assert unknown.status_code == 401
 
