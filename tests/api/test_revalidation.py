@@ -25,7 +25,7 @@ def conditions(image_server: ImageServer, url: str) -> list[str | None]:
     return [headers.get("If-None-Match") for p, headers in image_server.requests if p == path]
 
 
-async def not_modified(client: AppClient) -> float | None:
+def not_modified(client: AppClient) -> float | None:
     registry = client.resources.metrics.registry
     return registry.get_sample_value("labelsvc_fetches_not_modified_total")
 
@@ -40,7 +40,7 @@ async def test_a_url_labeled_before_is_not_downloaded_again(
     assert again.status_code == 200 and again.json() == first.json()
     assert conditions(image_server, url) == [None, '"cat-v1"']
     assert ops == ["find"]
-    assert await not_modified(client) == 1
+    assert not_modified(client) == 1
 
 
 async def test_new_bytes_at_the_url_are_labeled(
@@ -57,7 +57,7 @@ async def test_new_bytes_at_the_url_are_labeled(
     again = await client.post("/v1/labels", json={"url": url})
     assert again.status_code == 200 and again.json()["_id"] == changed.json()["_id"]
     assert conditions(image_server, url) == [None, '"v1"', '"v2"']
-    assert await not_modified(client) == 1
+    assert not_modified(client) == 1
 
 
 async def test_bytes_whose_record_was_deleted_are_downloaded_and_labeled_afresh(
@@ -71,7 +71,7 @@ async def test_bytes_whose_record_was_deleted_are_downloaded_and_labeled_afresh(
     assert again.status_code == 201 and again.json()["_id"] != first["_id"]
     # Not modified, but the bytes were needed: asked for again without the tag.
     assert conditions(image_server, url) == [None, '"v1"', None]
-    assert await not_modified(client) == 0
+    assert not_modified(client) == 0
 
 
 async def test_a_weak_tag_is_not_revalidated(client: AppClient, image_server: ImageServer) -> None:

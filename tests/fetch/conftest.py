@@ -17,6 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import trustme
 
+from bench.photo_host import not_modified
+
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
 BIG = 1_000_000  # Content-Length /big announces; tests use a much smaller cap
 
@@ -116,9 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(JPEG)
         elif path == "/tagged.jpg":  # ?etag=…: its ETag; 304 when If-None-Match names it
             etag = parse_qs(parts.query)["etag"][0]
-            if self.headers.get("If-None-Match") == etag:
-                self._head(304, {"ETag": etag}, keep_alive=True)
-            else:
+            if not not_modified(self, etag):
                 headers = {"Content-Type": "image/jpeg", "Content-Length": str(len(JPEG))}
                 self._head(200, headers | {"ETag": etag}, keep_alive=True)
                 self.wfile.write(JPEG)
