@@ -15,6 +15,7 @@ never leaks: anything that is not a ``ServiceError`` becomes a generic 500 and i
     ├── NotFound                   404
     │   └── RecordNotFound         404  unknown record id
     ├── RequestTimeout             408  an uploaded image's bytes came too slowly
+    ├── PreconditionFailed         412  If-Match names no current version of the record
     ├── PayloadTooLarge            413  image over the byte cap (download or upload) or pixel cap
     ├── UnsupportedMediaType       415  the bytes are not an image format we decode
     ├── UnsupportedBody            415  a request body of a media type or coding not taken there
@@ -97,6 +98,12 @@ class RequestTimeout(ServiceError):
     status = 408
     type = "request-timeout"
     title = "The upload took too long"
+
+
+class PreconditionFailed(ServiceError):
+    status = 412
+    type = "precondition-failed"
+    title = "The record is not the version the client holds"
 
 
 class PayloadTooLarge(ServiceError):

@@ -1,4 +1,4 @@
-"""Conditional GET (RFC 9110 section 13.1.2) for the routes that serve stored records.
+"""Conditional requests (RFC 9110 section 13.1) on the routes that serve stored records.
 
 Each such answer carries an ``ETag``: a digest of its body, so two answers have the same tag
 only when they are the same bytes. A client that sends the tag of the copy it holds back in
@@ -9,6 +9,9 @@ it, pays for the bytes only when they changed. The query still runs, and is mete
 The answers are ``Cache-Control: private, no-cache``: a client's own cache may keep them, but
 must ask again (with the tag) before each use, so a deleted record or a revoked key is never
 served from it; shared caches keep nothing.
+
+The same tag in ``If-Match`` makes a ``DELETE`` conditional: the record goes only while it is
+still the version the client read, so a client never deletes labels it has not seen.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
@@ -31,7 +35,10 @@ from litestar.openapi.spec import (
     Schema,
 )
 from litestar.routes import BaseRoute, HTTPRoute
+from litestar.serialization import encode_json
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
+
+from service.errors import BadRequest
 
 # A route handler's ``opt`` that turns conditional GET on for it.
 _OPT = "conditional_get"
@@ -44,6 +51,10 @@ _CONTENT_HEADERS = ("content-length", "content-type", "content-encoding")
 
 ETAG_TEXT = (
     "Names these exact bytes: send it back in If-None-Match to get 304 while they are unchanged"
+)
+IF_MATCH_TEXT = (
+    "The ETag of the record as the client read it (GET /v1/records/{id}), or *: deleted only"
+    " while it is still that version, else 412"
 )
 IF_NONE_MATCH_TEXT = (
     "ETags of copies the client holds (or *): when one is this answer's, 304 Not Modified"
@@ -64,6 +75,34 @@ def none_match(header: str, tag: str) -> bool:
         return True
     opaque = tag.removeprefix("W/")
     return any(f'"{held}"' == opaque for held in _ENTITY_TAG.findall(header))
+
+
+def if_match_tags(header: str) -> list[str] | Literal["*"]:
+    """The strong entity tags an ``If-Match`` value names, or ``*``. Weak tags are left
+    out: If-Match compares strongly (RFC 9110 section 13.1.1). A value that is neither ``*``
+    nor a list of entity tags is refused."""
+    if header.strip() == "*":
+        return "*"
+    if not _ENTITY_TAG.search(header) or _ENTITY_TAG.sub("", header).strip(", \t"):
+        raise BadRequest(
+            "If-Match must be * or a list of quoted entity tags, such as the ETag header of"
+            " GET /v1/records/{id}"
+        )
+    return [
+        f'"{m.group(1)}"' for m in _ENTITY_TAG.finditer(header) if not m.group(0).startswith("W/")
+    ]
+
+
+def matches_served(
+    tags: list[str] | Literal["*"], serializer: Callable[[Any], Any]
+) -> Callable[[Any], bool]:
+    """Whether a value, answered as the GET routes answer it (JSON by ``serializer``, the
+    route's), would carry one of ``tags``: any value for ``*``."""
+
+    def holds(value: Any) -> bool:
+        return tags == "*" or entity_tag(encode_json(value, serializer)) in tags
+
+    return holds
 
 
 def conditional_get(app: ASGIApp) -> ASGIApp:

@@ -217,6 +217,7 @@ _WHEN = {
     404: "No record has this id",
     408: "The uploaded image took too long to arrive (see Retry-After when the slot was needed)",
     409: "The record has no perceptual hash to compare",
+    412: "If-Match does not name the record's current ETag: it changed since the client read it",
     413: "The request body, or the image, is larger than allowed",
     415: "The request body is not of a media type this route takes, or the bytes are not an"
     " image in a supported format",

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 from litestar import Request, delete, get
 from litestar.di import Provide
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 
-from service.api.conditional import CONDITIONAL
+from service.api.conditional import CONDITIONAL, IF_MATCH_TEXT, if_match_tags, matches_served
 from service.api.deps import ResourcesDep, provide_resources
 from service.api.problems import problem_responses
 from service.api.schemas import (
@@ -198,18 +198,30 @@ async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Recor
     summary="Delete a stored record",
     description=(
         "Removes the record for good (journaled before the answer). The same bytes, POSTed"
-        " again, are labeled afresh under a new id. Needs a key with the delete scope."
+        " again, are labeled afresh under a new id. Needs a key with the delete scope. With"
+        " If-Match, only while the record is still the version with that ETag: 412 when it"
+        " was relabeled or given another URL since."
     ),
     tags=["records"],
     security=[{"ApiKey": []}],
-    responses=problem_responses(400, 401, 403, 404, 429, 503),
+    responses=problem_responses(400, 401, 403, 404, 412, 429, 503),
 )
 async def delete_record(
-    request: Request[Any, Any, Any], resources: ResourcesDep, record_id: FromPath[str]
+    request: Request[Any, Any, Any],
+    resources: ResourcesDep,
+    record_id: FromPath[str],
+    if_match: Annotated[
+        str | None, HeaderParameter(name="If-Match", description=IF_MATCH_TEXT)
+    ] = None,
 ) -> None:
     principal = principal_of(request)
     assert principal is not None  # the guard admitted a key with the delete scope
-    await resources.pipeline.delete(record_id, key=principal.name)
+    precondition = None
+    if if_match is not None:
+        # Its lines, if several, make one list (RFC 9110 section 5.3).
+        tags = if_match_tags(", ".join(request.headers.getall("if-match")))
+        precondition = matches_served(tags, request.route_handler.default_serializer)
+    await resources.pipeline.delete(record_id, key=principal.name, precondition=precondition)
 
 
 @get(

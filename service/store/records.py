@@ -197,10 +197,19 @@ class RecordStore:
         async with self._labeling():
             return await self._records.find_one(id_filter(record_id))
 
-    async def delete(self, record_id: str) -> bool:
-        """Delete the record with this id (journaled); False when no record had it."""
+    async def delete(self, record_id: str, *, unchanged_from: Document | None = None) -> bool:
+        """Delete the record with this id (journaled); False when no record had it.
+
+        With ``unchanged_from`` (the record as read before), only while it is still that
+        document, field for field: False when it changed or went in between."""
+        filt = id_filter(record_id)
+        if unchanged_from is not None:
+            filt = {
+                "_id": unchanged_from["_id"],
+                "$expr": {"$eq": ["$$ROOT", {"$literal": unchanged_from}]},
+            }
         async with self._labeling():
-            result = await self._records.delete_one(id_filter(record_id))
+            result = await self._records.delete_one(filt)
             return result.deleted_count == 1
 
     async def remember_url(self, digest: str, url: str | None) -> Document | None:

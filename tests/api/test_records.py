@@ -144,7 +144,7 @@ async def test_a_deletion_the_database_does_not_confirm_is_logged_and_explained(
     record = fake_record(8, ["cat"], 300)
     await client.resources.records.insert(record)
 
-    async def unconfirmed(record_id: str) -> bool:
+    async def unconfirmed(record_id: str, *, unchanged_from: dict[str, Any] | None) -> bool:
         raise DatabaseUnavailable("the database did not answer in time", retry_after=2)
 
     monkeypatch.setattr(client.resources.records, "delete", unconfirmed)
