@@ -9,6 +9,7 @@ from litestar import Request, delete, get
 from litestar.di import Provide
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 
+from service import deletion
 from service.api.conditional import CONDITIONAL, IF_MATCH_TEXT, if_match_tags, matches_served
 from service.api.deps import ResourcesDep, provide_resources
 from service.api.problems import problem_responses
@@ -221,7 +222,13 @@ async def delete_record(
         # Its lines, if several, make one list (RFC 9110 section 5.3).
         tags = if_match_tags(", ".join(request.headers.getall("if-match")))
         precondition = matches_served(tags, request.route_handler.default_serializer)
-    await resources.pipeline.delete(record_id, key=principal.name, precondition=precondition)
+    await deletion.delete_record(
+        resources.records,
+        resources.metrics,
+        record_id,
+        key=principal.name,
+        precondition=precondition,
+    )
 
 
 @get(
