@@ -17,6 +17,11 @@ PROMTOOL_BIN ?= $(abspath $(TOOLS)/promtool)
 PROMETHEUS_BIN ?= $(abspath $(TOOLS)/prometheus)
 export PROMTOOL_BIN PROMETHEUS_BIN
 MONITORING_TOOLS := $(if $(filter $(abspath $(TOOLS))/%,$(PROMTOOL_BIN) $(PROMETHEUS_BIN)),$(TOOLS)/.installed)
+# Chromium for the browser test of the docs page: the one given, else the distribution's
+# (installed when missing).
+CHROMIUM_BIN ?= $(or $(shell command -v chromium 2>/dev/null),/usr/bin/chromium)
+export CHROMIUM_BIN
+BROWSER := $(if $(wildcard $(CHROMIUM_BIN)),,browser)
 SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
 # ONNX Runtime build: cpu, or gpu (onnxruntime-gpu with CUDA 13 and cuDNN 9 as pip wheels;
@@ -29,7 +34,7 @@ INSTALLED := $(VENV)/.installed-$(RUNTIME)
 # Both builds install the same `onnxruntime` module: switching removes the other first.
 OTHER_ORT := $(if $(filter gpu,$(RUNTIME)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: run test lint typecheck pytest bench openapi install clean
+.PHONY: run test lint typecheck pytest bench openapi install browser clean
 
 # The stamps go first: an install cut short (after the uninstall, say) leaves none, so the
 # next make installs again instead of trusting a half-changed environment.
@@ -66,6 +71,13 @@ $(TOOLS)/.installed:
 	rm -rf $(TOOLS)/deb
 	touch $@
 
+# A browser installs system-wide (its libraries too), unlike the monitoring tools above.
+browser:
+	@echo "installing the distribution's chromium package for the docs page's browser test"
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	  || { $(SUDO) apt-get update -qq && \
+	       $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 install: $(INSTALLED) $(DBVENV)/.installed
 
 run: install
@@ -79,7 +91,7 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy
 
-pytest: install $(MONITORING_TOOLS)
+pytest: install $(MONITORING_TOOLS) $(BROWSER)
 	$(PY) -m pytest
 
 test: lint typecheck pytest

@@ -12,7 +12,6 @@ from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OpenAPI, Schema, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import (
@@ -31,6 +30,7 @@ from service.api.conditional import (
     conditional_paths,
     document_conditional_get,
 )
+from service.api.docs import DOCS_PATH, docs_asset, swagger_plugin
 from service.api.head import head_as_get
 from service.api.headers import document_response_headers, response_headers_middleware
 from service.api.problems import EXCEPTION_HANDLERS, log_unwritten
@@ -69,12 +69,12 @@ def openapi_config() -> OpenAPIConfig:
             " label-quality estimate, stored for querying with MongoDB filters."
         ),
         openapi_router=Router(
-            path="/docs",
-            route_handlers=[],
+            path=DOCS_PATH,
+            route_handlers=[docs_asset],
             after_request=_docs_not_found,
             include_in_schema=False,
         ),
-        render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
+        render_plugins=[swagger_plugin()],
         components=Components(
             security_schemes={
                 "ApiKey": SecurityScheme(

@@ -1,8 +1,9 @@
 """Headers on every HTTP response of a route: security headers, and the rate-limit fields.
 
 API responses are data, never documents: no sniffing, no framing, no referrer, nothing
-cached by shared caches. The interactive docs pages load their scripts from a CDN, so the
-strict content-security policy applies to everything else.
+cached by shared caches. The interactive docs page is a document: it may run its own scripts
+and styles (from this origin, and the inline ones that start Swagger UI) and call this origin
+("Try it out"), and nothing else.
 
 A request metered against limits (a key's rate and daily quota, or the per-client rate of
 open labeling) is told where it stands in ``RateLimit-Policy`` and ``RateLimit``, its 429 too,
@@ -38,12 +39,19 @@ API_ONLY = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-store",
 }
+DOCS_ONLY = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self'"
+        " 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none';"
+        " form-action 'none'; frame-ancestors 'none'"
+    ),
+}
 DOCS_PREFIX = "/docs"
 
 
 def security_headers(path: str) -> dict[str, str]:
     """The headers for a response to ``path``."""
-    return COMMON if path.startswith(DOCS_PREFIX) else COMMON | API_ONLY
+    return COMMON | (DOCS_ONLY if path.startswith(DOCS_PREFIX) else API_ONLY)
 
 
 def response_headers_middleware(app: ASGIApp) -> ASGIApp:
