@@ -28,6 +28,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from bench.harness import database, service
 from bench.query_corpus import Document, Facts, create_key, seed
+from bench.query_gzip import gzip_cost
 from service.query.hints import add_index_hints
 from service.query.keywords import search_terms
 from service.query.paging import BY_ID, NEWEST, SortOrder, decode_cursor
@@ -315,7 +316,9 @@ async def measure(
     client: AsyncMongoClient[Document] = AsyncMongoClient(uri)
     coll = client[db_name]["records"]
     lines: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=60) as http:
+    # Not gzipped: the ratio compares the query work; query_gzip prices gzip apart.
+    headers = {"X-API-Key": key, "Accept-Encoding": "identity"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
         first = await http.get(
             "/v1/records", params={"q": json.dumps({"classes": facts.rare(facts.classes, 0.05)})}
         )
@@ -356,6 +359,7 @@ async def measure(
             lines.append(line)
         for share in (0.05, 0.025, 0.01):
             lines.append(await cortex_check(http, coll, facts, share))
+        lines.append(await gzip_cost(http, facts.rare(facts.classes, 0.05), seconds, rounds))
     await client.close()
     return lines
 

@@ -25,6 +25,7 @@ from litestar.types import (
 
 from service import __version__
 from service.api import health, image_upload, labels, records, search
+from service.api.compression import compress_responses
 from service.api.conditional import (
     conditional_get,
     conditional_paths,
@@ -185,7 +186,7 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
         route_handlers=ROUTES,
         lifespan=[hook],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[response_headers_middleware, conditional_get],
+        middleware=[response_headers_middleware, compress_responses, conditional_get],
         openapi_config=openapi_config(),
         # Problems are counted, and their warnings written, where they are made.
         state=State({"metrics": metrics, "repeated_lines": RepeatedLines(log_unwritten)}),

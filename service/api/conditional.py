@@ -38,6 +38,7 @@ from litestar.routes import BaseRoute, HTTPRoute
 from litestar.serialization import encode_json
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
+from service.api.compression import without_coding
 from service.errors import BadRequest
 
 # A route handler's ``opt`` that turns conditional GET on for it.
@@ -70,17 +71,19 @@ def entity_tag(body: bytes) -> str:
 
 def none_match(header: str, tag: str) -> bool:
     """Whether an ``If-None-Match`` value names ``tag`` (or is ``*``), compared weakly, as
-    RFC 9110 asks for GET and HEAD. A value that holds no entity tag names none."""
+    RFC 9110 asks for GET and HEAD, in either coding (``service.api.compression``). A value
+    that holds no entity tag names none."""
     if header.strip() == "*":
         return True
     opaque = tag.removeprefix("W/")
-    return any(f'"{held}"' == opaque for held in _ENTITY_TAG.findall(header))
+    return any(f'"{without_coding(held)}"' == opaque for held in _ENTITY_TAG.findall(header))
 
 
 def if_match_tags(header: str) -> list[str] | Literal["*"]:
-    """The strong entity tags an ``If-Match`` value names, or ``*``. Weak tags are left
-    out: If-Match compares strongly (RFC 9110 section 13.1.1). A value that is neither ``*``
-    nor a list of entity tags is refused."""
+    """The strong entity tags an ``If-Match`` value names, or ``*``, as the identity
+    coding's tags (``service.api.compression``). Weak tags are left out: If-Match compares
+    strongly (RFC 9110 section 13.1.1). A value that is neither ``*`` nor a list of entity
+    tags is refused."""
     if header.strip() == "*":
         return "*"
     if not _ENTITY_TAG.search(header) or _ENTITY_TAG.sub("", header).strip(", \t"):
@@ -89,7 +92,9 @@ def if_match_tags(header: str) -> list[str] | Literal["*"]:
             " GET /v1/records/{id}"
         )
     return [
-        f'"{m.group(1)}"' for m in _ENTITY_TAG.finditer(header) if not m.group(0).startswith("W/")
+        f'"{without_coding(m.group(1))}"'
+        for m in _ENTITY_TAG.finditer(header)
+        if not m.group(0).startswith("W/")
     ]
 
 

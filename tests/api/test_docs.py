@@ -36,6 +36,8 @@ async def test_each_asset_is_served_for_good(client: AppClient, name: str) -> No
     cache = {part.strip() for part in response.headers["cache-control"].split(",")}
     assert {"public", "immutable", "max-age=31536000"} == cache
     assert response.headers["x-content-type-options"] == "nosniff"
+    if name.endswith((".js", ".css")):  # streamed from the file, gzipped on the way
+        assert response.headers["content-encoding"] == "gzip"
 
 
 @pytest.mark.parametrize(
