@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from functools import cache
 from pathlib import Path
 
 from litestar import get
@@ -33,6 +34,7 @@ ASSETS = {
 IMMUTABLE = CacheControlHeader(public=True, max_age=365 * 24 * 3600, immutable=True)
 
 
+@cache
 def assets_directory() -> Path:
     """Where the installed package keeps Swagger UI's files (found without importing it: the
     package's own code, for other frameworks, is not used)."""
@@ -42,6 +44,7 @@ def assets_directory() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
+@cache
 def assets_release() -> str:
     return importlib.metadata.version(SWAGGER_PACKAGE)
 
