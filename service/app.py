@@ -186,7 +186,11 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
         route_handlers=ROUTES,
         lifespan=[hook],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[response_headers_middleware, compress_responses, conditional_get],
+        middleware=[
+            response_headers_middleware,
+            *([compress_responses] if settings.gzip else []),
+            conditional_get,
+        ],
         openapi_config=openapi_config(),
         # Problems are counted, and their warnings written, where they are made.
         state=State({"metrics": metrics, "repeated_lines": RepeatedLines(log_unwritten)}),

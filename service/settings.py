@@ -178,6 +178,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # addresses or networks, or "*" alone for any); empty: none, the peer is the client.
     forwarded_allow_ips: str = ""
     page_size: int = 25
+    # Large answers gzipped for the clients that accept them; off behind a proxy that does it.
+    gzip: bool = True
 
     @property
     def engine_cache(self) -> Path | None:

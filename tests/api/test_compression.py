@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -10,8 +11,9 @@ import pytest
 
 from service.api.compression import MIN_BYTES, accepts_gzip, compressible
 from service.api.conditional import if_match_tags, none_match
+from service.settings import Settings
 from tests.api.test_records import fake_record
-from tests.conftest import AppClient
+from tests.conftest import AppClient, running
 
 GZIP = {"Accept-Encoding": "gzip"}
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -136,3 +138,15 @@ async def test_a_problem_is_not_gzipped_when_small(client: AppClient) -> None:
     assert response.status_code == 401 and "content-encoding" not in response.headers
     body_json: dict[str, Any] = httpx.Response(200, content=body).json()
     assert body_json["status"] == 401
+
+
+async def test_gzip_can_be_turned_off(
+    make_settings: Callable[..., Settings], auth: dict[str, str]
+) -> None:
+    """Behind a reverse proxy that compresses, or where page sizes must tell nothing."""
+    async with running(make_settings(gzip=False)) as client:
+        await seed_page(client)
+        response, body = await raw_get(client, "/v1/records", auth | GZIP, PAGE)
+        assert response.status_code == 200 and len(body) >= MIN_BYTES
+        assert "content-encoding" not in response.headers
+        assert not response.headers["etag"].endswith('-gzip"')
