@@ -7,8 +7,8 @@ through pymongo with the filters the service sends, in the same run, and prints 
 per kind:
 ``{"name": "query", "kind", "ratio": endpoint_qps / pymongo_qps, ...}``.
 
-A last line times the Cortex nested ``$elemMatch`` query for a class found in at most 5% of
-the records (first page and length) and checks its results against the unrewritten query.
+Last lines time the Cortex nested ``$elemMatch`` query for classes found in at most 5%, 2.5%
+and 1% of the records (``bench.query_cortex``), and price gzip (``bench.query_gzip``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from bench.harness import database, service
 from bench.query_corpus import Document, Facts, create_key, seed
+from bench.query_cortex import cortex_check, nested
 from bench.query_gzip import gzip_cost
 from service.query.hints import add_index_hints
 from service.query.keywords import search_terms
@@ -152,10 +152,6 @@ async def raw_similar(
     found = await coll.find({"_id": {"$in": ids}}).sort("_id", 1).to_list()
     by_id = {d["_id"]: d for d in found}
     return [by_id[i] for i in ids], len(near)
-
-
-def nested(classname: str) -> dict[str, Any]:
-    return {"object_analysis": {"$elemMatch": {"$elemMatch": {"classname": classname}}}}
 
 
 def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
@@ -362,50 +358,6 @@ async def measure(
         lines.append(await gzip_cost(http, facts.rare(facts.classes, 0.05), seconds, rounds))
     await client.close()
     return lines
-
-
-async def cortex_check(
-    http: httpx.AsyncClient, coll: AsyncCollection[Document], facts: Facts, share: float
-) -> dict[str, Any]:
-    """The Cortex query for the commonest class in at most ``share`` of the records: the
-    latency of its first page and length, and its results against the unrewritten query."""
-    classname = facts.rare(facts.classes, share)
-    query = json.dumps(nested(classname))
-    latencies = []
-    for _ in range(7):
-        started = time.perf_counter()
-        response = await http.get("/get-labeled-data", params={"q": query, "page": 1})
-        latencies.append(time.perf_counter() - started)
-        response.raise_for_status()
-    first_page = response.json()
-    served: list[str] = []
-    page = 1
-    while True:
-        body = (
-            await http.get("/get-labeled-data", params={"q": query, "page": page, "per_page": 100})
-        ).json()
-        served += [r["_id"] for r in body["output"]]
-        if body["next_cursor"] is None:
-            break
-        page += 1
-    started = time.perf_counter()
-    unrewritten = [d["_id"] async for d in coll.find(nested(classname), {"_id": 1}).sort("_id", 1)]
-    unrewritten_s = time.perf_counter() - started
-    line = {
-        "name": "cortex_elemmatch_latency",
-        "class": classname,
-        "share": round(facts.classes[classname] / facts.count, 4),
-        "first_page_and_length_ms_median": round(statistics.median(latencies) * 1000, 1),
-        "first_page_and_length_ms_min": round(min(latencies) * 1000, 1),
-        "target_ms": 300,
-        "length": first_page["length"],
-        "identical_to_unrewritten": served == unrewritten
-        and first_page["length"] == len(unrewritten),
-        "unrewritten_query_s": round(unrewritten_s, 2),
-        "records": facts.count,
-    }
-    print(json.dumps(line), flush=True)
-    return line
 
 
 def main(argv: list[str] | None = None) -> int:
