@@ -10,7 +10,9 @@ SHARED := $(abspath ../shared)
 LABELSVC_MODEL_DIR ?= $(if $(wildcard $(SHARED)/models),$(SHARED)/models,$(abspath var/models))
 LABELSVC_EVALSET_DIR ?= $(SHARED)/evalset
 export LABELSVC_MODEL_DIR LABELSVC_EVALSET_DIR
-export LABELSVC_DB_SERVER := $(abspath $(DBVENV)/bin/secantusd-py)
+# --standalone: a standalone server, as production's MongoDB (deploy/compose.yaml), not the
+# single-node replica set SecantusDB presents by default.
+export LABELSVC_DB_SERVER := $(abspath $(DBVENV)/bin/secantusd-py) --standalone
 # promtool and prometheus for the monitoring tests: the ones given, else unpacked into .tools.
 TOOLS := .tools
 PROMTOOL_BIN ?= $(abspath $(TOOLS)/promtool)

@@ -113,7 +113,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     mongodb_uri: str | None = None
     mongodb_db: str = "labelsvc"
     data_dir: Path = Path("var")
-    db_server: str = "secantusd-py"
+    db_server: str = "secantusd-py --standalone"
     db_timeout_ms: int = 3000
     db_operation_timeout_ms: int = 10_000
     query_max_time_ms: int = 5000

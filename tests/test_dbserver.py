@@ -13,7 +13,7 @@ import pytest
 from pymongo import MongoClient
 
 from service import dbserver
-from service.dbserver import DatabaseServerError, LocalDatabaseServer, free_port
+from service.dbserver import DatabaseServerError, LocalDatabaseServer, command_words, free_port
 from tests.support.process import db_server_command
 
 
@@ -118,7 +118,7 @@ def test_a_server_an_earlier_run_left_on_the_storage_is_stopped_at_start(tmp_pat
     storage = tmp_path / "db"
     storage.mkdir()
     port = free_port()
-    command = [db_server_command(), "--host", "127.0.0.1", "--port", str(port)]
+    command = [*command_words(db_server_command()), "--host", "127.0.0.1", "--port", str(port)]
     with subprocess.Popen([*command, "--storage-path", str(storage)]) as left:
         (tmp_path / "db.pid").write_text(str(left.pid))
         # Reaped as soon as it exits, as the orphan it would be is reaped by init.
@@ -127,3 +127,15 @@ def test_a_server_an_earlier_run_left_on_the_storage_is_stopped_at_start(tmp_pat
         with LocalDatabaseServer(db_server_command(), storage):
             reaper.join(timeout=30)
             assert left.returncode is not None
+
+
+def test_the_test_server_is_a_standalone_as_production_runs(
+    db_server: LocalDatabaseServer,
+) -> None:
+    """deploy/compose.yaml runs MongoDB as a standalone. A replica set would make the driver
+    number every write for retries, and the server record each number: other work, and
+    other figures, than production's."""
+    with MongoClient(db_server.uri, serverSelectionTimeoutMS=5000) as client:
+        hello = client.admin.command("hello")
+        assert "setName" not in hello
+        assert client.topology_description.topology_type_name == "Single"

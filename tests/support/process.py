@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def db_server_command() -> str:
-    return os.environ.get("LABELSVC_DB_SERVER", str(ROOT / ".venv-db" / "bin" / "secantusd-py"))
+    default = f"{ROOT / '.venv-db' / 'bin' / 'secantusd-py'} --standalone"
+    return os.environ.get("LABELSVC_DB_SERVER", default)
 
 
 def service_env(port: int, **settings: str) -> dict[str, str]:
