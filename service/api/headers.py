@@ -41,7 +41,7 @@ API_ONLY = {
 }
 DOCS_ONLY = {
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self'"
+        "default-src 'none'; script-src 'self'; style-src 'self'"
         " 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none';"
         " form-action 'none'; frame-ancestors 'none'"
     ),

@@ -35,9 +35,9 @@ async def test_security_headers_on_api_and_error_responses(client: AppClient) ->
         assert response.headers["cache-control"] == "no-store"
     docs = await client.get("/docs/swagger")
     assert docs.headers["x-content-type-options"] == "nosniff"
-    # A document, so it runs scripts: its own, from this origin only.
+    # A document, so it runs scripts: from this origin only, none written into the page.
     policy = docs.headers["content-security-policy"]
-    assert policy.startswith("default-src 'none'; script-src 'self' 'unsafe-inline';")
+    assert policy.startswith("default-src 'none'; script-src 'self';")
     assert "http" not in policy and "*" not in policy
 
 
