@@ -6,7 +6,7 @@ browser with a key in it runs no script from a third party. Each asset's URL hol
 package's version (the service's own script: a digest of its bytes), so browsers may keep it
 for good and an upgrade gets new URLs. The page itself holds no script: Swagger UI is started
 by that script of the service's own, so the page's content-security policy allows scripts from
-this origin only, none inline.
+this origin only, none inline (and styles likewise: the page's own is a file too).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ ASSETS = {
     "favicon-32x32.png": "image/png",
 }
 # The service's own files, beside this module.
-OWN_ASSETS = {"swagger-init.js": "text/javascript"}
+OWN_ASSETS = {"swagger-init.js": "text/javascript", "docs.css": "text/css"}
 OWN_DIRECTORY = Path(__file__).parent / "static"
 IMMUTABLE = CacheControlHeader(public=True, max_age=365 * 24 * 3600, immutable=True)
 
@@ -73,8 +73,9 @@ def asset_url(name: str) -> str:
 
 
 class SwaggerPage(SwaggerRenderPlugin):
-    """Litestar's Swagger UI page, with the script that starts the UI in a file of its own
-    (``OWN_ASSETS``): the document is fetched from the service, not written into the page."""
+    """Litestar's Swagger UI page, with the script that starts the UI and the page's style in
+    files of their own (``OWN_ASSETS``): the document is fetched from the service, not written
+    into the page."""
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         title = html.escape(str(openapi_schema["info"]["title"]))
@@ -87,7 +88,7 @@ class SwaggerPage(SwaggerRenderPlugin):
     <meta charset="utf-8"/>
     <meta name="viewport" content="width=device-width, initial-scale=1">
     <link href="{self.css_url}" rel="stylesheet">
-    {self.style}
+    <link href="{asset_url("docs.css")}" rel="stylesheet">
   </head>
   <body>
     <div id="swagger-container"></div>

@@ -41,9 +41,8 @@ API_ONLY = {
 }
 DOCS_ONLY = {
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'"
-        " 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none';"
-        " form-action 'none'; frame-ancestors 'none'"
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
 }
 DOCS_PREFIX = "/docs"

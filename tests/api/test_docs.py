@@ -36,7 +36,8 @@ async def test_the_docs_page_loads_nothing_from_elsewhere(client: AppClient) -> 
     assert page.status_code == 200
     loaded = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
     assert sorted(loaded) == sorted(asset_url(name) for name in ALL_ASSETS)
-    # No script written into the page: its policy allows none (test_hardening).
+    # No script or style written into the page: its policy allows none (test_hardening).
+    assert "<style" not in page.text and "style=" not in page.text
     scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", page.text, flags=re.DOTALL)
     assert len(scripts) == 3
     assert all("src=" in attributes and not body.strip() for attributes, body in scripts)

@@ -37,7 +37,8 @@ async def test_security_headers_on_api_and_error_responses(client: AppClient) ->
     assert docs.headers["x-content-type-options"] == "nosniff"
     # A document, so it runs scripts: from this origin only, none written into the page.
     policy = docs.headers["content-security-policy"]
-    assert policy.startswith("default-src 'none'; script-src 'self';")
+    assert policy.startswith("default-src 'none'; script-src 'self'; style-src 'self';")
+    assert "unsafe" not in policy
     assert "http" not in policy and "*" not in policy
 
 
