@@ -3,10 +3,10 @@
 Swagger UI's script and style come from the ``swagger-ui-py`` package, not a CDN: the page
 works where the service has no internet (a private network, an air-gapped GPU host), and a
 browser with a key in it runs no script from a third party. Each asset's URL holds the
-package's version (the service's own script: a digest of its bytes), so browsers may keep it
-for good and an upgrade gets new URLs. The page itself holds no script: Swagger UI is started
-by that script of the service's own, so the page's content-security policy allows scripts from
-this origin only, none inline (and styles likewise: the page's own is a file too).
+package's version (for the service's own two files, a digest of their bytes), so browsers may
+keep it for good and an upgrade gets new URLs. The page itself holds no script and no style:
+Swagger UI is started by a script of the service's own, and the page's one rule is a file too,
+so the page's content-security policy allows both from this origin only, none inline.
 """
 
 from __future__ import annotations
