@@ -14,6 +14,7 @@ import PIL.Image
 
 from service.infer.graph_edits import PixelInput
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
+from service.infer.quantize import ranges_digest
 from service.infer.runtime import ProviderChoice, SquareInputDetector, load_onnx_session
 from service.infer.yolox import Detection, clipped_detections, nms_per_class
 
@@ -141,6 +142,8 @@ class NanoDetDetector(SquareInputDetector):
 
     manifest_name = MODEL_NAME
     default_nms_iou = 0.6
+    # The activation ranges its convolutions were quantized from (their digest), if they were.
+    int8_ranges: str | None = None
 
     def detect(self, image: PIL.Image.Image, min_confidence: float) -> list[Detection]:
         """Detections on an RGB image, best first, at most ``max_detections``."""
@@ -159,8 +162,10 @@ def load_nanodet(
     nms_iou: float = 0.6,
     max_detections: int = 100,
     engine_cache: Path | None = None,
+    int8: bool = False,
 ) -> NanoDetDetector:
-    """The shipped NanoDet-g detector from ``model_dir``, checksums verified."""
+    """The shipped NanoDet-g detector from ``model_dir``, checksums verified; ``int8``: its
+    convolutions quantized at load (``service.infer.quantize``), for the CPU."""
     model_path, names_path = (resolve(model_dir, name) for name in FILES)
     names = read_lines(names_path)
     session = load_onnx_session(
@@ -169,11 +174,14 @@ def load_nanodet(
         intra_op_threads=intra_op_threads,
         pixels=PIXELS,
         engine_cache=engine_cache,
+        int8=int8,
     )
-    return NanoDetDetector(
+    detector = NanoDetDetector(
         session,
         names,
         nms_iou=nms_iou,
         max_detections=max_detections,
         model_sha256=sha256_file(model_path),
     )
+    detector.int8_ranges = ranges_digest() if int8 else None
+    return detector

@@ -19,6 +19,7 @@ from service.infer.graph_edits import (
     set_uint8_pixels,
 )
 from service.infer.manifest import ModelError, sha256_file, spec
+from service.infer.quantize import quantized
 
 ProviderChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
 
@@ -197,6 +198,7 @@ def load_onnx_session(
     dynamic_batch: bool = False,
     engine_cache: Path | None = None,
     tf32: bool = True,
+    int8: bool = False,
 ) -> OrtModelSession:
     """Open ``path`` on the chosen provider; ``intra_op_threads`` 0 lets ONNX Runtime decide.
 
@@ -206,9 +208,15 @@ def load_onnx_session(
     (``set_uint8_pixels``). ``dynamic_batch``: accept several images per run
     (``set_dynamic_batch``; only for models it is known to work on). ``engine_cache``: where
     TensorRT keeps the engines it builds (in a directory per model and input size, created if
-    missing), when it runs. ``tf32``: see ``session_providers``.
+    missing), when it runs. ``tf32``: see ``session_providers``. ``int8``: quantize the
+    convolutions first, from the shipped activation ranges (``service.infer.quantize``: NanoDet's).
     """
     providers = choose_providers(provider, ort.get_available_providers())
+    if int8 and providers[0] != CPU:
+        raise ModelError(
+            f"{path.name}: int8 is for the CPU execution provider, not {providers[0]};"
+            " turn LABELSVC_SECOND_OPINION_INT8 off on a GPU"
+        )
     if providers[0] != CPU:
         load_gpu_libraries()
     if TENSORRT in providers and engine_cache is not None:
@@ -228,8 +236,8 @@ def load_onnx_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     model: str | bytes = str(path)
-    if input_size is not None or pixels is not None or dynamic_batch:
-        proto = read_model(path)
+    if input_size is not None or pixels is not None or dynamic_batch or int8:
+        proto = quantized(path) if int8 else read_model(path)
         if input_size is not None:
             set_input_size(proto, input_size, path.name)
         if pixels is not None:

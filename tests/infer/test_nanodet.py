@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,9 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 
+from models import calibrate_nanodet
+from service.infer import runtime
+from service.infer.graph_edits import read_model
 from service.infer.manifest import ModelError
 from service.infer.nanodet import (
     NUM_BINS,
@@ -20,7 +25,10 @@ from service.infer.nanodet import (
     preprocess,
     split_outputs,
 )
+from service.infer.quantize import RANGES_FILE, quantized, ranges_digest, shipped_ranges
 from service.infer.yolox import Detection, YoloxDetector, load_yolox
+from service.score import quality
+from service.score.geometry import iou_matrix, xyxy
 
 SIZE = 416
 NUM_CLASSES = 80
@@ -224,3 +232,77 @@ def test_real_model_agrees_with_yolox(
         union = np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter
         best_iou = max(best_iou, float(inter / union))
     assert best_iou > 0.7
+
+
+@pytest.fixture(scope="module")
+def nanodet_int8(model_dir: Path) -> NanoDetDetector:
+    return load_nanodet(model_dir, provider="cpu", intra_op_threads=1, int8=True)
+
+
+@pytest.mark.parametrize("photo", ["000000555705.jpg", "000000244592.jpg", "000000286994.jpg"])
+def test_int8_finds_what_fp32_finds(
+    nanodet: NanoDetDetector, nanodet_int8: NanoDetDetector, evalset_dir: Path, photo: str
+) -> None:
+    """Each box fp32 is fairly sure of (conf >= 0.4) is found in int8 too: of its class, at a
+    place the estimate counts as the same (IoU >= 0.5, ``quality.MATCH_IOU``), with nearly
+    the same confidence. Over all 128 evaluation photos, 444 of fp32's 445
+    such boxes have an int8 box of their class at conf >= 0.25, median confidence difference
+    0.016; the label-quality estimate's fit-half AUROC is the same (``service.infer.quantize``)."""
+    image = _photo(evalset_dir, photo)
+    fp32 = nanodet.detect(image, 0.4)
+    int8 = nanodet_int8.detect(image, 0.25)
+    assert fp32
+    for box in fp32:
+        same_class = [d for d in int8 if d.classname == box.classname]
+        ious = iou_matrix(xyxy([box]), xyxy(same_class))[0] if same_class else np.zeros(1)
+        best = int(np.argmax(ious))
+        assert ious[best] >= quality.MATCH_IOU, box
+        assert abs(same_class[best].conf - box.conf) < 0.1, box
+
+
+def test_int8_is_quantized_from_the_shipped_ranges_the_same_every_time(model_dir: Path) -> None:
+    path = model_dir / "nanodet_g_416.onnx"
+    first, second = quantized(path), quantized(path)
+    assert first.SerializeToString() == second.SerializeToString()
+    ops = Counter(node.op_type for node in first.graph.node)
+    convs = Counter(node.op_type for node in read_model(path).graph.node)["Conv"]
+    assert ops["Conv"] == convs  # run on dequantized int8 weights and activations
+    assert ops["DequantizeLinear"] >= 2 * convs and ops["QuantizeLinear"] >= convs
+    # No other operator is quantized: they broke the score heads.
+    assert not {op for op in ops if op.startswith("QLinear") or op.endswith("Integer")}
+
+
+def test_int8_is_named_in_the_lineage(
+    nanodet: NanoDetDetector, nanodet_int8: NanoDetDetector
+) -> None:
+    assert nanodet.int8_ranges is None
+    assert nanodet_int8.int8_ranges == ranges_digest()
+    assert nanodet_int8.sha256 == nanodet.sha256  # the verified fp32 file it came from
+
+
+def test_the_shipped_ranges_are_what_the_script_measures(
+    model_dir: Path, evalset_dir: Path, tmp_path: Path
+) -> None:
+    """``python -m models.calibrate_nanodet`` measures the committed ranges again (to float
+    rounding: another CPU may take other kernels)."""
+    out = tmp_path / RANGES_FILE
+    arguments = ["--model-dir", str(model_dir), "--evalset", str(evalset_dir), "--out", str(out)]
+    assert calibrate_nanodet.main(arguments) == 0
+    with shipped_ranges() as shipped:
+        expected = json.loads(shipped.read_text())["data"]
+    measured = json.loads(out.read_text())["data"]
+    assert measured.keys() == expected.keys()
+    for tensor, bounds in expected.items():
+        for side in ("lowest", "highest"):
+            value = measured[tensor][side]["data"][0]
+            assert value == pytest.approx(bounds[side]["data"][0], rel=1e-4, abs=1e-6), tensor
+
+
+def test_int8_is_refused_on_a_gpu_provider(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU runs the fp32 model faster; QDQ there would only add work. Said at start."""
+    available = [runtime.CUDA, runtime.CPU]
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: available)
+    with pytest.raises(ModelError, match="int8 is for the CPU execution provider"):
+        load_nanodet(model_dir, provider="auto", int8=True)
