@@ -202,6 +202,8 @@ class ImageAnalyzer:
         ]
         if models.second is not None:
             params: Params = {"min_confidence": quality.SECOND_MIN_CONF}
+            if models.second.int8_ranges is not None:
+                params["int8_ranges"] = models.second.int8_ranges
             entries.append(_model_entry("second_opinion", models.second, processed_at, params))
         scaled = models.scaled_second
         if scaled is not None:

@@ -96,7 +96,11 @@ def _load_models(settings: Settings) -> Models:
     detector = yolox_at(settings.detector_input_size, max_batch=settings.detect_batch_size)
     second = second_scale = tagger = None
     if _wants_second_opinion(settings):
-        second = _timed(lambda: load_nanodet(settings.model_dir, **image_models))
+        second = _timed(
+            lambda: load_nanodet(
+                settings.model_dir, int8=settings.second_opinion_int8, **image_models
+            )
+        )
     if second is not None and settings.second_scale:
         second_scale = yolox_at(quality.SECOND_SCALE_SIZE)
     if _wants_tagger(settings):

@@ -149,6 +149,26 @@ async def test_second_scale_joins_the_second_opinion_with_its_own_coefficients(
     assert lineage["label_quality"].model == result.quality.model
 
 
+def test_int8_second_opinion_is_a_setting_named_in_the_lineage(model_dir: Path) -> None:
+    """Records labeled with int8 NanoDet say so, so ``relabel=stale`` tells them apart from
+    fp32 ones; records labeled without it keep the lineage they had."""
+    plain = load_models(Settings(model_dir=model_dir, execution_provider="cpu"))
+    int8 = load_models(
+        Settings(model_dir=model_dir, execution_provider="cpu", second_opinion_int8=True)
+    )
+
+    def second_opinion(models: Models) -> dict[str, Any]:
+        analyzer = ImageAnalyzer(models, min_confidence=0.25, max_pixels=10**8)
+        lineage = {a.name: a for a in analyzer.current_lineage()}
+        return dict(lineage["second_opinion"].params)
+
+    assert plain.second is not None and plain.second.int8_ranges is None
+    assert "int8_ranges" not in second_opinion(plain)
+    assert int8.second is not None and int8.second.int8_ranges is not None
+    assert second_opinion(int8)["int8_ranges"] == int8.second.int8_ranges
+    assert int8.second.sha256 == plain.second.sha256
+
+
 def test_second_scale_is_off_by_default_and_needs_the_second_opinion(model_dir: Path) -> None:
     assert load_models(Settings(model_dir=model_dir, execution_provider="cpu")).second_scale is None
     on = load_models(Settings(model_dir=model_dir, execution_provider="cpu", second_scale=True))
