@@ -198,15 +198,24 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="LABELSVC_PROCESSES for the service (the bare pipeline stays one process)",
     )
+    parser.add_argument(
+        "--second-opinion-int8",
+        action="store_true",
+        help="LABELSVC_SECOND_OPINION_INT8 for the service and the bare pipeline alike",
+    )
     args = parser.parse_args(argv)
     files = photos()
     settings = Settings(
-        model_dir=model_dir(), detect_batch_size=args.detect_batch_size, workers=args.workers
+        model_dir=model_dir(),
+        detect_batch_size=args.detect_batch_size,
+        workers=args.workers,
+        second_opinion_int8=args.second_opinion_int8,
     )
     serving = {
         "detect_batch_size": str(args.detect_batch_size),
         "workers": str(args.workers),
         "processes": str(args.processes),
+        "second_opinion_int8": "1" if args.second_opinion_int8 else "0",
     }
     bare_runs = {c: bare_images_per_second(files, settings, c) for c in CONCURRENCY}
     detect_rate, detect_provider = detection_alone_images_per_second(files, settings, 16)
@@ -319,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 "workers": settings.workers,
                 "processes": args.processes,
                 "detect_batch_size": settings.detect_batch_size,
+                "second_opinion_int8": settings.second_opinion_int8,
                 "provider": provider,
             }
         )

@@ -275,10 +275,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all)")
     parser.add_argument("--fit", action="store_true", help="print refitted coefficients")
     parser.add_argument("--repeats", type=int, default=25, help="random 50/50 splits for CV")
+    parser.add_argument(
+        "--second-opinion-int8", action="store_true", help="NanoDet in int8, as the setting"
+    )
     args = parser.parse_args(argv)
 
     provider = cast(ProviderChoice, args.provider)
-    runs, map_yolox, map_nanodet = collect(provider=provider, threads=args.threads)
+    runs, map_yolox, map_nanodet = collect(
+        provider=provider, threads=args.threads, int8=args.second_opinion_int8
+    )
     fit_half, held_half = split(runs)
     if args.fit:
         fitted = {"WITH_SECOND": SHIPPED, "WITH_SECOND_SCALE": SCALED, "WITHOUT_SECOND": "none"}
@@ -352,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio_to_detection": round(total / stage_ms["yolox"]["median"], 2),
         "provider": args.provider,
         "threads": args.threads,
+        "second_opinion_int8": args.second_opinion_int8,
     }
     sys.stdout.write(json.dumps(line) + "\n")
 

@@ -160,13 +160,14 @@ def detect_split(
 
 
 def collect(
-    *, provider: ProviderChoice, threads: int
+    *, provider: ProviderChoice, threads: int, int8: bool = False
 ) -> tuple[list[ImageRun], dict[str, float], dict[str, float]]:
-    """Run every model over the evalset; returns the runs and the mAPs of both detectors."""
+    """Run every model over the evalset; returns the runs and the mAPs of both detectors.
+    ``int8``: NanoDet quantized (``LABELSVC_SECOND_OPINION_INT8``)."""
     root = evalset_dir()
     ids, truth = load_truth(root / "annotations" / "instances.json")
     yolox = load_yolox(model_dir(), provider=provider, intra_op_threads=threads)
-    nanodet = load_nanodet(model_dir(), provider=provider, intra_op_threads=threads)
+    nanodet = load_nanodet(model_dir(), provider=provider, intra_op_threads=threads, int8=int8)
     scaled = load_yolox(
         model_dir(),
         provider=provider,
