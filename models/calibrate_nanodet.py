@@ -19,11 +19,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import PIL.Image
+from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
 from service.infer import nanodet
 from service.infer.manifest import resolve
 from service.infer.quantize import RANGES_FILE, quantize_options
+from service.infer.runtime import EXPORTED_INPUT_SIZE
 
 CALIBRATION_PHOTOS = 32
 
@@ -38,15 +41,13 @@ def fit_half(evalset: Path) -> list[Path]:
 def model_input(photo: Path) -> np.ndarray:
     """The float input of the fp32 file: BGR, stretched to the square, normalised."""
     with PIL.Image.open(photo) as image:
-        pixels = nanodet.preprocess(image.convert("RGB"), 416).astype(np.float32)
+        pixels = nanodet.preprocess(image.convert("RGB"), EXPORTED_INPUT_SIZE).astype(np.float32)
     mean = np.asarray(nanodet.PIXELS.mean, np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(nanodet.PIXELS.std, np.float32).reshape(1, 3, 1, 1)
     return (pixels - mean) / std
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
     parser = argparse.ArgumentParser(prog="python -m models.calibrate_nanodet", description=__doc__)
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--evalset", type=Path, required=True)
@@ -64,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         def get_next(self) -> dict[str, np.ndarray] | None:
             tensor = next(self._inputs, None)
             return None if tensor is None else {self._name: tensor}
-
-    import onnx
 
     name = onnx.load(str(model)).graph.input[0].name
     args.out.unlink(missing_ok=True)  # a cache that exists is read, not measured
