@@ -25,8 +25,8 @@ from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
 from service.infer import nanodet
 from service.infer.manifest import resolve
+from service.infer.manifest_model import EXPORTED_INPUT_SIZE
 from service.infer.quantize import RANGES_FILE, quantize_options
-from service.infer.runtime import EXPORTED_INPUT_SIZE
 
 CALIBRATION_PHOTOS = 32
 

@@ -14,8 +14,9 @@ import PIL.Image
 
 from service.infer.graph_edits import PixelInput
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
+from service.infer.manifest_model import SquareInputDetector
 from service.infer.quantize import ranges_digest
-from service.infer.runtime import ProviderChoice, SquareInputDetector, load_onnx_session
+from service.infer.runtime import ProviderChoice, load_onnx_session
 from service.infer.yolox import Detection, clipped_detections, nms_per_class
 
 MODEL_NAME = "nanodet_g_416"

@@ -12,13 +12,8 @@ import PIL.Image
 
 from service.infer.graph_edits import PixelInput
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
-from service.infer.runtime import (
-    ManifestModel,
-    ModelSession,
-    ProviderChoice,
-    check_square_input,
-    load_onnx_session,
-)
+from service.infer.manifest_model import ManifestModel, check_square_input
+from service.infer.runtime import ModelSession, ProviderChoice, load_onnx_session
 
 MODEL_NAME = "efficientnet_lite0"
 CLASSES_NAME = "imagenet_classes"

@@ -12,13 +12,12 @@ import PIL.Image
 
 from service.infer.graph_edits import RAW_PIXELS
 from service.infer.manifest import ModelError, read_lines, resolve, sha256_file
+from service.infer.manifest_model import EXPORTED_INPUT_SIZE, SquareInputDetector
 from service.infer.runtime import (
-    EXPORTED_INPUT_SIZE,
     ModelSession,
     OrtModelSession,
     PaddedBatchSession,
     ProviderChoice,
-    SquareInputDetector,
     load_onnx_session,
     runs_on_gpu,
 )
