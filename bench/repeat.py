@@ -30,7 +30,7 @@ import uvloop
 from pymongo import AsyncMongoClient
 
 from bench.harness import database, photo_server, photos, service
-from bench.ingest import post_all
+from bench.load import post_all
 from bench.usage import CpuMeter
 
 CONCURRENCY = 16
