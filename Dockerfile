@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python3 -m venv $VIRTUAL_ENV
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY requirements/constraints.txt requirements/constraints.txt
 # The dependencies (2 GB with the CUDA wheels) in a layer of their own, installed with empty
 # packages, so that a change to the code does not download them again.
