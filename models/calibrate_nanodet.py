@@ -26,7 +26,7 @@ from onnxruntime.quantization import CalibrationDataReader, quantize_static
 from service.infer import nanodet
 from service.infer.manifest import resolve
 from service.infer.manifest_model import EXPORTED_INPUT_SIZE
-from service.infer.quantize import RANGES_FILE, quantize_options
+from service.infer.quantize import RANGES_FILE, quantize_options, without_preprocessing_advice
 
 CALIBRATION_PHOTOS = 32
 
@@ -68,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     name = onnx.load(str(model)).graph.input[0].name
     args.out.unlink(missing_ok=True)  # a cache that exists is read, not measured
-    with tempfile.TemporaryDirectory(prefix="labelsvc-calibrate-") as tmp:
+    with (
+        without_preprocessing_advice(),
+        tempfile.TemporaryDirectory(prefix="labelsvc-calibrate-") as tmp,
+    ):
         quantize_static(
             str(model),
             str(Path(tmp) / "int8.onnx"),

@@ -67,15 +67,28 @@ class _NoPreprocessingAdvice(logging.Filter):
         return "pre-process" not in record.getMessage()
 
 
-def quantized(model_path: Path) -> onnx.ModelProto:
-    """``model_path`` (verified fp32 NanoDet) with its convolutions quantized to int8."""
-    from onnxruntime.quantization import quantize_static
-
+@contextmanager
+def without_preprocessing_advice() -> Iterator[None]:
+    """Keep ONNX Runtime's advice to pre-process out of the logs while quantizing."""
     advice = _NoPreprocessingAdvice()
     root = logging.getLogger()
     root.addFilter(advice)
     try:
-        with shipped_ranges() as ranges, tempfile.TemporaryDirectory(prefix="labelsvc-") as tmp:
+        yield
+    finally:
+        root.removeFilter(advice)
+
+
+def quantized(model_path: Path) -> onnx.ModelProto:
+    """``model_path`` (verified fp32 NanoDet) with its convolutions quantized to int8."""
+    from onnxruntime.quantization import quantize_static
+
+    try:
+        with (
+            without_preprocessing_advice(),
+            shipped_ranges() as ranges,
+            tempfile.TemporaryDirectory(prefix="labelsvc-") as tmp,
+        ):
             out = Path(tmp) / "int8.onnx"
             quantize_static(
                 str(model_path),
@@ -89,5 +102,3 @@ def quantized(model_path: Path) -> onnx.ModelProto:
         raise
     except Exception as exc:  # onnxruntime raises its own, undocumented exception types
         raise ModelError(f"cannot quantize {model_path.name} to int8: {exc}") from exc
-    finally:
-        root.removeFilter(advice)
