@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the order of a set).
     ranges = json.loads(args.out.read_text())
     args.out.write_text(json.dumps(ranges, sort_keys=True, indent=1) + "\n")
-    args.out.chmod(0o644)
+    args.out.chmod(0o644)  # ONNX Runtime writes it owner-only; the service's user reads it
     sys.stdout.write(f"wrote {args.out} from {len(photos)} photos\n")
     return 0
 
