@@ -28,6 +28,8 @@ from litestar.types import (
     Send,
 )
 
+from service.api.headers import field_value
+
 MIN_BYTES = 14_000
 LEVEL = 1
 GZIP_SUFFIX = "-gzip"
@@ -79,7 +81,7 @@ def compress_responses(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         request = Headers.from_scope(scope)
-        if not accepts_gzip(", ".join(request.getall("accept-encoding", []))):
+        if not accepts_gzip(field_value(request, "accept-encoding")):
             await app(scope, receive, _varying(send))
             return
         await app(scope, receive, _Gzipping(send, request).send)
@@ -179,5 +181,5 @@ class _Gzipping:
         if tag is None:
             return
         gzipped = with_gzip_suffix(tag)
-        if gzipped in ", ".join(self._request.getall("if-none-match", [])):
+        if gzipped in field_value(self._request, "if-none-match"):
             headers["etag"] = gzipped

@@ -39,6 +39,7 @@ from litestar.serialization import encode_json
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
 from service.api.compression import without_coding
+from service.api.headers import field_value
 from service.errors import BadRequest
 
 # A route handler's ``opt`` that turns conditional GET on for it.
@@ -127,8 +128,7 @@ def conditional_get(app: ASGIApp) -> ASGIApp:
         ):
             await app(scope, receive, send)
             return
-        # Its lines, if several, make one list (RFC 9110 section 5.3).
-        condition = ", ".join(Headers.from_scope(scope).getall("if-none-match", [])) or None
+        condition = field_value(Headers.from_scope(scope), "if-none-match") or None
         held: list[HTTPResponseStartEvent] = []
 
         async def tagging(message: Message) -> None:

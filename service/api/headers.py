@@ -2,8 +2,8 @@
 
 API responses are data, never documents: no sniffing, no framing, no referrer, nothing
 cached by shared caches. The interactive docs page is a document: it may run its own scripts
-and styles (from this origin, and the inline ones that start Swagger UI) and call this origin
-("Try it out"), and nothing else.
+and styles (from this origin only, none inline) and call this origin ("Try it out"), and
+nothing else.
 
 A request metered against limits (a key's rate and daily quota, or the per-client rate of
 open labeling) is told where it stands in ``RateLimit-Policy`` and ``RateLimit``, its 429 too,
@@ -12,7 +12,7 @@ so that clients can pace themselves instead of running into refusals.
 
 from __future__ import annotations
 
-from litestar.datastructures import MutableScopeHeaders
+from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.openapi.spec import (
     Components,
@@ -46,6 +46,12 @@ DOCS_ONLY = {
     ),
 }
 DOCS_PREFIX = "/docs"
+
+
+def field_value(headers: Headers, name: str) -> str:
+    """A request header field's value, its lines (if several) joined into one list as
+    RFC 9110 section 5.3 reads them; "" when it is absent."""
+    return ", ".join(headers.getall(name, []))
 
 
 def security_headers(path: str) -> dict[str, str]:

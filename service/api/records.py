@@ -12,6 +12,7 @@ from litestar.params import FromPath, HeaderParameter, QueryParameter
 from service import deletion
 from service.api.conditional import CONDITIONAL, IF_MATCH_TEXT, if_match_tags, matches_served
 from service.api.deps import ResourcesDep, provide_resources
+from service.api.headers import field_value
 from service.api.problems import problem_responses
 from service.api.schemas import (
     ProjectedRecordPage,
@@ -219,8 +220,7 @@ async def delete_record(
     assert principal is not None  # the guard admitted a key with the delete scope
     precondition = None
     if if_match is not None:
-        # Its lines, if several, make one list (RFC 9110 section 5.3).
-        tags = if_match_tags(", ".join(request.headers.getall("if-match")))
+        tags = if_match_tags(field_value(request.headers, "if-match"))
         precondition = matches_served(tags, request.route_handler.default_serializer)
     await deletion.delete_record(
         resources.records,

@@ -72,7 +72,10 @@ async def seed_page(client: AppClient) -> None:
 
 
 async def raw_get(
-    client: AppClient, path: str, headers: dict[str, str], params: dict[str, str] | None = None
+    client: AppClient,
+    path: str,
+    headers: dict[str, str] | list[tuple[str, str]],
+    params: dict[str, str] | None = None,
 ) -> tuple[httpx.Response, bytes]:
     """The answer and its bytes as sent, not decoded."""
     async with client.stream("GET", path, params=params, headers=headers) as response:
@@ -97,6 +100,19 @@ async def test_a_large_page_is_gzipped_for_clients_that_accept_it(
     # The same bytes each time (no timestamp in the gzip header), so the same tag.
     again, again_bytes = await raw_get(client, "/v1/records", auth | GZIP, PAGE)
     assert again_bytes == zipped_bytes and again.headers["etag"] == zipped.headers["etag"]
+
+
+async def test_accept_encoding_on_several_lines_is_one_list(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    await seed_page(client)
+    lines = [*auth.items(), ("Accept-Encoding", "br"), ("Accept-Encoding", "gzip")]
+    zipped, _ = await raw_get(client, "/v1/records", lines, PAGE)
+    assert zipped.headers["content-encoding"] == "gzip"
+    # Refused on one line, it stays refused whatever a wildcard on another says.
+    lines = [*auth.items(), ("Accept-Encoding", "gzip;q=0"), ("Accept-Encoding", "*")]
+    plain, _ = await raw_get(client, "/v1/records", lines, PAGE)
+    assert "content-encoding" not in plain.headers
 
     head = await client.head("/v1/records", params=PAGE, headers=auth | GZIP)
     assert head.headers["content-encoding"] == "gzip"
