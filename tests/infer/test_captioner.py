@@ -29,6 +29,7 @@ from service.infer.runtime import ProviderChoice
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captioners"
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+FLOAT32 = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
 EXPORTS = ("vit-gpt2-tiny", "blip-tiny")
 
 
@@ -163,12 +164,12 @@ def providers_asked(monkeypatch: pytest.MonkeyPatch, provider: ProviderChoice) -
 def test_with_tensorrt_the_captioner_runs_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     """Its decoder's inputs change shape at every step: TensorRT would build engines inside
     requests."""
-    assert providers_asked(monkeypatch, "tensorrt") == [[(CUDA, {"use_tf32": "0"}), CPU]]
+    assert providers_asked(monkeypatch, "tensorrt") == [[(CUDA, FLOAT32), CPU]]
 
 
 def test_the_captioner_asks_cuda_for_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     """CUDA's default TF32 rounding changed a test export's greedy tokens on an H100."""
-    assert providers_asked(monkeypatch, "cuda") == [[(CUDA, {"use_tf32": "0"}), CPU]]
+    assert providers_asked(monkeypatch, "cuda") == [[(CUDA, FLOAT32), CPU]]
 
 
 def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
