@@ -22,7 +22,7 @@ from service.infer.captioner import NeuralCaptioner, verify_export
 from service.infer.engine_lock import engine_cache_lock
 from service.infer.manifest import ModelError, resolve, spec
 from service.infer.nanodet import NanoDetDetector, load_nanodet
-from service.infer.runtime import choose_providers
+from service.infer.runtime import choose_providers, refuse_int8_on_gpu
 from service.infer.tagger import EfficientNetTagger, load_tagger
 from service.infer.yolox import YoloxDetector, load_yolox
 from service.score import quality
@@ -68,6 +68,7 @@ def load_models(settings: Settings) -> Models:
 
 
 def _load_models(settings: Settings) -> Models:
+    _check_providers(settings)  # before the detector's seconds of loading on a GPU
     common: dict[str, Any] = {
         "provider": settings.execution_provider,
         "intra_op_threads": settings.ort_threads,
@@ -126,10 +127,10 @@ def _load_models(settings: Settings) -> Models:
 
 def check_models(settings: Settings) -> None:
     """Raise ``ModelError`` for what ``load_models`` would refuse, without loading anything:
-    an execution provider this build lacks, a missing or altered file. For a launcher whose
-    serving processes load their own models: one line before anything starts, rather than a
-    traceback from each process after the database started."""
-    choose_providers(settings.execution_provider, ort.get_available_providers())
+    an execution provider this build lacks, int8 on a GPU, a missing or altered file. For a
+    launcher whose serving processes load their own models: one line before anything
+    starts, rather than a traceback from each process after the database started."""
+    _check_providers(settings)
     for name in yolox.FILES:  # first, as it loads first: before the warnings below
         resolve(settings.model_dir, name)
     optional = [
@@ -140,6 +141,13 @@ def check_models(settings: Settings) -> None:
         resolve(settings.model_dir, name)
     if settings.captioner_dir is not None:
         verify_export(settings.captioner_dir)
+
+
+def _check_providers(settings: Settings) -> None:
+    """Raise ``ModelError`` for an execution provider this build lacks, or int8 on a GPU."""
+    providers = choose_providers(settings.execution_provider, ort.get_available_providers())
+    if settings.second_opinion and settings.second_opinion_int8:
+        refuse_int8_on_gpu(spec(nanodet.MODEL_NAME).file, providers)
 
 
 def _wants_second_opinion(settings: Settings) -> bool:

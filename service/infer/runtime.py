@@ -111,6 +111,16 @@ class OrtModelSession:
         return bound
 
 
+def refuse_int8_on_gpu(model: str, providers: Sequence[str]) -> None:
+    """Raise ``ModelError`` unless ``providers`` (``choose_providers``) run on the CPU: a
+    GPU runs the fp32 model faster, and its quantize and dequantize steps only add work."""
+    if providers[0] != CPU:
+        raise ModelError(
+            f"{model}: int8 is for the CPU execution provider, not {providers[0]};"
+            " turn LABELSVC_SECOND_OPINION_INT8 off on a GPU"
+        )
+
+
 def runs_on_gpu(provider: str) -> bool:
     """Whether a session's provider runs its graph on an NVIDIA GPU."""
     return provider in (CUDA, TENSORRT)
@@ -218,11 +228,8 @@ def load_onnx_session(
     convolutions first, from the shipped activation ranges (``service.infer.quantize``: NanoDet's).
     """
     providers = choose_providers(provider, ort.get_available_providers())
-    if int8 and providers[0] != CPU:
-        raise ModelError(
-            f"{path.name}: int8 is for the CPU execution provider, not {providers[0]};"
-            " turn LABELSVC_SECOND_OPINION_INT8 off on a GPU"
-        )
+    if int8:
+        refuse_int8_on_gpu(path.name, providers)
     if providers[0] != CPU:
         load_gpu_libraries()
     if TENSORRT in providers and engine_cache is not None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
+from service.infer import models as loading
 from service.infer.manifest import ModelError
 from service.infer.models import check_models, load_models
 from service.settings import Settings
+
+GPU_BUILD = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def models_without(tmp_path: Path, model_dir: Path, missing: str) -> Path:
@@ -49,3 +53,23 @@ def test_an_optional_models_altered_file_is_refused(tmp_path: Path, model_dir: P
         check_models(settings)
     with pytest.raises(ModelError, match=altered):
         load_models(settings)
+
+
+def test_int8_on_a_gpu_is_refused_before_any_model_loads(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an H100 the detector had spent 3 s loading on CUDA before NanoDet refused."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: GPU_BUILD)
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(loading, "load_yolox", no_loading)
+    settings = Settings(model_dir=model_dir, second_opinion_int8=True)
+    refused = "nanodet_g_416.onnx: int8 is for the CPU execution provider, not CUDAExecution"
+    with pytest.raises(ModelError, match=refused):
+        check_models(settings)
+    with pytest.raises(ModelError, match=refused):
+        load_models(settings)
+    # Without the second opinion the setting has nothing to quantize.
+    check_models(Settings(model_dir=model_dir, second_opinion_int8=True, second_opinion=False))
