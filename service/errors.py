@@ -25,7 +25,8 @@ never leaks: anything that is not a ``ServiceError`` becomes a generic 500 and i
     ├── UpstreamError              502  the image host failed: connect error, bad status, loops
     ├── ServiceUnavailable         503  overloaded, not ready, database down (Retry-After)
     │   ├── Overloaded             503
-    │   └── DatabaseUnavailable    503
+    │   ├── DatabaseUnavailable    503
+    │   └── Starting               503  /readyz while a start is still under way
     └── UpstreamTimeout            504  the image host was too slow
 """
 
@@ -41,6 +42,8 @@ class ServiceError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "internal"
     title: ClassVar[str] = "Internal error"
+    # A 5xx that is part of normal running (a start under way): logged at INFO, not WARNING.
+    routine: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -160,6 +163,13 @@ class ServiceUnavailable(ServiceError):
 class Overloaded(ServiceUnavailable):
     type = "overloaded"
     title = "Service overloaded, retry later"
+
+
+class Starting(ServiceUnavailable):
+    """Not ready because the start is still under way: what readiness probes are for, so the
+    answer is logged at INFO, not as a server error. Same problem type as its parent."""
+
+    routine = True
 
 
 class DatabaseUnavailable(ServiceUnavailable):

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.api.deps import ResourcesDep, provide_resources
 from service.api.problems import problem_responses
 from service.api.schemas import Health, ModelStatus, Readiness
-from service.errors import DatabaseUnavailable, ServiceUnavailable
+from service.errors import DatabaseUnavailable, ServiceUnavailable, Starting
 from service.store.records import ping
 
 DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
@@ -45,7 +45,7 @@ async def readyz(resources: ResourcesDep) -> Readiness:
     if not resources.indexes_ready.is_set():
         # Every start passes through here: the database answers, the indexes are not made
         # yet. Blaming the database would page whoever watches database-unavailable answers.
-        raise ServiceUnavailable(
+        raise Starting(
             "the database indexes are being created", retry_after=1, extra={"database": "indexes"}
         )
     return Readiness(status="ready", database="ok", models=models)

@@ -114,18 +114,25 @@ MISSING_BODY = {"message": "'data'", "key": "data", "source": "body"}
 def _server_error(
     request: Request[Any, Any, Any], exc: ServiceError, where: str, *args: object
 ) -> None:
-    """A warning for a 5xx the service answered, at most once a window of its status and type
-    (service.repeated_logs): they come in bursts."""
+    """A warning for a 5xx the service answered (an info line for a routine one, such as a
+    start under way), at most once a window of its status and type (service.repeated_logs):
+    they come in bursts."""
     repeats: RepeatedLines = request.app.state.repeated_lines
     line = where % args
-    if repeats.admit((exc.status, exc.type), line):
-        log.warning("%s -> %d %s", line, exc.status, exc.type)
+    if repeats.admit((exc.status, exc.type, exc.routine), line):
+        log.log(_level(exc.routine), "%s -> %d %s", line, exc.status, exc.type)
+
+
+def _level(routine: bool) -> int:
+    return logging.INFO if routine else logging.WARNING
 
 
 def log_unwritten(kind: Hashable, unwritten: int, last: str, seconds: float) -> None:
-    """The line closing a window of 5xx answers of one ``kind`` (status, type) not logged."""
-    status, type_ = cast(tuple[int, str], kind)
-    log.warning(
+    """The line closing a window of 5xx answers of one ``kind`` (status, type, routine) not
+    logged."""
+    status, type_, routine = cast(tuple[int, str, bool], kind)
+    log.log(
+        _level(routine),
         "%d more answers %d %s in the last %g s, not logged one by one (the last: %s)",
         unwritten,
         status,

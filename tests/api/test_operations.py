@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
-from service import lifespan
+from service import lifespan, repeated_logs
 from service.app import create_app
 from service.domain.records import new_record_id
 from service.observability import LATENCY_BUCKETS, QUALITY_BUCKETS
@@ -253,10 +254,13 @@ async def test_readiness_says_why_the_indexes_cannot_be_made(
 
 
 async def test_readiness_while_the_indexes_are_made_does_not_blame_the_database(
-    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Every start waits for its indexes with the database answering: /readyz says so, and
-    it is ready once they are made."""
+    it is ready once they are made. Probes asked during a start are routine: logged as
+    information, with no warning, each window's closing line included."""
     made = asyncio.Event()
     ensure_indexes = RecordStore.ensure_indexes
 
@@ -265,11 +269,24 @@ async def test_readiness_while_the_indexes_are_made_does_not_blame_the_database(
         await ensure_indexes(store)
 
     monkeypatch.setattr(RecordStore, "ensure_indexes", held)
+    monkeypatch.setattr(repeated_logs, "WINDOW_SECONDS", 0.2)
+    caplog.set_level(logging.INFO, logger="service.api.problems")
     app = create_app(make_settings())
     async with app.lifespan(), AppClient(app) as client:
-        problem = assert_problem(await client.get("/readyz"), 503, "unavailable")
-        assert problem["database"] == "indexes"
-        assert problem["detail"] == "the database indexes are being created"
+        for _ in range(3):
+            problem = assert_problem(await client.get("/readyz"), 503, "unavailable")
+            assert problem["database"] == "indexes"
+            assert problem["detail"] == "the database indexes are being created"
+        await asyncio.sleep(0.4)
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert lines == [
+            (logging.INFO, "GET /readyz -> 503 unavailable"),
+            (
+                logging.INFO,
+                "2 more answers 503 unavailable in the last 0.2 s, not logged one by one"
+                " (the last: GET /readyz)",
+            ),
+        ]
         made.set()
         await asyncio.wait_for(app.state.resources.indexes_ready.wait(), 30)
         assert (await client.get("/readyz")).json()["status"] == "ready"
