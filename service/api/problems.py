@@ -115,8 +115,8 @@ def _server_error(
     request: Request[Any, Any, Any], exc: ServiceError, where: str, *args: object
 ) -> None:
     """A warning for a 5xx the service answered (an info line for a routine one, such as a
-    start under way), at most once a window of its status and type (service.repeated_logs):
-    they come in bursts."""
+    start under way), at most once a window of its kind: status, type, and whether it is
+    routine (service.repeated_logs). They come in bursts."""
     repeats: RepeatedLines = request.app.state.repeated_lines
     line = where % args
     if repeats.admit((exc.status, exc.type, exc.routine), line):
