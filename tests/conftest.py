@@ -17,6 +17,7 @@ import msgspec
 import onnxruntime as ort
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, settings
 from litestar import Litestar
 from pymongo import MongoClient
 from pymongo.collection import Collection
@@ -32,6 +33,17 @@ from tests.support.process import db_server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+# Generated tests (the OpenAPI and filter fuzzing) draw the same cases every run, so a failure
+# in CI happens locally too; each case is one or more real requests, so no per-case deadline.
+settings.register_profile(
+    "reproducible",
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+    derandomize=True,
+)
+settings.load_profile("reproducible")
 API_KEY = "test-bootstrap-key-0123456789abcdefghij"
 CAT_PHOTO = "000000555705.jpg"  # one cat (COCO val2017)
 EMPTY_PHOTO = "000000058636.jpg"  # no COCO objects at all

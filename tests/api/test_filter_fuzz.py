@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient
 from pymongo.collection import Collection
@@ -33,43 +33,43 @@ DATABASE = "filter_fuzz"
 PHOTOS = 8
 SORTS = [None, "-datetime", "width", "-height", "label_quality_estimation", "-_id"]
 
-CLASS_NAMES = st.sampled_from(["person", "chair", "dining table", "dog", "cat", "refrigerator"])
-TAG_NAMES = st.sampled_from(["refrigerator", "toilet seat", "minibus", "dining table"])
+CLASS_NAMES = st.sampled_from(["person", "chair", "diningtable", "dog", "refrigerator", "cup"])
+TAG_NAMES = st.sampled_from(["dining table", "refrigerator", "toilet seat", "plate", "tripod"])
 SIDES = st.integers(min_value=320, max_value=660)
 SHARES = st.floats(min_value=0.0, max_value=1.0)
-# Each field with values that tell the labeled photos apart (None: literals only).
-FIELDS: dict[str, st.SearchStrategy[Any] | None] = {
-    "_id": None,
-    "url": st.none(),
-    "urls": st.just([]),
-    "hash": None,
-    "datetime": st.just("2026-01-01"),
-    "format": st.sampled_from(["JPEG", "jpeg"]),
+# Well-formed patterns that match some of those names.
+PATTERNS = st.sampled_from(["^c", "o", "e$", "chair|dog", "^(dog|cup)$", "table", "^re"])
+# Fields with values that tell the labeled photos apart, by kind: numbers are compared with
+# ranges, names with sets and patterns.
+NUMBERS: dict[str, st.SearchStrategy[Any]] = {
     "bytes": st.integers(min_value=40_000, max_value=250_000),
     "width": SIDES,
     "height": SIDES,
-    "classes": CLASS_NAMES,
-    "keywords": CLASS_NAMES,
-    "tags.name": TAG_NAMES,
     "tags.conf": SHARES,
-    "object_analysis.classname": CLASS_NAMES,
     "object_analysis.0.0.conf": SHARES,
     "label_quality_estimation": SHARES,
     "label_quality.components.expected_f1": SHARES,
     "image_properties.brightness": SHARES,
     "dominant_colors.fraction": SHARES,
+}
+NAMES: dict[str, st.SearchStrategy[Any]] = {
+    "classes": CLASS_NAMES,
+    "keywords": CLASS_NAMES,
+    "tags.name": TAG_NAMES,
+    "object_analysis.classname": CLASS_NAMES,
     "analyses.name": st.sampled_from(["object_detection", "scene_tags"]),
-    "not_a_field.below": None,
+    "format": st.sampled_from(["JPEG", "jpeg"]),
 }
-# Arrays of objects, with the fields of their elements: for $elemMatch and $all.
-ARRAYS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
-    "tags": {"name": TAG_NAMES, "conf": SHARES},
-    "dominant_colors": {"fraction": SHARES, "hex": st.just("#ffffff")},
-    "analyses": {"name": st.sampled_from(["object_detection", "scene_tags"])},
+# Fields that only loose filters name: ids, hashes, URLs, and one no record has.
+OTHERS = ["_id", "hash", "url", "urls", "datetime", "not_a_field.below"]
+# Arrays of objects and the fields of their elements (numbers, names), for $elemMatch and
+# $all. The boxes in object_analysis are matched as Cortex clients do, an $elemMatch in an
+# $elemMatch (which the service rewrites).
+ARRAYS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tags": ({"conf": SHARES}, {"name": TAG_NAMES}),
+    "dominant_colors": ({"fraction": SHARES}, {}),
 }
-# object_analysis holds one array of boxes: matched as Cortex clients do, an $elemMatch in
-# an $elemMatch (which the service rewrites).
-BOX_FIELDS: dict[str, st.SearchStrategy[Any]] = {"classname": CLASS_NAMES, "conf": SHARES}
+BOXES = ({"conf": SHARES}, {"classname": CLASS_NAMES})
 
 SCALARS = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
@@ -87,9 +87,9 @@ LITERALS = st.recursive(
     ),
     max_leaves=5,
 )
-# Patterns the validator takes, and ones it refuses: bad syntax, other dialects, backtracking.
+# Patterns the validator refuses or may: bad syntax, other dialects, backtracking.
 REGEXES = st.one_of(
-    st.sampled_from(["^c", "o", "cat|dog", r"\d+", ".*", "(", "a{2,1}", "(a+)+$", r"\p{L}"]),
+    st.sampled_from(["(", "a{2,1}", "(a+)+$", r"\p{L}", r"\d+", ".*"]),
     st.text(alphabet="ab()[]{}*+?|^$.\\-,01", max_size=8),
 )
 TYPES = st.one_of(
@@ -97,68 +97,87 @@ TYPES = st.one_of(
     st.sampled_from(["date", "long", "objectId", "minKey", "nonsense"]),
     st.integers(min_value=-3, max_value=130),
 )
-# Ranges more often than equality, which a float drawn at random never meets.
-COMPARISONS = st.sampled_from(["$gt", "$gte", "$lt", "$lte", "$gt", "$lt", "$eq", "$ne"])
+RANGES = st.sampled_from(["$gt", "$gte", "$lt", "$lte"])
+MALFORMED = st.one_of(
+    st.tuples(st.sampled_from(["$in", "$all"]), st.lists(REGEXES.map(lambda r: {"$regex": r}))),
+    st.tuples(st.sampled_from(["$exists", "$size", "$regex", "$not", "$in", "$gt"]), LITERALS),
+    st.tuples(st.just("$type"), st.one_of(TYPES, st.lists(TYPES, max_size=3))),
+    st.tuples(st.just("$regex"), REGEXES),
+    st.tuples(st.just("$options"), st.sampled_from(["i", "u"])),
+)
+Operator = st.SearchStrategy[tuple[str, Any]]
 
 
-def _operators(values: st.SearchStrategy[Any], loose: bool) -> st.SearchStrategy[dict[str, Any]]:
-    """An object of one or two field operators on ``values``; ``loose``: some malformed."""
-    well_formed = st.one_of(
-        st.tuples(COMPARISONS, values),
-        st.tuples(COMPARISONS, values),
-        st.tuples(st.sampled_from(["$in", "$nin"]), st.lists(values, max_size=4)),
+def _on_numbers(values: st.SearchStrategy[Any]) -> Operator:
+    return st.one_of(
+        st.tuples(RANGES, values),
+        st.tuples(RANGES, values),
+        st.tuples(RANGES, values),
+        st.tuples(st.just("$ne"), values),
+        st.tuples(st.sampled_from(["$in", "$nin"]), st.lists(values, min_size=1, max_size=3)),
+        st.tuples(st.just("$not"), st.tuples(RANGES, values).map(lambda op: dict([op]))),
         st.tuples(st.just("$exists"), st.booleans()),
-        st.tuples(st.just("$size"), st.integers(min_value=0, max_value=3)),
-        st.tuples(st.just("$regex"), REGEXES),
-        st.tuples(st.just("$not"), st.tuples(COMPARISONS, values).map(lambda op: dict([op]))),
-        st.tuples(st.just("$type"), TYPES),
+        st.tuples(st.just("$type"), st.sampled_from(["number", "double", "int", "string"])),
     )
-    malformed = st.one_of(
-        st.tuples(st.sampled_from(["$in", "$all"]), st.lists(REGEXES.map(_regex), max_size=2)),
-        st.tuples(st.sampled_from(["$exists", "$size", "$regex", "$not", "$in"]), LITERALS),
-        st.tuples(st.just("$type"), st.lists(TYPES, max_size=3)),
-        st.tuples(st.just("$options"), st.sampled_from(["i", "u"])),
+
+
+def _on_names(values: st.SearchStrategy[Any]) -> Operator:
+    some = st.lists(values, min_size=1, max_size=3)
+    return st.one_of(
+        st.tuples(st.sampled_from(["$eq", "$ne"]), values),
+        st.tuples(st.sampled_from(["$in", "$nin"]), some),
+        st.tuples(st.sampled_from(["$in", "$nin"]), some),
+        st.tuples(st.just("$all"), st.lists(values, min_size=1, max_size=2)),
+        st.tuples(st.just("$regex"), PATTERNS),
+        st.tuples(st.just("$not"), some.map(lambda names: {"$in": names})),
+        st.tuples(st.just("$size"), st.integers(min_value=0, max_value=4)),
+        st.tuples(st.just("$exists"), st.booleans()),
     )
-    operator = st.one_of(well_formed, well_formed, malformed) if loose else well_formed
-    return st.lists(operator, min_size=1, max_size=2).map(dict)
 
 
-def _regex(pattern: str) -> dict[str, str]:
-    return {"$regex": pattern}
+def _matching(
+    values: st.SearchStrategy[Any], operator: Operator, loose: bool, *, alone: bool = True
+) -> Any:
+    """What a field is compared with: a value (when ``alone``), or one or two operators.
+    ``loose``: any JSON value now and then, and malformed operators."""
+    if loose:
+        values = st.one_of(values, values, LITERALS)
+        operator = st.one_of(operator, operator, MALFORMED)
+    operators = st.lists(operator, min_size=1, max_size=2).map(dict)
+    return st.one_of(values, operators, operators, operators) if alone or loose else operators
 
 
-def _matching(values: st.SearchStrategy[Any], loose: bool) -> st.SearchStrategy[Any]:
-    """What a field is compared with: a value, or an object of operators."""
-    operators = _operators(values, loose)
-    return st.one_of(values, operators, operators)
+def _field_of(
+    fields: dict[str, Any], operator: Callable[[Any], Operator], loose: bool, *, alone: bool
+) -> st.SearchStrategy[tuple[str, Any]]:
+    return st.sampled_from(sorted(fields)).flatmap(
+        lambda name: st.tuples(
+            st.just(name), _matching(fields[name], operator(fields[name]), loose, alone=alone)
+        )
+    )
 
 
-def _element_query(
-    fields: dict[str, st.SearchStrategy[Any]], loose: bool
-) -> st.SearchStrategy[Any]:
+def _conditions(
+    numbers: dict[str, Any], names: dict[str, Any], loose: bool
+) -> st.SearchStrategy[tuple[str, Any]]:
+    """A field of ``numbers`` or ``names`` and what it must match. A number drawn at random is
+    seldom one a record holds, so numbers are compared by ranges, not alone."""
+    choices = []
+    if numbers:
+        choices.append(_field_of(numbers, _on_numbers, loose, alone=False))
+    if names:
+        choices.append(_field_of(names, _on_names, loose, alone=True))
+    return st.one_of(*choices)
+
+
+def _element_query(fields: tuple[dict[str, Any], dict[str, Any]], loose: bool) -> Any:
     """A query on the elements of an array of objects."""
-    return st.lists(
-        st.sampled_from(sorted(fields)).flatmap(
-            lambda name: st.tuples(st.just(name), _matching(fields[name], loose))
-        ),
-        min_size=1,
-        max_size=2,
-    ).map(dict)
-
-
-def _values(name: str, loose: bool) -> st.SearchStrategy[Any]:
-    """Operands for the field ``name``: its own values, or any JSON value when ``loose``."""
-    own = FIELDS[name]
-    if own is None:
-        return LITERALS if loose else SCALARS
-    return st.one_of(own, own, own, LITERALS) if loose else own
+    return st.lists(_conditions(*fields, loose), min_size=1, max_size=2).map(dict)
 
 
 def _field_condition(loose: bool) -> st.SearchStrategy[tuple[str, Any]]:
     """A field and what it must match."""
-    plain = st.sampled_from(sorted(FIELDS)).flatmap(
-        lambda name: st.tuples(st.just(name), _matching(_values(name, loose), loose))
-    )
+    plain = _conditions(NUMBERS, NAMES, loose)
     arrays = st.sampled_from(sorted(ARRAYS)).flatmap(
         lambda name: st.tuples(
             st.just(name),
@@ -171,10 +190,14 @@ def _field_condition(loose: bool) -> st.SearchStrategy[tuple[str, Any]]:
             ),
         )
     )
-    boxes = _element_query(BOX_FIELDS, loose).map(
+    boxes = _element_query(BOXES, loose).map(
         lambda q: ("object_analysis", {"$elemMatch": {"$elemMatch": q}})
     )
-    return st.one_of(plain, plain, plain, arrays, boxes)
+    choices = [plain, plain, plain, arrays, boxes]
+    if loose:
+        others = st.tuples(st.sampled_from(OTHERS), _matching(SCALARS, _on_names(SCALARS), loose))
+        choices.append(others)
+    return st.one_of(*choices)
 
 
 def _query(depth: int, loose: bool) -> st.SearchStrategy[dict[str, Any]]:
@@ -221,13 +244,7 @@ def test_a_filter_matches_what_it_matches_unrewritten_or_is_refused(
     base, records = live
     outcomes: Counter[str] = Counter()
 
-    @settings(
-        max_examples=300,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-        derandomize=True,  # the same filters every run: a failure in CI reproduces locally
-    )
+    @settings(max_examples=300)  # and the "reproducible" profile (tests/conftest.py)
     @given(
         query=st.one_of(_query(2, loose=False), _query(2, loose=True)),
         sort=st.sampled_from(SORTS),
@@ -253,6 +270,6 @@ def test_a_filter_matches_what_it_matches_unrewritten_or_is_refused(
 
     check()
     # The filters reached the database, and enough of them told the records apart.
-    assert outcomes["refused"] >= 50 and outcomes["some"] >= 20, outcomes
+    assert outcomes["refused"] >= 50 and outcomes["some"] >= 10, outcomes
     assert httpx.get(base + "/readyz", timeout=10).status_code == 200
     assert records.count_documents({}) == PHOTOS

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.specs.openapi.checks import (
@@ -65,13 +65,7 @@ schema = schemathesis.openapi.from_path(ROOT / "openapi" / "openapi.json")
 
 
 @schema.parametrize()
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-    derandomize=True,  # the same cases every run: a failure in CI reproduces locally
-)
+@settings(max_examples=40)  # and the "reproducible" profile (tests/conftest.py)
 def test_no_undeliberate_server_errors(case: schemathesis.Case, live_base: str) -> None:
     response = case.call(base_url=live_base, headers={"X-API-Key": API_KEY}, timeout=30)
     seen["cases"] += 1
