@@ -27,6 +27,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from service.dbserver import LocalDatabaseServer
+from tests.api.test_errors import assert_problem
 from tests.conftest import API_KEY
 from tests.support.process import live_service
 
@@ -239,6 +240,12 @@ def live(db_server: LocalDatabaseServer, evalset_dir: Path) -> Iterator[tuple[st
         yield base, mongo[DATABASE]["records"]
 
 
+def _records(base: str, **params: str) -> httpx.Response:
+    return httpx.get(
+        base + "/v1/records", params=params, headers={"X-API-Key": API_KEY}, timeout=30
+    )
+
+
 def test_a_filter_matches_what_it_matches_unrewritten_or_is_refused(
     live: tuple[str, Collection],
 ) -> None:
@@ -254,12 +261,10 @@ def test_a_filter_matches_what_it_matches_unrewritten_or_is_refused(
         params = {"q": json.dumps(query), "per_page": "100"}
         if sort is not None:
             params["sort"] = sort
-        response = httpx.get(
-            base + "/v1/records", params=params, headers={"X-API-Key": API_KEY}, timeout=30
-        )
+        response = _records(base, **params)
         assert response.status_code in (200, 400), f"{response.status_code} {response.text[:300]}"
         if response.status_code == 400:
-            assert response.headers["content-type"].startswith("application/problem+json")
+            assert_problem(response, 400, "invalid-query")
             outcomes["refused"] += 1
             return
         page = response.json()
@@ -277,9 +282,7 @@ def test_a_filter_matches_what_it_matches_unrewritten_or_is_refused(
 
 
 def _page(base: str, **params: str) -> dict[str, Any]:
-    response = httpx.get(
-        base + "/v1/records", params=params, headers={"X-API-Key": API_KEY}, timeout=30
-    )
+    response = _records(base, **params)
     assert response.status_code == 200, response.text[:300]
     page: dict[str, Any] = response.json()
     return page
