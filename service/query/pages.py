@@ -38,9 +38,9 @@ from service.query.paging import (
     after_filters,
     after_match,
     decode_cursor,
+    drop_cursor_values,
     encode_cursor,
-    projection_of,
-    strip_fields,
+    with_cursor_value,
 )
 from service.query.plan import conjoin, is_point_lookup
 from service.query.similar import MAX_DISTANCE, hamming, is_phash, probe_bands
@@ -101,7 +101,7 @@ async def record_page(store: RecordStore, request: PageRequest, budget: Budget) 
     position = decode_cursor(request.cursor, order) if request.cursor else None
     skip = 0 if position else (request.page - 1) * request.per_page
     filt = conjoin(request.filter, indexed=store.indexed)
-    projection = _fetched_projection(request.projection, order)
+    projection = with_cursor_value(request.projection, order)
     limit = request.per_page + 1  # one more than a page says whether another follows
 
     async def fetch() -> list[Document]:
@@ -187,7 +187,7 @@ async def search_page(
     # the walk, as deciding from the records still found would.
     shown, next_cursor = _cut(facet["page"], request.per_page, BY_SCORE)
     documents = await _by_ids(store, [d["_id"] for d in shown], request.projection, budget)
-    return _finish(documents, request, BY_SCORE, _facet_count(facet), False, next_cursor)
+    return _finish(documents, request, _facet_count(facet), False, next_cursor)
 
 
 async def similar_page(
@@ -243,15 +243,6 @@ async def similar_page(
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _fetched_projection(
-    projection: Mapping[str, int] | None, order: SortOrder
-) -> Mapping[str, int] | None:
-    """The requested projection plus the sort key, which the next cursor is made from."""
-    if projection is None or order.key in projection or order.key == SCORE:
-        return projection
-    return projection_of([*projection, order.key])
-
-
 def _end_of(documents: list[Document], skip: int, limit: int) -> int | None:
     """The number of matches when this is the last page of an offset walk."""
     if len(documents) < limit and (documents or not skip):
@@ -268,7 +259,7 @@ def _facet(
     order: SortOrder,
     skip: int,
     limit: int,
-    projection: Mapping[str, int] | None,
+    projection: Mapping[str, Any] | None,
 ) -> list[dict[str, Any]]:
     page: list[dict[str, Any]] = [{"$sort": dict(order.spec())}, *_window(skip, limit)]
     if projection is not None:
@@ -288,7 +279,7 @@ async def _find(
     position: Position | None,
     skip: int,
     limit: int,
-    projection: Mapping[str, int] | None,
+    projection: Mapping[str, Any] | None,
     budget: Budget,
 ) -> list[Document]:
     if position is None:
@@ -349,21 +340,18 @@ def _page(
     estimate: bool,
 ) -> Page:
     documents, next_cursor = _cut(documents, request.per_page, order)
-    return _finish(documents, request, order, length, estimate, next_cursor)
+    return _finish(documents, request, length, estimate, next_cursor)
 
 
 def _finish(
     documents: list[Document],
     request: PageRequest,
-    order: SortOrder,
     length: int,
     estimate: bool,
     next_cursor: str | None,
 ) -> Page:
     if request.projection is not None:
-        strip_fields(
-            documents, request.projection, _fetched_projection(request.projection, order) or {}
-        )
+        drop_cursor_values(documents)
     return Page(
         documents=documents,
         length=length,

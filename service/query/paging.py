@@ -30,6 +30,9 @@ from service.query.filters import encodable
 # Sort keys with an index on (key, _id): the order a walk follows without an in-memory sort.
 SORTABLE = ("_id", "datetime", "label_quality_estimation", "width", "height")
 SCORE = "_score"  # the search ranking: computed in the query pipeline, not stored
+# The sort key's value, fetched beside a projection to make the next cursor from. Not a name
+# that ``fields`` accepts, so it never stands for a stored field.
+CURSOR_VALUE = "cursor-value"
 MAX_CURSOR_LENGTH = 8192
 MAX_FIELDS = 50
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -113,9 +116,23 @@ def sort_value(document: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+def with_cursor_value(
+    projection: Mapping[str, int] | None, order: SortOrder
+) -> Mapping[str, Any] | None:
+    """The projection to fetch for a page: the requested one, plus the sort key's value as
+    ``CURSOR_VALUE`` when the key is not among the fields. Fetched as the key itself, it
+    would collide with a requested path inside it (``fields=width.px&sort=width``) and
+    come back whole."""
+    if projection is None or order.key in projection or order.key == SCORE:
+        return projection
+    return {**projection, CURSOR_VALUE: f"${order.key}"}
+
+
 def encode_cursor(order: SortOrder, document: Mapping[str, Any]) -> str:
     """The cursor for the page that follows ``document``."""
-    value = None if order.key == "_id" else sort_value(document, order.key)
+    value = None
+    if order.key != "_id":
+        value = document.get(CURSOR_VALUE, sort_value(document, order.key))
     payload = {
         "k": order.key,
         "d": order.direction,
@@ -243,11 +260,7 @@ def after_match(order: SortOrder, position: Position) -> dict[str, Any]:
     return parts[0] if len(parts) == 1 else {"$or": parts}
 
 
-def strip_fields(
-    documents: Sequence[dict[str, Any]], requested: Mapping[str, int], fetched: Mapping[str, int]
-) -> None:
-    """Drop top-level fields that were fetched only to build a cursor."""
-    extra = {name.split(".")[0] for name in fetched} - {name.split(".")[0] for name in requested}
+def drop_cursor_values(documents: Sequence[dict[str, Any]]) -> None:
+    """Drop the sort values fetched only to make a cursor (``with_cursor_value``)."""
     for document in documents:
-        for name in extra:
-            document.pop(name, None)
+        document.pop(CURSOR_VALUE, None)

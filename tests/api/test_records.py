@@ -601,22 +601,33 @@ async def test_sort_fields_and_paging_forms(client: AppClient, auth: dict[str, s
 
 
 @pytest.mark.parametrize(
-    "params",
+    ("params", "projection"),
     [
-        {"fields": "_id.x,url"},
-        {"fields": "datetime.x", "sort": "datetime"},
-        {"fields": "width.x", "sort": "-width", "q": '{"classes": "cat"}'},
+        ({"fields": "_id.x,url"}, {"url": 1}),
+        ({"fields": "datetime.x", "sort": "datetime"}, {"datetime.x": 1}),
+        ({"fields": "width.x", "sort": "-width", "q": '{"classes": "cat"}'}, {"width.x": 1}),
+        ({"fields": "width.px,url", "sort": "width"}, {"width.px": 1, "url": 1}),
+        ({"fields": "width.px", "sort": "-width", "q": '{"height": 100}'}, {"width.px": 1}),
     ],
 )
 async def test_projections_never_collide_with_the_id_or_sort_key(
-    client: AppClient, auth: dict[str, str], params: dict[str, str]
+    client: AppClient, auth: dict[str, str], params: dict[str, Any], projection: dict[str, int]
 ) -> None:
     """A path inside ``_id`` or the sort key, which are always fetched, is not a path
-    collision on the server."""
-    await client.resources.database["records"].insert_one(fake_record(1, ["cat"], 300))
-    response = await client.get("/v1/records", params=params, headers=auth)
-    assert response.status_code == 200, response.text
-    assert len(response.json()["output"]) == 1
+    collision on the server, and gives what MongoDB's projection of that path gives: the
+    sort key, fetched for the cursor, does not come back whole."""
+    records = [fake_record(i, ["cat"], 300 + i) for i in range(2)]
+    records += [{**fake_record(2 + i, ["cat"], 0), "width": {"px": i, "py": 9}} for i in range(2)]
+    collection = client.resources.database["records"]
+    await collection.insert_many(records)
+
+    async def nothing(_: int) -> None:
+        return None
+
+    walked = await _walk(client, auth, {**params, "per_page": 1}, nothing)  # a cursor a record
+    expected = await collection.find({}, {**projection, "_id": 1}).to_list()
+    assert len(walked) == 4
+    assert sorted(walked, key=lambda r: r["_id"]) == sorted(expected, key=lambda r: r["_id"])
 
 
 async def test_cortex_query_gives_the_results_of_the_unrewritten_filter(
