@@ -394,6 +394,7 @@ def test_serving_processes_stop_when_the_launcher_is_killed(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir), processes="2")
+    env["TMPDIR"] = str(tmp_path)  # a killed launcher leaves its metrics directory behind
     with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         wait_ready(base, process)
         wait_for(lambda: len(serving_processes(process.pid)) == 2)
