@@ -11,11 +11,13 @@ uvicorn's supervisor runs them: spawned, never forked (CUDA does not survive a f
 restarted when one dies or stops answering its health check, and all stopped when one fails
 to start (its models, say), since every restart would fail the same way. A hangup stops
 them all, as it stops one process. Their metrics are written to a directory of files that any
-of them reads back whole when scraped.
+of them reads back whole when scraped; the launcher removes it when they have stopped, or, when
+the launcher was killed, the last of them to stop does.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 import os
@@ -54,7 +56,9 @@ def serving_app(settings: Settings, launcher: int) -> Litestar:
         # A closed terminal hangs up every process of `make run`: stop gracefully, as the
         # launcher does, rather than at once (the default).
         signal.signal(signal.SIGHUP, lambda *_: signal.raise_signal(signal.SIGTERM))
-    return create_app(settings)
+    app = create_app(settings)
+    app.on_shutdown.append(functools.partial(leave_no_metrics_behind, launcher))  # runs last
+    return app
 
 
 def _stop_with_the_launcher(launcher: int) -> None:
@@ -67,6 +71,48 @@ def _stop_with_the_launcher(launcher: int) -> None:
         return
     if os.getppid() != launcher:  # it died before the tie was made
         signal.raise_signal(signal.SIGTERM)
+
+
+def leave_no_metrics_behind(launcher: int) -> None:
+    """Once the launcher is gone (killed: it removes the metrics directory itself when it
+    stops), the last serving process to stop removes it. Each takes its turn under a lock:
+    it removes its own files, and the directory too when no file of a live process is left
+    (those of processes that died before are of no use to anyone now)."""
+    directory = os.environ.get(SHARED_DIR_VARIABLE)
+    if directory is None or os.getppid() == launcher:
+        return
+    try:
+        lock = os.open(os.path.join(directory, "exit.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    except FileNotFoundError:  # another process removed it already
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:  # removed while this one waited (it had written nothing)
+            return
+        others = set()
+        for name in names:
+            stem, suffix = os.path.splitext(name)
+            pid = stem.rsplit("_", 1)[-1]
+            if suffix != ".db" or not pid.isdigit():
+                continue
+            if int(pid) == os.getpid():
+                os.unlink(os.path.join(directory, name))
+            elif _alive(int(pid)):
+                others.add(int(pid))
+        if not others:
+            shutil.rmtree(directory, ignore_errors=True)
+    finally:
+        os.close(lock)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:  # gone, or the pid is another user's process now
+        return False
+    return True
 
 
 class Supervisor(Multiprocess):

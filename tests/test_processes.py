@@ -20,7 +20,8 @@ from uvicorn.supervisors.multiprocess import SIGNALS
 
 from service.app import create_app
 from service.dbserver import free_port
-from service.processes import Supervisor
+from service.observability import SHARED_DIR_VARIABLE
+from service.processes import Supervisor, leave_no_metrics_behind
 from service.settings import ConfigError, Settings
 from tests.support.image_server import ImageServer
 from tests.support.process import serve_until_exit, service_env, start_service, stop, wait_ready
@@ -390,18 +391,21 @@ def test_serving_processes_stop_when_the_launcher_is_killed(
     tmp_path: Path, model_dir: Path
 ) -> None:
     """SIGKILL (the OOM killer) gives the launcher no chance to stop them: they must not go
-    on holding the port, or the next start could not bind it."""
+    on holding the port, or the next start could not bind it. The last of them to stop
+    removes the directory they shared their metrics in, as the launcher would have."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = service_env(port, data_dir=str(tmp_path / "var"), model_dir=str(model_dir), processes="2")
-    env["TMPDIR"] = str(tmp_path)  # a killed launcher leaves its metrics directory behind
+    env["TMPDIR"] = str(tmp_path)
     with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         wait_ready(base, process)
         wait_for(lambda: len(serving_processes(process.pid)) == 2)
         serving = serving_processes(process.pid)
+        assert len(metrics_dirs(tmp_path)) == 1
         process.kill()
         process.wait(timeout=30)
         wait_for(lambda: not [pid for pid in serving if Path(f"/proc/{pid}").exists()], 30)
+    assert metrics_dirs(tmp_path) == set()
     with start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         try:
             wait_ready(base, process)  # the port is free, the database left running stopped
@@ -409,6 +413,37 @@ def test_serving_processes_stop_when_the_launcher_is_killed(
             assert stop(process) == 0
         assert process.stdout is not None
         assert_stopped_cleanly(process.stdout.read().decode())
+
+
+def test_the_last_serving_process_out_removes_the_metrics_of_a_killed_launcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    monkeypatch.setenv(SHARED_DIR_VARIABLE, str(shared))
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            dead = int(
+                subprocess.check_output([sys.executable, "-c", "print(__import__('os').getpid())"])
+            )
+            for pid in (os.getpid(), other.pid, dead):
+                (shared / f"counter_{pid}.db").touch()
+                (shared / f"gauge_livesum_{pid}.db").touch()
+
+            leave_no_metrics_behind(os.getppid())  # the launcher lives: nothing to do
+            assert len(list(shared.glob("*.db"))) == 6
+
+            leave_no_metrics_behind(launcher=-1)  # it was killed; another process still runs
+            assert sorted(p.name for p in shared.glob("*.db")) == sorted(
+                f"{kind}_{pid}.db"
+                for kind in ("counter", "gauge_livesum")
+                for pid in (other.pid, dead)
+            )
+        finally:
+            other.kill()
+    leave_no_metrics_behind(launcher=-1)  # the last one out: the dead one's files go too
+    assert not shared.exists()
+    leave_no_metrics_behind(launcher=-1)  # one more after it finds nothing to do
 
 
 def test_the_supervisor_stops_at_once_on_a_signal_or_one_that_came_before_it(
