@@ -92,7 +92,7 @@ def leave_no_metrics_behind(launcher: int) -> None:
         except FileNotFoundError:  # removed while this one waited (it had written nothing)
             return
         others = set()
-        for name in names:
+        for name in names:  # prometheus_client names them <kind>_<pid>.db
             stem, suffix = os.path.splitext(name)
             pid = stem.rsplit("_", 1)[-1]
             if suffix != ".db" or not pid.isdigit():

@@ -463,7 +463,7 @@ async def _walk(
     client: AppClient,
     auth: dict[str, str],
     params: dict[str, Any],
-    between_pages: Callable[[int], Awaitable[object]],
+    between_pages: Callable[[int], Awaitable[object]] | None = None,
 ) -> list[dict[str, Any]]:
     """Follow next_cursor to the end, calling ``between_pages`` after each page."""
     seen: list[dict[str, Any]] = []
@@ -478,7 +478,8 @@ async def _walk(
         cursor = page["next_cursor"]
         if cursor is None:
             return seen
-        await between_pages(number)
+        if between_pages is not None:
+            await between_pages(number)
     raise AssertionError("the walk did not end")
 
 
@@ -527,10 +528,7 @@ async def test_cursor_walk_returns_records_without_the_sort_field(
     records[3]["label_quality_estimation"] = None
     await client.resources.database["records"].insert_many(records)
 
-    async def nothing(_: int) -> None:
-        return None
-
-    walked = await _walk(client, auth, {"sort": sort, "per_page": 2, "fields": "url"}, nothing)
+    walked = await _walk(client, auth, {"sort": sort, "per_page": 2, "fields": "url"})
     assert sorted(r["_id"] for r in walked) == sorted(r["_id"] for r in records)
 
 
@@ -545,10 +543,7 @@ async def test_cursor_walk_passes_sort_values_of_any_type(
     records += [{**fake_record(10 + i, ["cat"], 0), "width": value} for i, value in enumerate(odd)]
     await client.resources.database["records"].insert_many(records)
 
-    async def nothing(_: int) -> None:
-        return None
-
-    walked = await _walk(client, auth, {"sort": sort, "per_page": 1, "fields": "url"}, nothing)
+    walked = await _walk(client, auth, {"sort": sort, "per_page": 1, "fields": "url"})
     assert sorted(r["_id"] for r in walked) == sorted(r["_id"] for r in records)
 
 
@@ -621,10 +616,7 @@ async def test_projections_never_collide_with_the_id_or_sort_key(
     collection = client.resources.database["records"]
     await collection.insert_many(records)
 
-    async def nothing(_: int) -> None:
-        return None
-
-    walked = await _walk(client, auth, {**params, "per_page": 1}, nothing)  # a cursor a record
+    walked = await _walk(client, auth, {**params, "per_page": 1})  # a cursor a record
     expected = await collection.find({}, {**projection, "_id": 1}).to_list()
     assert len(walked) == 4
     assert sorted(walked, key=lambda r: r["_id"]) == sorted(expected, key=lambda r: r["_id"])
