@@ -161,6 +161,13 @@ class Supervisor(Multiprocess):
         self.should_exit.set()
         self.signal_queue.append(signum)  # logged by uvicorn's handler
 
+    def terminate_all(self) -> None:
+        # Its copies of the sockets first: the processes close theirs as they begin to stop,
+        # and while any copy is open the kernel goes on completing connections nobody will
+        # accept (they hang until the last process is out). Closed, new ones are refused.
+        self.close_listeners()
+        super().terminate_all()
+
     def handle_hup(self) -> None:
         log.info("hangup: stopping the serving processes")
 

@@ -311,6 +311,48 @@ def test_a_hangup_stops_every_process_unless_under_nohup(tmp_path: Path, model_d
         assert not [pid for pid in serving if Path(f"/proc/{pid}").exists()]
 
 
+def test_once_stopping_several_processes_refuse_new_connections(
+    tmp_path: Path, model_dir: Path, image_server: ImageServer
+) -> None:
+    # A stop waits for the requests in flight (up to 10 s). Meanwhile a new connection must be
+    # refused, as one process refuses it, so that clients and balancers go elsewhere at once,
+    # not accepted by the kernel and left unanswered until the last process is out.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(
+        port,
+        data_dir=str(tmp_path / "var"),
+        model_dir=str(model_dir),
+        allow_private_urls="1",
+        processes="2",
+    )
+    with (
+        start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        try:
+            wait_ready(base, process)
+            wait_for(lambda: len(serving_processes(process.pid)) == 2)
+            slow = pool.submit(
+                httpx.post, base + "/v1/labels", json={"url": image_server.url("/drip")}, timeout=60
+            )
+            wait_for(lambda: any(path == "/drip" for path, _ in image_server.requests))
+            process.send_signal(signal.SIGTERM)
+            time.sleep(1)  # the processes close their sockets as they begin to stop
+            for _ in range(8):  # on either process's sockets, by the hash of the addresses
+                with pytest.raises(httpx.ConnectError):
+                    httpx.get(base + "/healthz", timeout=3)
+            assert process.poll() is None, "it stopped without waiting for the request"
+            answer = slow.result()
+            assert answer.status_code == 503 and answer.json()["reason"] == "shutting_down"
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:  # failed: leave nothing running
+                process.kill()
+        assert process.stdout is not None
+        assert_stopped_cleanly(process.stdout.read().decode())
+
+
 @pytest.mark.parametrize("when", ["starting", "serving"])
 def test_ctrl_c_stops_every_process_without_a_traceback(
     tmp_path: Path, model_dir: Path, when: str
