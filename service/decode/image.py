@@ -150,12 +150,16 @@ def decode_image(
             if (target_size or short_side) and is_jpeg:
                 reduction = _draft(image, target_size or 0, short_side)
             image.load()
-            # Read after load: Pillow's TIFF decoder turns the image upright itself (its
-            # size is upright from the start) and then drops the tag.
+            # Read after load: Pillow's TIFF decoder turns the image upright itself and then
+            # drops the tag (its size is upright from the start only for the TIFF tag, not
+            # for an orientation in the XMP packet).
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-            swapped = orientation in _SWAPPING_ORIENTATIONS
-            upright = (stored_h, stored_w) if swapped else (stored_w, stored_h)
             upright_image = ImageOps.exif_transpose(image)
+            if reduction == 1:
+                upright = upright_image.size
+            else:  # drafted: the size of the stored picture, turned
+                swapped = orientation in _SWAPPING_ORIENTATIONS
+                upright = (stored_h, stored_w) if swapped else (stored_w, stored_h)
             rgb = _to_rgb(upright_image)
             managed = _in_srgb(upright_image)
             viewed = rgb if managed is upright_image else _to_rgb(managed)

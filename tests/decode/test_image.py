@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, TiffImagePlugin, TiffTags
 
 from service.analysis import to_boxes
 from service.decode import image as image_module
@@ -41,6 +41,27 @@ def test_exif_orientation_is_applied(fmt: str) -> None:
     assert decoded.image.size == (200, 300)
     red, green, blue = decoded.image.getpixel((195, 4))  # type: ignore[misc]
     assert red > 150 and green < 100 and blue < 100  # the marker moved to the top-right
+
+
+XMP_ORIENTATION_6 = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF'
+    b' xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description'
+    b' xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def test_a_tiff_turned_by_its_xmp_packet_alone_has_the_upright_size() -> None:
+    """An orientation only in the XMP packet (no TIFF tag): Pillow turns the pixels while
+    loading them but reported the stored size before, so the record's width and height were
+    swapped against the image the models saw."""
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[700] = XMP_ORIENTATION_6
+    info.tagtype[700] = TiffTags.BYTE
+    data = encode(gradient(300, 200), "TIFF", tiffinfo=info)
+    decoded = decode_image(data, max_pixels=CAP)
+    assert (decoded.width, decoded.height) == decoded.image.size == (200, 300)
+    red, green, blue = decoded.image.getpixel((195, 4))  # type: ignore[misc]
+    assert red > 150 and green < 100 and blue < 100
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "1"])
