@@ -280,7 +280,8 @@ class LabelingPipeline:
         record = record_to_document(self._build_record(analysis, len(data), url, digest))
         fields = {k: v for k, v in record.items() if k not in KEPT_ON_RELABEL}
         if "urls" not in document:  # imported with a url alone: the shape records have now
-            fields["urls"] = record["urls"]
+            kept = document.get("url")  # kept, whichever way the bytes came this time
+            fields["urls"] = [kept] if isinstance(kept, str) else []
         return await self._store.replace_labels(document["_id"], digest, fields)
 
     async def _relabel_if_stale(self, outcome: LabelOutcome, content: Content) -> LabelOutcome:

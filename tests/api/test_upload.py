@@ -155,6 +155,34 @@ async def test_relabel_stale_labels_stale_records_again_from_the_upload(
     assert_problem(refused, 400)
 
 
+async def test_relabel_stale_of_an_imported_record_keeps_its_url_in_urls(
+    client: AppClient, evalset_dir: Path
+) -> None:
+    """An imported record with a url and no urls gets urls when labeled again, as records
+    have them now: its url, which stays, not the upload's lack of one."""
+    data = photo(evalset_dir)
+    url = "https://old.example/cat.jpg"
+    await stored_records(client).insert_one(
+        {
+            "_id": "imported-1",
+            "url": url,
+            "datetime": "2020-01-01T00:00:00.000Z",
+            "type": "image",
+            "hash": hashlib.sha256(data).hexdigest(),
+            "width": 640,
+            "height": 371,
+            "object_analysis_processed": "true",
+            "object_analysis": [[]],
+            "label_quality_estimation": 0.5,
+        }
+    )
+    relabeled = await client.post(UPLOAD, params={"relabel": "stale"}, content=data, headers=JPEG)
+    assert relabeled.status_code == 200, relabeled.text
+    stored = await stored_records(client).find_one({"_id": "imported-1"})
+    assert stored is not None and "cat" in stored["classes"]
+    assert (stored["url"], stored["urls"]) == (url, [url])
+
+
 @pytest.mark.parametrize(
     ("headers", "detail"),
     [
