@@ -286,7 +286,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     if image.mode in _HIGH_BIT_DEPTH:
-        image = Image.fromarray(_grey8(np.asarray(image)), "L")
+        values = np.asarray(image)
+        grey = _grey8(values)
+        key = image.info.get("transparency")  # a 16-bit PNG's colour key, in 16-bit levels
+        if isinstance(key, int):
+            grey[values == key] = 255  # on white, as the 8-bit modes above
+        image = Image.fromarray(grey, "L")
     return image.convert("RGB")
 
 

@@ -121,8 +121,8 @@ def test_an_unreadable_colour_profile_is_ignored() -> None:
 def test_transparency_is_composited_on_white() -> None:
     data = encode(Image.new("RGBA", (10, 10), (0, 0, 0, 0)), "PNG")
     assert decode_image(data, max_pixels=CAP).image.getpixel((5, 5)) == (255, 255, 255)
-    # A colour key (tRNS) on a grey or RGB PNG: black is the transparent colour.
-    for mode, black in (("L", 0), ("RGB", (0, 0, 0))):
+    # A colour key (tRNS) on a grey (8- or 16-bit) or RGB PNG: black is the transparent colour.
+    for mode, black in (("L", 0), ("I;16", 0), ("RGB", (0, 0, 0))):
         keyed = encode(Image.new(mode, (10, 10), black), "PNG", transparency=black)
         assert decode_image(keyed, max_pixels=CAP).image.getpixel((5, 5)) == (255, 255, 255)
 
