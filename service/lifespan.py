@@ -57,6 +57,7 @@ class Resources:
     client_limiter: ClientLimiter | None = None
     indexes_ready: asyncio.Event = field(default_factory=asyncio.Event)
     index_error: str | None = None  # why the last attempt to create the indexes failed
+    database_unanswered: bool = False  # whether it failed for want of an answer
 
     def update_load_gauges(self) -> None:
         self.metrics.executor_pending.set(self.executor.pending)
@@ -81,12 +82,14 @@ async def _ensure_indexes(resources: Resources) -> None:
             outage = isinstance(exc, DatabaseUnavailable)
             wait = INDEX_RETRY_SECONDS if outage else INDEX_CHECK_SECONDS
             log.warning("creating indexes failed (%s); retrying in %g s", error, wait)
+            resources.database_unanswered = outage
             if not outage:
                 resources.index_error = error
                 resources.indexes_ready.clear()
             await asyncio.sleep(wait)
         else:
             resources.index_error = None
+            resources.database_unanswered = False
             resources.indexes_ready.set()
             await asyncio.sleep(INDEX_CHECK_SECONDS)
 

@@ -6,11 +6,14 @@ from litestar import MediaType, Response, get
 from litestar.di import Provide
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import ResourcesDep, provide_resources
+from service.api.deps import (
+    ResourcesDep,
+    provide_resources,
+    require_answering,
+    require_indexes,
+)
 from service.api.problems import problem_responses
 from service.api.schemas import Health, ModelStatus, Readiness
-from service.errors import DatabaseUnavailable, ServiceUnavailable, Starting
-from service.store.records import ping
 
 DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
 
@@ -32,22 +35,8 @@ async def readyz(resources: ResourcesDep) -> Readiness:
         ModelStatus(name=m.instance_name, provider=m.provider, sha256=m.sha256)
         for m in resources.models.loaded()
     ]
-    if not resources.indexes_ready.is_set() and resources.index_error is not None:
-        raise ServiceUnavailable(
-            f"creating the database indexes failed: {resources.index_error}",
-            retry_after=2,
-            extra={"database": "indexes"},
-        )
-    if not await ping(resources.database):
-        raise DatabaseUnavailable(
-            "the database is not answering", retry_after=2, extra={"database": "unavailable"}
-        )
-    if not resources.indexes_ready.is_set():
-        # Every start passes through here: the database answers, the indexes are not made
-        # yet. Blaming the database would page whoever watches database-unavailable answers.
-        raise Starting(
-            "the database indexes are being created", retry_after=1, extra={"database": "indexes"}
-        )
+    await require_answering(resources)
+    require_indexes(resources)
     return Readiness(status="ready", database="ok", models=models)
 
 

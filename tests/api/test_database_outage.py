@@ -113,8 +113,9 @@ async def test_hung_database_answers_503_within_the_deadline(
 async def test_a_database_down_from_the_start_is_reported_as_unavailable(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Index creation fails for the outage too; /readyz must name the outage, not send
-    the operator looking for an index problem (duplicate hashes in imported records)."""
+    """Index creation fails for the outage too; /readyz and labeling requests must name the
+    outage, not send the operator looking for an index problem (duplicate hashes in imported
+    records)."""
     nowhere = f"mongodb://127.0.0.1:{free_port()}/"
     app = create_app(make_settings(mongodb_uri=nowhere, db_timeout_ms=300))
     async with app.lifespan(), AppClient(app) as client:
@@ -126,3 +127,7 @@ async def test_a_database_down_from_the_start_is_reported_as_unavailable(
             raise AssertionError("index creation never failed")
         body = assert_problem(await client.get("/readyz"), 503)
         assert body["database"] == "unavailable", body
+        # Labeling requests name it too, at once: no ping of their own.
+        labeling = await client.post("/v1/labels", json={"url": "http://images.example/a.jpg"})
+        refused = assert_problem(labeling, 503, "database-unavailable")
+        assert refused["database"] == "unavailable", refused

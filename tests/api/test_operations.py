@@ -223,8 +223,9 @@ async def test_readiness_says_why_the_indexes_cannot_be_made(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Imported records holding the same bytes twice block the unique hash index: the
-    service stays unready, and says so, instead of blaming an unreachable database. It
-    does not build the index over every record again every few seconds meanwhile."""
+    service stays unready, and says so (labeling requests too), instead of blaming an
+    unreachable database. It does not build the index over every record again every few
+    seconds meanwhile."""
     attempts = 0
     ensure_indexes = RecordStore.ensure_indexes
 
@@ -249,6 +250,8 @@ async def test_readiness_says_why_the_indexes_cannot_be_made(
         problem = assert_problem(response, 503, "unavailable")
         assert problem["database"] == "indexes"
         assert "creating the database indexes failed: DuplicateKeyError" in problem["detail"]
+        refused = await client.post("/v1/labels", json={"url": "http://images.example/a.jpg"})
+        assert assert_problem(refused, 503, "unavailable") == problem | {"instance": "/v1/labels"}
         await asyncio.sleep(0.5)
         assert attempts == 1
 
@@ -258,9 +261,9 @@ async def test_readiness_while_the_indexes_are_made_does_not_blame_the_database(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Every start waits for its indexes with the database answering: /readyz says so, and
-    it is ready once they are made. Probes asked during a start are routine: logged as
-    information, with no warning, each window's closing line included."""
+    """Every start waits for its indexes with the database answering: /readyz says so (and
+    labeling requests), and it is ready once they are made. Probes asked during a start are
+    routine: logged as information, with no warning, each window's closing line included."""
     made = asyncio.Event()
     ensure_indexes = RecordStore.ensure_indexes
 
@@ -287,6 +290,8 @@ async def test_readiness_while_the_indexes_are_made_does_not_blame_the_database(
                 " (the last: GET /readyz)",
             ),
         ]
+        refused = await client.post("/v1/labels", json={"url": "http://images.example/a.jpg"})
+        assert assert_problem(refused, 503, "unavailable") == problem | {"instance": "/v1/labels"}
         made.set()
         await asyncio.wait_for(app.state.resources.indexes_ready.wait(), 30)
         assert (await client.get("/readyz")).json()["status"] == "ready"
