@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 
 # The $type aliases of each rank in the sort order. Arrays sort by an element, not as a
 # type, and null stands for missing fields too: both are left to the callers.
@@ -31,13 +31,16 @@ RANKS: Sequence[tuple[str, ...]] = (
     ("date",),
     ("timestamp",),
     ("regex",),
+    ("javascript", "javascriptWithScope"),
     ("maxKey",),
 )
+NULL = 1
 _RANK_OF: Sequence[tuple[tuple[type, ...], int]] = (
     ((MinKey,), 0),
-    ((type(None),), 1),
+    ((type(None),), NULL),
     ((bool,), 7),  # before int: bool is a subclass of int
     ((int, float, Int64, Decimal128), 2),
+    ((Code,), 11),  # before str: Code is a subclass of str
     ((str,), 3),
     ((dict,), 4),
     ((bytes, Binary, uuid.UUID), 5),
@@ -45,8 +48,10 @@ _RANK_OF: Sequence[tuple[tuple[type, ...], int]] = (
     ((datetime.datetime,), 8),
     ((Timestamp,), 9),
     ((Regex, re.Pattern), 10),
-    ((MaxKey,), 11),
+    ((MaxKey,), 12),
 )
+# NaN in either numeric type: MongoDB's equality matches it, its comparisons never do.
+NANS = [float("nan"), Decimal128("NaN")]
 
 
 def rank(value: Any) -> int:
@@ -57,24 +62,57 @@ def rank(value: Any) -> int:
     raise TypeError(f"no BSON sort rank for {type(value).__name__}")
 
 
-def types_after(value: Any, direction: int, *, skip_null: bool = False) -> list[str]:
+def types_after(value: Any, direction: int) -> list[str]:
     """The ``$type`` aliases of the types that sort after ``value``'s type in ``direction``
-    (1 ascending, -1 descending); without null when ``skip_null``."""
+    (1 ascending, -1 descending)."""
     here = rank(value)
-    ranks = RANKS[here + 1 :] if direction == 1 else RANKS[:here]
-    return [alias for group in ranks if not (skip_null and group == ("null",)) for alias in group]
+    return _aliases(RANKS[here + 1 :] if direction == 1 else RANKS[:here])
 
 
-def beyond(value: Any, op: str) -> dict[str, Any]:
+def later_types(key: str, value: Any, direction: int) -> list[dict[str, Any]]:
+    """Queries for the values of ``key`` of the types after ``value``'s in ``direction``, in
+    that order. A field that may be missing (any but ``_id``) sorts as null then, and no
+    ``$type`` matches it: null is a query of its own there, between minKey and the numbers."""
+    if key == "_id":
+        later = types_after(value, direction)
+        return [{key: {"$type": later}}] if later else []
+    here = rank(value)
+    if direction == 1:
+        later = _aliases(RANKS[max(here, NULL) + 1 :])
+        queries: list[dict[str, Any]] = [{key: None}] if here < NULL else []
+        return queries + ([{key: {"$type": later}}] if later else [])
+    above_null = _aliases(RANKS[NULL + 1 : here])
+    queries = [{key: {"$type": above_null}}] if above_null else []
+    if here > NULL:
+        queries.append({key: None})
+    if here > 0:
+        queries.append({key: {"$type": _aliases(RANKS[:NULL])}})
+    return queries
+
+
+def _aliases(ranks: Sequence[tuple[str, ...]]) -> list[str]:
+    return [alias for group in ranks for alias in group]
+
+
+def beyond(value: Any, op: str) -> dict[str, Any] | None:
     """The comparison matching the values of ``value``'s type after it in sort order, for
-    ``op`` ``$gt`` (ascending) or ``$lt`` (descending).
+    ``op`` ``$gt`` (ascending) or ``$lt`` (descending); None when none can follow it there
+    (null, minKey and maxKey are types of one value).
 
     NaN sorts before every other number but compares false with all of them, so what follows
-    it ascending is every number that is not NaN (imported data can hold NaN ids or values).
+    it ascending is every number that is not NaN (imported data can hold NaN ids or values),
+    and nothing descending.
     """
-    if op == "$gt" and _is_nan(value):
-        return {"$gte": -math.inf}
+    if rank(value) in (0, NULL, len(RANKS) - 1):
+        return None
+    if _is_nan(value):
+        return {"$gte": -math.inf} if op == "$gt" else None
     return {op: value}
+
+
+def is_number(value: Any) -> bool:
+    """A number that is not NaN: descending, the NaNs of its type follow it."""
+    return rank(value) == 2 and not isinstance(value, bool) and not _is_nan(value)
 
 
 def _is_nan(value: Any) -> bool:

@@ -21,10 +21,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bson import Binary, Decimal128, ObjectId, json_util
+from bson import Binary, Code, Decimal128, MaxKey, MinKey, ObjectId, Timestamp, json_util
 
 from service.errors import InvalidQuery
-from service.query.bson_order import beyond, types_after
+from service.query.bson_order import NANS, beyond, is_number, later_types
 from service.query.filters import encodable
 
 # Sort keys with an index on (key, _id): the order a walk follows without an in-memory sort.
@@ -38,7 +38,18 @@ MAX_FIELDS = 50
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _INT64 = 2**63
 # Besides strings and finite numbers, the types a cursor may carry (from Extended JSON).
-_EXTENDED_TYPES = (ObjectId, datetime.datetime, Decimal128, Binary, uuid.UUID)
+# Not regular expressions or JavaScript code: a regex in a query is a pattern to match.
+_EXTENDED_TYPES = (
+    ObjectId,
+    datetime.datetime,
+    Decimal128,
+    Binary,
+    bytes,  # binary data of subtype 0, as Extended JSON gives it back
+    uuid.UUID,
+    Timestamp,
+    MinKey,
+    MaxKey,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +164,7 @@ def _is_plain(value: object) -> bool:
     """A value JSON carries as it is: a string the database can store, a bool, or a finite
     number in the int64 or double range. (The cursor's length bounds a string's.)"""
     if isinstance(value, str):
-        return encodable(value)
+        return encodable(value) and not isinstance(value, Code)
     if isinstance(value, bool):
         return True
     if isinstance(value, float):
@@ -218,7 +229,8 @@ def decode_cursor(token: str, order: SortOrder) -> Position:
         raise _refuse("it was issued for another sort order")
     # RecursionError: a cursor of objects nested hundreds deep (the length allows it).
     try:
-        record_id = _from_json(payload["i"])
+        record_id = None if payload["i"] is None else _from_json(payload["i"])  # MongoDB
+        # allows one record the id null
     except (ValueError, RecursionError):
         raise _refuse("bad record id") from None
     try:
@@ -238,20 +250,21 @@ def after_filters(order: SortOrder, position: Position) -> list[dict[str, Any]]:
     followed by the types that sort after it (``bson_order``): imported ids may be ObjectIds.
     """
     key, op, direction = order.key, order.after_op, order.direction
-    id_types = types_after(position.id, direction)
-    later_ids = [{"_id": {"$type": id_types}}] if id_types else []
+    later_ids = _following(position.id, op, "_id", direction)
     if key == "_id":
-        return [{"_id": beyond(position.id, op)}, *later_ids]
-    ties = [{key: position.value, "_id": beyond(position.id, op)}]
-    ties += [{key: position.value, **later} for later in later_ids]
-    # Missing (and null) values sort before all others: first in ascending order, last in
-    # descending order, and no comparison operator matches them.
-    if position.value is None:
-        return [*ties, {key: {"$ne": None}}] if direction == 1 else ties
-    value_types = types_after(position.value, direction, skip_null=True)
-    rest = [*ties, {key: beyond(position.value, op)}]
-    rest += [{key: {"$type": value_types}}] if value_types else []
-    return rest if direction == 1 else [*rest, {key: None}]
+        return later_ids
+    ties = [{key: position.value, **later} for later in later_ids]
+    return ties + _following(position.value, op, key, direction)
+
+
+def _following(value: Any, op: str, key: str, direction: int) -> list[dict[str, Any]]:
+    """The queries for the values of ``key`` after ``value`` in sort order: of its type, its
+    NaNs (after every other number, descending), then of the types after it."""
+    after = beyond(value, op)
+    queries = [{key: after}] if after is not None else []
+    if direction == -1 and is_number(value):
+        queries.append({key: {"$in": NANS}})
+    return queries + later_types(key, value, direction)
 
 
 def after_match(order: SortOrder, position: Position) -> dict[str, Any]:

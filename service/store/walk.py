@@ -85,8 +85,8 @@ async def batch_after(
 
     if last_id is FROM_START:
         return await walk({})
-    # Only one record can have the id null, so nothing of its type follows it.
-    batch = await walk({"_id": beyond(last_id, "$gt")}) if last_id is not None else []
+    after = beyond(last_id, "$gt")  # None: the id is of a type of one value (null)
+    batch = await walk({"_id": after}) if after is not None else []
     if batch:
         return batch
     # $gt compares within one BSON type: imported ids of a later type (ObjectIds after

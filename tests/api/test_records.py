@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from bson import DBRef, Decimal128, MinKey, ObjectId, Regex, Timestamp
+from bson import DBRef, Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from pymongo.errors import OperationFailure
 
 from service.domain.records import new_record_id
@@ -532,19 +532,40 @@ async def test_cursor_walk_returns_records_without_the_sort_field(
     assert sorted(r["_id"] for r in walked) == sorted(r["_id"] for r in records)
 
 
-@pytest.mark.parametrize("sort", ["width", "-width"])
+@pytest.mark.parametrize("sort", ["width", "-width", "_id", "-_id"])
 async def test_cursor_walk_passes_sort_values_of_any_type(
     client: AppClient, auth: dict[str, str], sort: str
 ) -> None:
-    """Imports may hold a bool, an empty string or a document where a number belongs: a
-    walk passes each of them, in MongoDB's order across types."""
+    """Imports may hold a bool, an empty string, a document, NaN, null, MinKey, a timestamp
+    or binary data where a number belongs, and one record may have the id null: a walk
+    passes each of them, in MongoDB's order across types (NaN after the other numbers
+    descending, missing and null between MinKey and the numbers)."""
     records = [fake_record(i, ["cat"], 100 + i) for i in range(4)]
-    odd: list[object] = [True, "", {"px": 640}, "x" * 600, 7.5]
+    odd: list[object] = [
+        True,
+        "",
+        {"px": 640},
+        "x" * 600,
+        7.5,
+        float("nan"),
+        Decimal128("NaN"),
+        None,
+        MinKey(),
+        MaxKey(),
+        Timestamp(5, 1),
+        b"\x01\x02",
+    ]
     records += [{**fake_record(10 + i, ["cat"], 0), "width": value} for i, value in enumerate(odd)]
-    await client.resources.database["records"].insert_many(records)
+    records += [{**fake_record(30, ["cat"], 0), "_id": None}, fake_record(31, ["cat"], 0)]
+    del records[-1]["width"]
+    collection = client.resources.database["records"]
+    await collection.insert_many(records)
+    key, direction = sort.lstrip("-"), -1 if sort.startswith("-") else 1
+    in_order = collection.find({}, {"_id": 1}).sort(dict.fromkeys([key, "_id"], direction))
+    expected = [str(r["_id"]) async for r in in_order]
 
     walked = await _walk(client, auth, {"sort": sort, "per_page": 1, "fields": "url"})
-    assert sorted(r["_id"] for r in walked) == sorted(r["_id"] for r in records)
+    assert [str(r["_id"]) for r in walked] == expected
 
 
 async def test_page_walk_returns_every_record_once_while_inserts_happen(

@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from bson import Decimal128, MaxKey, ObjectId
+from bson import Code, Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp
 
 from service.errors import InvalidQuery
-from service.query.bson_order import types_after
+from service.query.bson_order import NANS, later_types, types_after
 from service.query.paging import (
     BY_ID,
     Position,
@@ -68,14 +68,29 @@ def test_cursor_round_trip_with_bson_values() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [True, "", "x" * 3000, {"px": 640, "at": ObjectId()}, -0.5, float("inf")]
+    "value",
+    [
+        True,
+        "",
+        "x" * 3000,
+        {"px": 640, "at": ObjectId()},
+        -0.5,
+        float("inf"),
+        Timestamp(5, 1),
+        MinKey(),
+        MaxKey(),
+        b"\x01\x02",
+    ],
 )
 def test_every_sort_value_a_page_can_end_on_makes_a_cursor(value: object) -> None:
     """Imports may hold any scalar or document where a number is expected: the cursor the
-    service issues after such a record is one it accepts."""
+    service issues after such a record is one it accepts. So is an id null (MongoDB allows
+    one record that id)."""
     order = SortOrder("width", -1)
     token = encode_cursor(order, {"_id": "PT::1", "width": value})
     assert decode_cursor(token, order) == Position(value=value, id="PT::1")
+    null_id = encode_cursor(order, {"_id": None, "width": value})
+    assert decode_cursor(null_id, order) == Position(value=value, id=None)
 
 
 def _token(payload: Any) -> str:
@@ -133,17 +148,20 @@ def test_after_filters() -> None:
     assert after_filters(descending, Position(value=None, id="PT::9")) == [
         {"width": None, "_id": {"$lt": "PT::9"}},
         {"width": None, "_id": before_strings},
+        {"width": {"$type": ["minKey"]}},  # the one value that sorts before null
     ]
     assert after_filters(SortOrder("width", 1), Position(None, "PT::9"))[2] == {
-        "width": {"$ne": None}
+        "width": {"$type": types_after(None, 1)}  # not minKey, which sorts before null
     }
-    # Descending, records without the key come after every value.
+    # Descending, NaN comes after every other number, then records without the key (or
+    # null), then minKey.
     assert after_filters(descending, Position(value=640, id="PT::9")) == [
         {"width": 640, "_id": {"$lt": "PT::9"}},
         {"width": 640, "_id": before_strings},
         {"width": {"$lt": 640}},
-        {"width": {"$type": ["minKey"]}},
+        {"width": {"$in": NANS}},
         {"width": None},
+        {"width": {"$type": ["minKey"]}},
     ]
     assert after_match(BY_ID, Position("PT::9", "PT::9")) == {
         "$or": [{"_id": {"$gt": "PT::9"}}, {"_id": after_strings}]
@@ -152,7 +170,15 @@ def test_after_filters() -> None:
 
 
 NUMBERS = ["double", "int", "long", "decimal"]
-LATER_THAN_OBJECTID = ["bool", "date", "timestamp", "regex", "maxKey"]
+LATER_THAN_OBJECTID = [
+    "bool",
+    "date",
+    "timestamp",
+    "regex",
+    "javascript",
+    "javascriptWithScope",
+    "maxKey",
+]
 
 
 @pytest.mark.parametrize(
@@ -166,7 +192,8 @@ LATER_THAN_OBJECTID = ["bool", "date", "timestamp", "regex", "maxKey"]
             -1,
             ["minKey", "null", *NUMBERS, "string", "symbol", "object", "binData", "objectId"],
         ),
-        (datetime(2020, 1, 1), 1, ["timestamp", "regex", "maxKey"]),
+        (datetime(2020, 1, 1), 1, LATER_THAN_OBJECTID[2:]),
+        (Code("f()"), -1, [*types_after(Regex("^a"), -1), "regex"]),  # not a string
         (MaxKey(), 1, []),
     ],
 )
@@ -176,15 +203,35 @@ def test_types_after_follow_the_bson_sort_order(
     assert types_after(value, direction) == expected
 
 
-def test_types_after_can_leave_null_out() -> None:
-    assert types_after(3, -1, skip_null=True) == ["minKey"]
+@pytest.mark.parametrize(
+    ("value", "direction", "expected"),
+    [
+        (MinKey(), 1, [{"w": None}, {"w": {"$type": types_after(None, 1)}}]),
+        (None, 1, [{"w": {"$type": types_after(None, 1)}}]),
+        (MaxKey(), 1, []),
+        (3, -1, [{"w": None}, {"w": {"$type": ["minKey"]}}]),
+        (None, -1, [{"w": {"$type": ["minKey"]}}]),
+        (MinKey(), -1, []),
+        ("a", -1, [{"w": {"$type": NUMBERS}}, {"w": None}, {"w": {"$type": ["minKey"]}}]),
+    ],
+)
+def test_later_types_put_missing_fields_where_null_sorts(
+    value: object, direction: int, expected: list[dict[str, Any]]
+) -> None:
+    assert later_types("w", value, direction) == expected
+    # An _id is never missing: one query for every later type.
+    ids = later_types("_id", value, direction)
+    assert ids == ([{"_id": {"$type": types_after(value, direction)}}] if expected else [])
 
 
 def test_after_a_nan_come_the_other_numbers() -> None:
-    """NaN sorts before every number, but no number compares greater than it."""
+    """NaN sorts before every number, but no number compares greater than it; descending,
+    nothing of its type follows it, and it follows every other number."""
     ascending, descending = SortOrder("width", 1), SortOrder("width", -1)
     nan = Position(value=float("nan"), id="PT::5")
     assert after_filters(ascending, nan)[-2] == {"width": {"$gte": -math.inf}}
-    assert {"width": {"$lt": nan.value}} in after_filters(descending, nan)
+    assert after_filters(descending, nan)[2:] == [{"width": None}, {"width": {"$type": ["minKey"]}}]
+    assert {"width": {"$in": NANS}} in after_filters(descending, Position(-3, "PT::5"))
+    assert {"width": {"$in": NANS}} not in after_filters(descending, Position(True, "PT::5"))
     by_id = after_filters(SortOrder("_id", 1), Position(value=None, id=Decimal128("NaN")))
     assert by_id[0] == {"_id": {"$gte": -math.inf}}
