@@ -102,13 +102,21 @@ def _id_condition(value: Any) -> Any:
     for op in ("$in", "$nin"):
         if isinstance(condition.get(op), list):
             condition[op] = [alias for v in condition[op] for alias in _aliases(v)]
-    # One value under $eq or $ne becomes a list under $in or $nin, unless that is taken.
+    # One value under $eq or $ne becomes a list under $in or $nin; beside a list there
+    # already, $eq keeps those of its aliases the list holds, $ne adds its aliases to it.
     for single, listed in (("$eq", "$in"), ("$ne", "$nin")):
-        if single in condition and listed not in condition:
-            aliases = _aliases(condition[single])
-            if len(aliases) > 1:
-                del condition[single]
-                condition[listed] = aliases
+        aliases = _aliases(condition[single]) if single in condition else []
+        if len(aliases) < 2:
+            continue
+        if listed not in condition:
+            condition[listed] = aliases
+        elif not isinstance(others := condition[listed], list):
+            continue  # the database refuses it as it is
+        elif single == "$eq":
+            condition[listed] = [alias for alias in aliases if alias in others]
+        else:
+            condition[listed] = [*others, *aliases]
+        del condition[single]
     return condition
 
 

@@ -404,12 +404,18 @@ async def test_imported_ids_can_be_followed(
     if isinstance(imported_id, ObjectId):  # the Cortex route tells URLs and ids apart
         uploaded = await client.post("/upload", json={"url_or_id": rid}, headers=auth)
         assert uploaded.status_code == 200 and uploaded.json()["_id"] == rid
-    for q in ({"_id": rid}, {"_id": {"$in": [rid, "x"]}}, {"$or": [{"_id": {"$eq": rid}}]}):
+    for q in (
+        {"_id": rid},
+        {"_id": {"$in": [rid, "x"]}},
+        {"$or": [{"_id": {"$eq": rid}}]},
+        {"_id": {"$eq": rid, "$in": [rid, "x"]}},
+    ):
         found = await client.get("/v1/records", params={"q": json.dumps(q)}, headers=auth)
         assert [r["_id"] for r in found.json()["output"]] == [rid], q
-    others = {"_id": {"$ne": rid}, "width": 640}
-    found = await client.get("/v1/records", params={"q": json.dumps(others)}, headers=auth)
-    assert [r["_id"] for r in found.json()["output"]] == [twin["_id"]]
+    for others in ({"_id": {"$ne": rid}}, {"_id": {"$ne": rid, "$nin": ["x"]}}):
+        q = json.dumps({**others, "width": 640})
+        found = await client.get("/v1/records", params={"q": q}, headers=auth)
+        assert [r["_id"] for r in found.json()["output"]] == [twin["_id"]], others
     missing = await client.get(f"/v1/records/{ObjectId()}", headers=auth)
     assert_problem(missing, 404, "record-not-found")
 

@@ -560,6 +560,12 @@ def test_hex_ids_also_match_the_objectid_shown_that_way() -> None:
         "$and": [{"_id": {"$in": [*both, 3]}}],
         "url": hexed,  # only _id names records
     }
-    # $eq beside an $in of its own is left as it is (it would need both lists).
-    kept = {"_id": {"$eq": hexed, "$in": ["a"]}}
-    assert with_id_aliases(kept)["_id"]["$eq"] == hexed
+    # Beside a list of their own: $ne adds its aliases to $nin, $eq keeps those $in holds.
+    assert with_id_aliases({"_id": {"$ne": hexed, "$nin": ["x"]}}) == {
+        "_id": {"$nin": ["x", *both]}
+    }
+    assert with_id_aliases({"_id": {"$eq": hexed, "$in": ["a"]}}) == {"_id": {"$in": []}}
+    assert with_id_aliases({"_id": {"$eq": hexed, "$in": [ObjectId(hexed)]}}) == {
+        "_id": {"$in": [ObjectId(hexed)]}
+    }
+    assert with_id_aliases({"_id": {"$eq": hexed, "$in": 3}}) == {"_id": {"$eq": hexed, "$in": 3}}
