@@ -49,6 +49,10 @@ _MAX_BOUNDED_CHOICES = 16
 @dataclass(slots=True)
 class _Shape:
     degree: int = 0
+    # The degree of the costliest run inside: a possessive repetition gives nothing back,
+    # so it adds no degree to what follows it, but it runs again, for up to n steps, at each
+    # choice of the repetitions before it (``.+a++b`` is n ** 3 unanchored).
+    peak: int = 0
     branches: int = 1
     quantified: bool = False  # contains a variable-length quantifier
     alternation: bool = False  # contains |
@@ -86,13 +90,14 @@ class _RegexShape:
             raise RegexRefused("unbalanced parenthesis")
         if anchored and shape.top_level_branches > 1:
             anchored = False
-        degree = shape.degree + (0 if anchored else 1)
+        degree = max(shape.degree, shape.peak) + (0 if anchored else 1)
         if degree > _MAX_REGEX_DEGREE:
             raise RegexRefused(
                 "repetitions in sequence can backtrack heavily: at most one unbounded "
                 "repetition (*, +, {n,}) that gives characters back, two after a leading ^ "
                 "(a leading or trailing .* is never needed; a possessive quantifier such as "
-                "[^/]*+ gives nothing back)"
+                "[^/]*+ gives nothing back, but counts after another repetition, which runs "
+                "it again at each of its choices)"
             )
         most = _MAX_BRANCHES_AT_MAX_DEGREE if degree == _MAX_REGEX_DEGREE else _MAX_REGEX_BRANCHES
         if shape.branches > most:
@@ -123,6 +128,7 @@ class _RegexShape:
             return branches[0]
         return _Shape(
             degree=max(b.degree for b in branches),
+            peak=max(b.peak for b in branches),
             branches=min(sum(b.branches for b in branches), _MAX_REGEX_BRANCHES + 1),
             quantified=any(b.quantified for b in branches),
             alternation=True,
@@ -143,6 +149,7 @@ class _RegexShape:
                 item = self.repeat(item, bounds, start)
             total = _Shape(
                 degree=total.degree + item.degree,
+                peak=max(total.peak, total.degree + item.peak),
                 branches=min(total.branches * item.branches, _MAX_REGEX_BRANCHES + 1),
                 quantified=total.quantified or item.quantified,
                 alternation=total.alternation or item.alternation,
@@ -282,17 +289,25 @@ class _RegexShape:
             # A few counts to choose from (c{2,3}): a factor, not another power of n.
             return _Shape(
                 degree=item.degree,
+                peak=item.peak,
                 branches=min(item.branches * (high - low + 1), _MAX_REGEX_BRANCHES + 1),
                 quantified=True,
             )
         if repeating:
-            # A possessive repetition never gives characters back, so it adds no degree;
-            # it still counts as a quantifier for the nesting rule above.
+            # A possessive repetition never gives characters back, so it adds no degree to
+            # what follows; its own run costs one (``peak``). It still counts as a
+            # quantifier for the nesting rule above.
             degree = item.degree if possessive else item.degree + 1
-            return _Shape(degree=degree, branches=item.branches, quantified=True)
+            return _Shape(
+                degree=degree,
+                peak=max(item.peak, item.degree + 1),
+                branches=item.branches,
+                quantified=True,
+            )
         # Optional: the item once, or not at all.
         return _Shape(
             degree=item.degree,
+            peak=item.peak,
             branches=min(item.branches + 1, _MAX_REGEX_BRANCHES + 1),
             quantified=True,
             alternation=item.alternation,

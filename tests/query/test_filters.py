@@ -95,6 +95,9 @@ REFUSED: list[Any] = [
     pytest.param(_regex(".{0,300}.{0,300}#"), ["$regex", "repetitions"], id="regex-long-bounds"),
     pytest.param(_regex("^a*a*a*x"), ["$regex", "repetitions"], id="regex-anchored-three"),
     pytest.param(_regex("^a*a*x", "m"), ["$regex", "repetitions"], id="regex-anchor-per-line"),
+    # A possessive run starts again at each choice of the repetition before it: n ** 3.
+    pytest.param(_regex(".+(a)++a"), ["$regex", "repetitions"], id="regex-possessive-after"),
+    pytest.param(_regex("[^b]+a++a"), ["$regex", "repetitions"], id="regex-possessive-after-2"),
     pytest.param(_regex("^a*a*x|b"), ["$regex", "repetitions"], id="regex-anchor-one-branch"),
     pytest.param(_regex("(a|b)(a|b)(a|b)a*x"), ["$regex", "alternatives"], id="regex-branchy-scan"),
     pytest.param(_regex("(ab"), ["$regex", "unbalanced"], id="regex-unbalanced"),
@@ -200,7 +203,7 @@ VALID: list[Any] = [
     pytest.param({"width": -(2**63), "height": 2**63 - 1, "x": 1.5e300}, id="number-edges"),
     pytest.param({"classes": "chat \u00e9\U0001f408"}, id="unicode"),
     pytest.param(
-        {"url": {"$regex": "(?:ab)+c{2,3}[^/]++/[^/]++/[^/]++/x", "$options": "ms"}}, id="rx1"
+        {"url": {"$regex": "(?:ab)++c{2,3}[^/]++/[^/]++/[^/]++/x", "$options": "ms"}}, id="rx1"
     ),
     pytest.param({"url": {"$regex": "^(jpg|png)?$|\\p{L}+[[:alpha:]]\\d{4}"}}, id="regex-misc"),
     pytest.param({"url": {"$regex": "a b  # comment\n c", "$options": "x"}}, id="regex-extended"),
@@ -209,6 +212,7 @@ VALID: list[Any] = [
     pytest.param({"url": {"$regex": "^https://.*/.*\\.jpg$"}}, id="regex-anchored-two"),
     pytest.param({"url": {"$regex": "\\Aimg.*x.*y"}}, id="regex-anchored-by-A"),
     pytest.param({"url": {"$regex": "[^/]*+/[^/]*+/.*\\.png"}}, id="regex-possessive"),
+    pytest.param({"url": {"$regex": "^.+a++b"}}, id="regex-anchored-possessive-after"),
     pytest.param({"url": {"$regex": "a{2,3}b{1,2}.*c"}}, id="regex-small-bounds"),
     pytest.param({}, id="empty"),
 ]
