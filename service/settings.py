@@ -209,6 +209,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         raw: dict[str, object] = {}
         fields = set(cls.__struct_fields__)
         optional = {f.name for f in msgspec.structs.fields(cls) if f.default is None}
+        paths = {f.name for f in msgspec.structs.fields(cls) if f.type is Path}
         unknown = []
         for key, value in env.items():
             if not key.startswith(PREFIX):
@@ -216,6 +217,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             name = key.removeprefix(PREFIX).lower()
             if name in optional and not value:
                 continue  # `VAR=` (an env file, compose's ${VAR:-}) leaves it unset
+            if name in paths and not value:  # it would be the working directory
+                raise ConfigError(f"{key} is empty: name a directory, or leave it unset")
             if name in fields:
                 raw[name] = value
             elif name not in NOT_SETTINGS:

@@ -190,6 +190,8 @@ def allowed_host_entries(value: str) -> tuple[str, ...]:
             entries.append(_parse_host(host)[0])
         except UrlRejected:
             raise ValueError(f"{entry!r} is not a valid host name or address") from None
+    if value.strip() and not entries:  # "," would mean any public host, as empty does
+        raise ValueError("it lists no host (leave it empty to allow any public host)")
     return tuple(entries)
 
 

@@ -348,6 +348,9 @@ def test_bad_detect_batch_settings_fail_fast() -> None:
         ("LOG_LEVEL", "verbose", "log_level"),
         ("LOG_FORMAT", "xml", "log_format must be one of text, json"),
         ("MONGODB_DB", "", "mongodb_db"),
+        ("DATA_DIR", "", "LABELSVC_DATA_DIR is empty: name a directory, or leave it unset"),
+        ("MODEL_DIR", "", "LABELSVC_MODEL_DIR is empty"),
+        ("FETCH_ALLOWED_HOSTS", " , ", "fetch_allowed_hosts: it lists no host"),
         ("MONGODB_DB", "a.b", "mongodb_db"),
         # MongoDB counts a name's UTF-8 bytes: 32 characters here, but 64 bytes.
         ("MONGODB_DB", "\u00e9" * 32, "mongodb_db must be a database name of at most 63 bytes"),
