@@ -109,6 +109,12 @@ def decode_image(
             raise UnprocessableImage(
                 "the AVIF image is truncated or corrupt", extra={"reason": "corrupt"}
             ) from None
+        if (signed := _signature_format(data)) is not None:
+            # Its own signature, but a header Pillow could not read: cut, or damaged.
+            raise UnprocessableImage(
+                f"the {signed} image's header is truncated or corrupt",
+                extra={"reason": "corrupt"},
+            ) from None
         if brands & _HEVC_BRANDS:
             raise UnsupportedMediaType(
                 "HEIC (HEVC-coded HEIF) images are not read here: send the photo as JPEG or AVIF",
@@ -183,6 +189,29 @@ def decode_image(
         viewed=viewed,
         reduction=reduction,
     )
+
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\xff\xd8\xff", "JPEG"),
+)
+
+
+def _signature_format(data: bytes) -> str | None:
+    """The supported format whose signature ``data`` starts with, if any. A BMP's two-letter
+    one counts only with its reserved header bytes zero, so that text is not taken for one."""
+    for signature, fmt in _SIGNATURES:
+        if data.startswith(signature):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM" and len(data) >= 14 and data[6:10] == bytes(4):
+        return "BMP"
+    return None
 
 
 def _file_brands(data: bytes) -> frozenset[bytes]:

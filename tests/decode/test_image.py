@@ -186,6 +186,18 @@ def test_a_damaged_avif_is_unprocessable(data: bytes) -> None:
         decode_image(data, max_pixels=CAP)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's, on a cut TIFF directory
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "TIFF", "WEBP", "JPEG"])
+def test_a_header_cut_short_is_a_broken_image_not_another_format(fmt: str) -> None:
+    """Cut inside its header, a file still starts with its format's signature: 422 broken,
+    as when cut later, rather than 415 'not an image in a supported format'."""
+    data = encode(gradient(64, 48), fmt)
+    for cut in (16, 24, 40):
+        with pytest.raises(UnprocessableImage, match="corrupt") as info:
+            decode_image(data[:cut], max_pixels=CAP)
+        assert info.value.extra == {"reason": "corrupt"}
+
+
 def _file_type_box(major: bytes, *compatible: bytes) -> bytes:
     body = major + b"\0\0\0\0" + b"".join(compatible)
     return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body
