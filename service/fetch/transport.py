@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import aiohttp
 import httpx
+import yarl
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -65,7 +66,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         with _as_httpx_errors(request):
             response = await self._open().request(
                 request.method,
-                str(request.url),
+                # As httpx encoded it: yarl would decode %2F and %3F in the query again.
+                yarl.URL(str(request.url), encoded=True),
                 headers=headers,
                 data=request.content or None,
                 allow_redirects=False,

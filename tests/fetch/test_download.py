@@ -93,6 +93,14 @@ async def test_tries_checked_addresses_in_order(
     assert server.seen[-1].headers["Host"] == f"images.example:{server.port}"
 
 
+async def test_the_url_is_requested_as_the_client_wrote_it(
+    server: Server, fetcher: ImageFetcher
+) -> None:
+    """Percent-escapes are kept: %2F and / differ to a host (signed URLs sign the text)."""
+    await fetcher.fetch(server.url("/ok.jpg?s=%2F%3F%26%3D&t=a%20b"))
+    assert server.seen[-1].path == "/ok.jpg?s=%2F%3F%26%3D&t=a%20b"
+
+
 async def test_lookups_a_slow_name_server_holds_do_not_stall_other_fetches(
     server: Server, fetcher: ImageFetcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
