@@ -93,11 +93,10 @@ def records_created(base: str) -> float:
     return float(found.group(1))
 
 
-def test_processes_share_the_port_and_the_metrics_and_one_that_dies_is_replaced(
-    tmp_path: Path, model_dir: Path, evalset_dir: Path, image_server: ImageServer
-) -> None:
+def two_processes(tmp_path: Path, model_dir: Path) -> tuple[int, str, dict[str, str]]:
+    """A free port, its base URL, and the environment of a service of two processes on it
+    that may fetch images from this machine."""
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = service_env(
         port,
         data_dir=str(tmp_path / "var"),
@@ -105,6 +104,13 @@ def test_processes_share_the_port_and_the_metrics_and_one_that_dies_is_replaced(
         allow_private_urls="1",
         processes="2",
     )
+    return port, f"http://127.0.0.1:{port}", env
+
+
+def test_processes_share_the_port_and_the_metrics_and_one_that_dies_is_replaced(
+    tmp_path: Path, model_dir: Path, evalset_dir: Path, image_server: ImageServer
+) -> None:
+    port, base, env = two_processes(tmp_path, model_dir)
     env["TMPDIR"] = str(tmp_path)
     photos = sorted(p.name for p in (evalset_dir / "images").glob("*.jpg"))[:7]
     urls = [image_server.photo_url(name) for name in photos]
@@ -317,15 +323,7 @@ def test_once_stopping_several_processes_refuse_new_connections(
     # A stop waits for the requests in flight (up to 10 s). Meanwhile a new connection must be
     # refused, as one process refuses it, so that clients and balancers go elsewhere at once,
     # not accepted by the kernel and left unanswered until the last process is out.
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = service_env(
-        port,
-        data_dir=str(tmp_path / "var"),
-        model_dir=str(model_dir),
-        allow_private_urls="1",
-        processes="2",
-    )
+    _, base, env = two_processes(tmp_path, model_dir)
     with (
         start_service(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process,
         ThreadPoolExecutor(1) as pool,
