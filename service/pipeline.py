@@ -45,7 +45,8 @@ from service.fetch.revalidation import EntityTags
 from service.lineage import current_key, is_stale
 from service.observability import Metrics
 from service.query.derived import derive
-from service.store.records import RecordStore, is_object_id_hex
+from service.store.ids import is_object_id_hex
+from service.store.records import RecordStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

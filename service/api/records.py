@@ -29,7 +29,7 @@ from service.query.hints import add_index_hints
 from service.query.pages import Budget, Page, PageRequest, record_page, similar_page
 from service.query.paging import MAX_CURSOR_LENGTH, SORTABLE, SortOrder, parse_fields, parse_sort
 from service.query.similar import DEFAULT_DISTANCE, MAX_DISTANCE
-from service.store.records import with_id_aliases
+from service.store.ids import with_id_aliases
 
 DEPENDENCIES = {"resources": Provide(provide_resources, sync_to_thread=False)}
 QUERY_PROBLEMS = problem_responses(400, 401, 403, 429, 503)

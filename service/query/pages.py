@@ -45,7 +45,8 @@ from service.query.paging import (
 from service.query.plan import conjoin, is_point_lookup
 from service.query.similar import MAX_DISTANCE, hamming, is_phash, probe_bands
 from service.store.errors import QueryTimedOut, ResultTooLarge
-from service.store.records import Document, RecordStore, id_filter
+from service.store.ids import id_filter
+from service.store.records import Document, RecordStore
 
 WALK_COUNT_MAX_AGE = 60.0  # seconds a cursor page may reuse its walk's count
 

@@ -14,7 +14,7 @@ from bson import ObjectId
 from service.errors import InvalidQuery
 from service.query.filters import FilterLimits, parse_filter, validate_filter
 from service.query.hints import add_index_hints
-from service.store.records import with_id_aliases
+from service.store.ids import with_id_aliases
 
 
 def _nested_and(levels: int) -> dict[str, Any]:
