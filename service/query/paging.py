@@ -227,10 +227,10 @@ def decode_cursor(token: str, order: SortOrder) -> Position:
         raise _refuse("not a cursor this service issued")
     if payload["k"] != order.key or payload["d"] != order.direction:
         raise _refuse("it was issued for another sort order")
-    # RecursionError: a cursor of objects nested hundreds deep (the length allows it).
+    # RecursionError: a cursor of objects nested hundreds deep (the length allows it). The
+    # id may be null: MongoDB allows one record that id.
     try:
-        record_id = None if payload["i"] is None else _from_json(payload["i"])  # MongoDB
-        # allows one record the id null
+        record_id = None if payload["i"] is None else _from_json(payload["i"])
     except (ValueError, RecursionError):
         raise _refuse("bad record id") from None
     try:
