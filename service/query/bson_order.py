@@ -35,11 +35,12 @@ RANKS: Sequence[tuple[str, ...]] = (
     ("maxKey",),
 )
 NULL = 1
+_NUMBERS = 2
 _RANK_OF: Sequence[tuple[tuple[type, ...], int]] = (
     ((MinKey,), 0),
     ((type(None),), NULL),
     ((bool,), 7),  # before int: bool is a subclass of int
-    ((int, float, Int64, Decimal128), 2),
+    ((int, float, Int64, Decimal128), _NUMBERS),
     ((Code,), 11),  # before str: Code is a subclass of str
     ((str,), 3),
     ((dict,), 4),
@@ -110,9 +111,15 @@ def beyond(value: Any, op: str) -> dict[str, Any] | None:
     return {op: value}
 
 
-def is_number(value: Any) -> bool:
-    """A number that is not NaN: descending, the NaNs of its type follow it."""
-    return rank(value) == 2 and not isinstance(value, bool) and not _is_nan(value)
+def following(key: str, value: Any, direction: int) -> list[dict[str, Any]]:
+    """The queries for the values of ``key`` after ``value`` in sort order (1 ascending, -1
+    descending), in turn: of its type, its NaNs (after every other number, descending), then
+    of the types after it."""
+    after = beyond(value, "$gt" if direction == 1 else "$lt")
+    queries = [{key: after}] if after is not None else []
+    if direction == -1 and rank(value) == _NUMBERS and not _is_nan(value):
+        queries.append({key: {"$in": NANS}})
+    return queries + later_types(key, value, direction)
 
 
 def _is_nan(value: Any) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 from bson import Binary, Code, Decimal128, MaxKey, MinKey, ObjectId, Timestamp, json_util
 
 from service.errors import InvalidQuery
-from service.query.bson_order import NANS, beyond, is_number, later_types
+from service.query.bson_order import following
 from service.query.filters import encodable
 
 # Sort keys with an index on (key, _id): the order a walk follows without an in-memory sort.
@@ -61,10 +61,6 @@ class SortOrder:
         if self.key == "_id":
             return [("_id", self.direction)]
         return [(self.key, self.direction), ("_id", self.direction)]
-
-    @property
-    def after_op(self) -> str:
-        return "$gt" if self.direction == 1 else "$lt"
 
 
 BY_ID = SortOrder("_id", 1)
@@ -249,22 +245,12 @@ def after_filters(order: SortOrder, position: Position) -> list[dict[str, Any]]:
     from an index, on any server. A comparison matches one BSON type only, so each is
     followed by the types that sort after it (``bson_order``): imported ids may be ObjectIds.
     """
-    key, op, direction = order.key, order.after_op, order.direction
-    later_ids = _following(position.id, op, "_id", direction)
+    key, direction = order.key, order.direction
+    later_ids = following("_id", position.id, direction)
     if key == "_id":
         return later_ids
     ties = [{key: position.value, **later} for later in later_ids]
-    return ties + _following(position.value, op, key, direction)
-
-
-def _following(value: Any, op: str, key: str, direction: int) -> list[dict[str, Any]]:
-    """The queries for the values of ``key`` after ``value`` in sort order: of its type, its
-    NaNs (after every other number, descending), then of the types after it."""
-    after = beyond(value, op)
-    queries = [{key: after}] if after is not None else []
-    if direction == -1 and is_number(value):
-        queries.append({key: {"$in": NANS}})
-    return queries + later_types(key, value, direction)
+    return ties + following(key, position.value, direction)
 
 
 def after_match(order: SortOrder, position: Position) -> dict[str, Any]:

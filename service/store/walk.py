@@ -10,7 +10,7 @@ from typing import Any, Final, Self
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from service.query.bson_order import beyond, types_after
+from service.query.bson_order import following
 from service.store.errors import within
 from service.store.records import Document
 
@@ -85,11 +85,10 @@ async def batch_after(
 
     if last_id is FROM_START:
         return await walk({})
-    after = beyond(last_id, "$gt")  # None: the id is of a type of one value (null)
-    batch = await walk({"_id": after}) if after is not None else []
-    if batch:
-        return batch
     # $gt compares within one BSON type: imported ids of a later type (ObjectIds after
     # strings) come from a query for those types.
-    later = types_after(last_id, 1)
-    return await walk({"_id": {"$type": later}}) if later else []
+    for after in following("_id", last_id, 1):
+        batch = await walk(after)
+        if batch:
+            return batch
+    return []
