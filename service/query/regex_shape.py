@@ -49,9 +49,10 @@ _MAX_BOUNDED_CHOICES = 16
 @dataclass(slots=True)
 class _Shape:
     degree: int = 0
-    # The degree of the costliest run inside: a possessive repetition gives nothing back,
-    # so it adds no degree to what follows it, but it runs again, for up to n steps, at each
-    # choice of the repetitions before it (``.+a++b`` is n ** 3 unanchored).
+    # The degree of the costliest run inside, never below ``degree``: a possessive
+    # repetition gives nothing back, so it adds no degree to what follows it, but it runs
+    # again, for up to n steps, at each choice of the repetitions before it (``.+a++b`` is
+    # n ** 3 unanchored).
     peak: int = 0
     branches: int = 1
     quantified: bool = False  # contains a variable-length quantifier
@@ -90,7 +91,7 @@ class _RegexShape:
             raise RegexRefused("unbalanced parenthesis")
         if anchored and shape.top_level_branches > 1:
             anchored = False
-        degree = max(shape.degree, shape.peak) + (0 if anchored else 1)
+        degree = shape.peak + (0 if anchored else 1)
         if degree > _MAX_REGEX_DEGREE:
             raise RegexRefused(
                 "repetitions in sequence can backtrack heavily: at most one unbounded "
