@@ -337,8 +337,11 @@ def test_once_stopping_several_processes_refuse_new_connections(
             wait_for(lambda: any(path == "/drip" for path, _ in image_server.requests))
             process.send_signal(signal.SIGTERM)
             time.sleep(1)  # the processes close their sockets as they begin to stop
-            for _ in range(8):  # on either process's sockets, by the hash of the addresses
-                with pytest.raises(httpx.ConnectError):
+            # On either process's sockets, by the hash of the addresses: refused, or reset if
+            # it came while a process was still closing them (a busy machine), but never left
+            # waiting (httpx.ReadTimeout, as before the supervisor closed its copies first).
+            for _ in range(8):
+                with pytest.raises((httpx.ConnectError, httpx.ReadError)):
                     httpx.get(base + "/healthz", timeout=3)
             assert process.poll() is None, "it stopped without waiting for the request"
             answer = slow.result()
