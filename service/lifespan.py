@@ -143,9 +143,7 @@ async def open_resources(
         )
         keys = ApiKeyStore(database, operation_timeout_ms=settings.db_operation_timeout_ms)
 
-        fetcher = ImageFetcher(
-            FetchPolicy.from_settings(settings), resolver_threads=settings.max_inflight
-        )
+        fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
         stack.push_async_callback(fetcher.aclose)
 
         analyzer = ImageAnalyzer(

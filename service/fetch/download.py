@@ -7,7 +7,7 @@ import http.cookiejar
 import ipaddress
 import re
 import ssl
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -28,6 +28,7 @@ from service.fetch.body import (
 )
 from service.fetch.clients import HostClients
 from service.fetch.coding import BodyDecoder
+from service.fetch.names import NameResolver
 from service.fetch.policy import (
     FetchPolicy,
     IPAddress,
@@ -41,7 +42,6 @@ from service.fetch.transport import AiohttpTransport
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Keep-alive: how long idle connections are kept.
 KEEPALIVE_SECONDS = 5.0
-RESOLVER_THREADS = 32  # the service passes its bound on labeling requests in flight
 
 
 # The longest entity tag kept for revalidation; S3's and most servers' are under 70 bytes.
@@ -156,15 +156,11 @@ class ImageFetcher:
         policy: FetchPolicy,
         *,
         verify: ssl.SSLContext | bool = True,
-        resolver_threads: int = RESOLVER_THREADS,
+        name_servers: Sequence[str] = (),
     ) -> None:
-        """``resolver_threads``: at least the fetches that may run at once, so that lookups
-        a slow name server holds up cannot stall the lookups of other fetches."""
+        """``name_servers`` resolve the URLs' hosts in place of the system's (``NameResolver``)."""
         self._policy = policy
-        # Host lookups block a thread until the name server answers or the resolver gives
-        # up, past the fetch's own timeout. In the loop's small shared pool (4 threads under
-        # uvloop) a few URLs on a slow domain would hold up every fetch.
-        self._resolver = ThreadPoolExecutor(resolver_threads, thread_name_prefix="resolver")
+        self._resolver = NameResolver(name_servers)
         # One TLS context for every client: building one loads the CA bundle.
         context = (
             verify
@@ -187,7 +183,7 @@ class ImageFetcher:
 
     async def aclose(self) -> None:
         await self._clients.aclose()
-        self._resolver.shutdown(wait=False, cancel_futures=True)
+        await self._resolver.aclose()
 
     async def fetch(self, url: str) -> Fetched:
         fetched = await self._within_deadline(url, None)

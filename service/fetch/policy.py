@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import re
-import socket
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING
@@ -16,6 +13,7 @@ from urllib.parse import quote, urlsplit
 import idna
 
 from service.errors import UpstreamError, UrlRejected
+from service.fetch.names import LookupFailed, NameResolver
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -352,35 +350,20 @@ def _unmapped(address: IPAddress) -> IPAddress:
 
 
 async def resolve_target(
-    target: Target, policy: FetchPolicy, resolver: Executor | None = None
+    target: Target, policy: FetchPolicy, resolver: NameResolver
 ) -> list[IPAddress]:
-    """Every address the host resolves to, in resolver order; refused if any one is refused.
-
-    ``resolver`` runs the blocking lookups (the loop's default executor when None).
-    """
+    """Every address the host resolves to, in resolver order; refused if any one is refused."""
     if target.address is not None:
         check_address(target.address, policy)
         return [_unmapped(target.address)]
-    loop = asyncio.get_running_loop()
     try:
-        infos = await loop.run_in_executor(
-            resolver,
-            socket.getaddrinfo,
-            target.host,
-            target.port,
-            0,
-            socket.SOCK_STREAM,
-            socket.IPPROTO_TCP,
-        )
-    except (OSError, UnicodeError):
+        found = await resolver.addresses(target.host)
+    except LookupFailed:
         raise UpstreamError(
             f"could not resolve host {target.host}", extra={"reason": "dns"}
         ) from None
     addresses: list[IPAddress] = []
-    for family, _type, _proto, _canon, sockaddr in infos:
-        if family not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        address = _unmapped(ipaddress.ip_address(str(sockaddr[0]).partition("%")[0]))
+    for address in map(_unmapped, found):
         if address not in addresses:
             addresses.append(address)
     if not addresses:

@@ -18,6 +18,7 @@ import pytest
 import trustme
 
 from bench.photo_host import not_modified
+from tests.support.name_server import NameServer, running_name_server
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
 BIG = 1_000_000  # Content-Length /big announces; tests use a much smaller cap
@@ -271,4 +272,11 @@ def tls_server(certificate: Path) -> Iterator[Server]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(certificate / "server.pem")
     with _running(context) as record:
+        yield record
+
+
+@pytest.fixture
+def name_server() -> Iterator[NameServer]:
+    """A name server on 127.0.0.1 for names this offline machine cannot resolve."""
+    with running_name_server() as record:
         yield record

@@ -7,9 +7,8 @@ import hashlib
 import ipaddress
 import socket
 import ssl
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from service.errors import PayloadTooLarge, UpstreamError, UpstreamTimeout, UrlR
 from service.fetch import download
 from service.fetch.download import Fetched, ImageFetcher, build_request
 from service.fetch.policy import FetchPolicy, IPAddress, Target, parse_target
+from tests.support.name_server import SILENT, NameServer
 
 from .conftest import JPEG, Server
 
@@ -41,9 +41,11 @@ MakeFetcher = Callable[..., ImageFetcher]
 async def make_fetcher() -> AsyncIterator[MakeFetcher]:
     made: list[ImageFetcher] = []
 
-    def make(verify: ssl.SSLContext | bool = True, **changes: Any) -> ImageFetcher:
+    def make(
+        verify: ssl.SSLContext | bool = True, name_servers: Sequence[str] = (), **changes: Any
+    ) -> ImageFetcher:
         fields = {name: getattr(LOCAL, name) for name in LOCAL.__slots__} | changes
-        fetcher = ImageFetcher(FetchPolicy(**fields), verify=verify)
+        fetcher = ImageFetcher(FetchPolicy(**fields), verify=verify, name_servers=name_servers)
         made.append(fetcher)
         return fetcher
 
@@ -101,31 +103,38 @@ async def test_the_url_is_requested_as_the_client_wrote_it(
     assert server.seen[-1].path == "/ok.jpg?s=%2F%3F%26%3D&t=a%20b"
 
 
-async def test_lookups_a_slow_name_server_holds_do_not_stall_other_fetches(
-    server: Server, fetcher: ImageFetcher, monkeypatch: pytest.MonkeyPatch
+async def test_lookups_a_silent_name_server_holds_stall_no_other_fetch(
+    server: Server, name_server: NameServer, make_fetcher: MakeFetcher
 ) -> None:
-    answer = threading.Event()
-    lookup = socket.getaddrinfo
-
-    def getaddrinfo(host: str, *args: Any) -> Any:
-        if host.endswith(".slow.test"):  # a name server that takes its time
-            answer.wait(10)
-            raise socket.gaierror(socket.EAI_AGAIN, "timed out")
-        return lookup(host, *args)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    # More lookups than the loop's own pool has threads (6 here, 4 under uvloop).
-    slow = [asyncio.create_task(fetcher.fetch(f"http://h{i}.slow.test/x.jpg")) for i in range(8)]
-    try:
-        await asyncio.sleep(0.1)
-        fetched = await asyncio.wait_for(fetcher.fetch(f"http://localhost:{server.port}/ok.jpg"), 5)
-        assert fetched.data == JPEG
-        assert not any(task.done() for task in slow)
-    finally:
-        answer.set()
+    """Lookups that get no answer hold no thread, in flight or after their fetches gave up:
+    with a blocking lookup each would hold one past its fetch's deadline, and a few dozen
+    URLs on such a domain would leave every other fetch waiting for a thread."""
+    name_server.table |= {f"h{i}.slow.test": SILENT for i in range(64)}
+    name_server.table["images.test"] = ["127.0.0.1"]
+    fetcher = make_fetcher(total_timeout=1.0, name_servers=[name_server.address])
+    url = f"http://images.test:{server.port}/ok.jpg"
+    slow = [asyncio.create_task(fetcher.fetch(f"http://h{i}.slow.test/x.jpg")) for i in range(64)]
+    await asyncio.sleep(0.1)
+    # Each fetch has 1 s: one held up behind the silent lookups would time out too.
+    assert (await fetcher.fetch(url)).data == JPEG
+    assert not any(task.done() for task in slow)
     for task in slow:
-        with pytest.raises(UpstreamError):
+        with pytest.raises(UpstreamTimeout):
             await task
+    # Their lookups are still unanswered: the name server has not said a word.
+    name_server.table["again.test"] = ["127.0.0.1"]
+    fetched = await fetcher.fetch(f"http://again.test:{server.port}/ok.jpg")
+    assert fetched.data == JPEG
+
+
+async def test_a_name_that_does_not_exist_is_a_dns_error(
+    name_server: NameServer, make_fetcher: MakeFetcher
+) -> None:
+    fetcher = make_fetcher(name_servers=[name_server.address])
+    with pytest.raises(UpstreamError) as info:
+        await fetcher.fetch("http://nowhere.test/x.jpg")
+    assert (info.value.status, info.value.extra) == (502, {"reason": "dns"})
+    assert info.value.detail == "could not resolve host nowhere.test"
 
 
 async def test_connection_refused_is_connect_error(fetcher: ImageFetcher) -> None:

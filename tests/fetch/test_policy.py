@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
 from service.errors import UpstreamError, UrlRejected
+from service.fetch.names import NameResolver
 from service.fetch.policy import (
     FetchPolicy,
     IPAddress,
@@ -16,18 +16,23 @@ from service.fetch.policy import (
     resolve_target,
 )
 from service.settings import Settings
+from tests.support.name_server import NameServer
 
 DEFAULT = FetchPolicy()
 PRIVATE_OK = FetchPolicy(allow_private=True)
 
 
-async def check(url: str, policy: FetchPolicy) -> list[IPAddress]:
-    return await resolve_target(parse_target(url, policy), policy)
+async def check(url: str, policy: FetchPolicy, name_servers: Sequence[str] = ()) -> list[IPAddress]:
+    resolver = NameResolver(name_servers)
+    try:
+        return await resolve_target(parse_target(url, policy), policy, resolver)
+    finally:
+        await resolver.aclose()
 
 
-async def refused(url: str, policy: FetchPolicy) -> UrlRejected:
+async def refused(url: str, policy: FetchPolicy, name_servers: Sequence[str] = ()) -> UrlRejected:
     with pytest.raises(UrlRejected) as info:
-        await check(url, policy)
+        await check(url, policy, name_servers)
     assert info.value.status == 400
     return info.value
 
@@ -257,36 +262,12 @@ def test_parse_hosts(
         assert target.url == normalised
 
 
-@pytest.fixture
-def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Answers getaddrinfo from a table, for names this offline machine cannot resolve."""
-    table: dict[str, Any] = {}
-
-    def getaddrinfo(host: str, port: int, *_: Any) -> list[Any]:
-        answer = table[host]
-        if isinstance(answer, BaseException):
-            raise answer
-        return [
-            (
-                socket.AF_INET6 if ":" in a else socket.AF_INET,
-                socket.SOCK_STREAM,
-                socket.IPPROTO_TCP,
-                "",
-                (a, port),
-            )
-            for a in answer
-        ]
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return table
-
-
 async def test_refused_when_any_resolved_address_is_refused(
-    fake_dns: dict[str, Any], caplog: pytest.LogCaptureFixture
+    name_server: NameServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake_dns["mixed.example"] = ["93.184.216.34", "10.0.0.7"]
+    name_server.table["mixed.example"] = ["93.184.216.34", "10.0.0.7"]
     caplog.set_level("INFO", "service.fetch.policy")
-    error = await refused("http://mixed.example/", DEFAULT)
+    error = await refused("http://mixed.example/", DEFAULT, [name_server.address])
     # The client learns that the name is refused, not the internal address behind it.
     assert error.detail == (
         "host mixed.example resolves to an address this service may not fetch from"
@@ -295,21 +276,21 @@ async def test_refused_when_any_resolved_address_is_refused(
     assert "refused host mixed.example: its address 10.0.0.7 is private" in caplog.text
 
 
-async def test_resolved_addresses_keep_order_and_drop_duplicates(
-    fake_dns: dict[str, Any],
-) -> None:
-    fake_dns["cdn.example"] = ["2606:4700::1", "93.184.216.34", "2606:4700::1", "::ffff:1.1.1.1"]
-    assert await check("http://cdn.example/", DEFAULT) == [
-        ipaddress.ip_address("2606:4700::1"),
-        ipaddress.ip_address("93.184.216.34"),
-        ipaddress.ip_address("1.1.1.1"),
+async def test_resolved_addresses_are_unmapped_without_repeats(name_server: NameServer) -> None:
+    name_server.table["cdn.example"] = [
+        "2606:4700::1",
+        "93.184.216.34",
+        "::ffff:1.1.1.1",
+        "1.1.1.1",
     ]
+    addresses = await check("http://cdn.example/", DEFAULT, [name_server.address])
+    # In the order the resolver sorts them in (RFC 6724, which depends on the routes).
+    assert sorted(map(str, addresses)) == ["1.1.1.1", "2606:4700::1", "93.184.216.34"]
 
 
-async def test_resolution_failure_is_upstream_dns(fake_dns: dict[str, Any]) -> None:
-    fake_dns["nowhere.example"] = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+async def test_resolution_failure_is_upstream_dns(name_server: NameServer) -> None:
     with pytest.raises(UpstreamError) as info:
-        await check("http://nowhere.example/", DEFAULT)
+        await check("http://nowhere.example/", DEFAULT, [name_server.address])
     assert info.value.extra == {"reason": "dns"}
     assert info.value.detail == "could not resolve host nowhere.example"
 
