@@ -364,7 +364,8 @@ def with_neural_text(grounded: Caption, text: str, analyzer: ImageAnalyzer) -> C
     and the scene analysis (composition, light, colour) stays the grounded one."""
     captioner = analyzer.models.captioner
     text = " ".join(text.split()).strip()
-    if not text or captioner is None:
+    # Text with no letter or digit ("...", say) is no caption: the grounded one stays.
+    if captioner is None or not any(c.isalnum() for c in text):
         return grounded
     sentence = text[0].upper() + text[1:]
     if not sentence.endswith((".", "!", "?")):
