@@ -42,9 +42,22 @@ def lineage_key(analyses: Iterable[Mapping[str, Any]]) -> LineageKey:
 
 def is_stale(document: Mapping[str, Any], current: LineageKey) -> bool:
     analyses = document.get("analyses")
-    if not isinstance(analyses, list) or not all(isinstance(a, dict) for a in analyses):
-        return True  # imported, or written before lineage was kept
-    return lineage_key(analyses) != current
+    if not isinstance(analyses, list) or not all(map(_written_by_us, analyses)):
+        return True  # imported, written before lineage was kept, or changed by hand
+    try:
+        return lineage_key(analyses) != current
+    except (msgspec.EncodeError, TypeError):  # params holding a value JSON cannot write
+        return True
+
+
+def _written_by_us(entry: object) -> bool:
+    """An entry of the shape the service writes: anything else is a lineage it cannot
+    vouch for, so the record is stale, and labeling it again writes a proper one."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("params"), dict | None)
+        and isinstance(entry.get("sha256"), str | None)
+    )
 
 
 def current_key(analyzer: ImageAnalyzer) -> LineageKey:

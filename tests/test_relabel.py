@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo.collection import Collection
 
 from service.__main__ import main
@@ -194,6 +195,25 @@ def test_lineage_ignores_when_and_where_a_model_ran() -> None:
         assert is_stale({"analyses": [{**entry, **changed}]}, current), changed
     assert is_stale({"analyses": [entry, {**entry, "name": "caption"}]}, current)
     assert is_stale({}, current) and is_stale({"analyses": "yolox"}, current)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"params": ["input_size", 416]},
+        {"params": "input_size=416"},
+        {"sha256": ["ab", "cd"]},
+        {"sha256": {"hex": "ab"}},
+        {"params": {"input_size": ObjectId()}},
+    ],
+)
+def test_a_lineage_of_another_shape_is_stale(odd: dict[str, Any]) -> None:
+    """Entries imported or edited by hand: the record is labeled again, not the walk
+    stopped (nor an upload with ?relabel=stale answered 500)."""
+    entry = {"name": "object_detection", "model": "yolox_nano", "version": "1", "sha256": "ab"}
+    current = lineage_key([entry])
+    assert not is_stale({"analyses": [entry]}, current)
+    assert is_stale({"analyses": [{**entry, **odd}]}, current)
 
 
 def test_relabel_refuses_a_bad_concurrency(capsys: pytest.CaptureFixture[str]) -> None:
