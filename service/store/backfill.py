@@ -1,9 +1,10 @@
 """Bringing the derived fields of stored records up to date (``python -m service backfill``).
 
 Walks the records in ``_id`` order a batch at a time, recomputes each one's derived fields
-(``service.query.derived``) from its own content and writes only those that differ. It touches
-nothing else, so it is safe while the service runs (a record labeled meanwhile is already up
-to date), and safe to interrupt: run it again, or resume after the last id it reported.
+(``service.query.derived``) from its own content and writes only those that differ, and only
+while that content is as it was read. It touches nothing else, so it is safe while the service
+runs (a record labeled or relabeled meanwhile is already up to date), and safe to interrupt:
+run it again, or resume after the last id it reported.
 """
 
 from __future__ import annotations
@@ -56,23 +57,53 @@ async def backfill_derived_fields(
             derived = derive_from_document(document)
             changed = {k: v for k, v in derived.items() if document.get(k) != v}
             if changed:
-                updates.append(UpdateOne({"_id": document["_id"]}, {"$set": changed}))
+                updates.append(UpdateOne(_unchanged(document), {"$set": changed}))
                 ids.append(document["_id"])
         refused: list[tuple[Any, str]] = []
+        written = len(updates)
         if updates and not dry_run:
             try:
                 async with within(operation_timeout):
-                    await records.bulk_write(updates, ordered=False)
+                    written = (await records.bulk_write(updates, ordered=False)).matched_count
             except BulkWriteError as exc:
                 if exc.details.get("writeConcernErrors"):
                     raise
                 refused = [(ids[e["index"]], e["errmsg"]) for e in exc.details["writeErrors"]]
+                written = exc.details["nMatched"]
         for record_id, message in refused:
             progress.count_failure(record_id)
             if on_failure is not None:
                 on_failure(record_id, message)
-        progress.updated += len(updates) - len(refused)
+        progress.updated += written
         progress.passed(batch)
         if on_batch is not None:
             on_batch(progress)
     return progress
+
+
+def _unchanged(document: Document) -> Document:
+    """The record as read, as far as its derived fields come from it: a relabel between the
+    read and the write has written derived fields of its own, which must stay."""
+    filt: Document = {"_id": document["_id"]}
+    same = []
+    for field in SOURCE_FIELDS:
+        value = _at(document, field)
+        if value is _MISSING:
+            filt[field] = {"$exists": False}
+        else:
+            same.append({"$eq": [f"${field}", {"$literal": value}]})
+    if same:
+        filt["$expr"] = {"$and": same}
+    return filt
+
+
+_MISSING = object()
+
+
+def _at(document: Document, path: str) -> Any:
+    value: Any = document
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value

@@ -14,6 +14,7 @@ import service.__main__ as cli_module
 from service.__main__ import main
 from service.query.derived import DERIVED_FIELDS, derive_from_document
 from service.settings import Settings
+from service.store import backfill as backfill_module
 from service.store import walk as walk_module
 from service.walk_cli import batch_deadline
 from tests.support.held import never_answers
@@ -92,6 +93,42 @@ def test_backfill_fills_fixes_and_is_idempotent(
 
     again = backfill(settings, monkeypatch, capsys)
     assert (again["scanned"], again["updated"]) == (9, 0)
+
+
+@pytest.mark.parametrize("missing", [None, "tags", "image_properties"])
+def test_a_record_relabeled_while_backfilled_keeps_the_relabel_s_fields(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    missing: str | None,
+) -> None:
+    """A relabel between the backfill's read and its write writes labels and their derived
+    fields together: the backfill, which derived its fields from the old labels, must not
+    write over them (a record that says dog and is found as cat). The records it read that
+    nobody changed are brought up to date as ever."""
+    relabeled, untouched = old_record(1, "cat"), old_record(2, "cat")
+    if missing is not None:  # fields the condition must find missing, not null
+        del relabeled[missing], untouched[missing]
+    records.insert_many([relabeled, untouched])
+    derive = backfill_module.derive_from_document
+
+    def derive_while_a_relabel_lands(document: dict[str, Any]) -> dict[str, list[str]]:
+        if document["_id"] == relabeled["_id"]:
+            dog = old_record(1, "dog")
+            records.update_one(
+                {"_id": document["_id"]},
+                {"$set": {"object_analysis": dog["object_analysis"], **derive(dog)}},
+            )
+        return derive(document)
+
+    monkeypatch.setattr(backfill_module, "derive_from_document", derive_while_a_relabel_lands)
+    done = backfill(settings, monkeypatch, capsys)
+    assert (done["scanned"], done["updated"]) == (2, 1)
+    stored = records.find_one({"_id": relabeled["_id"]})
+    assert stored is not None and stored["classes"] == ["dog"]
+    assert "dog" in stored["keywords"] and "cat" not in stored["keywords"]
+    assert records.find_one({"_id": untouched["_id"]})["classes"] == ["cat"]  # type: ignore[index]
 
 
 def test_backfill_resumes_after_an_id(
