@@ -15,6 +15,7 @@ never leaks: anything that is not a ``ServiceError`` becomes a generic 500 and i
     ├── NotFound                   404
     │   └── RecordNotFound         404  unknown record id
     ├── RequestTimeout             408  an uploaded image's bytes came too slowly
+    ├── RecordTooLarge             409  the stored record cannot take new labels (16 MiB)
     ├── PreconditionFailed         412  If-Match names no current version of the record
     ├── PayloadTooLarge            413  image over the byte cap (download or upload) or pixel cap
     ├── UnsupportedMediaType       415  the bytes are not an image format we decode
@@ -101,6 +102,12 @@ class RequestTimeout(ServiceError):
     status = 408
     type = "request-timeout"
     title = "The upload took too long"
+
+
+class RecordTooLarge(ServiceError):
+    status = 409
+    type = "record-too-large"
+    title = "The stored record cannot hold the new labels"
 
 
 class PreconditionFailed(ServiceError):

@@ -280,10 +280,12 @@ class LabelingPipeline:
         analysis = await self._analyzer.analyze(data, self._executor)
         record = record_to_document(self._build_record(analysis, len(data), url, digest))
         fields = {k: v for k, v in record.items() if k not in KEPT_ON_RELABEL}
+        urls = None
         if "urls" not in document:  # imported with a url alone: the shape records have now
             kept = document.get("url")  # kept, whichever way the bytes came this time
-            fields["urls"] = [kept] if isinstance(kept, str) else []
-        return await self._store.replace_labels(document["_id"], digest, fields)
+            # Added, not set: a request may have made urls since the record was read.
+            urls = [kept] if isinstance(kept, str) else []
+        return await self._store.replace_labels(document["_id"], digest, fields, urls=urls)
 
     async def _relabel_if_stale(self, outcome: LabelOutcome, content: Content) -> LabelOutcome:
         """The stored record of uploaded bytes, labeled again from them in place when its

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import bson
 import pytest
 from bson import ObjectId
 from pymongo.collection import Collection
@@ -176,6 +177,45 @@ async def test_records_whose_bytes_cannot_be_had_again_are_left_as_they_are(
     }
     assert (done["unverifiable"], done["failed"], done["failed_ids"]) == (1, 1, ["PT::d"])
     assert 'error: record "PT::d" not relabeled: the content is not an image' in done["stderr"]
+
+
+async def test_a_record_the_database_will_not_rewrite_is_skipped(
+    settings: Settings,
+    records: Collection[dict[str, Any]],
+    image_server: ImageServer,
+    evalset_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An imported record near 16 MiB cannot take the new labels: it is a failure, named
+    on stderr, and the walk goes on to the next record; an upload of its bytes with
+    ?relabel=stale gets 409 for it, not 500."""
+    photo = evalset_dir / "images" / CAT_PHOTO
+
+    def stale(i: int, name: str) -> dict[str, Any]:
+        url = image_server.photo_url(name, alias=f"big-{i}")
+        digest = sha256(evalset_dir / "images" / name)
+        return {"_id": f"PT::{i}", "url": url, "urls": [url], "hash": digest, "datetime": OLD}
+
+    full = stale(0, CAT_PHOTO)
+    full["blob"] = "x" * (16 * 1024 * 1024 - 64 - len(bson.encode(full)))
+    records.insert_many([full, stale(1, OTHER_PHOTO)])
+
+    done = await relabel(settings, capsys, code=1)
+    assert (done["relabeled"], done["failed"], done["failed_ids"]) == (1, 1, ["PT::0"])
+    assert "16 MiB document limit" in done["stderr"]
+    assert "chair" in records.find_one({"_id": "PT::1"})["classes"]  # type: ignore[index]
+
+    client: AppClient
+    async with running(settings) as client:
+        response = await client.post(
+            "/v1/labels/upload",
+            params={"relabel": "stale"},
+            content=photo.read_bytes(),
+            headers={"content-type": "image/jpeg"},
+        )
+    assert response.status_code == 409, response.text
+    assert response.json()["type"].endswith("/record-too-large")
+    assert response.json()["reason"] == "document_limit"
 
 
 def test_lineage_ignores_when_and_where_a_model_ran() -> None:

@@ -100,13 +100,14 @@ Relabel = Annotated[
         " record first made from an upload has url null and urls empty until the same bytes"
         " are labeled from a URL. A caller without a key with the read scope who sends bytes"
         " labeled before gets their record without its URLs. With relabel=stale, bytes labeled"
-        " before by other models or settings are labeled again in place (200)."
+        " before by other models or settings are labeled again in place (200), or 409 when the"
+        " stored record is too large to take the new labels (an import near 16 MiB)."
     ),
     tags=["labels"],
     security=SECURITY,
     responses=labeled_responses(
         "The bytes were labeled before",
-        problem_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
+        problem_responses(400, 401, 403, 408, 409, 413, 415, 422, 429, 503),
     ),
     response_headers=LOCATION,
 )

@@ -223,7 +223,8 @@ _WHEN = {
     403: "The API key lacks the scope this route needs",
     404: "No record has this id",
     408: "The uploaded image took too long to arrive (see Retry-After when the slot was needed)",
-    409: "The record has no perceptual hash to compare",
+    409: "The record's state does not allow it: no perceptual hash to compare (similar"
+    " records), or too large to take new labels (relabel=stale)",
     412: "If-Match does not name the record's current ETag: it changed since the client read it",
     413: "The request body, or the image, is larger than allowed",
     415: "The request body is not of a media type this route takes, or the bytes are not an"

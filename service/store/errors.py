@@ -21,6 +21,9 @@ BAD_VALUE = 2
 QUERY_ERRORS = frozenset({BAD_VALUE, 9, 14, 51091})
 # A result document past 16 MiB (BSONObjectTooLarge).
 BSON_OBJECT_TOO_LARGE = 10334
+# An update that would take a stored document past 16 MiB: MongoDB answers 17419; some
+# servers answer BSONObjectTooLarge.
+DOCUMENT_TOO_LARGE = frozenset({BSON_OBJECT_TOO_LARGE, 17419})
 
 
 class ResultTooLarge(Exception):

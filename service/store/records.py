@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import bson
-from pymongo import ASCENDING, IndexModel, ReturnDocument, WriteConcern
+from pymongo import ASCENDING, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -25,10 +25,11 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from service.errors import ServiceUnavailable
+from service.errors import RecordTooLarge, ServiceUnavailable
 from service.query.plan import IndexedFields
 from service.store.errors import (
     BSON_OBJECT_TOO_LARGE,
+    DOCUMENT_TOO_LARGE,
     ResultTooLarge,
     database_errors,
     unresponsive,
@@ -173,7 +174,11 @@ class RecordStore:
             document = await self._records.find_one({"hash": digest})
             if document is None or url is None:
                 return document
-            urls = document.get("urls")
+            if "urls" not in document:
+                # Imported with a url alone: urls is made, holding that url first.
+                own = document.get("url")
+                return await self._add_urls(document, [own, url] if isinstance(own, str) else [url])
+            urls = document["urls"]
             if not isinstance(urls, list):
                 # An imported record whose urls is not an array: $addToSet cannot add to it.
                 # Its labels are served all the same; the URL is not kept.
@@ -181,23 +186,31 @@ class RecordStore:
                 return document
             if document.get("url") is not None and (url in urls or len(urls) >= MAX_URLS):
                 return document
-            return await self._add_url(digest, url)
+            return await self._add_urls(document, [url])
 
-    async def _add_url(self, digest: str, url: str) -> Document | None:
-        """``remember_url``'s write, for a record found lacking ``url``: another request may
-        have added URLs, filled the list or deleted the record since it was read."""
-        document = await self._records.find_one_and_update(
-            {"hash": digest, f"urls.{MAX_URLS - 1}": {"$exists": False}},
-            {"$addToSet": {"urls": url}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if document is None:  # full or deleted
-            return await self._records.find_one({"hash": digest})
+    async def _add_urls(self, found: Document, urls: list[str]) -> Document | None:
+        """``remember_url``'s write, for a record ``found`` lacking the last of ``urls``:
+        another request may have added URLs, filled the list or deleted the record since."""
+        digest = found["hash"]
+        try:
+            await self._records.update_one(
+                {"hash": digest, f"urls.{MAX_URLS - 1}": {"$exists": False}},
+                {"$addToSet": {"urls": {"$each": urls}}},
+            )
+        except OperationFailure as exc:
+            if exc.code not in DOCUMENT_TOO_LARGE:
+                raise
+            # An imported record at the document limit: served all the same, URL not kept.
+            log.warning("record with sha256 %s is at the size limit, no URL added", digest)
+            return found
+        document = await self._records.find_one({"hash": digest})
+        if document is None:  # deleted
+            return None
         if document.get("url") is None:
             # Bytes uploaded before any URL served them. A race between two such URLs
             # leaves the first one written, each in urls.
             await self._records.update_one(
-                {"_id": document["_id"], "url": None}, {"$set": {"url": url}}
+                {"_id": document["_id"], "url": None}, {"$set": {"url": urls[-1]}}
             )
             return await self._records.find_one({"_id": document["_id"]})
         return document
@@ -220,13 +233,26 @@ class RecordStore:
             extra={"reason": "write_conflict"},
         )
 
-    async def replace_labels(self, record_id: Any, digest: str, fields: Document) -> bool:
+    async def replace_labels(
+        self, record_id: Any, digest: str, fields: Document, *, urls: list[str] | None = None
+    ) -> bool:
         """Overwrite ``fields`` of the record with this id as long as it still holds these
-        bytes; False when it is gone (deleted meanwhile)."""
+        bytes, and add ``urls`` to its ``urls`` (made when missing); False when it is gone
+        (deleted meanwhile). ``RecordTooLarge`` when the database refuses the rewrite."""
+        update: Document = {"$set": fields}
+        if urls is not None:
+            update["$addToSet"] = {"urls": {"$each": urls}}
         async with self._labeling():
-            result = await self._records.update_one(
-                {"_id": record_id, "hash": digest}, {"$set": fields}
-            )
+            try:
+                result = await self._records.update_one({"_id": record_id, "hash": digest}, update)
+            except OperationFailure as exc:
+                if exc.code not in DOCUMENT_TOO_LARGE:
+                    raise
+                raise RecordTooLarge(
+                    "the stored record cannot hold the new labels: it would pass the"
+                    " database's 16 MiB document limit (imported fields take most of it)",
+                    extra={"reason": "document_limit"},
+                ) from None
             return result.matched_count == 1
 
     @property

@@ -162,13 +162,15 @@ async def test_a_record_deleted_while_its_bytes_are_labeled_again(
     added to it: the bytes have no record any more, so they are labeled afresh."""
     first = await client.post("/v1/labels", json={"url": image_server.photo_url(LABELED[1])})
     store = client.resources.records
-    add_url = store._add_url
+    add_urls = store._add_urls
 
-    async def deleted_before_the_url_is_added(digest: str, url: str) -> dict[str, Any] | None:
-        await client.resources.database["records"].delete_one({"hash": digest})
-        return await add_url(digest, url)
+    async def deleted_before_the_url_is_added(
+        found: dict[str, Any], urls: list[str]
+    ) -> dict[str, Any] | None:
+        await client.resources.database["records"].delete_one({"hash": found["hash"]})
+        return await add_urls(found, urls)
 
-    monkeypatch.setattr(store, "_add_url", deleted_before_the_url_is_added)
+    monkeypatch.setattr(store, "_add_urls", deleted_before_the_url_is_added)
     url = image_server.photo_url(LABELED[1], alias="mirror")
     again = await client.post("/v1/labels", json={"url": url})
     assert again.status_code == 201, again.text
