@@ -113,10 +113,11 @@ async def _record_usage(limiter: Limiter) -> None:
 
 @asynccontextmanager
 async def open_resources(
-    settings: Settings, metrics: Metrics, models: Models | None = None
+    settings: Settings, metrics: Metrics, models: Models | None = None, *, upkeep: bool = True
 ) -> AsyncIterator[Resources]:
     """``models``: already loaded and warmed up (the launcher does it before anything
-    starts); loaded here when None."""
+    starts); loaded here when None. ``upkeep``: build the record indexes and keep API keys'
+    usage, as a serving process does; a command that only walks the records writes neither."""
     async with AsyncExitStack() as stack:
         executor = BlockingExecutor(
             settings.workers, settings.max_pending, waited=metrics.queue_wait.observe
@@ -194,10 +195,10 @@ async def open_resources(
                 max_inflight=settings.max_inflight,
             ),
         )
-        indexer = asyncio.create_task(_ensure_indexes(resources))
-        limiter = resources.authenticator.limiter
-        usage = asyncio.create_task(_record_usage(limiter))
-        background = [indexer, usage]
+        background = []
+        if upkeep:
+            background.append(asyncio.create_task(_ensure_indexes(resources)))
+            background.append(asyncio.create_task(_record_usage(resources.authenticator.limiter)))
         if metrics.shared_dir is not None:
             background.append(asyncio.create_task(_share_load(resources)))
         try:
@@ -206,15 +207,17 @@ async def open_resources(
             for task in background:
                 task.cancel()
             # A usage flush cancelled in flight puts its count back for the final one below.
-            await asyncio.wait(background)
+            if background:
+                await asyncio.wait(background)
             # Analyses whose client went away still run to their stored record; let them
             # finish before the executor and the database client close under them.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_SECONDS):
                     await resources.pipeline.drain()
-            with contextlib.suppress(TimeoutError):  # the last requests' usage
-                async with asyncio.timeout(DRAIN_SECONDS):
-                    await limiter.flush()
+            if upkeep:
+                with contextlib.suppress(TimeoutError):  # the last requests' usage
+                    async with asyncio.timeout(DRAIN_SECONDS):
+                        await resources.authenticator.limiter.flush()
 
 
 def lifespan(settings: Settings, metrics: Metrics, models: Models | None = None) -> object:

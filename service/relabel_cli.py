@@ -59,7 +59,9 @@ async def run_relabel_command(settings: Settings, args: argparse.Namespace) -> i
     def failed(record_id: object, message: str) -> None:
         print_record_error(record_id, "not relabeled", message)
 
-    async with open_resources(settings, Metrics()) as resources:
+    # It only walks and rewrites records: indexes are the service's to build (a dry run
+    # must write nothing at all).
+    async with open_resources(settings, Metrics(), upkeep=False) as resources:
         done = await relabel_stale(
             records_collection(resources.database),
             resources.pipeline,

@@ -179,6 +179,18 @@ async def test_records_whose_bytes_cannot_be_had_again_are_left_as_they_are(
     assert 'error: record "PT::d" not relabeled: the content is not an image' in done["stderr"]
 
 
+async def test_a_dry_run_writes_nothing_not_even_indexes(
+    settings: Settings, records: Collection[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Counting on a database the service has not opened yet: building its indexes (the
+    unique one on a large import takes long) is the service's, not a look's."""
+    records.insert_one({"_id": "PT::a", "url": "http://images.example/a.jpg", "hash": "a" * 64})
+    dry = await relabel(settings, capsys, dry_run=True)
+    assert (dry["scanned"], dry["stale"]) == (1, 1)
+    assert list(records.index_information()) == ["_id_"]
+    assert records.database.list_collection_names() == ["records"]
+
+
 async def test_a_record_the_database_will_not_rewrite_is_skipped(
     settings: Settings,
     records: Collection[dict[str, Any]],
