@@ -59,6 +59,9 @@ class ImageAnalysis:
     properties: ImageProperties
     quality: LabelQuality
     caption: Caption
+    # The captioner that ran to the end: the neural one even when it wrote nothing for the
+    # image (caption.model then names the grounded one, whose text the record holds).
+    captioned_by: str = GROUNDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,15 +162,17 @@ class ImageAnalyzer:
             second, model = second + scaled, quality.WITH_SECOND_SCALE
         scored = await run(self._score, found, second, tags, props, image.size, model)
         detections, estimate, caption = scored.detections, scored.estimate, scored.caption
-        if self._captions is not None:
+        captioned_by = GROUNDED
+        if self._captions is not None and self.models.captioner is not None:
             with self._metrics.stage("caption"):
                 try:
                     text = await self._captions.submit(image)
                 except Exception:  # optional text: it must not cost the labels already made
                     log.exception("neural captioning failed; the grounded caption stays")
                     self._metrics.caption_failures.inc()
-                    text = ""
-                caption = with_neural_text(caption, text, self)
+                else:
+                    captioned_by = self.models.captioner.name
+                    caption = with_neural_text(caption, text, self)
         score = round(estimate.score, 4)
         return ImageAnalysis(
             decoded=decoded,
@@ -180,6 +185,7 @@ class ImageAnalyzer:
                 model=self.quality_model,
             ),
             caption=caption,
+            captioned_by=captioned_by,
         )
 
     @property
@@ -194,8 +200,9 @@ class ImageAnalyzer:
     def lineage(self, processed_at: str, *, caption_by: str = GROUNDED) -> list[Analysis]:
         """One entry per analysis that ran: which model, which weights, which settings.
 
-        ``caption_by`` is the record's ``caption.model``: the neural captioner is listed when
-        its text is in the record, the grounded one when it failed or wrote nothing."""
+        ``caption_by`` is the analysis's ``captioned_by``: the neural captioner is listed when
+        it ran, even if it wrote nothing for the image (the same next time: the record is not
+        stale for it), the grounded one when it failed (a relabel tries again)."""
         models = self.models
         entries = [
             _model_entry("object_detection", models.detector, processed_at, self._detect_params()),

@@ -367,7 +367,7 @@ class LabelingPipeline:
             caption=caption,
             image_properties=analysis.properties,
             dominant_colors=analysis.properties.dominant_colors,
-            analyses=self._analyzer.lineage(now, caption_by=caption.model),
+            analyses=self._analyzer.lineage(now, caption_by=analysis.captioned_by),
             keywords=derived["keywords"],
             phash_bands=derived["phash_bands"],
         )
