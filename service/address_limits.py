@@ -162,7 +162,8 @@ class FailedKeyLimiter:
     then as the rate refills. A lookup takes a token before it is sent and gives it back when
     it finds a key, so concurrent guesses cannot run ahead of the count; an address with none
     left gets 429 ``auth_failures`` instead of a lookup. A key already known to be unknown
-    (cached) costs no lookup and no token: a client retrying a revoked key wears nothing down.
+    (cached) costs no lookup and no token: a client retrying a revoked key wears nothing down;
+    nor does the look-up again of a key in use (``Authenticator``).
     """
 
     def __init__(

@@ -56,12 +56,18 @@ class Authenticator:
         self._bootstrap_hash = hash_key(bootstrap_key) if bootstrap_key else None
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._pending: dict[str, tuple[float, asyncio.Task[Principal | None]]] = {}
+        # Digests whose last lookup found a key, least recently found first: looking one up
+        # again is no guess, so it is not charged to the address (which others behind the
+        # same NAT or proxy may have used up).
+        self._found: dict[str, None] = {}
         self.limiter = limiter or Limiter(keys)
         self._failures = failures
 
     async def authenticate(self, secret: str | None, *, client: str) -> Principal:
         """The key's principal. A lookup that finds no key is charged to ``client`` (the
-        caller's address), which gets 429 instead of a lookup once it has run out."""
+        caller's address), which gets 429 instead of a lookup once it has run out. A key
+        whose last lookup found it is looked up again when its cache entry lapses (so a
+        revocation applies), uncharged."""
         if not secret:
             raise Unauthorized(
                 f"send an API key in the {KEY_HEADERS[0]} header", extra={"reason": "missing_key"}
@@ -86,9 +92,11 @@ class Authenticator:
         now = time.monotonic()
         pending = self._pending.get(digest)
         if pending is None or pending[0] + KEY_CACHE_SECONDS <= now:
-            if self._failures is not None:
+            charged = None
+            if self._failures is not None and digest not in self._found:
                 self._failures.reserve(client)
-            task = asyncio.create_task(self._charged_lookup(digest, secret, client, sent=now))
+                charged = client
+            task = asyncio.create_task(self._charged_lookup(digest, secret, charged, sent=now))
             pending = self._pending[digest] = (now, task)
             task.add_done_callback(lambda done: self._settled(digest, done))
         return await asyncio.shield(pending[1])
@@ -100,17 +108,17 @@ class Authenticator:
             task.exception()  # retrieved: every waiter may have gone (cancelled requests)
 
     async def _charged_lookup(
-        self, digest: str, secret: str, client: str, *, sent: float
+        self, digest: str, secret: str, charged: str | None, *, sent: float
     ) -> Principal | None:
-        """``_lookup``, charged to ``client`` (its token taken by the caller) unless it finds a
-        key or fails (a database error is no guess)."""
+        """``_lookup``, charged to the address ``charged`` (its token taken by the caller; None:
+        uncharged) unless it finds a key or fails (a database error is no guess)."""
         unknown = False
         try:
             principal = await self._lookup(digest, secret, sent=sent)
             unknown = principal is None
         finally:
-            if not unknown and self._failures is not None:
-                self._failures.refund(client)
+            if not unknown and charged is not None and self._failures is not None:
+                self._failures.refund(charged)
         return principal
 
     async def _lookup(self, digest: str, secret: str, *, sent: float) -> Principal | None:
@@ -129,6 +137,11 @@ class Authenticator:
         if len(self._cache) >= KEY_CACHE_SIZE:
             self._cache.clear()  # bounds memory against floods of made-up keys
         self._cache[digest] = (sent + KEY_CACHE_SECONDS, principal)
+        self._found.pop(digest, None)
+        if principal is not None:
+            if len(self._found) >= KEY_CACHE_SIZE:
+                del self._found[next(iter(self._found))]
+            self._found[digest] = None
         return principal
 
     def forget(self) -> None:

@@ -280,6 +280,44 @@ async def test_a_key_revoked_during_a_slow_lookup_stops_within_the_cache_time(
         assert again.status_code == 401  # the first answer was never cached past its time
 
 
+async def test_a_key_in_use_passes_from_an_address_out_of_unknown_keys(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Others at a key's address (behind one NAT, or a proxy the service was not told about)
+    have used up its allowance of unknown keys: the key, looked up again each time its cache
+    entry lapses, is no guess and is not charged, and its revocation still applies within
+    the cache time."""
+    monkeypatch.setattr(auth, "KEY_CACHE_SECONDS", 0.3)
+    async with running(make_settings(key_failures_per_client="3/min")) as client:
+        keys = client.resources.keys
+        secret = await keys.create("dashboard", ["read"])
+        good = {"X-API-Key": secret}
+        assert (await client.get("/v1/records", headers=good)).status_code == 200
+        for i in range(4):
+            await client.get("/v1/records", headers={"X-API-Key": f"lsk_guess{i}"})
+        guess = await client.get("/v1/records", headers={"X-API-Key": "lsk_guess9"})
+        assert assert_problem(guess, 429, "rate-limited")["reason"] == "auth_failures"
+
+        lookups = count_lookups(keys, monkeypatch)
+        statuses = []
+        for i in range(4):
+            await asyncio.sleep(0.35)  # past the cache time
+            if i == 2:
+                client.resources.authenticator.forget()  # as a full cache is cleared
+            statuses.append((await client.get("/v1/records", headers=good)).status_code)
+        assert statuses == [200] * 4
+        assert lookups == [secret] * 4  # looked up again each time
+
+        assert await keys.revoke("dashboard")
+        await asyncio.sleep(0.35)
+        revoked = await client.get("/v1/records", headers=good)
+        assert assert_problem(revoked, 401, "unauthorized")["reason"] == "unknown_key"
+        # Its last lookup found no key: the next one is charged like any guess.
+        await asyncio.sleep(0.35)
+        again = await client.get("/v1/records", headers=good)
+        assert assert_problem(again, 429, "rate-limited")["reason"] == "auth_failures"
+
+
 def test_failed_key_lookups_refill_at_the_rate_per_address() -> None:
     now = [0.0]
     limiter = FailedKeyLimiter(Rate.parse("2/min"), clock=lambda: now[0])
