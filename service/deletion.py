@@ -26,8 +26,9 @@ async def delete_record(
     """Delete a stored record, logged with the name of the API ``key`` that asked: the next
     request for its bytes labels them afresh.
 
-    With a ``precondition`` (the client's If-Match) the record is read first and deleted only
-    if the precondition holds for it and it is still that document when deleted."""
+    With a ``precondition`` (the client's If-Match or If-None-Match) the record is read first
+    and deleted only if the precondition holds for it and it is still that document when
+    deleted."""
     read = None
     if precondition is not None:
         read = await store.get(record_id)

@@ -16,7 +16,7 @@ never leaks: anything that is not a ``ServiceError`` becomes a generic 500 and i
     │   └── RecordNotFound         404  unknown record id
     ├── RequestTimeout             408  an uploaded image's bytes came too slowly
     ├── RecordTooLarge             409  the stored record cannot take new labels (16 MiB)
-    ├── PreconditionFailed         412  If-Match names no current version of the record
+    ├── PreconditionFailed         412  If-Match names no current version, If-None-Match one
     ├── PayloadTooLarge            413  image over the byte cap (download or upload) or pixel cap
     ├── UnsupportedMediaType       415  the bytes are not an image format we decode
     ├── UnsupportedBody            415  a request body of a media type or coding not taken there

@@ -12,6 +12,10 @@ served from it; shared caches keep nothing.
 
 The same tag in ``If-Match`` makes a ``DELETE`` conditional: the record goes only while it is
 still the version the client read, so a client never deletes labels it has not seen.
+
+Both fields are read on both methods, in the order of RFC 9110 section 13.2.2: an ``If-Match``
+that names none of the tags gives 412; then an ``If-None-Match`` that names the tag (or is
+``*``) gives 304 to a GET or HEAD, 412 to a DELETE, which is not performed.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+from litestar import Request
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.openapi.spec import (
     Components,
     OpenAPI,
     OpenAPIHeader,
+    OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
     Parameter,
@@ -40,7 +46,8 @@ from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Sc
 
 from service.api.compression import without_coding
 from service.api.headers import field_value
-from service.errors import BadRequest
+from service.api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON
+from service.errors import BadRequest, PreconditionFailed, ServiceError
 
 # A route handler's ``opt`` that turns conditional GET on for it.
 _OPT = "conditional_get"
@@ -61,6 +68,13 @@ IF_MATCH_TEXT = (
 IF_NONE_MATCH_TEXT = (
     "ETags of copies the client holds (or *): when one is this answer's, 304 Not Modified"
     " and no body"
+)
+IF_MATCH_GET_TEXT = "ETags (or *): answered only when one is this answer's, else 412"
+IF_NONE_MATCH_DELETE_TEXT = (
+    "ETags (or *): deleted only while the record is none of those versions, else 412"
+)
+GET_PRECONDITION_FAILED = (
+    "If-Match names none of this answer's ETags: it changed since the client read it"
 )
 
 
@@ -99,21 +113,42 @@ def if_match_tags(header: str) -> list[str] | Literal["*"]:
     ]
 
 
-def matches_served(
-    tags: list[str] | Literal["*"], serializer: Callable[[Any], Any]
-) -> Callable[[Any], bool]:
-    """Whether a value, answered as the GET routes answer it (JSON by ``serializer``, the
-    route's), would carry one of ``tags``: any value for ``*``."""
+def write_precondition(
+    if_match: str | None, if_none_match: str | None, serializer: Callable[[Any], Any]
+) -> Callable[[Any], bool] | None:
+    """The test of the stored value a state-changing request would act on, from its
+    ``If-Match`` and ``If-None-Match`` fields (None: absent), with the value tagged as the
+    GET routes answer it (JSON by ``serializer``, the route's): None without either field.
+
+    False when If-Match names none of the value's tags; ``PreconditionFailed`` when
+    If-None-Match names it, since such a request must not be performed even though nothing
+    changed (RFC 9110 section 13.1.2). ``BadRequest`` at once for a malformed If-Match."""
+    if if_match is None and if_none_match is None:
+        return None
+    tags = "*" if if_match is None else if_match_tags(if_match)
 
     def holds(value: Any) -> bool:
-        return tags == "*" or entity_tag(encode_json(value, serializer)) in tags
+        tag = entity_tag(encode_json(value, serializer))
+        if tags != "*" and tag not in tags:
+            return False
+        if if_none_match is not None and none_match(if_none_match, tag):
+            raise PreconditionFailed(
+                "If-None-Match names the record's current ETag (or is *): not performed"
+            )
+        return True
 
     return holds
 
 
+def header_of(headers: Headers, name: str) -> str | None:
+    """A request header field's value, its lines joined (``field_value``); None when absent."""
+    return field_value(headers, name) if name in headers else None
+
+
 def conditional_get(app: ASGIApp) -> ASGIApp:
-    """Tags the 200 answers of GET routes marked ``CONDITIONAL``, and turns those whose tag
-    the request's ``If-None-Match`` names into 304s.
+    """Tags the 200 answers of GET routes marked ``CONDITIONAL``, answers 412 in place of
+    those whose tag the request's ``If-Match`` does not name, and turns those whose tag its
+    ``If-None-Match`` names into 304s.
 
     The answer's start is held until its body: a handler's answer comes in one piece. One
     that streams is passed on untagged."""
@@ -128,7 +163,9 @@ def conditional_get(app: ASGIApp) -> ASGIApp:
         ):
             await app(scope, receive, send)
             return
-        condition = field_value(Headers.from_scope(scope), "if-none-match") or None
+        request_headers = Headers.from_scope(scope)
+        if_match = header_of(request_headers, "if-match")
+        condition = field_value(request_headers, "if-none-match") or None
         held: list[HTTPResponseStartEvent] = []
 
         async def tagging(message: Message) -> None:
@@ -144,6 +181,9 @@ def conditional_get(app: ASGIApp) -> ASGIApp:
                 await send(message)
                 return
             tag = entity_tag(message.get("body", b""))
+            if if_match is not None and (refusal := _if_match_refusal(if_match, tag)):
+                await refuse(refusal)
+                return
             headers = MutableScopeHeaders.from_message(start)
             headers["etag"] = tag
             headers["cache-control"] = CACHE_CONTROL
@@ -155,9 +195,24 @@ def conditional_get(app: ASGIApp) -> ASGIApp:
             await send(start)
             await send(message)
 
+        async def refuse(exc: ServiceError) -> None:
+            """The problem answer to ``exc``, in place of the handler's."""
+            request: Request[Any, Any, Any] = Request(scope, receive)
+            response = EXCEPTION_HANDLERS[ServiceError](request, exc)
+            await response.to_asgi_response(None, request)(scope, receive, send)
+
         await app(scope, receive, tagging)
 
     return wrapped
+
+
+def _if_match_refusal(header: str, tag: str) -> ServiceError | None:
+    """Why an answer tagged ``tag`` is refused to a request with this ``If-Match``, if it is."""
+    try:
+        tags = if_match_tags(header)
+    except BadRequest as exc:
+        return exc
+    return None if tags == "*" or tag in tags else PreconditionFailed(GET_PRECONDITION_FAILED)
 
 
 def conditional_paths(routes: Iterable[BaseRoute]) -> list[str]:
@@ -171,8 +226,8 @@ def conditional_paths(routes: Iterable[BaseRoute]) -> list[str]:
 
 
 def document_conditional_get(schema: OpenAPI, paths: Iterable[str]) -> None:
-    """Document, on the GET operation of each of ``paths``, the ``If-None-Match`` parameter,
-    the ``ETag`` of its 200 and its 304."""
+    """Document, on the GET operation of each of ``paths``, the ``If-Match`` and
+    ``If-None-Match`` parameters, the ``ETag`` of its 200, its 304 and its 412."""
     components = schema.components
     assert isinstance(components, Components)
     components.headers = {
@@ -188,6 +243,13 @@ def document_conditional_get(schema: OpenAPI, paths: Iterable[str]) -> None:
         operation.parameters = [
             *(operation.parameters or []),
             Parameter(
+                name="If-Match",
+                param_in="header",
+                required=False,
+                schema=Schema(type=OpenAPIType.STRING),
+                description=IF_MATCH_GET_TEXT,
+            ),
+            Parameter(
                 name="If-None-Match",
                 param_in="header",
                 required=False,
@@ -202,5 +264,11 @@ def document_conditional_get(schema: OpenAPI, paths: Iterable[str]) -> None:
         responses["304"] = OpenAPIResponse(
             description="Not Modified: the answer is still the one whose ETag was sent",
             headers=dict(etag),
+        )
+        responses["412"] = OpenAPIResponse(
+            description=GET_PRECONDITION_FAILED,
+            content={
+                PROBLEM_JSON: OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
+            },
         )
         operation.responses = responses

@@ -225,7 +225,8 @@ _WHEN = {
     408: "The uploaded image took too long to arrive (see Retry-After when the slot was needed)",
     409: "The record's state does not allow it: no perceptual hash to compare (similar"
     " records), or too large to take new labels (relabel=stale)",
-    412: "If-Match does not name the record's current ETag: it changed since the client read it",
+    412: "If-Match does not name the current ETag (it changed since the client read it), or"
+    " If-None-Match names it",
     413: "The request body, or the image, is larger than allowed",
     415: "The request body is not of a media type this route takes, or the bytes are not an"
     " image in a supported format",

@@ -10,9 +10,14 @@ from litestar.di import Provide
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 
 from service import deletion
-from service.api.conditional import CONDITIONAL, IF_MATCH_TEXT, if_match_tags, matches_served
+from service.api.conditional import (
+    CONDITIONAL,
+    IF_MATCH_TEXT,
+    IF_NONE_MATCH_DELETE_TEXT,
+    header_of,
+    write_precondition,
+)
 from service.api.deps import ResourcesDep, provide_resources
-from service.api.headers import field_value
 from service.api.problems import problem_responses
 from service.api.schemas import (
     ProjectedRecordPage,
@@ -202,7 +207,8 @@ async def get_record(resources: ResourcesDep, record_id: FromPath[str]) -> Recor
         "Removes the record for good (journaled before the answer). The same bytes, POSTed"
         " again, are labeled afresh under a new id. Needs a key with the delete scope. With"
         " If-Match, only while the record is still the version with that ETag: 412 when it"
-        " was relabeled or given another URL since."
+        " was relabeled or given another URL since. With If-None-Match, only while it is none"
+        " of the versions named (* names any): 412 otherwise."
     ),
     tags=["records"],
     security=[{"ApiKey": []}],
@@ -215,13 +221,18 @@ async def delete_record(
     if_match: Annotated[
         str | None, HeaderParameter(name="If-Match", description=IF_MATCH_TEXT)
     ] = None,
+    if_none_match: Annotated[
+        str | None, HeaderParameter(name="If-None-Match", description=IF_NONE_MATCH_DELETE_TEXT)
+    ] = None,
 ) -> None:
     principal = principal_of(request)
     assert principal is not None  # the guard admitted a key with the delete scope
-    precondition = None
-    if if_match is not None:
-        tags = if_match_tags(field_value(request.headers, "if-match"))
-        precondition = matches_served(tags, request.route_handler.default_serializer)
+    # The fields as sent, on one line or several (the parameters document them).
+    precondition = write_precondition(
+        header_of(request.headers, "if-match"),
+        header_of(request.headers, "if-none-match"),
+        request.route_handler.default_serializer,
+    )
     await deletion.delete_record(
         resources.records,
         resources.metrics,

@@ -86,6 +86,64 @@ async def test_a_record_held_is_not_sent_again(client: AppClient, auth: dict[str
     assert changed.headers["etag"] not in (tag, None)
 
 
+async def test_a_get_is_answered_only_in_the_version_if_match_names(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    """If-Match on a GET (RFC 9110 section 13.1.1), compared strongly, in either coding."""
+    record = fake_record(1, ["cat"], 300)
+    await client.resources.records.insert(record)
+    path = f"/v1/records/{record['_id']}"
+    first = await client.get(path, headers=auth)
+    tag = first.headers["etag"]
+    for held in ('"other"', f"W/{tag}"):
+        for method in ("GET", "HEAD"):
+            refused = await client.request(method, path, headers={**auth, "If-Match": held})
+            assert refused.status_code == 412, (method, held)
+            assert "etag" not in refused.headers
+            assert refused.headers["cache-control"] == "no-store"
+        problem = assert_problem(
+            await client.get(path, headers={**auth, "If-Match": held}), 412, "precondition-failed"
+        )
+        assert "If-Match" in problem["detail"]
+    malformed = await client.get(path, headers={**auth, "If-Match": tag.strip('"')})
+    assert_problem(malformed, 400, "bad-request")
+    # Preconditions apply only to what would be a 200.
+    missing = f"/v1/records/{new_record_id()}"
+    assert_problem(await client.get(missing, headers={**auth, "If-Match": '"x"'}), 404)
+
+    gzipped = tag[:-1] + '-gzip"'
+    for held in (tag, gzipped, f'"other", {tag}', "*"):
+        answer = await client.get(path, headers={**auth, "If-Match": held})
+        assert answer.status_code == 200, held
+        assert answer.content == first.content and answer.headers["etag"] == tag
+    lines = [*auth.items(), ("If-Match", '"other"'), ("If-Match", tag)]
+    assert (await client.get(path, headers=lines)).status_code == 200
+
+
+async def test_if_match_is_evaluated_before_if_none_match(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    record = fake_record(1, ["cat"], 300)
+    await client.resources.records.insert(record)
+    path = f"/v1/records/{record['_id']}"
+    tag = (await client.get(path, headers=auth)).headers["etag"]
+    both = {**auth, "If-Match": tag, "If-None-Match": tag}
+    assert (await client.get(path, headers=both)).status_code == 304
+    stale = {**auth, "If-Match": '"stale"', "If-None-Match": tag}
+    assert_problem(await client.get(path, headers=stale), 412, "precondition-failed")
+
+
+async def test_a_page_is_answered_only_in_the_version_if_match_names(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    await client.resources.records.insert(zebra(1))
+    params = {"q": '{"width": 333}'}
+    tag = (await client.get("/v1/records", params=params, headers=auth)).headers["etag"]
+    await client.resources.records.insert(zebra(2))
+    stale = await client.get("/v1/records", params=params, headers={**auth, "If-Match": tag})
+    assert_problem(stale, 412, "precondition-failed")
+
+
 async def test_errors_and_other_routes_carry_no_tag(
     client: AppClient, auth: dict[str, str]
 ) -> None:

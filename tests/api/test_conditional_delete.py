@@ -109,6 +109,41 @@ async def test_an_imported_record_of_any_bson_types_is_deleted_by_its_tag(
     assert await client.resources.database["records"].count_documents({}) == 0
 
 
+@pytest.mark.parametrize("held", ["*", "tag", "W/tag", "tag-gzip", '"other", tag'])
+async def test_if_none_match_naming_the_record_keeps_it(
+    client: AppClient, auth: dict[str, str], held: str
+) -> None:
+    """RFC 9110 section 13.1.2: a DELETE whose If-None-Match names the current version (or
+    is *) is not performed, and answers 412 (compared weakly, in either coding)."""
+    record = fake_record(1, ["cat"], 300)
+    await client.resources.records.insert(record)
+    path = f"/v1/records/{record['_id']}"
+    tag = (await client.get(path, headers=auth)).headers["etag"]
+    before = await deleted_count(client)
+    header = held.replace("tag-gzip", tag[:-1] + '-gzip"').replace("tag", tag)
+    refused = await client.delete(path, headers={**auth, "If-None-Match": header})
+    assert "If-None-Match" in assert_problem(refused, 412, "precondition-failed")["detail"]
+    assert (await client.get(path, headers=auth)).status_code == 200
+    assert await deleted_count(client) == before
+
+
+async def test_if_none_match_naming_another_version_deletes(
+    client: AppClient, auth: dict[str, str]
+) -> None:
+    record = fake_record(1, ["cat"], 300)
+    await client.resources.records.insert(record)
+    path = f"/v1/records/{record['_id']}"
+    tag = (await client.get(path, headers=auth)).headers["etag"]
+    both = {**auth, "If-Match": tag, "If-None-Match": tag}
+    assert_problem(await client.delete(path, headers=both), 412, "precondition-failed")
+    held = {**auth, "If-Match": tag, "If-None-Match": '"other"'}
+    assert (await client.delete(path, headers=held)).status_code == 204
+    assert_problem(await client.get(path, headers=auth), 404, "record-not-found")
+    gone = await client.delete(path, headers={**auth, "If-None-Match": "*"})
+    assert_problem(gone, 404, "record-not-found")
+
+
+@pytest.mark.parametrize("condition", ["If-Match", "If-None-Match"])
 @pytest.mark.parametrize(
     ("meanwhile", "status", "problem"),
     [
@@ -125,10 +160,11 @@ async def test_a_record_changed_between_the_check_and_the_delete_stays(
     meanwhile: dict[str, Any] | None,
     status: int,
     problem: str,
+    condition: str,
 ) -> None:
     """Another writer relabels the record, adds a URL or a field, or deletes it, after the
-    service read it to check the client's tag and before its delete: the delete must not
-    take the version the client never saw."""
+    service read it to check the client's tag (If-Match names it, If-None-Match another) and
+    before its delete: the delete must not take the version the client never saw."""
     record = fake_record(1, ["cat"], 300)
     await client.resources.records.insert(record)
     path = f"/v1/records/{record['_id']}"
@@ -147,7 +183,8 @@ async def test_a_record_changed_between_the_check_and_the_delete_stays(
         return document
 
     monkeypatch.setattr(store, "get", read_then_changed)
-    response = await client.delete(path, headers={**auth, "If-Match": tag})
+    held = tag if condition == "If-Match" else '"other"'
+    response = await client.delete(path, headers={**auth, condition: held})
     assert_problem(response, status, problem)
     assert await collection.count_documents({}) == (0 if meanwhile is None else 1)
 
