@@ -47,6 +47,14 @@ def test_if_none_match_compares_weakly(header: str, matches: bool) -> None:
     assert none_match(header, 'W/"abc"') is matches
 
 
+async def tagged_record(client: AppClient, auth: dict[str, str]) -> tuple[str, str]:
+    """A stored record's path and the ETag its GET answers with."""
+    record = fake_record(1, ["cat"], 300)
+    await client.resources.records.insert(record)
+    path = f"/v1/records/{record['_id']}"
+    return path, (await client.get(path, headers=auth)).headers["etag"]
+
+
 async def test_a_record_held_is_not_sent_again(client: AppClient, auth: dict[str, str]) -> None:
     record = fake_record(1, ["cat"], 300)
     await client.resources.records.insert(record)
@@ -123,10 +131,7 @@ async def test_a_get_is_answered_only_in_the_version_if_match_names(
 async def test_if_match_is_evaluated_before_if_none_match(
     client: AppClient, auth: dict[str, str]
 ) -> None:
-    record = fake_record(1, ["cat"], 300)
-    await client.resources.records.insert(record)
-    path = f"/v1/records/{record['_id']}"
-    tag = (await client.get(path, headers=auth)).headers["etag"]
+    path, tag = await tagged_record(client, auth)
     both = {**auth, "If-Match": tag, "If-None-Match": tag}
     assert (await client.get(path, headers=both)).status_code == 304
     stale = {**auth, "If-Match": '"stale"', "If-None-Match": tag}

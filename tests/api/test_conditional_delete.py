@@ -10,6 +10,7 @@ from bson import Decimal128, ObjectId, Regex
 from service.api.conditional import if_match_tags
 from service.domain.records import new_record_id
 from service.errors import BadRequest
+from tests.api.test_conditional import tagged_record
 from tests.api.test_errors import assert_problem
 from tests.api.test_records import LABELED, fake_record
 from tests.conftest import AppClient
@@ -115,10 +116,7 @@ async def test_if_none_match_naming_the_record_keeps_it(
 ) -> None:
     """RFC 9110 section 13.1.2: a DELETE whose If-None-Match names the current version (or
     is *) is not performed, and answers 412 (compared weakly, in either coding)."""
-    record = fake_record(1, ["cat"], 300)
-    await client.resources.records.insert(record)
-    path = f"/v1/records/{record['_id']}"
-    tag = (await client.get(path, headers=auth)).headers["etag"]
+    path, tag = await tagged_record(client, auth)
     before = await deleted_count(client)
     header = held.replace("tag-gzip", tag[:-1] + '-gzip"').replace("tag", tag)
     refused = await client.delete(path, headers={**auth, "If-None-Match": header})
@@ -130,10 +128,7 @@ async def test_if_none_match_naming_the_record_keeps_it(
 async def test_if_none_match_naming_another_version_deletes(
     client: AppClient, auth: dict[str, str]
 ) -> None:
-    record = fake_record(1, ["cat"], 300)
-    await client.resources.records.insert(record)
-    path = f"/v1/records/{record['_id']}"
-    tag = (await client.get(path, headers=auth)).headers["etag"]
+    path, tag = await tagged_record(client, auth)
     both = {**auth, "If-Match": tag, "If-None-Match": tag}
     assert_problem(await client.delete(path, headers=both), 412, "precondition-failed")
     held = {**auth, "If-Match": tag, "If-None-Match": '"other"'}
