@@ -10,13 +10,18 @@ from urllib.parse import quote
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    InternalServerException,
+    NotAuthorizedException,
+    ValidationException,
+)
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 from msgspec import UNSET, UnsetType
 
 from service.api.headers import security_headers
-from service.errors import BadRequest, NotFound, ServiceError
+from service.errors import BadRequest, ClientClosedRequest, NotFound, ServiceError
 from service.observability import Metrics
 from service.repeated_logs import RepeatedLines
 
@@ -109,6 +114,9 @@ NO_BODY = 'the request needs a JSON body, e.g. {"url": "https://..."}'
 VALIDATION_FAILED = "Validation failed for"
 # How the framework reports a body it expected and did not get.
 MISSING_BODY = {"message": "'data'", "key": "data", "source": "body"}
+# How the framework reports a client that left while its body was being read: the client's
+# doing, not an internal error.
+CLIENT_LEFT = "client disconnected prematurely"
 
 
 def _server_error(
@@ -149,6 +157,12 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     if isinstance(exc, ValidationException) and exc.extra == [MISSING_BODY]:
         # A body sent chunked and empty (one with Content-Length: 0 never gets this far).
         return _service_error(request, BadRequest(NO_BODY))
+    if isinstance(exc, InternalServerException) and exc.detail == CLIENT_LEFT:
+        return _service_error(
+            request, ClientClosedRequest("the client disconnected while sending the body")
+        )
+    if status >= 500:
+        log.error("framework error on %s %s", request.method, request.url.path, exc_info=exc)
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra
     headers = dict(exc.headers or {})

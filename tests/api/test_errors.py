@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from litestar import Litestar, Request
+from litestar.datastructures import State
+from litestar.exceptions import InternalServerException
 
+from service.api.problems import _http_exception
 from service.settings import Settings
 from tests.conftest import CAT_PHOTO, AppClient, running
 from tests.support.image_server import ImageServer
@@ -112,6 +117,76 @@ async def test_json_body_not_in_utf8(client: AppClient, path: str) -> None:
     latin1 = '{"url": "http://example.com/caf\xe9.jpg", "url_or_id": "\xe9"}'.encode("latin-1")
     response = await client.post(path, content=latin1, headers={"content-type": "application/json"})
     assert "not UTF-8" in assert_problem(response, 400, "bad-request")["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/labels", "/v1/labels/batch", "/upload"])
+async def test_a_client_that_leaves_mid_body_is_not_an_internal_error(
+    client: AppClient, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Content-Length announced, part of the body sent, then the client disconnects: the
+    request is recorded as 499, as an upload cut short is, not as a 500 (which the
+    internal-errors alert pages on)."""
+    caplog.set_level(logging.INFO, logger="service.api.problems")
+    body = b'{"url": "http://example.com/cat.jpg"}'
+    messages = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    await client.app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 499, sent
+    metrics = (await client.get("/metrics")).text
+    assert 'labelsvc_problems_total{status="499",type="client-closed-request"} 1.0' in metrics
+    assert 'status="500"' not in metrics
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_other_framework_errors_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A 5xx the framework raises itself is written with its traceback, as every
+    unexpected error is."""
+    caplog.set_level(logging.ERROR, logger="service.api.problems")
+    app = Litestar(state=State({}), logging_config=None)
+    scope = {
+        "type": "http",
+        "app": app,
+        "litestar_app": app,
+        "method": "GET",
+        "path": "/x",
+        "raw_path": b"/x",
+        "query_string": b"",
+        "headers": [],
+        "state": {},
+    }
+    response = _http_exception(Request(scope), InternalServerException("boom"))  # type: ignore[arg-type]
+    assert response.status_code == 500
+    [line] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.getMessage() == "framework error on GET /x"
+    assert line.exc_info is not None
 
 
 async def test_oversized_request_body(client: AppClient) -> None:
