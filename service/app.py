@@ -161,7 +161,9 @@ class LabelingApp(Litestar):
         self._http = request_ids(
             timed_requests(
                 metrics,
-                unavailable_when_cancelled(metrics, head_as_get(super().__call__, methods)),
+                unavailable_when_cancelled(
+                    metrics, self.state.repeated_lines, head_as_get(super().__call__, methods)
+                ),
             )
         )
 
@@ -180,6 +182,7 @@ class LabelingApp(Litestar):
 def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
     """``models``: loaded beforehand (see ``open_resources``), else at startup."""
     metrics = Metrics()
+    repeated_lines = RepeatedLines(log_unwritten)
     hook: Any = lifespan(settings, metrics, models)
     app = LabelingApp(
         metrics,
@@ -193,7 +196,9 @@ def create_app(settings: Settings, models: Models | None = None) -> LabelingApp:
         ],
         openapi_config=openapi_config(),
         # Problems are counted, and their warnings written, where they are made.
-        state=State({"metrics": metrics, "repeated_lines": RepeatedLines(log_unwritten)}),
+        state=State({"metrics": metrics, "repeated_lines": repeated_lines}),
+        # Runs after the lifespan's own shutdown, whose drain may still answer with errors.
+        on_shutdown=[repeated_lines.flush],
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         type_encoders=BSON_ENCODERS,
         logging_config=None,  # configured once, by the launcher

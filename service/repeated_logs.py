@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ def _call_later(delay: float, callback: Callable[[], None]) -> object:
 
 @dataclass
 class _Window:
+    opened: float
     unwritten: int = 0
     last: str = ""
 
@@ -44,10 +46,12 @@ class RepeatedLines:
         summarize: Summary,
         window: float | None = None,
         call_later: Later = _call_later,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._summarize = summarize
         self._window = WINDOW_SECONDS if window is None else window
         self._call_later = call_later
+        self._clock = clock
         self._open: dict[Hashable, _Window] = {}
 
     def admit(self, kind: Hashable, line: str) -> bool:
@@ -61,8 +65,17 @@ class RepeatedLines:
         self._start(kind)
         return True
 
+    def flush(self) -> None:
+        """Say now what the open windows would say when they end (at shutdown: their timers
+        will never run). They stay open, with nothing left to say."""
+        now = self._clock()
+        for kind, window in self._open.items():
+            if window.unwritten:
+                self._summarize(kind, window.unwritten, window.last, round(now - window.opened, 1))
+                window.unwritten = 0
+
     def _start(self, kind: Hashable) -> None:
-        self._open[kind] = _Window()
+        self._open[kind] = _Window(opened=self._clock())
         self._call_later(self._window, lambda: self._close(kind))
 
     def _close(self, kind: Hashable) -> None:

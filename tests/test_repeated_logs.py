@@ -30,7 +30,10 @@ def throttled() -> tuple[RepeatedLines, Timers, list[tuple[Hashable, int, str, f
     timers = Timers()
     summaries: list[tuple[Hashable, int, str, float]] = []
     lines = RepeatedLines(
-        lambda *summary: summaries.append(summary), window=10, call_later=timers.call_later
+        lambda *summary: summaries.append(summary),
+        window=10,
+        call_later=timers.call_later,
+        clock=lambda: timers.now,
     )
     return lines, timers, summaries
 
@@ -66,3 +69,18 @@ def test_a_burst_that_stops_is_still_summed_up() -> None:
     assert summaries == [((502, "upstream-error"), 500, "POST /v1/labels", 10)]
     timers.advance(100)
     assert timers.due == []
+
+
+def test_a_stop_says_what_the_open_windows_have_not_said_yet() -> None:
+    """At shutdown the windows' timers never run: flushing sums up each burst so far, once."""
+    lines, timers, summaries = throttled()
+    assert lines.admit((502, "upstream-error"), "POST /a")
+    timers.advance(2.5)
+    assert not lines.admit((502, "upstream-error"), "POST /b")
+    assert not lines.admit((502, "upstream-error"), "POST /c")
+    assert lines.admit((503, "overloaded"), "POST /d")  # nothing more of this kind
+    lines.flush()
+    assert summaries == [((502, "upstream-error"), 2, "POST /c", 2.5)]
+    lines.flush()
+    timers.advance(10)  # should the loop run on, the windows end with nothing more to say
+    assert len(summaries) == 1

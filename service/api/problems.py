@@ -125,8 +125,11 @@ def _server_error(
     """A warning for a 5xx the service answered (an info line for a routine one, such as a
     start under way), at most once a window of its kind: status, type, and whether it is
     routine (service.repeated_logs). They come in bursts."""
-    repeats: RepeatedLines = request.app.state.repeated_lines
-    line = where % args
+    write_server_error(request.app.state.repeated_lines, exc, where % args)
+
+
+def write_server_error(repeats: RepeatedLines, exc: ServiceError, line: str) -> None:
+    """``_server_error`` where no request is at hand: ``line`` says where it was answered."""
     if repeats.admit((exc.status, exc.type, exc.routine), line):
         log.log(_level(exc.routine), "%s -> %d %s", line, exc.status, exc.type)
 

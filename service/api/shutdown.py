@@ -16,12 +16,19 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.headers import security_headers
-from service.api.problems import PROBLEM_JSON, problem_document
+from service.api.problems import PROBLEM_JSON, problem_document, write_server_error
 from service.errors import ServiceUnavailable
 from service.observability import Metrics
+from service.repeated_logs import RepeatedLines
+
+SHUTTING_DOWN = ServiceUnavailable(
+    "the service is shutting down; retry shortly", retry_after=1, extra={"reason": "shutting_down"}
+)
 
 
-def unavailable_when_cancelled(metrics: Metrics, app: ASGIApp) -> ASGIApp:
+def unavailable_when_cancelled(
+    metrics: Metrics, repeated_lines: RepeatedLines, app: ASGIApp
+) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
@@ -39,7 +46,8 @@ def unavailable_when_cancelled(metrics: Metrics, app: ASGIApp) -> ASGIApp:
             if started:
                 raise
             # The request task ends here: nothing awaits it after the server cancelled it.
-            metrics.problems.labels(str(ServiceUnavailable.status), ServiceUnavailable.type).inc()
+            metrics.problems.labels(str(SHUTTING_DOWN.status), SHUTTING_DOWN.type).inc()
+            write_server_error(repeated_lines, SHUTTING_DOWN, f"{scope['method']} {scope['path']}")
             await _send_unavailable(scope["path"], tracking)
 
     return wrapped
@@ -48,18 +56,18 @@ def unavailable_when_cancelled(metrics: Metrics, app: ASGIApp) -> ASGIApp:
 async def _send_unavailable(path: str, send: Send) -> None:
     body = msgspec.json.encode(
         problem_document(
-            ServiceUnavailable.status,
-            ServiceUnavailable.type,
-            ServiceUnavailable.title,
-            "the service is shutting down; retry shortly",
+            SHUTTING_DOWN.status,
+            SHUTTING_DOWN.type,
+            SHUTTING_DOWN.title,
+            SHUTTING_DOWN.detail,
             path,
-            {"reason": "shutting_down"},
+            SHUTTING_DOWN.extra,
         )
     )
     headers = security_headers(path) | {
         "Content-Type": PROBLEM_JSON,
         "Content-Length": str(len(body)),
-        "Retry-After": "1",
+        "Retry-After": str(SHUTTING_DOWN.retry_after),
         "Connection": "close",
     }
     await send(

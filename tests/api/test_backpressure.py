@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -196,10 +197,13 @@ async def test_each_slow_download_gives_its_slot_to_one_request_only(
 
 
 async def test_a_request_cancelled_at_shutdown_gets_503_not_500(
-    client: AppClient, image_server: ImageServer
+    client: AppClient, image_server: ImageServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The server cancels requests still running when its graceful shutdown runs out: a
-    labeling request caught mid-download is told to retry, not given a 500."""
+    labeling request caught mid-download is told to retry, not given a 500, and the 503 has
+    its warning line, as every other has."""
+    caplog.set_level(logging.INFO, logger="service.api.problems")
+    caplog.handler.addFilter(RequestIdFilter())
     posting = asyncio.create_task(
         client.post("/v1/labels", json={"url": image_server.url("/drip?shutdown")})
     )
@@ -210,6 +214,9 @@ async def test_a_request_cancelled_at_shutdown_gets_503_not_500(
     assert problem["reason"] == "shutting_down"
     assert response.headers["retry-after"] == "1"
     assert response.headers["x-content-type-options"] == "nosniff"
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == "POST /v1/labels -> 503 unavailable"
+    assert getattr(warning, "request", None) == f" (request {response.headers['x-request-id']})"
     text = (await client.get("/metrics")).text
     assert 'route="/v1/labels",status="503"' in text
     assert 'labelsvc_problems_total{status="503",type="unavailable"} 1.0' in text

@@ -297,6 +297,29 @@ async def test_readiness_while_the_indexes_are_made_does_not_blame_the_database(
         assert (await client.get("/readyz")).json()["status"] == "ready"
 
 
+async def test_a_stop_writes_the_lines_of_a_burst_its_window_had_not_summed_up(
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A burst of errors followed by a stop (a restart, often because of that burst): the
+    count of the lines not written is written at shutdown, not lost with the window's timer."""
+    made = asyncio.Event()
+
+    async def held(store: RecordStore) -> None:
+        await made.wait()
+
+    monkeypatch.setattr(RecordStore, "ensure_indexes", held)
+    caplog.set_level(logging.INFO, logger="service.api.problems")
+    app = create_app(make_settings())
+    async with app.lifespan(), AppClient(app) as client:
+        for _ in range(3):
+            assert_problem(await client.get("/readyz"), 503, "unavailable")
+    [closing] = [r.getMessage() for r in caplog.records if "one by one" in r.getMessage()]
+    assert closing.startswith("2 more answers 503 unavailable in the last ")
+    assert closing.endswith(" s, not logged one by one (the last: GET /readyz)")
+
+
 async def test_an_index_made_under_another_name_serves(
     make_settings: Callable[..., Settings],
 ) -> None:
