@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -123,6 +124,11 @@ class Supervisor(Multiprocess):
     uvicorn's one shared list of sockets (``self.sockets``) stays empty. Its ``restart_all``,
     which would use it, is only reached through its SIGHUP handler, replaced here."""
 
+    # How long a stopping process gets before it is killed: the longest graceful stop (10 s
+    # for requests in progress, 10 s for analyses to be stored, 10 s for key usage) and a
+    # margin for model runs already started; under the compose file's stop_grace_period.
+    stop_seconds = 40.0
+
     def __init__(
         self,
         config: uvicorn.Config,
@@ -167,6 +173,25 @@ class Supervisor(Multiprocess):
         # accept (they hang until the last process is out). Closed, new ones are refused.
         self.close_listeners()
         super().terminate_all()
+
+    def join_all(self) -> None:
+        """uvicorn's waits for each process as long as it takes: one that cannot stop (stuck
+        in a driver call, say) would hold the launcher, and outlive it holding the port when
+        the launcher is killed in turn. Past ``stop_seconds`` it is killed."""
+        deadline = time.monotonic() + self.stop_seconds
+        for process in self.processes:
+            self._join_by(process, deadline)
+
+    def _join_by(self, process: Process, deadline: float) -> None:
+        process.process.join(max(0.0, deadline - time.monotonic()))
+        if process.exitcode is None:
+            log.error(
+                "serving process [%s] did not stop within %g s; killing it",
+                process.pid,
+                self.stop_seconds,
+            )
+            process.kill()
+            process.process.join()
 
     def handle_hup(self) -> None:
         log.info("hangup: stopping the serving processes")
@@ -216,7 +241,7 @@ class Supervisor(Multiprocess):
         with self._forgetting_the_gone():
             process = self.processes.pop()
             process.terminate()
-            process.join()
+            self._join_by(process, time.monotonic() + self.stop_seconds)
 
     def close_listeners(self) -> None:
         for sockets in self.listeners:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import multiprocessing
 import os
 import re
 import signal
@@ -17,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from uvicorn.supervisors.multiprocess import SIGNALS
+from uvicorn.supervisors.multiprocess import Process as UvicornProcess
 
 from service.app import create_app
 from service.dbserver import free_port
@@ -503,3 +506,41 @@ def test_the_supervisor_stops_at_once_on_a_signal_or_one_that_came_before_it(
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+def _sleep(deaf: bool) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if deaf else signal.SIG_DFL)
+    time.sleep(60)
+
+
+def test_a_process_that_does_not_stop_is_killed_past_the_deadline(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A serving process stuck where SIGTERM cannot reach it would hold the launcher for
+    good, then outlive it holding the port: past the deadline it is killed, while one that
+    stops in time is only waited for."""
+    config = uvicorn.Config(lambda: None, workers=2)
+    saved = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    forked = multiprocessing.get_context("fork")
+    try:
+        supervisor = Supervisor(config, [], str(tmp_path))
+        supervisor.stop_seconds = 1.0
+        stuck, stopping = UvicornProcess(config, []), UvicornProcess(config, [])
+        stuck.process = forked.Process(target=_sleep, args=(True,))
+        stopping.process = forked.Process(target=_sleep, args=(False,))
+        supervisor.processes = [stuck, stopping]
+        for process in supervisor.processes:
+            process.start()
+        time.sleep(0.5)  # their handlers are set by now
+        started = time.monotonic()
+        supervisor.terminate_all()
+        supervisor.join_all()
+        assert time.monotonic() - started < 5
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert stuck.exitcode == -signal.SIGKILL
+    assert stopping.exitcode == -signal.SIGTERM
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        f"serving process [{stuck.pid}] did not stop within 1 s; killing it"
+    ]
