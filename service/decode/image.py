@@ -63,6 +63,13 @@ _NO_LENGTH = frozenset({*range(0xC0), *range(0xD0, 0xD9)})
 # RGB, Display P3), and a transform takes milliseconds to build.
 _TRANSFORMS_KEPT = 32
 _MAX_PROFILE_BYTES = 4 << 20  # real ones are a few KB to a few hundred KB
+# A profile's tag table: a count after the 128-byte header, then 12 bytes a tag, its
+# signature first. LittleCMS reads at most 100 tags (MAX_TABLE_TAG).
+_TAG_TABLE = 132
+_MAX_TAGS = 100
+_FLOAT_PIPELINE_TAGS = frozenset(
+    {b"D2B0", b"D2B1", b"D2B2", b"D2B3", b"B2D0", b"B2D1", b"B2D2", b"B2D3"}
+)
 # decode_image checks the pixel cap itself, against the service's setting; Pillow's own
 # guard (89 MP) would refuse images the operator allowed, and warn on stderr below that.
 Image.MAX_IMAGE_PIXELS = None
@@ -124,7 +131,13 @@ def decode_image(
             f"the content is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
             extra={"reason": "unknown_format"},
         ) from None
-    except (OSError, ValueError, SyntaxError, RuntimeError) as exc:  # libavif's: RuntimeError
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        OverflowError,
+        RuntimeError,
+    ) as exc:  # libavif's: RuntimeError
         raise UnprocessableImage(
             f"the image header is corrupt: {exc}", extra={"reason": "corrupt"}
         ) from None
@@ -167,8 +180,7 @@ def decode_image(
                 swapped = orientation in _SWAPPING_ORIENTATIONS
                 upright = (stored_h, stored_w) if swapped else (stored_w, stored_h)
             rgb = _to_rgb(upright_image)
-            managed = _in_srgb(upright_image)
-            viewed = rgb if managed is upright_image else _to_rgb(managed)
+            viewed = _in_srgb(upright_image, rgb)
         except (
             OSError,
             ValueError,
@@ -176,6 +188,7 @@ def decode_image(
             EOFError,
             TypeError,
             struct.error,
+            OverflowError,  # a TIFF strip offset past 2**63, which no seek can reach
             RuntimeError,  # libavif's failures to decode
         ) as exc:
             raise UnprocessableImage(
@@ -253,21 +266,24 @@ def _draft(image: Image.Image, target_size: int, short_side: int) -> int:
     return 1 if drafted is None else round(full_width / drafted[1][2])
 
 
-def _in_srgb(image: Image.Image) -> Image.Image:
-    """The image in sRGB when it embeds another colour profile (Adobe RGB, Display P3, a
-    camera's, a CMYK press profile), as a colour-managed viewer shows it. Profiles that
-    cannot be read are ignored."""
+def _in_srgb(image: Image.Image, rgb: Image.Image) -> Image.Image:
+    """``rgb`` (``image`` made RGB) in sRGB when ``image`` embeds another colour profile
+    (Adobe RGB, Display P3, a camera's, a CMYK press profile), as a colour-managed viewer
+    shows it. A CMYK profile maps the image's own inks; an RGB one the RGB it is composited
+    into (a screenshot with alpha, a palette). Profiles that cannot be read, or that do not
+    fit the image (a grey one), are ignored."""
     icc = image.info.get("icc_profile")
-    if not icc or image.mode not in ("RGB", "CMYK"):
-        return image
-    transform = _to_srgb(bytes(icc), image.mode)
+    if not icc:
+        return rgb
+    source = image if image.mode == "CMYK" else rgb
+    transform = _to_srgb(bytes(icc), source.mode)
     if transform is None:
-        return image
+        return rgb
     try:
-        converted = ImageCms.applyTransform(image, transform)
+        converted = ImageCms.applyTransform(source, transform)
     except ImageCms.PyCMSError:
-        return image
-    return converted if converted is not None else image
+        return rgb
+    return converted if converted is not None else rgb
 
 
 _transforms: OrderedDict[tuple[bytes, str], ImageCms.ImageCmsTransform | None] = OrderedDict()
@@ -293,6 +309,8 @@ def _to_srgb(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
 
 
 def _build_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    if _float_pipeline(icc):
+        return None
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if mode == "RGB" and "srgb" in ImageCms.getProfileDescription(profile).lower():
@@ -303,7 +321,27 @@ def _build_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None
         return None
 
 
+def _float_pipeline(icc: bytes) -> bool:
+    """Whether the profile has a multiProcessElements tag (an ICC v4 float pipeline): it may
+    chain any number of stages, which LittleCMS walks at every point it samples to build a
+    transform (8,000 identity matrices in a 20 KB PNG: 3 s of a worker's CPU). No camera,
+    phone or editor profile relies on one."""
+    if len(icc) < _TAG_TABLE:
+        return False
+    # LittleCMS refuses a profile of more tags than it reads anyway.
+    count = min(int.from_bytes(icc[128:_TAG_TABLE], "big"), _MAX_TAGS)
+    end = min(len(icc), _TAG_TABLE + 12 * count)
+    return any(
+        icc[start : start + 4] in _FLOAT_PIPELINE_TAGS for start in range(_TAG_TABLE, end, 12)
+    )
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "1" and "transparency" in image.info:
+        # A 1-bit PNG's colour key holds a bit (0 or 1): as grey, the same pixels are 0 or 255.
+        key = image.info["transparency"]
+        image = image.convert("L")
+        image.info["transparency"] = 255 if key else 0
     # A palette, or a PNG's colour key (tRNS) on grey or RGB, marks transparency too.
     if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
         image = image.convert("RGBA")

@@ -111,6 +111,73 @@ def test_an_embedded_colour_profile_is_converted_to_srgb(evalset_dir: Path) -> N
     assert plain.viewed is plain.image  # nothing to convert
 
 
+def test_a_colour_profile_applies_to_images_with_alpha_or_a_palette(evalset_dir: Path) -> None:
+    """The same pixels and Adobe RGB profile as RGB, RGBA or a palette: the same colours."""
+    with Image.open(evalset_dir / "images" / "000000269196.jpg") as tagged:
+        adobe = bytes(tagged.info["icc_profile"])
+        photo = tagged.convert("RGB").resize((64, 48))
+    palette = photo.quantize(64)
+    as_rgb = decode_image(encode(palette.convert("RGB"), "PNG", icc_profile=adobe), max_pixels=CAP)
+    assert as_rgb.viewed.tobytes() != as_rgb.image.tobytes()  # managed
+    for image in (palette.convert("RGBA"), palette):
+        decoded = decode_image(encode(image, "PNG", icc_profile=adobe), max_pixels=CAP)
+        assert decoded.image.tobytes() == as_rgb.image.tobytes()
+        assert decoded.viewed.tobytes() == as_rgb.viewed.tobytes(), image.mode
+    # A profile of another colour space (Lab) does not fit: ignored, as an unreadable one is.
+    grey = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    la = decode_image(encode(photo.convert("LA"), "PNG", icc_profile=grey), max_pixels=CAP)
+    assert la.viewed.tobytes() == la.image.tobytes()
+
+
+def _profile_with_a_float_pipeline(stages: int) -> bytes:
+    """An ICC v4 RGB display profile whose D2B0 tag (multiProcessElements) chains ``stages``
+    identity matrices."""
+    matrix = b"matf" + bytes(4) + struct.pack(">HH12f", 3, 3, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0)
+    first = 16 + 8 * stages
+    positions = b"".join(
+        struct.pack(">II", first + i * len(matrix), len(matrix)) for i in range(stages)
+    )
+    pipeline = b"mpet" + bytes(4) + struct.pack(">HHI", 3, 3, stages) + positions + matrix * stages
+    white = b"XYZ " + bytes(4) + struct.pack(">3i", 63190, 65536, 54061)
+    tags = [(b"D2B0", pipeline), (b"wtpt", white)]
+    start = 132 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        table += signature + struct.pack(">II", start + len(body), len(data))
+        body += data + bytes(-len(data) % 4)
+    header = bytearray(128)
+    struct.pack_into(
+        ">I4s4s4s4s4s",
+        header,
+        0,
+        start + len(body),
+        b"lcms",
+        bytes([4, 0x30, 0, 0]),
+        b"mntr",
+        b"RGB ",
+        b"XYZ ",
+    )
+    header[36:40] = b"acsp"
+    struct.pack_into(">3i", header, 68, 63190, 65536, 54061)
+    return bytes(header) + struct.pack(">I", len(tags)) + table + body
+
+
+def test_a_profile_with_a_float_pipeline_is_ignored_unbuilt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Building a transform walks every stage of such a pipeline at every point it samples:
+    thousands of stages in a few KB would hold a worker for seconds. It is not built."""
+    profile = _profile_with_a_float_pipeline(1000)
+    assert ImageCms.ImageCmsProfile(io.BytesIO(profile))  # readable: it would be built
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a transform was built")
+
+    monkeypatch.setattr(ImageCms, "buildTransform", refused)
+    decoded = decode_image(encode(gradient(32, 32), "PNG", icc_profile=profile), max_pixels=CAP)
+    assert decoded.viewed.tobytes() == decoded.image.tobytes()
+
+
 def test_an_unreadable_colour_profile_is_ignored() -> None:
     plain = encode(gradient(64, 48), "PNG")
     tagged = encode(gradient(64, 48), "PNG", icc_profile=b"not a profile")
@@ -121,8 +188,9 @@ def test_an_unreadable_colour_profile_is_ignored() -> None:
 def test_transparency_is_composited_on_white() -> None:
     data = encode(Image.new("RGBA", (10, 10), (0, 0, 0, 0)), "PNG")
     assert decode_image(data, max_pixels=CAP).image.getpixel((5, 5)) == (255, 255, 255)
-    # A colour key (tRNS) on a grey (8- or 16-bit) or RGB PNG: black is the transparent colour.
-    for mode, black in (("L", 0), ("I;16", 0), ("RGB", (0, 0, 0))):
+    # A colour key (tRNS) on a grey (1-, 8- or 16-bit) or RGB PNG: black is the transparent
+    # colour.
+    for mode, black in (("1", 0), ("L", 0), ("I;16", 0), ("RGB", (0, 0, 0))):
         keyed = encode(Image.new(mode, (10, 10), black), "PNG", transparency=black)
         assert decode_image(keyed, max_pixels=CAP).image.getpixel((5, 5)) == (255, 255, 255)
 
@@ -236,6 +304,28 @@ def _tiff_with_strip_offsets_typed_double() -> bytes:
     return bytes(data)
 
 
+def _tiff_with_a_strip_past_any_file() -> bytes:
+    """A 4x4 RGB TIFF whose one strip starts at 2**63 (a LONG8 offset): no seek reaches it."""
+    entries = [  # tag, type (3 SHORT, 4 LONG, 16 LONG8), value
+        (256, 3, 4),  # ImageWidth
+        (257, 3, 4),  # ImageLength
+        (258, 3, 8),  # BitsPerSample
+        (259, 3, 1),  # Compression: none
+        (262, 3, 2),  # PhotometricInterpretation: RGB
+        (273, 16, None),  # StripOffsets: out of line, after the directory
+        (277, 3, 3),  # SamplesPerPixel
+        (278, 3, 4),  # RowsPerStrip
+        (279, 4, 48),  # StripByteCounts
+    ]
+    directory = 8
+    out_of_line = directory + 2 + 12 * len(entries) + 4
+    data = bytearray(b"II*\x00" + struct.pack("<IH", directory, len(entries)))
+    for tag, type_, value in entries:
+        packed = struct.pack("<I", out_of_line if value is None else value)
+        data += struct.pack("<HHI", tag, type_, 1) + packed
+    return bytes(data + struct.pack("<IQ", 0, 1 << 63) + bytes(48))
+
+
 def _broken_images() -> list[bytes]:
     png = encode(gradient(256, 256), "PNG")
     # ImageMagick carries EXIF in a text chunk as hex; here it is not hex.
@@ -244,10 +334,13 @@ def _broken_images() -> list[bytes]:
         png[: len(png) // 2],  # Pillow reads a PNG's data to look for EXIF after it
         png[:33] + raw_profile + png[33:],
         _tiff_with_strip_offsets_typed_double(),
+        _tiff_with_a_strip_past_any_file(),
     ]
 
 
-@pytest.mark.parametrize("data", _broken_images(), ids=["truncated-png", "raw-exif-png", "tiff"])
+@pytest.mark.parametrize(
+    "data", _broken_images(), ids=["truncated-png", "raw-exif-png", "tiff", "tiff-far-strip"]
+)
 def test_broken_png_and_tiff_are_unprocessable(data: bytes) -> None:
     with pytest.raises(UnprocessableImage):
         decode_image(data, max_pixels=CAP)
