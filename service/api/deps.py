@@ -7,7 +7,7 @@ from litestar.di import NamedDependency
 
 from service.errors import DatabaseUnavailable, ServiceUnavailable, Starting
 from service.lifespan import Resources
-from service.store.records import ping
+from service.store.records import ping, unreached
 
 ResourcesDep = NamedDependency[Resources]
 
@@ -27,8 +27,9 @@ def provide_ready_resources(state: State) -> Resources:
 def require_indexes(resources: Resources) -> None:
     """Nothing once the indexes exist; until then, why not, as the last attempt to make them
     found: they could not be made (until someone acts: duplicate hashes in imported records),
-    the database did not answer, or they are being made (every start). Only the second is
-    the database's to blame."""
+    the database did not answer (or the driver reaches no server: a first attempt may still
+    be waiting for one), or they are being made (every start). Only the second is the
+    database's to blame."""
     if resources.indexes_ready.is_set():
         return
     if resources.index_error is not None:
@@ -37,7 +38,7 @@ def require_indexes(resources: Resources) -> None:
             retry_after=2,
             extra={"database": "indexes"},
         )
-    if resources.database_unanswered:
+    if resources.database_unanswered or unreached(resources.database):
         raise _not_answering()
     raise Starting(
         "the database indexes are being created", retry_after=1, extra={"database": "indexes"}

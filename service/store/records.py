@@ -363,6 +363,14 @@ class RecordStore:
                 raise
 
 
+def unreached(database: AsyncDatabase[Document]) -> bool:
+    """Whether the driver has tried every server it knows and reached none (connection
+    refused, no such host): known within moments of the first operation, where an operation
+    waits out its server selection (``LABELSVC_DB_TIMEOUT_MS``) before it fails."""
+    servers = database.client.topology_description.server_descriptions().values()
+    return bool(servers) and all(server.error is not None for server in servers)
+
+
 async def ping(database: AsyncDatabase[Document]) -> bool:
     """Whether the database answers within ``PING_SECONDS``: readiness probes give up after
     a few seconds, and a hung server must read as not ready before they do."""

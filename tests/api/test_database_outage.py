@@ -15,6 +15,7 @@ import pytest
 from service.app import create_app
 from service.dbserver import LocalDatabaseServer, free_port
 from service.settings import Settings
+from service.store.records import unreached
 from tests.api.test_errors import assert_problem
 from tests.conftest import CAT_PHOTO, AppClient, running
 from tests.support.image_server import ImageServer
@@ -131,3 +132,25 @@ async def test_a_database_down_from_the_start_is_reported_as_unavailable(
         labeling = await client.post("/v1/labels", json={"url": "http://images.example/a.jpg"})
         refused = assert_problem(labeling, 503, "database-unavailable")
         assert refused["database"] == "unavailable", refused
+
+
+async def test_a_database_refusing_connections_at_start_is_named_before_the_index_attempt_fails(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first attempt to make the indexes waits out its server selection (seconds) before
+    it fails; labeling requests meanwhile name the outage the driver already knows of, not a
+    start under way."""
+    nowhere = f"mongodb://127.0.0.1:{free_port()}/"
+    app = create_app(make_settings(mongodb_uri=nowhere, db_timeout_ms=60_000))
+    async with app.lifespan(), AppClient(app) as client:
+        database = app.state.resources.database
+        for _ in range(100):
+            if unreached(database):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the driver never found the server unreachable")
+        labeling = await client.post("/v1/labels", json={"url": "http://images.example/a.jpg"})
+        refused = assert_problem(labeling, 503, "database-unavailable")
+        assert refused["database"] == "unavailable", refused
+        assert "creating indexes failed" not in caplog.text  # still waiting for a server
