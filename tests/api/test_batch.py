@@ -19,6 +19,7 @@ from service.settings import Settings
 from tests.api.test_errors import assert_problem
 from tests.api.test_records import fake_record
 from tests.conftest import API_KEY, CAT_PHOTO, EMPTY_PHOTO, ROOT, AppClient, running
+from tests.support.asgi import json_post_scope
 from tests.support.image_server import ImageServer
 
 BATCH = "/v1/labels/batch"
@@ -263,24 +264,7 @@ async def test_a_batch_cut_short_starts_nothing_more(
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": BATCH,
-            "raw_path": BATCH.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"host", b"testserver"),
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
+        scope = json_post_scope(BATCH, len(body))
         answering = asyncio.create_task(client.app(scope, receive, send))  # type: ignore[arg-type]
 
         def started() -> list[str]:

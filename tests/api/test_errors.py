@@ -17,6 +17,7 @@ from litestar.exceptions import InternalServerException
 from service.api.problems import _http_exception
 from service.settings import Settings
 from tests.conftest import CAT_PHOTO, AppClient, running
+from tests.support.asgi import json_post_scope
 from tests.support.image_server import ImageServer
 
 PROBLEM = "application/problem+json"
@@ -140,24 +141,7 @@ async def test_a_client_that_leaves_mid_body_is_not_an_internal_error(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = json_post_scope(path, len(body))
     await client.app(scope, receive, send)  # type: ignore[arg-type]
     assert sent[0]["status"] == 499, sent
     metrics = (await client.get("/metrics")).text
