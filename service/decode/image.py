@@ -135,9 +135,9 @@ def decode_image(
         OSError,
         ValueError,
         SyntaxError,
-        OverflowError,
-        RuntimeError,
-    ) as exc:  # libavif's: RuntimeError
+        OverflowError,  # an offset past 2**63, which no seek can reach
+        RuntimeError,  # libavif's
+    ) as exc:
         raise UnprocessableImage(
             f"the image header is corrupt: {exc}", extra={"reason": "corrupt"}
         ) from None
