@@ -189,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metric: round(statistics.mean(s[metric] for s in held_out), 4) for metric in held_out[0]
     }
     line["constant"] = score({k: CONSTANT_CAPTION for k in captions}, humans)
+    # The title, which carries the content, against the humans' own agreement.
+    line["ratio"] = round(line["title"]["cosine"] / line["human_leave_one_out"]["cosine"], 4)
     line |= {
         "constant_caption": CONSTANT_CAPTION,
         "embedding": f"{EMBEDDING_MODEL}, cosine averaged over references",

@@ -161,9 +161,10 @@ def detect_split(
 
 def collect(
     *, provider: ProviderChoice, threads: int, int8: bool = False
-) -> tuple[list[ImageRun], dict[str, float], dict[str, float]]:
-    """Run every model over the evalset; returns the runs and the mAPs of both detectors.
-    ``int8``: NanoDet quantized (``LABELSVC_SECOND_OPINION_INT8``)."""
+) -> tuple[list[ImageRun], dict[str, float], dict[str, float], dict[str, str]]:
+    """Run every model over the evalset; returns the runs, the mAPs of both detectors and
+    the execution provider each model ran on. ``int8``: NanoDet quantized
+    (``LABELSVC_SECOND_OPINION_INT8``)."""
     root = evalset_dir()
     ids, truth = load_truth(root / "annotations" / "instances.json")
     yolox = load_yolox(model_dir(), provider=provider, intra_op_threads=threads)
@@ -213,7 +214,13 @@ def collect(
         ]
     for run in runs:
         run.precision, run.recall, run.f1, run.box_tp, run.missed = match_image(run.kept, run.truth)
-    return runs, coco_map(map_yolox), coco_map(map_nanodet)
+    providers = {
+        "yolox": yolox.provider,
+        "nanodet": nanodet.provider,
+        "second_scale": scaled.provider,
+        "tagger": tagger.provider,
+    }
+    return runs, coco_map(map_yolox), coco_map(map_nanodet), providers
 
 
 def miss_targets(run: ImageRun, second: list[Detection] | None) -> list[bool]:

@@ -154,7 +154,14 @@ async def raw_similar(
     return [by_id[i] for i in ids], len(near)
 
 
-def kinds(facts: Facts, cursor_after: str) -> list[Kind]:
+def kinds(facts: Facts, cursor_after: str | None) -> list[Kind]:
+    """The queries compared; the page after a cursor only when the rare class has a second
+    page (``cursor_after``: the first page's ``next_cursor``, None with few records)."""
+    every = _kinds(facts, cursor_after or "")
+    return [k for k in every if cursor_after is not None or k.name != "class_page2_by_cursor"]
+
+
+def _kinds(facts: Facts, cursor_after: str) -> list[Kind]:
     rare_class = facts.rare(facts.classes, 0.05)
     rare_tag = facts.rare(facts.tags, 0.05)
     words = [w for w, n in facts.keywords.most_common() if n <= 0.02 * facts.count]

@@ -41,10 +41,15 @@ PROCESSES = ("service_event_loop", "database", "photo_host", "http_client")
 
 
 async def bare_requests_per_second(
-    mongodb_uri: str, urls: list[str], tags: dict[str, tuple[str, str]]
-) -> float:
+    mongodb_uri: str,
+    urls: list[str],
+    tags: dict[str, tuple[str, str]],
+    pids: tuple[int, int, int],
+) -> tuple[float, CpuMeter]:
     """For every URL, ``CONCURRENCY`` at a time: download and hash it, or with its ``tags``
-    entry (entity tag, SHA-256) ask whether it changed; then find its record."""
+    entry (entity tag, SHA-256) ask whether it changed; then find its record. With the CPU
+    meter of the timed requests, started after the warm-up as the service's is (``pids``:
+    the service's, the database's and the photo host's)."""
     limit = asyncio.Semaphore(CONCURRENCY)
     mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
     records = mongo[DATABASE]["records"]
@@ -64,9 +69,10 @@ async def bare_requests_per_second(
 
         try:
             await asyncio.gather(*(one(url) for url in urls[:CONCURRENCY]))  # connections
+            meter = CpuMeter(*pids)
             start = time.perf_counter()
             await asyncio.gather(*(one(url) for url in urls))
-            return len(urls) / (time.perf_counter() - start)
+            return len(urls) / (time.perf_counter() - start), meter
         finally:
             await mongo.close()
 
@@ -104,8 +110,8 @@ def compare(
         rate, _ = asyncio.run(post_all(base, requests, CONCURRENCY, expected=200))
         rates["service"].append(rate)
         cpu["service"].append(meter.per_image_ms(len(requests)))
-        meter = CpuMeter(service_pid, db_pid, host_pid)
-        rates["bare"].append(uvloop.run(bare_requests_per_second(mongodb_uri, requests, tags)))
+        rate, meter = uvloop.run(bare_requests_per_second(mongodb_uri, requests, tags, pids))
+        rates["bare"].append(rate)
         cpu["bare"].append(meter.per_image_ms(len(requests)))
     median = {side: statistics.median(values) for side, values in rates.items()}
     return {
