@@ -85,15 +85,13 @@ def _unchanged(document: Document) -> Document:
     """The record as read, as far as its derived fields come from it: a relabel between the
     read and the write has written derived fields of its own, which must stay."""
     filt: Document = {"_id": document["_id"]}
-    same = []
     for field in SOURCE_FIELDS:
         value = _at(document, field)
-        if value is _MISSING:
-            filt[field] = {"$exists": False}
-        else:
-            same.append({"$eq": [f"${field}", {"$literal": value}]})
-    if same:
-        filt["$expr"] = {"$and": same}
+        # Plain equality ($eq takes its operand as a literal), not $expr: the development
+        # database uses no index for a filter with a top-level $expr, so each update would
+        # read the whole collection. On an array $eq also matches an array holding the value
+        # as an element, which the service's record shapes never do.
+        filt[field] = {"$exists": False} if value is _MISSING else {"$eq": value}
     return filt
 
 
