@@ -23,6 +23,10 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "serverSelectionTimeoutMS": settings.db_timeout_ms,
         "connectTimeoutMS": settings.db_timeout_ms,
         "tz_aware": True,
+        # MongoDB stores dates outside years 1-9999 (an imported record's), which Python's
+        # datetime cannot hold: decoded as they are, every page and walk holding one would
+        # fail. They are read as the nearest date it can hold instead.
+        "datetime_conversion": "DATETIME_CLAMP",
         "appname": "labelsvc",
     }
 
