@@ -167,9 +167,7 @@ class LabelingPipeline:
 
     async def label_id(self, record_id: str) -> LabelOutcome:
         """A labeling request naming a record already stored: that record, counted as reused."""
-        record = await self.get(record_id)
-        self._metrics.records_reused.inc()
-        return LabelOutcome(record, created=False)
+        return self._answered(LabelOutcome(await self.get(record_id), created=False))
 
     async def get(self, record_id: str) -> Record | StoredDocument:
         document = await self._store.get(record_id)
@@ -179,7 +177,7 @@ class LabelingPipeline:
 
     async def label_url(self, url: str) -> LabelOutcome:
         with self._admission.slot():
-            return await self._label_url(url)
+            return self._answered(await self._label_url(url))
 
     async def label_upload(
         self, receive: Callable[[], Coroutine[Any, Any, Content]], *, relabel_stale: bool = False
@@ -195,8 +193,15 @@ class LabelingPipeline:
             )
             outcome = await self._label_content(content.data, content.sha256, None)
             if relabel_stale and not outcome.created:
-                return await self._relabel_if_stale(outcome, content)
-            return outcome
+                outcome = await self._relabel_if_stale(outcome, content)
+            return self._answered(outcome)
+
+    def _answered(self, outcome: LabelOutcome) -> LabelOutcome:
+        """The answer of a labeling request, counted as new or reused by what it finally
+        was (a record found, then deleted under a relabel, is made afresh: new)."""
+        if not outcome.created:
+            self._metrics.records_reused.inc()
+        return outcome
 
     async def _label_url(self, url: str) -> LabelOutcome:
         known = self._etags.get(url)
@@ -234,7 +239,6 @@ class LabelingPipeline:
                 # Another request created the record, or another process stored these bytes
                 # first (the insert gave back its record): this one found it (200).
                 if joined or not outcome.created:
-                    self._metrics.records_reused.inc()
                     return LabelOutcome(outcome.record, created=False)
                 return outcome
             reused = await self._reuse(digest, url)
@@ -298,7 +302,10 @@ class LabelingPipeline:
             # Deleted meanwhile: these bytes have no record any more, so label them afresh.
             return await self._label_content(content.data, content.sha256, None)
         self._metrics.records_relabeled.inc()
-        return LabelOutcome(await self.get(str(document["_id"])), created=False)
+        try:
+            return LabelOutcome(await self.get(str(document["_id"])), created=False)
+        except RecordNotFound:  # deleted right after the rewrite: as above
+            return await self._label_content(content.data, content.sha256, None)
 
     async def _reuse(self, digest: str, url: str | None) -> LabelOutcome | None:
         """The stored record for these bytes, with ``url`` (if any) added; ``None`` when there
@@ -306,7 +313,6 @@ class LabelingPipeline:
         document = await self._store.remember_url(digest, url)
         if document is None:
             return None
-        self._metrics.records_reused.inc()
         return LabelOutcome(record_from_document(document), created=False)
 
     async def _fetch(self, url: str) -> Fetched:

@@ -155,6 +155,56 @@ async def test_relabel_stale_labels_stale_records_again_from_the_upload(
     assert_problem(refused, 400)
 
 
+def metric_value(text: str, name: str) -> float:
+    return next(
+        (float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")), 0.0
+    )
+
+
+@pytest.mark.parametrize("deleted", ["before_the_rewrite", "after_the_rewrite"])
+async def test_a_record_deleted_under_a_relabel_is_made_afresh_and_counted_once(
+    client: AppClient,
+    evalset_dir: Path,
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    deleted: str,
+) -> None:
+    """A DELETE from another client lands as an upload relabels the record: before its
+    write, or right after it (before the answer is read back). Either way the bytes are
+    labeled afresh (201), and the request counts as a new record only."""
+    data = photo(evalset_dir)
+    record = (await client.post(UPLOAD, content=data, headers=JPEG)).json()
+    current = record["analyses"]
+    old = [{**current[0], "version": "000000000000"}, *current[1:]]
+    await stored_records(client).update_one({"_id": record["_id"]}, {"$set": {"analyses": old}})
+    store = client.resources.pipeline._store
+    replace_labels = store.replace_labels
+
+    async def raced(*args: Any, **kwargs: Any) -> bool:
+        if deleted == "before_the_rewrite":
+            await stored_records(client).delete_one({"_id": record["_id"]})
+        written = await replace_labels(*args, **kwargs)
+        if deleted == "after_the_rewrite":
+            await stored_records(client).delete_one({"_id": record["_id"]})
+        return written
+
+    monkeypatch.setattr(store, "replace_labels", raced)
+    before = (await client.get("/metrics")).text
+    answer = await client.post(UPLOAD, params={"relabel": "stale"}, content=data, headers=JPEG)
+    assert answer.status_code == 201, answer.text
+    (stored,) = await stored_records(client).find({}).to_list()
+    assert stored["_id"] == answer.json()["_id"] != record["_id"]
+    after = (await client.get("/metrics")).text
+    counted = {
+        name: metric_value(after, name) - metric_value(before, name)
+        for name in ("labelsvc_records_created_total", "labelsvc_records_deduplicated_total")
+    }
+    assert counted == {
+        "labelsvc_records_created_total": 1,
+        "labelsvc_records_deduplicated_total": 0,
+    }
+
+
 async def test_relabel_stale_of_an_imported_record_keeps_its_url_in_urls(
     client: AppClient, evalset_dir: Path
 ) -> None:
