@@ -239,6 +239,14 @@ class ImageFetcher:
 
     def _next_hop(self, current: Target, location: str, redirects: list[str]) -> Target:
         policy = self._policy
+        # A space inside, as a browser follows it (WHATWG URL: %20); any other whitespace or
+        # control character is the host's error, not the client's.
+        location = location.strip(" ").replace(" ", "%20")
+        if has_unsafe_characters(location):
+            raise UpstreamError(
+                f"the host redirected to a URL with control characters: {location[:200]!r}",
+                extra={"reason": "bad_redirect"},
+            )
         try:
             joined = urljoin(current.url, location)
         except ValueError:  # e.g. "http://a]/": not a URL at all, the host's fault
@@ -247,11 +255,6 @@ class ImageFetcher:
                 extra={"reason": "bad_redirect"},
             ) from None
         try:
-            if has_unsafe_characters(location):
-                raise UrlRejected(
-                    "URL contains whitespace or control characters",
-                    extra={"reason": "characters"},
-                )
             target = parse_target(joined, policy)
         except UrlRejected as exc:
             raise UrlRejected(f"redirect refused: {exc.detail}", extra=exc.extra) from None

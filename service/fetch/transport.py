@@ -19,6 +19,33 @@ from contextlib import contextmanager
 import aiohttp
 import httpx
 import yarl
+from aiohttp.http_exceptions import BadHttpMessage
+
+# Interim (1xx) answers a host may send before its response; aiohttp reads any number, so a
+# host streaming "100 Continue" kept the event loop parsing until the total deadline, the
+# read timeout never running out while bytes came.
+MAX_INTERIM_RESPONSES = 8
+
+
+class _BoundedInterimResponse(aiohttp.ClientResponse):
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        assert protocol is not None
+        read = protocol.read  # each call: one message; aiohttp's start loops past 1xx ones
+        messages = 0
+
+        async def bounded_read():  # type: ignore[no-untyped-def]
+            nonlocal messages
+            messages += 1
+            if messages > MAX_INTERIM_RESPONSES + 1:
+                raise BadHttpMessage(f"more than {MAX_INTERIM_RESPONSES} interim responses")
+            return await read()
+
+        protocol.read = bounded_read  # type: ignore[method-assign]
+        try:
+            return await super().start(connection)
+        finally:
+            del protocol.read  # the class's again, for the connection's next response
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -51,6 +78,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
+                response_class=_BoundedInterimResponse,
                 auto_decompress=False,
                 trust_env=False,
                 # Only the headers the request carries: no default Accept-Encoding or agent.

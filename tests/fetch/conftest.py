@@ -126,6 +126,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/garbage":  # not HTTP at all
             self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
             self.close_connection = True
+        elif path == "/interim-flood":  # "100 Continue" forever, never a response
+            while not stopping.is_set():
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 256)
+        elif path == "/interim-then-ok.jpg":  # interim answers, then the image
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </ok.jpg>\r\n\r\n")
+            self._body(200, JPEG)
         elif path == "/short":  # the body ends before its declared length
             self._head(200, {"Content-Type": "image/jpeg", "Content-Length": str(2 * len(JPEG))})
             self.wfile.write(JPEG)

@@ -245,7 +245,6 @@ async def test_redirect_to_metadata_refused_even_with_allow_private(
         ("file:///etc/passwd", "scheme"),
         ("gopher://127.0.0.1/", "scheme"),
         ("http://user:pw@127.0.0.1/", "credentials"),
-        ("/ok.jpg x", "characters"),
         ("http://[::ffff:a9fe:a9fe]/", "address"),
     ],
 )
@@ -260,6 +259,14 @@ async def test_redirect_targets_go_through_the_policy(
     assert len(server.seen) == 1
 
 
+async def test_a_space_in_a_redirect_is_followed_as_browsers_follow_it(
+    fetcher: ImageFetcher, server: Server
+) -> None:
+    url = str(httpx.URL(server.url("/redirect-to"), params={"location": " /ok.jpg?name=a photo"}))
+    assert (await fetcher.fetch(url)).data == JPEG
+    assert server.seen[-1].path == "/ok.jpg?name=a%20photo"
+
+
 @pytest.mark.parametrize(
     "location",
     [
@@ -272,6 +279,7 @@ async def test_redirect_targets_go_through_the_policy(
         "http://xn--zz.com/",  # not a valid IDNA label
         "http://xn--/",
         ":https://]https://https://[",  # a broken IPv6 literal once joined
+        "/ok.jpg\x85x",  # a control character (C1) the header's parser lets through
     ],
 )
 async def test_malformed_redirect_is_the_hosts_error(
@@ -475,6 +483,7 @@ async def test_cookies_are_neither_kept_nor_sent(server: Server, fetcher: ImageF
     [
         "/garbage",  # not HTTP at all
         "/short",  # the body ends before its Content-Length
+        "/interim-flood",  # "100 Continue" forever: bytes keep coming, the read never times out
     ],
 )
 async def test_a_broken_reply_is_a_protocol_error(
@@ -483,6 +492,13 @@ async def test_a_broken_reply_is_a_protocol_error(
     with pytest.raises(UpstreamError) as info:
         await fetcher.fetch(server.url(path))
     assert info.value.extra == {"reason": "protocol"}
+
+
+async def test_interim_responses_before_the_image_are_passed_over(
+    server: Server, fetcher: ImageFetcher
+) -> None:
+    fetched = await fetcher.fetch(server.url("/interim-then-ok.jpg"))
+    assert fetched.data == JPEG
 
 
 async def test_a_burst_to_one_host_reuses_its_connections(
