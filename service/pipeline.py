@@ -298,14 +298,14 @@ class LabelingPipeline:
         document = record_to_document(record) if isinstance(record, Record) else record
         if not is_stale(document, current_key(self._analyzer)):
             return outcome
-        if not await self._rewrite_labels(document, content.data, content.sha256, None):
-            # Deleted meanwhile: these bytes have no record any more, so label them afresh.
-            return await self._label_content(content.data, content.sha256, None)
-        self._metrics.records_relabeled.inc()
-        try:
-            return LabelOutcome(await self.get(str(document["_id"])), created=False)
-        except RecordNotFound:  # deleted right after the rewrite: as above
-            return await self._label_content(content.data, content.sha256, None)
+        if await self._rewrite_labels(document, content.data, content.sha256, None):
+            self._metrics.records_relabeled.inc()
+            rewritten = await self._store.get(str(document["_id"]))
+            if rewritten is not None:
+                return LabelOutcome(record_from_document(rewritten), created=False)
+        # Deleted meanwhile (before the rewrite, or right after it): these bytes have no
+        # record any more, so label them afresh.
+        return await self._label_content(content.data, content.sha256, None)
 
     async def _reuse(self, digest: str, url: str | None) -> LabelOutcome | None:
         """The stored record for these bytes, with ``url`` (if any) added; ``None`` when there
