@@ -129,7 +129,7 @@ def write_precondition(
 
     def holds(value: Any) -> bool:
         tag = entity_tag(encode_json(value, serializer))
-        if tags != "*" and tag not in tags:
+        if not _names(tags, tag):
             return False
         if if_none_match is not None and none_match(if_none_match, tag):
             raise PreconditionFailed(
@@ -212,7 +212,12 @@ def _if_match_refusal(header: str, tag: str) -> ServiceError | None:
         tags = if_match_tags(header)
     except BadRequest as exc:
         return exc
-    return None if tags == "*" or tag in tags else PreconditionFailed(GET_PRECONDITION_FAILED)
+    return None if _names(tags, tag) else PreconditionFailed(GET_PRECONDITION_FAILED)
+
+
+def _names(tags: list[str] | Literal["*"], tag: str) -> bool:
+    """Whether an ``If-Match`` of these tags (``if_match_tags``) names ``tag``."""
+    return tags == "*" or tag in tags
 
 
 def conditional_paths(routes: Iterable[BaseRoute]) -> list[str]:
@@ -242,19 +247,18 @@ def document_conditional_get(schema: OpenAPI, paths: Iterable[str]) -> None:
         assert operation is not None, f"{path} has no GET to document"
         operation.parameters = [
             *(operation.parameters or []),
-            Parameter(
-                name="If-Match",
-                param_in="header",
-                required=False,
-                schema=Schema(type=OpenAPIType.STRING),
-                description=IF_MATCH_GET_TEXT,
-            ),
-            Parameter(
-                name="If-None-Match",
-                param_in="header",
-                required=False,
-                schema=Schema(type=OpenAPIType.STRING),
-                description=IF_NONE_MATCH_TEXT,
+            *(
+                Parameter(
+                    name=name,
+                    param_in="header",
+                    required=False,
+                    schema=Schema(type=OpenAPIType.STRING),
+                    description=text,
+                )
+                for name, text in (
+                    ("If-Match", IF_MATCH_GET_TEXT),
+                    ("If-None-Match", IF_NONE_MATCH_TEXT),
+                )
             ),
         ]
         responses = operation.responses or {}
